@@ -1,0 +1,7 @@
+"""Errors raised on bad input; each names the problem and where it was found."""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """The input matrix, file or store cannot be used as given."""

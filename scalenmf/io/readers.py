@@ -1,0 +1,91 @@
+"""Opening paths as matrix sources: a registry of readers, each saying what it can open.
+
+Readers are tried in registration order; the first whose ``can_open`` accepts the path
+opens it. New formats register themselves here rather than growing an if-ladder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from scalenmf.io.errors import InputError
+from scalenmf.io.source import DenseArraySource, MatrixSource
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A way to open one file format as a ``MatrixSource``."""
+
+    name: str
+    can_open: Callable[[Path], bool]
+    open: Callable[[Path], MatrixSource]
+
+
+_READERS: list[Reader] = []
+
+
+def register_reader(reader: Reader) -> None:
+    """Add a reader (later registrations with the same name replace earlier ones)."""
+    for i, existing in enumerate(_READERS):
+        if existing.name == reader.name:
+            _READERS[i] = reader
+            return
+    _READERS.append(reader)
+
+
+def readers() -> list[Reader]:
+    _load_builtin()
+    return list(_READERS)
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.is_dir() and ((path / "zarr.json").exists() or (path / ".zgroup").exists())
+
+
+def _open_zarr(path: Path) -> MatrixSource:
+    from scalenmf.io.zarr_store import open_zarr
+
+    return open_zarr(path)
+
+
+def _open_npy(path: Path) -> MatrixSource:
+    try:
+        # A memory map: blocks are paged in on demand, so .npy input is out of core too.
+        X = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise InputError(f"cannot read {str(path)!r} as .npy: {exc}") from exc
+    return DenseArraySource(X)
+
+
+_BUILTIN_LOADED = False
+
+
+def _load_builtin() -> None:
+    global _BUILTIN_LOADED
+    if _BUILTIN_LOADED:
+        return
+    _BUILTIN_LOADED = True
+    register_reader(Reader("zarr", _is_zarr, _open_zarr))
+    register_reader(Reader("npy", lambda p: p.suffix.lower() == ".npy" and p.is_file(), _open_npy))
+    # Text and single-cell formats live in their own modules and register on import.
+    try:
+        import scalenmf.io.formats  # noqa: F401
+    except ImportError:  # pragma: no cover - formats module is part of the package
+        pass
+
+
+def open_path(path: str | os.PathLike[str]) -> MatrixSource:
+    """Open a file or store as a ``MatrixSource`` with the first reader that accepts it."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"no such file or store: {str(p)!r}")
+    for reader in readers():
+        if reader.can_open(p):
+            return reader.open(p)
+    names = ", ".join(r.name for r in readers())
+    raise InputError(f"cannot tell the format of {str(p)!r} (known formats: {names})")

@@ -1,0 +1,355 @@
+"""The project's Zarr v3 matrix layout: reading it (and AnnData's) and writing it.
+
+Layout of a matrix store (``kind = "matrix"`` in the root attrs under ``scalenmf``)::
+
+    X            dense: 2-D array (m, n), chunks (m, B)
+                 sparse: group in AnnData's on-disk encoding (encoding-type csc_matrix):
+                         data (nnz,), indices (nnz,), indptr (n+1,), attrs shape [m, n]
+    row_labels   (m,) strings, optional
+    col_labels   (n,) strings, optional
+
+An AnnData ``.zarr`` store (cells × genes, CSR or dense) is read directly as genes × cells:
+the CSR of Xᵀ is the CSC of X, so its row blocks are our column blocks.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import zarr
+
+from scalenmf.io.atomic import atomic_output
+from scalenmf.io.errors import InputError
+from scalenmf.io.planning import (
+    DEFAULT_BLOCK_BYTES,
+    align_bounds,
+    bounds_by_nnz,
+    plan_block_cols,
+)
+from scalenmf.io.source import Bounds, MatrixSource, _float_dtype, as_source, as_str_array
+
+FORMAT_VERSION = 1
+
+
+def _codec() -> Any:
+    # lz4 through blosc with byte shuffle: decodes at memory speed, so an out-of-core
+    # iteration is bounded by the disk, not the decompressor.
+    return zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+
+
+def _open_group(path: str | os.PathLike[str]) -> zarr.Group:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"no such store: {str(p)!r}")
+    try:
+        node = zarr.open(str(p), mode="r")
+    except Exception as exc:  # zarr raises several types for unreadable metadata
+        raise InputError(f"{str(p)!r} is not a readable Zarr store: {exc}") from exc
+    if not isinstance(node, zarr.Group):
+        raise InputError(f"{str(p)!r} is a bare Zarr array; expected a matrix store (a group)")
+    return node
+
+
+def _labels(group: zarr.Group, name: str) -> np.ndarray | None:
+    if name in group:
+        return as_str_array(group[name][:])
+    return None
+
+
+def _chunk_error(path: str, name: str, start: int, stop: int, exc: Exception) -> InputError:
+    return InputError(
+        f"cannot read columns {start}:{stop} of array {name!r} in {path!r} "
+        f"(corrupt or truncated chunk?): {exc}"
+    )
+
+
+class ZarrDenseSource(MatrixSource):
+    """A dense 2-D Zarr array; ``transposed`` reads an (n, m) array (AnnData's orientation)."""
+
+    def __init__(
+        self,
+        path: str,
+        array: str = "X",
+        *,
+        transposed: bool = False,
+        block_bounds: Bounds | None = None,
+    ):
+        super().__init__()
+        self.path = str(path)
+        self.array_name = array
+        self.transposed = transposed
+        arr = self._array()
+        if arr.ndim != 2:
+            raise InputError(f"array {array!r} in {self.path!r} is {arr.ndim}-D; expected 2-D")
+        shape = arr.shape[::-1] if transposed else arr.shape
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.dtype = _float_dtype(arr.dtype)
+        self.is_sparse = False
+        if block_bounds is None:
+            m, n = self.shape
+            chunk = arr.chunks[0] if transposed else arr.chunks[1]
+            cols = plan_block_cols(m, n, self.dtype.itemsize, min_blocks=os.cpu_count() or 1)
+            block_bounds = align_bounds(int(chunk), n, cols)
+        self.block_bounds = block_bounds
+
+    def _array(self) -> zarr.Array:
+        arr = self.__dict__.get("_arr")
+        if arr is None:
+            arr = zarr.open_array(self.path, path=self.array_name, mode="r")
+            self.__dict__["_arr"] = arr
+        return arr
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Travel by path: the open handle is re-made in the process that reads.
+        state = dict(self.__dict__)
+        state.pop("_arr", None)
+        return state
+
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        arr = self._array()
+        try:
+            block = arr[start:stop, :] if self.transposed else arr[:, start:stop]
+        except Exception as exc:
+            raise _chunk_error(self.path, self.array_name, start, stop, exc) from exc
+        block = np.asarray(block)
+        if self.transposed:
+            block = block.T
+        return block if block.dtype == self.dtype else block.astype(self.dtype)
+
+
+class ZarrSparseSource(MatrixSource):
+    """A compressed-sparse group (our CSC, or AnnData's cells × genes CSR read as CSC)."""
+
+    def __init__(self, path: str, group: str = "X", *, block_bounds: Bounds | None = None):
+        super().__init__()
+        self.path = str(path)
+        self.group_name = group
+        g = self._group()
+        enc = g.attrs.get("encoding-type")
+        shape = tuple(int(s) for s in g.attrs.get("shape", ()))
+        if len(shape) != 2:
+            raise InputError(f"sparse group {group!r} in {self.path!r} has no 2-D 'shape' attr")
+        if enc == "csc_matrix":
+            self.shape = (shape[0], shape[1])
+        elif enc == "csr_matrix":
+            # AnnData cells × genes CSR == genes × cells CSC.
+            self.shape = (shape[1], shape[0])
+        else:
+            raise InputError(
+                f"sparse group {group!r} in {self.path!r} has encoding-type {enc!r}; "
+                "expected csc_matrix (or AnnData csr_matrix)"
+            )
+        for name in ("data", "indices", "indptr"):
+            if name not in g:
+                raise InputError(f"sparse group {group!r} in {self.path!r} lacks array {name!r}")
+        self.dtype = _float_dtype(g["data"].dtype)
+        self.is_sparse = True
+        indptr = self.indptr
+        if indptr.shape[0] != self.shape[1] + 1:
+            raise InputError(
+                f"indptr of {group!r} in {self.path!r} has length {indptr.shape[0]}, "
+                f"expected {self.shape[1] + 1}"
+            )
+        if block_bounds is None:
+            target = DEFAULT_BLOCK_BYTES // (self.dtype.itemsize + 4)
+            spread = max(1, int(indptr[-1]) // max(1, os.cpu_count() or 1))
+            block_bounds = bounds_by_nnz(indptr, min(target, max(spread, 4096)))
+        self.block_bounds = block_bounds
+
+    def _group(self) -> zarr.Group:
+        g = self.__dict__.get("_grp")
+        if g is None:
+            g = zarr.open_group(self.path, path=self.group_name, mode="r")
+            self.__dict__["_grp"] = g
+        return g
+
+    @property
+    def indptr(self) -> np.ndarray:
+        ip = self.__dict__.get("_indptr")
+        if ip is None:
+            ip = np.asarray(self._group()["indptr"][:], dtype=np.int64)
+            self.__dict__["_indptr"] = ip
+        return ip
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_grp", None)
+        return state
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1])
+
+    def _read(self, start: int, stop: int) -> sp.csc_matrix:
+        g = self._group()
+        ip = self.indptr
+        lo, hi = int(ip[start]), int(ip[stop])
+        try:
+            data = np.asarray(g["data"][lo:hi])
+            indices = np.asarray(g["indices"][lo:hi])
+        except Exception as exc:
+            raise _chunk_error(self.path, f"{self.group_name}/data", start, stop, exc) from exc
+        if data.dtype != self.dtype:
+            data = data.astype(self.dtype)
+        block = sp.csc_matrix(
+            (data, indices, ip[start : stop + 1] - lo), shape=(self.shape[0], stop - start)
+        )
+        return block
+
+
+def _anndata_index(group: zarr.Group, name: str) -> np.ndarray | None:
+    if name not in group:
+        return None
+    df = group[name]
+    key = df.attrs.get("_index")
+    if key is None or key not in df:
+        return None
+    return as_str_array(df[key][:])
+
+
+def open_zarr(path: str | os.PathLike[str]) -> MatrixSource:
+    """Open a scalenmf matrix store or an AnnData ``.zarr`` store as a source."""
+    g = _open_group(path)
+    p = str(path)
+    meta = g.attrs.get("scalenmf")
+    if isinstance(meta, dict) and meta.get("kind") == "result":
+        raise InputError(
+            f"{p!r} is a scalenmf result store, not an input matrix "
+            "(use scalenmf.load to read it)"
+        )
+    if g.attrs.get("encoding-type") == "anndata":
+        if "X" not in g:
+            raise InputError(f"AnnData store {p!r} has no X")
+        node = g["X"]
+        src: MatrixSource
+        if isinstance(node, zarr.Group):
+            src = ZarrSparseSource(p, "X")
+        else:
+            src = ZarrDenseSource(p, "X", transposed=True)
+        src.set_labels(_anndata_index(g, "var"), _anndata_index(g, "obs"))
+        return src
+    if "X" not in g:
+        raise InputError(f"store {p!r} has no array 'X'; is it a scalenmf matrix store?")
+    node = g["X"]
+    src = ZarrSparseSource(p, "X") if isinstance(node, zarr.Group) else ZarrDenseSource(p, "X")
+    src.set_labels(_labels(g, "row_labels"), _labels(g, "col_labels"))
+    return src
+
+
+def write_labels(group: zarr.Group, name: str, labels: Any) -> None:
+    arr = as_str_array(labels)
+    chunk = max(1, min(arr.shape[0], 1 << 16))
+    out = group.create_array(name, shape=arr.shape, dtype=str, chunks=(chunk,))
+    out[:] = arr.astype(object)
+
+
+def write_matrix(
+    path: str | os.PathLike[str],
+    X: Any,
+    *,
+    block_cols: int | None = None,
+    row_labels: Any = None,
+    col_labels: Any = None,
+    overwrite: bool = False,
+    dtype: Any = None,
+) -> str:
+    """Write X as a scalenmf Zarr matrix store, atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        The store to create (a directory).
+    X : ndarray, scipy.sparse matrix, dask array, MatrixSource or path, shape (m, n)
+        Streamed block by block: a source larger than memory is fine.
+    block_cols : int, optional
+        Columns per storage chunk (dense) — the natural block size of later reads.
+        Planned from the size when omitted.
+    row_labels, col_labels : sequence of str, optional
+        Feature and sample names (default: those of the source, if any).
+    overwrite : bool
+        Replace an existing store once the new one is complete.
+    dtype : dtype, optional
+        Store values in this floating type (default: the source's).
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    src = as_source(X)
+    m, n = src.shape
+    out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(src.dtype)
+    rows = row_labels if row_labels is not None else src.row_labels
+    cols = col_labels if col_labels is not None else src.col_labels
+    if block_cols is None:
+        density = src.nnz / max(1, m * n) if src.is_sparse else 1.0
+        block_cols = plan_block_cols(m, n, out_dtype.itemsize, density=density)
+    block_cols = max(1, min(int(block_cols), max(n, 1)))
+    src = src.reblock(block_cols)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        root = zarr.open_group(tmp, mode="w")
+        root.attrs["scalenmf"] = {"kind": "matrix", "format_version": FORMAT_VERSION}
+        if src.is_sparse:
+            _write_sparse(root, src, out_dtype)
+        else:
+            arr = root.create_array(
+                "X",
+                shape=(m, n),
+                chunks=(max(m, 1), block_cols),
+                dtype=out_dtype,
+                compressors=[_codec()],
+                fill_value=0,
+            )
+            for j in range(src.n_blocks):
+                a, b = src.block_bounds[j]
+                if b > a:
+                    arr[:, a:b] = np.asarray(src.read_block(j), dtype=out_dtype)
+        if rows is not None:
+            write_labels(root, "row_labels", _labels_checked(rows, m, "row"))
+        if cols is not None:
+            write_labels(root, "col_labels", _labels_checked(cols, n, "column"))
+    return str(path)
+
+
+def _labels_checked(labels: Any, length: int, what: str) -> np.ndarray:
+    arr = as_str_array(labels)
+    if arr.shape != (length,):
+        raise InputError(f"{what} labels have shape {arr.shape}, expected ({length},)")
+    return arr
+
+
+def _write_sparse(root: zarr.Group, src: MatrixSource, dtype: np.dtype) -> None:
+    m, n = src.shape
+    g = root.create_group("X")
+    g.attrs.update({"encoding-type": "csc_matrix", "encoding-version": "0.1.0", "shape": [m, n]})
+    nnz = src.nnz
+    chunk = max(1, min(max(nnz, 1), 1 << 20))
+    index_dtype = np.int32 if m < 2**31 else np.int64
+    data = g.create_array("data", shape=(nnz,), chunks=(chunk,), dtype=dtype, compressors=[_codec()])
+    indices = g.create_array(
+        "indices", shape=(nnz,), chunks=(chunk,), dtype=index_dtype, compressors=[_codec()]
+    )
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    pos = 0
+    for j in range(src.n_blocks):
+        a, b = src.block_bounds[j]
+        block = sp.csc_matrix(src.read_block(j))
+        block.sum_duplicates()
+        k = block.nnz
+        if pos + k > data.shape[0]:
+            data.resize((pos + k,))
+            indices.resize((pos + k,))
+        if k:
+            data[pos : pos + k] = block.data.astype(dtype, copy=False)
+            indices[pos : pos + k] = block.indices.astype(index_dtype, copy=False)
+        indptr[a + 1 : b + 1] = pos + block.indptr[1:]
+        pos += k
+    if pos != data.shape[0]:
+        data.resize((pos,))
+        indices.resize((pos,))
+    ip = g.create_array("indptr", shape=(n + 1,), chunks=(max(1, min(n + 1, 1 << 20)),), dtype=np.int64)
+    ip[:] = indptr

@@ -1,0 +1,66 @@
+"""The four primitives every iteration reduces to: Gram, right-hand side, X·Hᵀ and ‖X‖²."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from scalenmf._typing import Block
+
+
+def gram(W: np.ndarray) -> np.ndarray:
+    """Gram matrix ``WᵀW``.
+
+    Parameters
+    ----------
+    W : ndarray, shape (m, k)
+
+    Returns
+    -------
+    ndarray, shape (k, k), float64 (so that loss bookkeeping keeps its precision)
+    """
+    W64 = np.asarray(W, dtype=np.float64)
+    return W64.T @ W64
+
+
+def rhs(W: np.ndarray, X: Block) -> np.ndarray:
+    """Right-hand side ``WᵀX`` of the H sub-problem: the only touch of X for H.
+
+    Parameters
+    ----------
+    W : ndarray, shape (m, k)
+    X : ndarray or scipy.sparse matrix, shape (m, n)
+
+    Returns
+    -------
+    ndarray, shape (k, n), in the dtype of W
+    """
+    if sp.issparse(X):
+        # (Xᵀ W)ᵀ: a CSC block transposes to CSR for free, so this is one sparse-dense product.
+        return np.ascontiguousarray((X.T @ W).T)
+    return W.T @ X
+
+
+def x_ht(X: Block, H: np.ndarray) -> np.ndarray:
+    """``X·Hᵀ``: the block's share of the W sub-problem's right-hand side.
+
+    Parameters
+    ----------
+    X : ndarray or scipy.sparse matrix, shape (m, n)
+    H : ndarray, shape (k, n)
+
+    Returns
+    -------
+    ndarray, shape (m, k), float64
+    """
+    out = X @ H.T
+    return np.asarray(out, dtype=np.float64)
+
+
+def sq_norm(X: Block) -> float:
+    """Squared Frobenius norm ``‖X‖²`` (float64 accumulation)."""
+    if sp.issparse(X):
+        data = np.asarray(X.data, dtype=np.float64)
+        return float(data @ data)
+    flat = np.asarray(X, dtype=np.float64).ravel()
+    return float(flat @ flat)

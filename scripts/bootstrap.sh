@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project's virtualenv in .venv with the dev extras installed.
+# Idempotent: it reinstalls only when pyproject.toml changed since the last install.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="${SCALENMF_VENV:-$here/.venv}"
+py="${PYTHON:-python3}"
+if [ ! -x "$venv/bin/python" ]; then
+    "$py" -m venv "$venv"
+fi
+stamp="$venv/.scalenmf-installed"
+want="$(sha256sum "$here/pyproject.toml" | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+    "$venv/bin/python" -m pip install -q -e "$here[dev]"
+    echo "$want" > "$stamp"
+fi

@@ -249,6 +249,7 @@ def run_in_child(
     threads: int = DEFAULT_THREADS,
     timeout: float | None = None,
     env: dict[str, str] | None = None,
+    preload: Sequence[str] = (),
 ) -> ChildResult:
     """Run ``module:function(**kwargs)`` in a fresh Python and measure its peak RSS.
 
@@ -259,7 +260,7 @@ def run_in_child(
     """
     with tempfile.TemporaryDirectory(prefix="scalenmf-bench-child-") as tmp:
         inp, outp = Path(tmp, "in.pkl"), Path(tmp, "out.pkl")
-        inp.write_bytes(pickle.dumps((target, kwargs, threads)))
+        inp.write_bytes(pickle.dumps((target, kwargs, threads, list(preload))))
         full_env = thread_env(threads, env)
         full_env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO_ROOT), full_env.get("PYTHONPATH", "")) if p
@@ -308,9 +309,14 @@ def run_in_child(
 
 
 def _child_main(inp: str, outp: str) -> int:
-    target, kwargs, threads = pickle.loads(Path(inp).read_bytes())
+    target, kwargs, threads, preload = pickle.loads(Path(inp).read_bytes())
     module_name, func_name = target.split(":")
     func = getattr(importlib.import_module(module_name), func_name)
+    for name in preload:
+        mod_name, _, attr = name.partition(":")
+        mod = importlib.import_module(mod_name)
+        if attr:
+            getattr(mod, attr)()
     payload: dict[str, Any] = {}
     with limit_threads(threads):
         payload["rss_before"] = _proc_status_bytes("VmRSS")
@@ -361,13 +367,10 @@ def r_versions(packages: Sequence[str] = ("RcppML", "NMF", "Matrix")) -> dict[st
     rscript = shutil.which("Rscript")
     if rscript is None:
         return {"R": None, **{p: None for p in packages}}
-    code = (
-        "cat(paste0('R=', R.version$major, '.', R.version$minor), sep='\\n');"
-        + "".join(
-            f"cat(paste0('{p}=', tryCatch(as.character(packageVersion('{p}')), "
-            "error=function(e) 'NA')), sep='\\n');"
-            for p in packages
-        )
+    code = "cat(paste0('R=', R.version$major, '.', R.version$minor), sep='\\n');" + "".join(
+        f"cat(paste0('{p}=', tryCatch(as.character(packageVersion('{p}')), "
+        "error=function(e) 'NA')), sep='\\n');"
+        for p in packages
     )
     try:
         out = subprocess.run(
@@ -452,7 +455,9 @@ def goal_met(value: float | None, goal: float | None) -> bool | None:
 
 
 def machine_table(info: dict[str, Any]) -> str:
-    return markdown_table([{"k": k, "v": v} for k, v in info.items()], [("k", "item"), ("v", "value")])
+    return markdown_table(
+        [{"k": k, "v": v} for k, v in info.items()], [("k", "item"), ("v", "value")]
+    )
 
 
 def dump_json(obj: Any, path: str | Path) -> None:

@@ -111,8 +111,17 @@ def read_cosmic(path: str | Path = COSMIC_TSV) -> tuple[np.ndarray, list[str], l
 
 # Signatures common in pan-cancer catalogues; SBS1 and SBS5 (clock-like) are in most samples.
 DEFAULT_SIGNATURES = (
-    "SBS1", "SBS5", "SBS2", "SBS13", "SBS3", "SBS4", "SBS7a", "SBS17b", "SBS18", "SBS40a",
-)  # fmt: skip
+    "SBS1",
+    "SBS5",
+    "SBS2",
+    "SBS13",
+    "SBS3",
+    "SBS4",
+    "SBS7a",
+    "SBS17b",
+    "SBS18",
+    "SBS40a",
+)
 
 
 def cosmic_catalogue(

@@ -100,7 +100,10 @@ def sklearn_nmf(
     fit_kwargs: dict[str, Any] = {}
     if custom:
         # sklearn orientation: its W is our Hᵀ (n×k), its H our Wᵀ (k×m)
-        fit_kwargs = {"W": np.ascontiguousarray(np.asarray(H0).T), "H": np.ascontiguousarray(np.asarray(W0).T)}
+        fit_kwargs = {
+            "W": np.ascontiguousarray(np.asarray(H0).T),
+            "H": np.ascontiguousarray(np.asarray(W0).T),
+        }
     with limit_threads(threads), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         t0 = time.perf_counter()
@@ -122,9 +125,7 @@ def sklearn_nmf(
     return rec
 
 
-def sklearn_fixed_iterations(
-    X: Any, k: int, n_iter: int, **kwargs: Any
-) -> dict[str, Any]:
+def sklearn_fixed_iterations(X: Any, k: int, n_iter: int, **kwargs: Any) -> dict[str, Any]:
     """The error sklearn reaches after exactly ``n_iter`` iterations and the time they took.
 
     A thin name for ``sklearn_nmf(max_iter=n_iter, tol=0)``; it checks that sklearn did
@@ -164,9 +165,18 @@ def sklearn_error_trace(
         if step <= 0:
             continue
         rec = sklearn_nmf(
-            X, k, solver=solver, loss=loss, max_iter=step, init=init, seed=seed,
-            threads=threads, W0=W, H0=H, return_factors=True,
-        )  # fmt: skip
+            X,
+            k,
+            solver=solver,
+            loss=loss,
+            max_iter=step,
+            init=init,
+            seed=seed,
+            threads=threads,
+            W0=W,
+            H0=H,
+            return_factors=True,
+        )
         if rec.get("time_s") is None:
             return rec
         W, H = rec.pop("W"), rec.pop("H")
@@ -174,8 +184,14 @@ def sklearn_error_trace(
         done = cp
         trace.append({"iteration": cp, "time_s": total_t, "error": rec["error"]})
     peer = f"sklearn-{solver}" + ("/KL" if loss == "kl" else "")
-    return record(peer, time_s=total_t, n_iter=done, error_trace=trace, threads=threads,
-                  error=trace[-1]["error"] if trace else None)  # fmt: skip
+    return record(
+        peer,
+        time_s=total_t,
+        n_iter=done,
+        error_trace=trace,
+        threads=threads,
+        error=trace[-1]["error"] if trace else None,
+    )
 
 
 # --------------------------------------------------------------------------- R helpers
@@ -230,7 +246,9 @@ def _write_for_r(X: Any, tmp: Path) -> str:
     """)
 
 
-def _run_r(code: str, tmp: Path, threads: int, timeout: float | None) -> subprocess.CompletedProcess[str]:
+def _run_r(
+    code: str, tmp: Path, threads: int, timeout: float | None
+) -> subprocess.CompletedProcess[str]:
     script = tmp / "run.R"
     script.write_text(f'tmp <- "{tmp.as_posix()}"\n' + code)
     return subprocess.run(
@@ -361,8 +379,9 @@ def r_nmf_rank_survey(
                               dispersion = sapply(fits, NMF::dispersion))
             write.csv(out, file.path(tmp, "survey.csv"), row.names = FALSE)
             for (i in seq_along(ranks)) {{
-                writeBin(as.double(NMF::basis(fits[[i]])), file.path(tmp, sprintf("w%d.bin", ranks[i])))
-                writeBin(as.double(NMF::coef(fits[[i]])), file.path(tmp, sprintf("h%d.bin", ranks[i])))
+                f <- fits[[i]]
+                writeBin(as.double(NMF::basis(f)), file.path(tmp, sprintf("w%d.bin", ranks[i])))
+                writeBin(as.double(NMF::coef(f)), file.path(tmp, sprintf("h%d.bin", ranks[i])))
             }}
             writeLines(sprintf("%.6f", el), file.path(tmp, "time.txt"))
         """)
@@ -378,11 +397,22 @@ def r_nmf_rank_survey(
             W = _read_f8(tmp / f"w{rk}.bin", (m, rk))
             H = _read_f8(tmp / f"h{rk}.bin", (rk, n))
             survey.append(
-                {"rank": rk, "cophenetic": float(coph), "dispersion": float(disp),
-                 **error_metrics(Xd, W, H, "kl")}
-            )  # fmt: skip
-    return record(peer, time_s=elapsed, nrun=nrun, ranks=ranks, survey=survey, threads=threads,
-                  parallel_opt=opt)  # fmt: skip
+                {
+                    "rank": rk,
+                    "cophenetic": float(coph),
+                    "dispersion": float(disp),
+                    **error_metrics(Xd, W, H, "kl"),
+                }
+            )
+    return record(
+        peer,
+        time_s=elapsed,
+        nrun=nrun,
+        ranks=ranks,
+        survey=survey,
+        threads=threads,
+        parallel_opt=opt,
+    )
 
 
 # --------------------------------------------------------------------------- nimfa
@@ -393,12 +423,12 @@ def _numpy_mat_shim() -> Iterator[None]:
     """nimfa 1.4 calls ``np.mat``, removed in NumPy 2; alias it to ``np.asmatrix`` meanwhile."""
     added = not hasattr(np, "mat")
     if added:
-        np.mat = np.asmatrix  # type: ignore[attr-defined]
+        setattr(np, "mat", np.asmatrix)  # noqa: B010 - a name ruff would flag as NPY201
     try:
         yield
     finally:
         if added:
-            del np.mat  # type: ignore[attr-defined]
+            delattr(np, "mat")
 
 
 def nimfa_nmf(
@@ -426,7 +456,7 @@ def nimfa_nmf(
         import nimfa
 
         V = sp.csr_matrix(X) if sp.issparse(X) else np.asarray(X, dtype=np.float64)
-        np.random.seed(rng_seed)  # nimfa's seeding methods draw from the global RNG
+        np.random.seed(rng_seed)  # noqa: NPY002 - nimfa's seeding methods draw from the global RNG
         model = nimfa.Nmf(
             V,
             rank=k,

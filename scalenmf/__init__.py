@@ -9,14 +9,41 @@ from __future__ import annotations
 from typing import Any
 
 from scalenmf._version import __version__
+from scalenmf.api import nmf
+from scalenmf.engine.loop import ConvergenceWarning, IterationInfo
+from scalenmf.io import InputError, MatrixSource, open_matrix, write_matrix
+from scalenmf.result import NMFResult, load
 
-__all__ = ["__version__"]
+__all__ = [
+    "ConvergenceWarning",
+    "InputError",
+    "IterationInfo",
+    "MatrixSource",
+    "NMFResult",
+    "__version__",
+    "convert",
+    "load",
+    "nmf",
+    "open_matrix",
+    "write_matrix",
+]
+
+
+def convert(src: Any, dst: Any, **kwargs: Any) -> str:
+    """Stream any supported input into a scalenmf Zarr matrix store (see ``scalenmf.io.convert``)."""
+    from scalenmf.io.convert import convert as _convert
+
+    return _convert(src, dst, **kwargs)
 
 
 def __getattr__(name: str) -> Any:
-    # DNMF needs torch, an optional extra: import it only when asked for.
+    # Optional-extra features are imported only when asked for.
     if name == "DNMF":
         from scalenmf.models.deep import DNMF
 
         return DNMF
+    if name == "NMF":
+        from scalenmf.estimators import NMF
+
+        return NMF
     raise AttributeError(f"module 'scalenmf' has no attribute {name!r}")

@@ -96,7 +96,9 @@ def mu_kl_h(
     return (H * numer / denom).astype(H.dtype, copy=False)
 
 
-def kl_block(W: np.ndarray, X: Block, H: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+def kl_block(
+    W: np.ndarray, X: Block, H: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, float, float]:
     """The block's statistics for the KL W-update and loss, from one look at X.
 
     Parameters
@@ -113,6 +115,8 @@ def kl_block(W: np.ndarray, X: Block, H: np.ndarray) -> tuple[np.ndarray, np.nda
         Row sums of H, the W-update denominator share (``1·Hᵀ``).
     divergence : float
         ``D(X ‖ W H)`` on this block.
+    x_dot_wh : float
+        ``Σ x·(WH)``, so the Frobenius error can be reported from the same look at X.
     """
     ratio, wh = _ratio(X, W, H)
     numer = np.asarray(ratio @ H.T, dtype=np.float64)
@@ -121,12 +125,15 @@ def kl_block(W: np.ndarray, X: Block, H: np.ndarray) -> tuple[np.ndarray, np.nda
         x = np.asarray(sp.csc_matrix(X).data, dtype=np.float64)
         # Σ WH over all entries = (column sums of W)·(row sums of H): no dense product.
         total_wh = float(W.sum(axis=0, dtype=np.float64) @ h_sum)
-        div = _x_log_ratio(x, np.asarray(wh, dtype=np.float64)) - float(x.sum()) + total_wh
+        wh64 = np.asarray(wh, dtype=np.float64)
+        div = _x_log_ratio(x, wh64) - float(x.sum()) + total_wh
+        x_wh = float(x @ wh64)
     else:
         x = np.asarray(X, dtype=np.float64).ravel()
         whf = np.asarray(wh, dtype=np.float64).ravel()
         div = _x_log_ratio(x, whf) - float(x.sum()) + float(whf.sum())
-    return numer, h_sum, div
+        x_wh = float(x @ whf)
+    return numer, h_sum, div, x_wh
 
 
 def _x_log_ratio(x: np.ndarray, wh: np.ndarray) -> float:

@@ -10,7 +10,6 @@ into mini-batches; sparse blocks are densified one mini-batch at a time.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -19,6 +18,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from scalenmf.io import InputError, MatrixSource, open_matrix
 
 
 class Batch(NamedTuple):
@@ -38,73 +39,27 @@ class Batch(NamedTuple):
     cols: torch.Tensor
 
 
-class ArraySource:
-    """Minimal in-memory column-block source (numpy or scipy.sparse), the same interface as
-    :class:`scalenmf.io.MatrixSource` for the parts DNMF uses."""
-
-    def __init__(self, X: Any, block_cols: int | None = None) -> None:
-        if sp.issparse(X):
-            self._X: Any = sp.csc_matrix(X)
-            self.is_sparse = True
-        else:
-            self._X = np.asarray(X)
-            self.is_sparse = False
-        if self._X.ndim != 2:
-            raise ValueError(f"expected a 2-D matrix, got shape {self._X.shape}")
-        m, n = self._X.shape
-        self.shape = (int(m), int(n))
-        self.dtype = self._X.dtype
-        b = int(block_cols) if block_cols else max(1, min(n, 4096))
-        self.block_bounds = [(a, min(a + b, n)) for a in range(0, n, b)] or [(0, 0)]
-        self.n_blocks = len(self.block_bounds)
-        self.row_labels: np.ndarray | None = None
-        self.col_labels: np.ndarray | None = None
-
-    def read_block(self, j: int) -> Any:
-        a, b = self.block_bounds[j]
-        return self._X[:, a:b]
-
-
-def open_source(obj: Any, block_cols: int | None = None) -> Any:
+def open_source(obj: Any, block_cols: int | None = None) -> MatrixSource:
     """Open ``obj`` (path, array, sparse matrix or an already opened source) for block reads.
+
+    A thin wrapper over :func:`scalenmf.io.open_matrix`.
 
     Returns
     -------
-    MatrixSource-like
-        With ``shape``, ``block_bounds``, ``n_blocks``, ``read_block(j)``, ``is_sparse``,
-        ``row_labels``, ``col_labels``.
+    MatrixSource
     """
-    if hasattr(obj, "read_block") and hasattr(obj, "block_bounds"):
-        return obj
-    if isinstance(obj, np.ndarray | np.memmap) or sp.issparse(obj):
-        return ArraySource(obj, block_cols)
-    if isinstance(obj, str | os.PathLike):
-        path = os.fspath(obj)
-        if path.endswith(".npy") and not _io_available():
-            return ArraySource(np.load(path, mmap_mode="r"), block_cols)
-        from scalenmf.io import open_matrix
-
-        return open_matrix(path, block_cols=block_cols)
-    return ArraySource(np.asarray(obj), block_cols)
-
-
-def _io_available() -> bool:
-    try:
-        from scalenmf.io import open_matrix  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return open_matrix(obj, block_cols=block_cols)
 
 
 def check_block(block: Any, where: str) -> None:
-    """Raise ``ValueError`` naming the columns if a block has NaN/inf or negative entries."""
+    """Raise ``InputError`` (a ``ValueError``) naming the columns if a block has NaN/inf or negative entries."""
     data = block.data if sp.issparse(block) else np.asarray(block)
     if data.size == 0:
         return
     if not np.all(np.isfinite(data)):
-        raise ValueError(f"input has NaN or infinite values in {where}")
+        raise InputError(f"input has NaN or infinite values in {where}")
     if data.min() < 0:
-        raise ValueError(f"input has negative values in {where}; DNMF needs non-negative data")
+        raise InputError(f"input has negative values in {where}; DNMF needs non-negative data")
 
 
 def dense_columns(block: Any, idx: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
@@ -207,11 +162,8 @@ class ColumnShardDataset(IterableDataset):
         """Select the epoch whose shuffle the next iteration follows."""
         self.epoch = epoch
 
-    def _open_h(self) -> Any:
-        H = self.H_obj
-        if isinstance(H, np.ndarray) or sp.issparse(H) or not isinstance(H, str | os.PathLike):
-            return ArraySource(H if sp.issparse(H) else np.asarray(H), None)
-        return open_source(H)
+    def _open_h(self) -> MatrixSource:
+        return open_source(self.H_obj)
 
     def _sources(self) -> tuple[Any, Any]:
         if self._src is None:
@@ -232,16 +184,7 @@ class ColumnShardDataset(IterableDataset):
     def read_h_columns(self, start: int, stop: int) -> np.ndarray:
         """Known coefficients for columns ``start:stop``, shape (k, stop - start)."""
         _, hsrc = self._sources()
-        if isinstance(hsrc, ArraySource):
-            return dense_columns(hsrc._X[:, start:stop], None, self.dtype)
-        parts = []
-        for j, (a, b) in enumerate(hsrc.block_bounds):
-            if b <= start or a >= stop:
-                continue
-            blk = hsrc.read_block(j)
-            lo, hi = max(a, start) - a, min(b, stop) - a
-            parts.append(dense_columns(blk[:, lo:hi], None, self.dtype))
-        return np.concatenate(parts, axis=1)
+        return dense_columns(hsrc.read_columns(start, stop), None, self.dtype)
 
     def iter_block(self, j: int) -> Iterator[Batch]:
         """Mini-batches of block ``j`` (shuffled within the block when asked)."""

@@ -43,11 +43,11 @@ class UnrolledNMF(nn.Module):
     Attributes
     ----------
     A : Parameter, shape (L, k, k)
-        Stand-ins for ``WᵀW`` (Frobenius only; empty for KL).
+        Stand-ins for ``WᵀW`` (Frobenius only).
     B : Parameter, shape (L, k, m)
         Stand-ins for ``Wᵀ``.
     C : Parameter, shape (L, m, k)
-        Stand-ins for ``W`` (KL only; empty for Frobenius).
+        Stand-ins for ``W`` (KL only).
     lambdas : Parameter or buffer, shape (2,)
         ``(λ1, λ2)``.
     """
@@ -69,10 +69,12 @@ class UnrolledNMF(nn.Module):
         m, k, L = n_features, n_components, n_layers
         self.loss = loss
         self.n_features, self.n_components, self.n_layers = m, k, L
-        kl = loss == "kl"
-        self.A = nn.Parameter(torch.ones((0 if kl else L, k, k), dtype=dtype))
+        # Only the matrices the chosen update uses exist (no empty parameters).
         self.B = nn.Parameter(torch.ones((L, k, m), dtype=dtype))
-        self.C = nn.Parameter(torch.ones((L if kl else 0, m, k), dtype=dtype))
+        if loss == "kl":
+            self.C = nn.Parameter(torch.ones((L, m, k), dtype=dtype))
+        else:
+            self.A = nn.Parameter(torch.ones((L, k, k), dtype=dtype))
         lam = torch.tensor([lambda1, lambda2], dtype=dtype)
         if learn_lambdas:
             self.lambdas = nn.Parameter(lam)
@@ -82,8 +84,9 @@ class UnrolledNMF(nn.Module):
     @torch.no_grad()
     def init_constant(self, value: float) -> None:
         """Fill every layer matrix with ``value`` (the paper's initialisation)."""
-        for p in (self.A, self.B, self.C):
-            p.fill_(value)
+        for name in ("A", "B", "C"):
+            if hasattr(self, name):
+                getattr(self, name).fill_(value)
 
     @torch.no_grad()
     def init_from_w(self, W: torch.Tensor) -> None:

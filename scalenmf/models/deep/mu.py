@@ -188,55 +188,64 @@ def kl_w_update(W: torch.Tensor, num: torch.Tensor, den: torch.Tensor, eps: floa
     return W * num / (den[None, :] + eps)
 
 
-def nnls_gram(
-    G: torch.Tensor,
-    B: torch.Tensor,
-    X0: torch.Tensor | None = None,
-    *,
-    max_sweeps: int = 500,
-    tol: float = 1e-10,
-) -> torch.Tensor:
-    """Solve many NNLS problems from Gram statistics by exact coordinate descent.
-
-    Minimizes ``½ xᵀ G x − bᵀ x`` subject to ``x ≥ 0`` for every column ``b`` of ``B``. With
-    ``G = HHᵀ`` and ``B = HVᵀ`` the columns of the solution are the rows of the NNLS ``W``
-    (``min_W ‖V − WH‖²``); with ``G = WᵀW + λ2 I`` and ``B = WᵀV − λ1`` they are the
-    regularized NNLS ``H``. Only ``k × k`` and ``k × p`` statistics are needed, never ``V``.
-
-    Parameters
-    ----------
-    G : Tensor, shape (k, k)
-        Symmetric positive semi-definite.
-    B : Tensor, shape (k, p)
-    X0 : Tensor, shape (k, p), optional
-        Warm start; zeros when omitted.
-    max_sweeps : int
-        Upper bound on coordinate sweeps.
-    tol : float
-        Stop when a sweep changes ``x`` by less than ``tol`` relative to its size.
-
-    Returns
-    -------
-    Tensor, shape (k, p)
-        Non-negative solution.
-    """
-    k = G.shape[0]
-    X = torch.zeros_like(B) if X0 is None else X0.clone().clamp_(min=0)
+def _cd_sweeps(G: torch.Tensor, B: torch.Tensor, X: torch.Tensor, max_sweeps: int, tol: float) -> torch.Tensor:
+    """Exact coordinate descent on ``½ xᵀGx − bᵀx, x ≥ 0`` for all columns at once."""
     diag = torch.diagonal(G).clamp(min=torch.finfo(G.dtype).tiny)
     for _ in range(max_sweeps):
-        change = torch.zeros((), dtype=B.dtype, device=B.device)
-        for i in range(k):
-            # gradient of coordinate i for all problems at once: G[i] x − b_i
-            grad = G[i] @ X - B[i]
-            new = torch.clamp(X[i] - grad / diag[i], min=0.0)
-            change = change + ((new - X[i]) ** 2).sum()
+        change = 0.0
+        for i in range(G.shape[0]):
+            new = torch.clamp(X[i] - (G[i] @ X - B[i]) / diag[i], min=0.0)
+            change += float(((new - X[i]) ** 2).sum())
             X[i] = new
         if change <= tol * max(float((X * X).sum()), 1e-30):
             break
     return X
 
 
-def nnls_w_from_gram(HHt: torch.Tensor, VHt: torch.Tensor, W0: torch.Tensor | None = None) -> torch.Tensor:
+def nnls_gram(
+    G: torch.Tensor,
+    B: torch.Tensor,
+    *,
+    polish_sweeps: int = 20,
+    tol: float = 1e-14,
+) -> torch.Tensor:
+    """Solve many NNLS problems from Gram statistics.
+
+    Minimizes ``½ xᵀ G x − bᵀ x`` subject to ``x ≥ 0`` for every column ``b`` of ``B``. With
+    ``G = HHᵀ`` and ``B = HVᵀ`` the columns of the solution are the rows of the NNLS ``W``
+    (``min_W ‖V − WH‖²``); with ``G = WᵀW + λ2 I`` and ``B = WᵀV − λ1`` they are the
+    regularized NNLS ``H``. Only ``k × k`` and ``k × p`` statistics are needed, never ``V``.
+
+    The exact block-principal-pivoting solver of :mod:`scalenmf.kernels.nnls` does the
+    work; a few coordinate-descent sweeps then polish the result, which only matters when
+    ``G`` is (nearly) singular and the pivoting's linear solves lose accuracy.
+
+    Parameters
+    ----------
+    G : Tensor, shape (k, k)
+        Symmetric positive semi-definite.
+    B : Tensor, shape (k, p)
+    polish_sweeps : int
+    tol : float
+        Relative squared change below which polishing stops.
+
+    Returns
+    -------
+    Tensor, shape (k, p)
+        Non-negative solution, dtype and device of ``B``.
+    """
+    from scalenmf.kernels.nnls import bpp_nnls
+
+    G64 = G.detach().to("cpu", torch.float64)
+    B64 = B.detach().to("cpu", torch.float64)
+    X = torch.from_numpy(bpp_nnls(G64.numpy(), B64.numpy()))
+    if not torch.isfinite(X).all():
+        X = torch.zeros_like(B64)
+    X = _cd_sweeps(G64, B64, X.clamp(min=0.0), polish_sweeps, tol)
+    return X.to(B.device, B.dtype)
+
+
+def nnls_w_from_gram(HHt: torch.Tensor, VHt: torch.Tensor) -> torch.Tensor:
     """NNLS refit of ``W`` from ``HHᵀ`` (k×k) and ``VHᵀ`` (m×k).
 
     Returns
@@ -244,8 +253,7 @@ def nnls_w_from_gram(HHt: torch.Tensor, VHt: torch.Tensor, W0: torch.Tensor | No
     Tensor, shape (m, k)
         ``argmin_{W ≥ 0} ‖V − WH‖²``, row by row.
     """
-    X0 = None if W0 is None else W0.T
-    return nnls_gram(HHt, VHt.T, X0).T.contiguous()
+    return nnls_gram(HHt, VHt.T).T.contiguous()
 
 
 def nnls_h(

@@ -1,0 +1,255 @@
+"""Public functions: ``nmf`` and the building blocks behind the estimator and CLI."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from scalenmf.engine.executor import Executor, make_executor
+from scalenmf.engine.loop import IterationInfo, run_alternating
+from scalenmf.io.errors import InputError
+from scalenmf.io.source import MatrixSource, as_source
+from scalenmf.models.init import initialize
+from scalenmf.models.nmf import NMFConfig, NMFModel
+from scalenmf.result import NMFResult
+from scalenmf.validation import NMF_RULES, check_params, parse_memory
+
+log = logging.getLogger("scalenmf")
+
+#: Inner coordinate sweeps per HALS half-step: a few cheap sweeps on the k×n_j block
+#: (no new look at X) cut the number of passes over X (accelerated HALS, Gillis & Glineur).
+HALS_SWEEPS = 3
+
+
+def _progress_bar(progress: Any, total: int, desc: str) -> Any:
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="it", leave=False, file=sys.stderr)
+
+
+def resolve_solver(solver: str | None, loss: str) -> str:
+    """Default solver per loss: exact ALS for Frobenius, multiplicative updates for KL."""
+    if solver is None:
+        return "mu" if loss == "kl" else "als"
+    if loss == "kl" and solver != "mu":
+        raise ValueError(f"loss='kl' is solved by multiplicative updates: use solver='mu', not {solver!r}")
+    return solver
+
+
+def check_rank(k: int, shape: tuple[int, int]) -> None:
+    m, n = shape
+    if m == 0 or n == 0:
+        raise InputError(f"X is empty (shape {m}×{n})")
+    if k > min(m, n):
+        raise ValueError(f"k must be between 1 and min(m, n) = {min(m, n)} for X of shape {m}×{n}; got {k}")
+
+
+def nmf(
+    X: Any,
+    k: int,
+    *,
+    solver: str | None = None,
+    loss: str = "frobenius",
+    l1_w: float = 0.0,
+    l1_h: float = 0.0,
+    l2_w: float = 0.0,
+    l2_h: float = 0.0,
+    init: str = "nndsvda",
+    max_iter: int = 200,
+    tol: float = 1e-4,
+    seed: int | None = 0,
+    n_runs: int = 1,
+    scheduler: Any = None,
+    workers: int | None = None,
+    memory_limit: int | str | None = None,
+    progress: Any = None,
+    block_cols: Any = None,
+    nnls: str = "cd",
+    dtype: Any = None,
+    threads: int | None = None,
+    callback: Callable[[IterationInfo], Any] | None = None,
+) -> NMFResult:
+    """Factorize a non-negative matrix, ``X ≈ W H``, out of core.
+
+    Minimises ``½‖X − WH‖²_F`` (``loss="frobenius"``) or the generalized KL divergence
+    ``Σ x log(x/wh) − x + wh`` (``loss="kl"``), plus ``l1_w·ΣW + ½ l2_w‖W‖² + l1_h·ΣH +
+    ½ l2_h‖H‖²``, over W ≥ 0, H ≥ 0. Each iteration reads every column block of X once.
+
+    Parameters
+    ----------
+    X : path, ndarray, scipy.sparse matrix, dask array or MatrixSource, shape (m, n)
+        Features × samples. A path may name a scalenmf Zarr store, AnnData ``.zarr`` /
+        ``.h5ad``, CSV/TSV, Matrix Market or ``.npy``.
+    k : int
+        Rank, ``1 ≤ k ≤ min(m, n)``.
+    solver : {"als", "hals", "mu"}, optional
+        Default ``"als"`` (exact column-wise NNLS) for Frobenius and ``"mu"`` for KL.
+    loss : {"frobenius", "kl"}
+    l1_w, l1_h, l2_w, l2_h : float, default 0
+        L1 / L2 penalties on W and on H.
+    init : {"nndsvda", "nndsvd", "random"}
+        Start of the first run; further runs (``n_runs > 1``) start at random.
+    max_iter : int, default 200
+    tol : float, default 1e-4
+        Stop when the objective's relative decrease falls below ``tol`` (0: never).
+    seed : int or None, default 0
+        Makes the fit reproducible (same seed and blocking, same result on every executor).
+    n_runs : int, default 1
+        Restarts, run concurrently sharing each read of X; the lowest objective is kept.
+    scheduler : str or distributed.Client, optional
+        Run on a Dask cluster: ``"tcp://host:port"``, a scheduler file, or a Client.
+    workers : int, optional
+        Start a local Dask cluster with this many worker processes.
+    memory_limit : int or str, optional
+        Memory budget (``"2GB"``). Locally, X blocks are cached only if they fit; on a
+        LocalCluster it is the per-worker limit.
+    progress : bool, optional
+        Progress bar on stderr (default: when stderr is a terminal).
+    block_cols : int, list of int or list of (int, int), optional
+        Override the column blocking.
+    nnls : {"cd", "bpp"}
+        Exact NNLS for ``solver="als"``: coordinate descent (default) or block principal
+        pivoting.
+    dtype : {None, "float32", "float64"}
+        Working precision (default: that of X; integer counts become float64).
+    threads : int, optional
+        Threads of the local executor (default: all cores).
+    callback : callable, optional
+        Called with an ``IterationInfo`` after every iteration.
+
+    Returns
+    -------
+    NMFResult
+        ``W`` (m, k), ``H`` (k, n), ``loss_history``, ``relative_error``, ``n_iter``,
+        ``converged``, ``params``.
+
+    Examples
+    --------
+    >>> import numpy as np, scalenmf
+    >>> X = np.random.default_rng(0).poisson(5.0, size=(50, 200)).astype(float)
+    >>> res = scalenmf.nmf(X, 4, seed=1)
+    >>> res.W.shape, res.H.shape
+    ((50, 4), (4, 200))
+    """
+    p = check_params(
+        NMF_RULES,
+        k=k,
+        loss=loss,
+        init=init,
+        nnls=nnls,
+        l1_w=l1_w,
+        l1_h=l1_h,
+        l2_w=l2_w,
+        l2_h=l2_h,
+        max_iter=max_iter,
+        tol=tol,
+        seed=seed,
+        n_runs=n_runs,
+        workers=workers,
+    )
+    p["solver"] = resolve_solver(None if solver is None else NMF_RULES["solver"].check("solver", solver), p["loss"])
+    budget = parse_memory(memory_limit)
+    source = as_source(X, block_cols=block_cols)
+    check_rank(p["k"], source.shape)
+    work_dtype = np.dtype(dtype) if dtype is not None else np.dtype(source.dtype)
+    if work_dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64; got {work_dtype}")
+    config = NMFConfig(
+        k=p["k"],
+        solver=p["solver"],
+        loss=p["loss"],
+        l1_w=p["l1_w"],
+        l1_h=p["l1_h"],
+        l2_w=p["l2_w"],
+        l2_h=p["l2_h"],
+        nnls=p["nnls"],
+        inner_sweeps=HALS_SWEEPS if p["solver"] == "hals" else 50,
+    )
+    executor = make_executor(
+        source, scheduler=scheduler, workers=p["workers"], memory_limit=budget, threads=threads
+    )
+    try:
+        return fit_on_executor(
+            source, executor, config, p, work_dtype, progress=progress, callback=callback
+        )
+    finally:
+        executor.close()
+
+
+def fit_on_executor(
+    source: MatrixSource,
+    executor: Executor,
+    config: NMFConfig,
+    p: dict[str, Any],
+    dtype: np.dtype,
+    *,
+    progress: Any = None,
+    callback: Callable[[IterationInfo], Any] | None = None,
+) -> NMFResult:
+    """Initialise, iterate and collect the best run on an already-built executor."""
+    t0 = time.perf_counter()
+    start = initialize(executor, config.k, p["init"], p["seed"], p["n_runs"], dtype)
+    if start.xx == 0:
+        raise InputError("X is all zeros; there is nothing to factorize")
+    t_init = time.perf_counter() - t0
+    model = NMFModel(config, start.Ws, start.h_start, start.xx)
+    bar = _progress_bar(progress, p["max_iter"], f"nmf k={config.k}")
+    try:
+        trace = run_alternating(
+            model, executor, max_iter=p["max_iter"], tol=p["tol"], callback=callback, progress=bar
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    finals = [hist[-1] for hist in trace.objectives]
+    best = int(np.nanargmin(finals))
+    H = np.hstack([state[best] for state in executor.states()]).astype(dtype, copy=False)
+    params = dict(p)
+    params["memory_limit"] = None
+    runs = [
+        {
+            "run": r,
+            "objective": float(trace.objectives[r][-1]),
+            "relative_error": float(trace.relative_errors[r][-1]),
+            "n_iter": int(trace.n_iter[r]),
+            "converged": bool(trace.converged[r]),
+        }
+        for r in range(model.n_runs)
+    ]
+    total = time.perf_counter() - t0
+    widths = [b - a for a, b in source.block_bounds]
+    return NMFResult(
+        W=model.Ws[best],
+        H=H,
+        loss_history=[float(v) for v in trace.objectives[best]],
+        relative_error=float(trace.relative_errors[best][-1]),
+        n_iter=int(trace.n_iter[best]),
+        converged=bool(trace.converged[best]),
+        params=params,
+        row_labels=source.row_labels,
+        col_labels=source.col_labels,
+        runs=runs,
+        timings={
+            "total_s": total,
+            "init_s": t_init,
+            "loop_s": trace.total_s,
+            "iter_times": trace.iter_times,
+            "relative_errors": [float(v) for v in trace.relative_errors[best]],
+        },
+        info={
+            "best_run": best,
+            "block_cols": max(widths) if widths else 0,
+            "n_blocks": source.n_blocks,
+            "input": source.describe(),
+            **executor.describe(),
+        },
+    )

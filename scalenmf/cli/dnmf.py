@@ -1,0 +1,200 @@
+"""``scalenmf dnmf``: train, transform and evaluate deep unrolled NMF models.
+
+Thin click commands over :class:`scalenmf.models.deep.DNMF` and
+:mod:`scalenmf.models.deep.evaluate`. torch is imported only when a command runs, so the
+main CLI works without the torch extra.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+logger = logging.getLogger(__name__)
+
+
+def _deep() -> Any:
+    try:
+        from scalenmf.models import deep
+    except ImportError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return deep
+
+
+def _fail(exc: BaseException) -> click.ClickException:
+    return click.ClickException(str(exc) or type(exc).__name__)
+
+
+def _check_output(out: str, overwrite: bool) -> None:
+    """Reject an existing output (without --overwrite) or a missing parent before any work."""
+    path = Path(out)
+    if path.exists() and not overwrite:
+        raise click.BadParameter(f"{out!r} already exists; pass --overwrite to replace it",
+                                 param_hint="--out")
+    if not path.parent.exists():
+        raise click.BadParameter(f"directory {str(path.parent)!r} does not exist", param_hint="--out")
+
+
+def _open_input(path: str, what: str) -> Any:
+    from scalenmf.io import open_matrix
+
+    try:
+        return open_matrix(path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise click.BadParameter(f"cannot open {path!r}: {exc}", param_hint=what) from exc
+
+
+@click.group(name="dnmf")
+def dnmf() -> None:
+    """Deep unrolled NMF (Nasser, Eldar & Sharan 2021) in torch."""
+
+
+@dnmf.command()
+@click.argument("input", type=click.Path(exists=True, dir_okay=True))
+@click.option("-k", "--n-components", "k", type=int, required=True, help="Number of components.")
+@click.option("-o", "--out", required=True, type=click.Path(), help="Model directory to write.")
+@click.option("--h", "h_path", type=click.Path(exists=True), help="Known H (k × n), supervised.")
+@click.option("--mode", type=click.Choice(["supervised", "unsupervised"]), default=None,
+              help="Default: supervised when --h is given, else unsupervised.")
+@click.option("--loss", type=click.Choice(["frobenius", "kl"]), default="frobenius", show_default=True)
+@click.option("--layers", "n_layers", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=0), default=500, show_default=True)
+@click.option("--lr", type=float, default=None, help="Adam lr (default 1e-3 sup. / 5e-4 unsup.).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Global mini-batch size in columns (default: full batch).")
+@click.option("--workers", "num_workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="DataLoader reader processes per training process.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel training processes (gloo on 127.0.0.1).")
+@click.option("--lambda1", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--lambda2", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--learn-lambdas/--fixed-lambdas", default=None,
+              help="Default: learned when supervised, fixed when unsupervised.")
+@click.option("--init", type=click.Choice(["mu", "constant"]), default="mu", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Write a checkpoint every N optimiser steps.")
+@click.option("--checkpoint", "checkpoint_path", type=click.Path(), default=None,
+              help="Checkpoint file (default: OUT.ckpt.pt beside the model).")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(
+    input: str, k: int, out: str, h_path: str | None, mode: str | None, loss: str, n_layers: int,
+    epochs: int, lr: float | None, batch_size: int | None, num_workers: int, nproc: int,
+    lambda1: float, lambda2: float, learn_lambdas: bool | None, init: str, dtype: str, seed: int,
+    checkpoint_every: int, checkpoint_path: str | None, resume: bool, overwrite: bool, quiet: bool,
+) -> None:
+    """Train a DNMF model on INPUT (features × samples; Zarr store, .npy, ...)."""
+    deep = _deep()
+    mode = mode or ("supervised" if h_path else "unsupervised")
+    if mode == "supervised" and not h_path:
+        raise click.BadParameter("supervised training needs the known H", param_hint="--h")
+    _check_output(out, overwrite)
+    src = _open_input(input, "INPUT")
+    m, n = src.shape
+    if not 1 <= k <= (m if mode == "supervised" else min(m, n)):
+        raise click.BadParameter(
+            f"k={k} is out of range for a {m} × {n} input (1 ≤ k ≤ "
+            f"{m if mode == 'supervised' else min(m, n)})", param_hint="-k")
+    H = None
+    if h_path:
+        H = _open_input(h_path, "--h")
+        if tuple(H.shape) != (k, n):
+            raise click.BadParameter(
+                f"H has shape {tuple(H.shape)}, expected (k, n) = {(k, n)}", param_hint="--h")
+    ckpt = checkpoint_path or str(Path(out).with_name(Path(out).name + ".ckpt.pt"))
+    if resume and not Path(ckpt).exists():
+        raise click.BadParameter(f"no checkpoint at {ckpt!r} to resume from", param_hint="--resume")
+    model = deep.DNMF(
+        k, n_layers=n_layers, mode=mode, loss=loss, lambda1=lambda1, lambda2=lambda2,
+        learn_lambdas=learn_lambdas, lr=lr, epochs=epochs, batch_size=batch_size,
+        num_workers=num_workers, nproc=nproc, init=init, dtype=dtype, seed=seed,
+        checkpoint_every=checkpoint_every, checkpoint_path=ckpt if (checkpoint_every or resume) else None,
+        resume=resume,
+    )
+    # with several processes the inputs travel by path; each process opens its own view
+    V_arg: Any = input if nproc > 1 else src
+    H_arg: Any = (h_path if nproc > 1 else H) if h_path else None
+    try:
+        model.fit(V_arg, H_arg, progress=not quiet)
+        model.save(out, overwrite=overwrite)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise _fail(exc) from exc
+    final = model.loss_history_[-1] if model.loss_history_ else float("nan")
+    click.echo(f"wrote {out} (k={k}, {n_layers} layers, {mode}, final loss {final:.6g})")
+
+
+@dnmf.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("input", type=click.Path(exists=True, dir_okay=True))
+@click.option("-o", "--out", required=True, type=click.Path(), help="Result Zarr store to write.")
+@click.option("--scheduler", default=None, help="Dask scheduler address (tcp://…); workers "
+              "transform their own blocks. Default: this process.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=65536, show_default=True,
+              help="Columns densified and pushed through the network at once.")
+@click.option("--overwrite", is_flag=True)
+@click.option("--quiet", is_flag=True)
+def transform(model_dir: str, input: str, out: str, scheduler: str | None, batch_size: int,
+              overwrite: bool, quiet: bool) -> None:
+    """Compute H for INPUT with a trained model; write it as a chunked Zarr store."""
+    deep = _deep()
+    _check_output(out, overwrite)
+    try:
+        model = deep.DNMF.load(model_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        raise click.BadParameter(f"cannot load model: {exc}", param_hint="MODEL_DIR") from exc
+    src = _open_input(input, "INPUT")
+    try:
+        model.transform_to_zarr(src, out, scheduler=scheduler, batch_size=batch_size,
+                                overwrite=overwrite, progress=not quiet)
+    except (ValueError, OSError) as exc:
+        raise _fail(exc) from exc
+    click.echo(f"wrote {out} (H: {model.n_components} × {src.shape[1]})")
+
+
+@dnmf.command()
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder with synsig/ and icgc_brca560_sbs96_counts.npy "
+                   "(default: ../shared/data beside the repository).")
+@click.option("--sets", default=None, help="Comma-separated synsig set names (default: all 12).")
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--layers", "n_layers", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--lambdas", default="0,1,2", show_default=True, help="Unsupervised λ grid.")
+@click.option("--brca/--no-brca", default=True, show_default=True,
+              help="Also run the 560 breast genomes (unsupervised, Frobenius and KL).")
+@click.option("--max-samples", type=click.IntRange(min=10), default=None,
+              help="Use only the first N samples of each set (quick runs).")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for results.csv, summary.md, claims.md and box plots.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--quiet", is_flag=True)
+def evaluate(data_dir: str | None, sets: str | None, folds: int, epochs: int, n_layers: int,
+             lambdas: str, brca: bool, max_samples: int | None, out: str, seed: int,
+             quiet: bool) -> None:
+    """Re-run the paper's comparison with disjoint folds and fair baselines."""
+    deep = _deep()
+    from scalenmf.models.deep import evaluate as ev
+
+    try:
+        lam = tuple(float(x) for x in lambdas.split(","))
+    except ValueError as exc:
+        raise click.BadParameter(f"not a list of numbers: {lambdas!r}", param_hint="--lambdas") from exc
+    root = Path(data_dir) if data_dir else ev.default_data_dir()
+    if not (root / "synsig").exists():
+        raise click.BadParameter(f"{str(root)!r} has no synsig/ folder", param_hint="--data")
+    names = sets.split(",") if sets else None
+    cfg = ev.EvalConfig(folds=folds, epochs=epochs, n_layers=n_layers, lambdas=lam,
+                        max_samples=max_samples, seed=seed, brca=brca)
+    del deep
+    try:
+        report = ev.run_evaluation(root, Path(out), cfg, sets=names, progress=not quiet)
+    except (ValueError, OSError) as exc:
+        raise _fail(exc) from exc
+    click.echo(report.summary_markdown)
+    click.echo(f"wrote {out}/results.csv, summary.md, claims.md (wall time {report.wall_s:.1f} s)")

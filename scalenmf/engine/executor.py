@@ -1,0 +1,96 @@
+"""What every executor offers the fit loops, and how one is chosen.
+
+An executor owns the column blocks of X and one piece of *state* per block (the H block of
+every run). A fit loop only ever asks it to apply a pure block function to every block and
+return the tree-summed partials::
+
+    partials = executor.map_reduce(block_fn, broadcast)
+
+``block_fn(X_j, state_j, broadcast) -> (new_state_j, partials_j)`` is a module-level pure
+function (so it pickles to Dask workers); ``X_j`` is ``None`` when ``read_x=False``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from scalenmf.io.source import MatrixSource
+
+BlockFn = Callable[[Any, Any, Any], tuple[Any, Any]]
+
+
+@dataclass(frozen=True)
+class BlockRef:
+    """A block to be read where the task runs (a worker, or a local thread)."""
+
+    source: MatrixSource
+    index: int
+
+    def load(self) -> Any:
+        return self.source.read_block(self.index)
+
+
+def resolve_block(ref: Any) -> Any:
+    """The in-memory block behind a cached block or a ``BlockRef``."""
+    return ref.load() if isinstance(ref, BlockRef) else ref
+
+
+def apply_block(fn: BlockFn, xref: Any, state: Any, broadcast: Any) -> tuple[Any, Any]:
+    """Run ``fn`` on one block: the one place a block is read for a step."""
+    X = resolve_block(xref) if xref is not None else None
+    return fn(X, state, broadcast)
+
+
+class Executor(Protocol):
+    """The contract between the fit loops and where blocks live."""
+
+    source: MatrixSource
+
+    def map_reduce(self, fn: BlockFn, broadcast: Any, *, read_x: bool = True) -> Any:
+        """Apply ``fn`` to every block, keep the new states, return the summed partials."""
+
+    def states(self) -> Iterator[Any]:
+        """The per-block states, in block order (brought to this process)."""
+
+    def set_states(self, states: list[Any]) -> None:
+        """Replace the per-block states (e.g. restoring a checkpoint)."""
+
+    def close(self) -> None:
+        """Release threads, futures or the cluster the executor started."""
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-friendly description for result attrs."""
+
+
+def make_executor(
+    source: MatrixSource,
+    *,
+    scheduler: Any = None,
+    workers: int | None = None,
+    memory_limit: int | None = None,
+    threads: int | None = None,
+) -> Executor:
+    """Pick the executor: Dask when a scheduler or a worker count is given, else local.
+
+    Parameters
+    ----------
+    source : MatrixSource
+    scheduler : str or distributed.Client, optional
+        ``"tcp://host:port"``, a scheduler-file path, or a connected Client.
+    workers : int, optional
+        Start a LocalCluster with this many worker processes.
+    memory_limit : int, optional
+        Bytes. Locally: keep X blocks in memory only if they fit. On Dask: per worker.
+    threads : int, optional
+        Local thread count (default: the machine's cores).
+    """
+    if scheduler is not None or workers:
+        from scalenmf.engine.dask_exec import DaskExecutor
+
+        return DaskExecutor(source, scheduler=scheduler, workers=workers, memory_limit=memory_limit)
+    from scalenmf.engine.local import LocalExecutor
+
+    return LocalExecutor(source, threads=threads or (os.cpu_count() or 1), memory_limit=memory_limit)

@@ -1,0 +1,130 @@
+"""The alternating-iteration driver, written once for every model and executor.
+
+A model supplies three pure pieces: how to build the broadcast from its global factors, a
+block function, and how to turn the summed partials into objectives and new global factors.
+The driver owns iteration counting, per-run convergence, timing, callbacks and the
+progress bar.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from scalenmf.engine.executor import BlockFn, Executor
+
+
+class ConvergenceWarning(UserWarning):
+    """A fit stopped at ``max_iter`` before meeting ``tol``."""
+
+
+@dataclass
+class IterationInfo:
+    """Passed to callbacks after every iteration."""
+
+    iteration: int
+    objectives: list[float]  # one per run (nan for runs already converged)
+    relative_errors: list[float]
+    elapsed_s: float
+    active: tuple[int, ...]
+
+
+class AlternatingModel(Protocol):
+    n_runs: int
+    step: BlockFn
+
+    def broadcast(self, active: list[int], first: bool) -> Any: ...
+
+    def score(self, run: int, partials: Any, index: int) -> tuple[float, float]:
+        """(objective, relative error) of the run's current global factor and new blocks."""
+
+    def advance(self, run: int, partials: Any, index: int) -> None:
+        """Update the run's global factor from its summed partials."""
+
+
+@dataclass
+class LoopTrace:
+    """What the driver records for every run."""
+
+    objectives: list[list[float]]
+    relative_errors: list[list[float]]
+    iter_times: list[float] = field(default_factory=list)  # seconds since the loop began
+    n_iter: list[int] = field(default_factory=list)
+    converged: list[bool] = field(default_factory=list)
+    total_s: float = 0.0
+
+
+def run_alternating(
+    model: AlternatingModel,
+    executor: Executor,
+    *,
+    max_iter: int,
+    tol: float,
+    callback: Callable[[IterationInfo], Any] | None = None,
+    progress: Any = None,
+    validate_first: bool = False,
+) -> LoopTrace:
+    """Iterate ``model`` on ``executor`` until every run converges or ``max_iter``.
+
+    Each iteration: one ``map_reduce`` (one read of X), then per active run the objective
+    of (global factor, new block factors) and — unless the run just converged or hit
+    ``max_iter`` — the global update. So the factors a run ends with are exactly the ones
+    its last recorded objective describes.
+
+    Parameters
+    ----------
+    tol : float
+        A run converges when ``(f_prev − f) / |f_prev| < tol`` (tol = 0: never).
+    progress : tqdm-like or None
+        An object with ``update(n)`` and ``set_postfix_str(s)``.
+    """
+    R = model.n_runs
+    trace = LoopTrace([[] for _ in range(R)], [[] for _ in range(R)])
+    n_iter = [0] * R
+    converged = [False] * R
+    active = list(range(R))
+    t0 = time.perf_counter()
+    for it in range(1, max_iter + 1):
+        bc = model.broadcast(active, first=validate_first and it == 1)
+        partials = executor.map_reduce(model.step, bc)
+        objs = [math.nan] * R
+        errs = [math.nan] * R
+        still = []
+        for idx, run in enumerate(active):
+            f, rel = model.score(run, partials, idx)
+            prev = trace.objectives[run][-1] if trace.objectives[run] else None
+            trace.objectives[run].append(f)
+            trace.relative_errors[run].append(rel)
+            objs[run], errs[run] = f, rel
+            n_iter[run] = it
+            done = prev is not None and tol > 0 and (prev - f) <= tol * abs(prev)
+            if done:
+                converged[run] = True
+            elif it < max_iter:
+                model.advance(run, partials, idx)
+                still.append(run)
+        trace.iter_times.append(time.perf_counter() - t0)
+        if callback is not None:
+            callback(IterationInfo(it, objs, errs, trace.iter_times[-1], tuple(active)))
+        if progress is not None:
+            best = min((e for e in errs if not math.isnan(e)), default=math.nan)
+            progress.update(1)
+            progress.set_postfix_str(f"rel.err {best:.5g}")
+        active = still
+        if not active:
+            break
+    trace.n_iter = n_iter
+    trace.converged = converged
+    trace.total_s = time.perf_counter() - t0
+    if tol > 0 and not all(converged):
+        warnings.warn(
+            f"stopped at max_iter={max_iter} before the objective's relative change fell "
+            f"below tol={tol:g} ({R - sum(converged)} of {R} runs); raise max_iter or tol",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return trace

@@ -1,0 +1,263 @@
+"""Streaming inference: push every column block through the trained network and write
+``H`` (k × n) as a chunked Zarr array, in this process or with each Dask worker
+transforming (and writing) its own blocks.
+
+Output store layout (``scalenmf`` attrs ``kind = "result"``, ``model = "dnmf"``)::
+
+    H                 (k, n) float32/64, chunks (k, B) aligned with the input blocks
+    W                 (m, k), only for models that have a basis (unsupervised)
+    row_labels        (m,)  feature labels of the input, when known
+    col_labels        (n,)  sample labels of the input, when known
+    component_labels  (k,)  "C1".."Ck"
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from scalenmf.io import MatrixSource
+from scalenmf.io.atomic import atomic_output
+from scalenmf.io.zarr_store import write_labels
+from scalenmf.models.deep.data import check_block, dense_columns
+from scalenmf.models.deep.layers import UnrolledNMF
+
+#: Format of the result store's metadata.
+RESULT_FORMAT_VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[str]:
+    """A temporary directory published at ``path`` only when the block succeeds."""
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        yield tmp
+
+
+@torch.no_grad()
+def transform_block(
+    model: UnrolledNMF, block: Any, *, batch_size: int | None = 65536, where: str = "block"
+) -> np.ndarray:
+    """Coefficients for one dense or sparse block.
+
+    Parameters
+    ----------
+    model : UnrolledNMF
+    block : ndarray or sparse matrix, shape (m, b)
+    batch_size : int, optional
+        Columns densified and pushed through at once (bounds memory for sparse blocks).
+    where : str
+        Name of the block in error messages.
+
+    Returns
+    -------
+    ndarray, shape (k, b)
+    """
+    check_block(block, where)
+    m, b = block.shape
+    if m != model.n_features:
+        raise ValueError(f"input has {m} features (rows) but the model was trained on {model.n_features}")
+    dtype = model.B.dtype
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    out = np.empty((model.n_components, b), dtype=np_dtype)
+    step = b if not batch_size else int(batch_size)
+    for s in range(0, b, max(step, 1)):
+        idx = np.arange(s, min(s + step, b))
+        V = torch.from_numpy(dense_columns(block, idx, np.dtype(np_dtype)))
+        out[:, s : s + len(idx)] = model(V).numpy()
+    return out
+
+
+def iter_transform(
+    model: UnrolledNMF, source: MatrixSource, *, batch_size: int | None = 65536
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield ``(start, stop, H_block)`` for every column block of ``source`` in order."""
+    for j, (a, b) in enumerate(source.block_bounds):
+        yield a, b, transform_block(
+            model, source.read_block(j), batch_size=batch_size, where=f"columns {a}:{b}"
+        )
+
+
+def transform_source(
+    model: UnrolledNMF, source: MatrixSource, *, batch_size: int | None = 65536
+) -> np.ndarray:
+    """All coefficients in memory.
+
+    Returns
+    -------
+    ndarray, shape (k, n)
+    """
+    n = source.shape[1]
+    H = np.empty((model.n_components, n), dtype=np.float64 if model.B.dtype == torch.float64 else np.float32)
+    for a, b, Hb in iter_transform(model, source, batch_size=batch_size):
+        H[:, a:b] = Hb
+    return H
+
+
+def _uniform_chunk(bounds: list[tuple[int, int]]) -> int | None:
+    """The common block width when all blocks but the last share it, else None."""
+    widths = [b - a for a, b in bounds]
+    if not widths:
+        return None
+    w = widths[0]
+    if all(x == w for x in widths[:-1]) and widths[-1] <= w and w > 0:
+        return w
+    return None
+
+
+def _init_store(
+    tmp: str, model: UnrolledNMF, source: MatrixSource, chunk: int, W: np.ndarray | None,
+    attrs: dict[str, Any], component_labels: Any,
+) -> zarr.Array:
+    k = model.n_components
+    m, n = source.shape
+    dtype = np.float64 if model.B.dtype == torch.float64 else np.float32
+    root = zarr.open_group(tmp, mode="w")
+    root.attrs["scalenmf"] = {
+        "kind": "result", "model": "dnmf", "format_version": RESULT_FORMAT_VERSION,
+        "k": k, "shape": [m, n], **attrs,
+    }
+    H = root.create_array("H", shape=(k, n), chunks=(k, max(1, chunk)), dtype=dtype, fill_value=0)
+    if W is not None:
+        Wa = root.create_array("W", shape=W.shape, chunks=W.shape, dtype=dtype)
+        Wa[:] = W.astype(dtype)
+    if source.row_labels is not None:
+        write_labels(root, "row_labels", source.row_labels)
+    if source.col_labels is not None:
+        write_labels(root, "col_labels", source.col_labels)
+    if component_labels is None or len(component_labels) != k:
+        component_labels = [f"C{i + 1}" for i in range(k)]
+    write_labels(root, "component_labels", np.asarray(component_labels, dtype=str))
+    return H
+
+
+def _dask_transform_block(
+    state: dict[str, Any], data: Any, j: int, out: str, batch_size: int | None
+) -> int:
+    """Task body on a Dask worker: read block ``j`` (``data`` is the source, reopened on the
+    worker, or the block itself for in-memory input), transform it, write its H chunk(s)."""
+    model = model_from_state(state)
+    if isinstance(data, MatrixSource):
+        a, b = data.block_bounds[j]
+        block = data.read_block(j)
+    else:
+        block, (a, b) = data
+    Hb = transform_block(model, block, batch_size=batch_size, where=f"columns {a}:{b}")
+    arr = zarr.open_array(os.path.join(out, "H"), mode="r+")
+    arr[:, a:b] = Hb
+    return b - a
+
+
+def model_state(model: UnrolledNMF) -> dict[str, Any]:
+    """What a worker needs to rebuild the network: shape, loss and numpy weights."""
+    return {
+        "shape": (model.n_features, model.n_components, model.n_layers),
+        "loss": model.loss,
+        "learn": isinstance(model.lambdas, torch.nn.Parameter),
+        "weights": {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
+    }
+
+
+def model_from_state(state: dict[str, Any]) -> UnrolledNMF:
+    """Inverse of :func:`model_state`."""
+    m, k, L = state["shape"]
+    weights = state["weights"]
+    dtype = torch.from_numpy(weights["B"]).dtype
+    model = UnrolledNMF(m, k, L, state["loss"], learn_lambdas=state["learn"], dtype=dtype)
+    model.load_state_dict({key: torch.from_numpy(v) for key, v in weights.items()})
+    model.eval()
+    return model
+
+
+def transform_to_zarr(
+    model: UnrolledNMF,
+    source: MatrixSource,
+    out: str | os.PathLike[str],
+    *,
+    W: np.ndarray | None = None,
+    scheduler: Any = None,
+    batch_size: int | None = 65536,
+    overwrite: bool = False,
+    attrs: dict[str, Any] | None = None,
+    component_labels: Any = None,
+    progress: bool = False,
+) -> str:
+    """Stream every block of ``source`` through ``model`` and write ``H`` to a Zarr store.
+
+    Parameters
+    ----------
+    model : UnrolledNMF
+    source : MatrixSource, shape (m, n)
+    out : path
+        Result store to create; it appears only when complete.
+    W : ndarray, shape (m, k), optional
+        Basis stored beside ``H`` (unsupervised models).
+    scheduler : str or distributed.Client, optional
+        Dask scheduler address (``tcp://…``) or client: each worker reads, transforms and
+        writes its own blocks (the store must be on a file system the workers share).
+        ``None`` transforms in this process.
+    batch_size : int, optional
+        Columns densified at once.
+    overwrite : bool
+    attrs : dict, optional
+        Extra metadata for the ``scalenmf`` attrs.
+    component_labels : sequence of str, optional
+        Row labels of ``H`` (default ``C1..Ck``).
+    progress : bool
+
+    Returns
+    -------
+    str
+        ``out``.
+    """
+    from tqdm.auto import tqdm
+
+    chunk = _uniform_chunk(source.block_bounds)
+    if chunk is None:
+        # irregular blocks: write through regular blocks so chunks never straddle writers
+        width = max(b - a for a, b in source.block_bounds)
+        source = source.reblock(width)
+        chunk = width
+    with atomic_output(out, overwrite=overwrite) as tmp:
+        H = _init_store(tmp, model, source, chunk, W, attrs or {}, component_labels)
+        bar = tqdm(total=source.shape[1], disable=not progress, desc="dnmf transform", unit="col")
+        try:
+            if scheduler is None:
+                for a, b, Hb in iter_transform(model, source, batch_size=batch_size):
+                    H[:, a:b] = Hb
+                    bar.update(b - a)
+            else:
+                _transform_dask(model, source, tmp, scheduler, batch_size, bar)
+        finally:
+            bar.close()
+    return str(out)
+
+
+def _transform_dask(
+    model: UnrolledNMF, source: MatrixSource, tmp: str, scheduler: Any, batch_size: int | None,
+    bar: Any,
+) -> None:
+    from distributed import Client, as_completed
+
+    own = not isinstance(scheduler, Client)
+    client = Client(scheduler) if own else scheduler
+    try:
+        state = client.scatter([model_state(model)], broadcast=True)[0]
+        futures = []
+        for j, bounds in enumerate(source.block_bounds):
+            # stores travel by path and each worker reads its own block; in-memory input
+            # can only travel as data, one block per task
+            data = (source.read_block(j), bounds) if source.in_memory else source
+            futures.append(
+                client.submit(_dask_transform_block, state, data, j, tmp, batch_size, pure=False)
+            )
+        for fut in as_completed(futures):
+            bar.update(fut.result())
+    finally:
+        if own:
+            client.close()

@@ -1,0 +1,433 @@
+"""The DNMF training loop, kept outside the module: optimiser, clamping, W refit,
+mini-batches from column shards, data-parallel gradient reduction, checkpoints.
+
+Data parallelism is done by hand rather than with DistributedDataParallel so that the
+result is exactly the full-batch gradient whatever the split: every rank computes the
+*sum* of its per-column losses divided by the *global* number of columns in the step, and
+the gradients are summed over ranks. Ranks whose shards are exhausted keep taking part with
+an empty batch until every rank is done, so uneven shards cannot dead-lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from scalenmf.models.deep.data import Batch, ColumnShardDataset, load_all, make_loader
+from scalenmf.models.deep.layers import UnrolledNMF
+from scalenmf.models.deep.mu import (
+    kl_divergence,
+    kl_w_statistics,
+    kl_w_update,
+    nnls_w_from_gram,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """How to train (not what the model is).
+
+    Parameters
+    ----------
+    mode : {"supervised", "unsupervised"}
+    lr : float
+        Adam learning rate.
+    epochs : int
+        Passes over the data (one optimiser step per epoch in full-batch mode).
+    batch_size : int or None
+        Global mini-batch size (split evenly over ranks); ``None`` trains full batch.
+    num_workers : int
+        DataLoader reader processes per rank (mini-batch mode).
+    checkpoint_every : int
+        Write a checkpoint every this many optimiser steps (0: never).
+    checkpoint_path : str or None
+        Checkpoint file.
+    progress : bool
+        Show a progress bar (rank 0 only).
+    """
+
+    mode: str = "supervised"
+    lr: float = 1e-3
+    epochs: int = 500
+    batch_size: int | None = None
+    num_workers: int = 0
+    checkpoint_every: int = 0
+    checkpoint_path: str | None = None
+    progress: bool = False
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint needs to resume training exactly.
+
+    Attributes
+    ----------
+    W : Tensor, shape (m, k) or None
+        Current basis (unsupervised).
+    stats : list of Tensor
+        Running Gram statistics ``[HHᵀ (k, k), VHᵀ (m, k)]`` per column (unsupervised
+        Frobenius, mini-batch).
+    epoch : int
+        Completed epochs.
+    step : int
+        Optimiser steps taken.
+    step_in_epoch : int
+        Steps taken in the current, unfinished epoch.
+    history : list of float
+        Mean loss per completed epoch.
+    epoch_loss_sum, epoch_n : float, int
+        Loss sum and column count of the current, unfinished epoch.
+    """
+
+    W: torch.Tensor | None = None
+    stats: list[torch.Tensor] = field(default_factory=list)
+    epoch: int = 0
+    step: int = 0
+    step_in_epoch: int = 0
+    history: list[float] = field(default_factory=list)
+    epoch_loss_sum: float = 0.0
+    epoch_n: int = 0
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+def dist_info() -> tuple[int, int]:
+    """``(rank, world_size)`` of the current process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_sum_(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over ranks in place (no-op in a single process)."""
+    if dist_info()[1] > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1 for the gloo rendezvous."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_distributed(rank: int, world_size: int, port: int) -> None:
+    """Join a process group on 127.0.0.1 (gloo on CPU, nccl when CUDA is used)."""
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(
+        backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
+
+
+def maybe_init_from_env() -> bool:
+    """Join the process group described by ``torchrun``'s environment, if any.
+
+    Returns
+    -------
+    bool
+        True when this call created the group (the caller should destroy it).
+    """
+    if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, init_method="env://")
+    return True
+
+
+def broadcast_model_(model: torch.nn.Module, W: torch.Tensor | None) -> None:
+    """Make every rank start from rank 0's parameters and basis."""
+    if dist_info()[1] == 1:
+        return
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src=0)
+        if W is not None:
+            dist.broadcast(W, src=0)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def supervised_loss_sum(H_hat: torch.Tensor, H_true: torch.Tensor) -> torch.Tensor:
+    """``Σ_j ‖ĥ_j − h_j‖²`` over the batch columns (divide by the column count for MSE).
+
+    Parameters
+    ----------
+    H_hat, H_true : Tensor, shape (k, b)
+    """
+    return ((H_hat - H_true) ** 2).sum()
+
+
+def unsupervised_loss_sum(
+    V: torch.Tensor, W: torch.Tensor, H_hat: torch.Tensor, lambdas: torch.Tensor, loss: str
+) -> torch.Tensor:
+    """Batch sum of the regularized objective ``J`` with the basis ``W`` held constant.
+
+    Parameters
+    ----------
+    V : Tensor, shape (m, b)
+    W : Tensor, shape (m, k)
+    H_hat : Tensor, shape (k, b)
+    lambdas : Tensor, shape (2,)
+        ``(λ1, λ2)``.
+    loss : {"frobenius", "kl"}
+    """
+    lam1, lam2 = lambdas[0], lambdas[1]
+    reg = lam1 * H_hat.sum() + 0.5 * lam2 * (H_hat * H_hat).sum()
+    if loss == "kl":
+        return kl_divergence(V, W @ H_hat) + reg
+    R = V - W @ H_hat
+    return 0.5 * (R * R).sum() + reg
+
+
+def gram_statistics(dataset: ColumnShardDataset, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """One pass over this rank's shards: ``HHᵀ`` (k, k) and ``VHᵀ`` (m, k), summed over ranks.
+
+    Used to fit the NNLS basis ``W`` from known ``H`` (supervised initialisation).
+    """
+    hh: torch.Tensor | None = None
+    vh: torch.Tensor | None = None
+    for j in dataset.reader_blocks():
+        for b in dataset.iter_block(j):
+            Hb, Vb = b.H.to(dtype), b.V.to(dtype)
+            hh = Hb @ Hb.T if hh is None else hh + Hb @ Hb.T
+            vh = Vb @ Hb.T if vh is None else vh + Vb @ Hb.T
+    if hh is None or vh is None:
+        raise ValueError("no columns to compute statistics from")
+    return all_sum_(hh), all_sum_(vh)
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def _refit_w(
+    state: TrainState, V: torch.Tensor, H_hat: torch.Tensor, loss: str, n_step: int, n_total: int
+) -> None:
+    """Update the basis after an optimiser step from this step's ``Ĥ`` (unsupervised).
+
+    Frobenius: NNLS from Gram statistics. In full batch they are exact; with mini-batches
+    they are a running average whose memory is about one epoch (``ρ = 1 − b/n``).
+    KL: one multiplicative KL step for ``W`` from the step's (summed) statistics.
+    """
+    assert state.W is not None
+    H = H_hat.detach()
+    if loss == "kl":
+        num, den = kl_w_statistics(V, state.W, H)
+        state.W = kl_w_update(state.W, all_sum_(num), all_sum_(den))
+        return
+    hh = all_sum_(H @ H.T) / n_step
+    vh = all_sum_(V @ H.T) / n_step
+    rho = max(0.0, 1.0 - n_step / n_total)
+    if state.stats and rho > 0:
+        state.stats = [rho * state.stats[0] + (1 - rho) * hh, rho * state.stats[1] + (1 - rho) * vh]
+    else:
+        state.stats = [hh, vh]
+    state.W = nnls_w_from_gram(state.stats[0], state.stats[1])
+
+
+def train_step(
+    model: UnrolledNMF,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch | None,
+    state: TrainState,
+    mode: str,
+    n_total: int,
+) -> tuple[float, int]:
+    """One synchronous optimiser step over the union of the ranks' batches.
+
+    Returns
+    -------
+    loss_sum : float
+        Global sum of per-column losses of the step (0 when no rank had data).
+    n_step : int
+        Global number of columns in the step; 0 means every rank is out of data.
+    """
+    n_local = 0 if batch is None else batch.V.shape[1]
+    n_step = int(all_sum_(torch.tensor([n_local], dtype=torch.int64)).item())
+    if n_step == 0:
+        return 0.0, 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer.zero_grad(set_to_none=False)
+    loss_sum = torch.zeros((), dtype=model.B.dtype)
+    H_hat = None
+    if batch is not None and n_local > 0:
+        V = batch.V.to(model.B.dtype)
+        H_hat = model(V)
+        if mode == "supervised":
+            loss_sum = supervised_loss_sum(H_hat, batch.H.to(model.B.dtype))
+        else:
+            assert state.W is not None
+            loss_sum = unsupervised_loss_sum(V, state.W, H_hat, model.lambdas, model.loss)
+        (loss_sum / n_step).backward()
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        all_sum_(p.grad)
+    optimizer.step()
+    model.clamp_()
+    if mode == "unsupervised":
+        if H_hat is None:
+            # an idle rank still joins the statistics reduction with zeros
+            m, k = model.n_features, model.n_components
+            V = torch.zeros((m, 0), dtype=model.B.dtype)
+            H_hat = torch.zeros((k, 0), dtype=model.B.dtype)
+        else:
+            V = batch.V.to(model.B.dtype)  # type: ignore[union-attr]
+        _refit_w(state, V, H_hat, model.loss, n_step, n_total)
+    total = all_sum_(loss_sum.detach().reshape(1).clone())
+    state.step += 1
+    state.step_in_epoch += 1
+    return float(total.item()), n_step
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: UnrolledNMF,
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write a resumable checkpoint (tensors and plain values only) atomically."""
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "W": state.W,
+        "stats": list(state.stats),
+        "epoch": state.epoch,
+        "step": state.step,
+        "step_in_epoch": state.step_in_epoch,
+        "history": list(state.history),
+        "epoch_loss_sum": state.epoch_loss_sum,
+        "epoch_n": state.epoch_n,
+        "extra": extra or {},
+    }
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, target)
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], model: UnrolledNMF, optimizer: torch.optim.Optimizer
+) -> tuple[TrainState, dict[str, Any]]:
+    """Restore model, optimiser and loop state from :func:`save_checkpoint` output.
+
+    Only tensors and plain containers are unpickled (``weights_only=True``).
+    """
+    payload = torch.load(path, weights_only=True, map_location="cpu")
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    state = TrainState(
+        W=payload["W"],
+        stats=list(payload["stats"]),
+        epoch=int(payload["epoch"]),
+        step=int(payload["step"]),
+        step_in_epoch=int(payload["step_in_epoch"]),
+        history=[float(x) for x in payload["history"]],
+        epoch_loss_sum=float(payload["epoch_loss_sum"]),
+        epoch_n=int(payload["epoch_n"]),
+    )
+    return state, dict(payload.get("extra", {}))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def make_optimizer(model: UnrolledNMF, lr: float) -> torch.optim.Optimizer:
+    """Adam over the trainable parameters (λ only when they are learned)."""
+    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+
+
+def train(
+    model: UnrolledNMF,
+    dataset: ColumnShardDataset,
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+    *,
+    callback: Callable[[int, float], None] | None = None,
+    checkpoint_extra: dict[str, Any] | None = None,
+) -> TrainState:
+    """Train ``model`` for ``config.epochs`` epochs (continuing from ``state``).
+
+    Parameters
+    ----------
+    model : UnrolledNMF
+    dataset : ColumnShardDataset
+        This rank's view of the data (its ``batch_size`` is the per-rank batch; ``None``
+        means full batch).
+    config : TrainConfig
+    optimizer : torch.optim.Optimizer
+    state : TrainState
+        Starting state (fresh, or loaded from a checkpoint); ``state.W`` must hold the
+        initial basis in unsupervised mode.
+    callback : callable, optional
+        ``callback(epoch, mean_loss)`` after each epoch.
+    checkpoint_extra : dict, optional
+        Plain JSON-like values stored in every checkpoint (hyper-parameters).
+
+    Returns
+    -------
+    TrainState
+    """
+    rank, _ = dist_info()
+    n_total = dataset.shape[1]
+    full_batch = dataset.batch_size is None
+    resident = load_all(dataset) if full_batch else None
+    bar = tqdm(
+        total=config.epochs, initial=state.epoch, disable=not config.progress or rank != 0,
+        desc="dnmf train", unit="epoch",
+    )
+    try:
+        while state.epoch < config.epochs:
+            dataset.set_epoch(state.epoch)
+            if resident is not None:
+                batches: Any = iter([resident][state.step_in_epoch :])
+            else:
+                batches = iter(make_loader(dataset, config.num_workers))
+                # resume mid-epoch: replay the epoch's deterministic order up to the step
+                for _ in range(state.step_in_epoch):
+                    next(batches, None)
+            while True:
+                batch = next(batches, None)
+                loss_sum, n_step = train_step(model, optimizer, batch, state, config.mode, n_total)
+                if n_step == 0:
+                    break
+                state.epoch_loss_sum += loss_sum
+                state.epoch_n += n_step
+                if (
+                    config.checkpoint_every
+                    and config.checkpoint_path
+                    and state.step % config.checkpoint_every == 0
+                    and rank == 0
+                ):
+                    save_checkpoint(config.checkpoint_path, model, optimizer, state, checkpoint_extra)
+            mean_loss = state.epoch_loss_sum / max(state.epoch_n, 1)
+            state.history.append(mean_loss)
+            state.epoch += 1
+            state.step_in_epoch = 0
+            state.epoch_loss_sum, state.epoch_n = 0.0, 0
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:.5g}")
+            if callback is not None:
+                callback(state.epoch, mean_loss)
+            logger.debug("epoch %d loss %.6g", state.epoch, mean_loss)
+    finally:
+        bar.close()
+    return state

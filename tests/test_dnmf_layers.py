@@ -1,0 +1,127 @@
+"""The unrolled layers against plain MU, MU monotonicity, NNLS, non-negativity of training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.optimize import nnls
+
+torch = pytest.importorskip("torch")
+
+from scalenmf.models.deep.data import Batch  # noqa: E402
+from scalenmf.models.deep.layers import UnrolledNMF  # noqa: E402
+from scalenmf.models.deep.mu import (  # noqa: E402
+    frobenius_cost,
+    kl_cost,
+    mu_step_h_frobenius,
+    mu_step_h_kl,
+    mu_step_w_frobenius,
+    mu_step_w_kl,
+    nnls_gram,
+    nnls_h,
+    nnls_w_from_gram,
+)
+from scalenmf.models.deep.train import TrainState, make_optimizer, train_step  # noqa: E402
+
+
+def _data(seed: int, m: int = 12, k: int = 3, n: int = 40):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.rand((m, k), generator=g, dtype=torch.float64)
+    H = torch.rand((k, n), generator=g, dtype=torch.float64) * 5
+    V = torch.poisson(W @ H, generator=g)
+    return V, W, H
+
+
+@pytest.mark.parametrize("loss", ["frobenius", "kl"])
+@pytest.mark.parametrize("lams", [(0.0, 0.0), (0.7, 1.3)])
+def test_network_with_mu_weights_is_exactly_mu(loss, lams):
+    V, W, _ = _data(0)
+    L = 7
+    net = UnrolledNMF(12, 3, L, loss, *lams, dtype=torch.float64)
+    net.init_from_w(W)
+    step = mu_step_h_kl if loss == "kl" else mu_step_h_frobenius
+    H = torch.ones((3, V.shape[1]), dtype=torch.float64)
+    for _ in range(L):
+        H = step(V, W, H, *lams)
+    with torch.no_grad():
+        out = net(V)
+    torch.testing.assert_close(out, H, rtol=1e-12, atol=1e-12)
+    # and a different depth would not match: the check can fail
+    assert not torch.allclose(UnrolledNMF(12, 3, L - 1, loss, *lams, dtype=torch.float64)
+                              .requires_grad_(False).__call__(V), H)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("lams", [(0.0, 0.0), (1.0, 2.0)])
+def test_mu_costs_never_rise_for_fixed_w(seed, lams):
+    V, W, _ = _data(seed)
+    g = torch.Generator().manual_seed(100 + seed)
+    for cost, step in ((frobenius_cost, mu_step_h_frobenius), (kl_cost, mu_step_h_kl)):
+        H = torch.rand((3, V.shape[1]), generator=g, dtype=torch.float64) + 0.1
+        prev = float(cost(V, W, H, *lams))
+        for _ in range(50):
+            H = step(V, W, H, *lams)
+            now = float(cost(V, W, H, *lams))
+            assert now <= prev * (1 + 1e-12) + 1e-12
+            prev = now
+
+
+def test_mu_w_steps_never_raise_cost():
+    V, W, H = _data(3)
+    W = W + 0.5
+    for cost, step in ((frobenius_cost, mu_step_w_frobenius), (kl_cost, mu_step_w_kl)):
+        Wc, prev = W.clone(), float(cost(V, W, H))
+        for _ in range(30):
+            Wc = step(V, Wc, H)
+            now = float(cost(V, Wc, H))
+            assert now <= prev * (1 + 1e-12)
+            prev = now
+
+
+def test_nnls_gram_matches_scipy():
+    V, W, H = _data(4, m=15, k=4, n=6)
+    Hn = nnls_h(V, W)
+    for j in range(V.shape[1]):
+        ref, _ = nnls(W.numpy(), V[:, j].numpy())
+        np.testing.assert_allclose(Hn[:, j].numpy(), ref, atol=1e-7)
+    Wn = nnls_w_from_gram(H @ H.T, V @ H.T)
+    for i in range(V.shape[0]):
+        ref, _ = nnls(H.T.numpy(), V[i].numpy())
+        np.testing.assert_allclose(Wn[i].numpy(), ref, atol=1e-7)
+
+
+def test_regularized_nnls_solves_kkt():
+    V, W, _ = _data(5)
+    lam1, lam2 = 0.5, 2.0
+    Hn = nnls_h(V, W, lam1, lam2)
+    grad = (W.T @ W + lam2 * torch.eye(3, dtype=W.dtype)) @ Hn - W.T @ V + lam1
+    assert float(Hn.min()) >= 0
+    assert float(grad.min()) > -1e-6  # stationarity on the boundary
+    assert float((grad * Hn).abs().max()) < 1e-5  # complementary slackness
+    assert torch.allclose(nnls_gram(torch.eye(2, dtype=W.dtype), -torch.ones((2, 3), dtype=W.dtype)),
+                          torch.zeros((2, 3), dtype=W.dtype))
+
+
+@pytest.mark.parametrize("mode", ["supervised", "unsupervised"])
+@pytest.mark.parametrize("loss", ["frobenius", "kl"])
+def test_parameters_and_outputs_nonnegative_after_every_step(mode, loss):
+    V, W, H = _data(6)
+    V, H = V.float(), H.float()
+    learn = mode == "supervised"
+    net = UnrolledNMF(12, 3, 4, loss, 0.1, 0.1, learn_lambdas=learn)
+    net.init_constant(0.5)
+    # a large learning rate pushes parameters through zero, so the clamp has work to do
+    opt = make_optimizer(net, lr=0.6)
+    state = TrainState(W=torch.rand((12, 3)) if mode == "unsupervised" else None)
+    clamped = False
+    for _ in range(15):
+        train_step(net, opt, Batch(V, H if learn else H[:0], torch.arange(40)), state, mode, 40)
+        for p in net.parameters():
+            assert float(p.min()) >= 0.0
+            clamped |= bool((p == 0).any())
+        with torch.no_grad():
+            out = net(V)
+        assert torch.isfinite(out).all() and float(out.min()) >= 0.0
+        if state.W is not None:
+            assert float(state.W.min()) >= 0.0
+    assert clamped, "the test never exercised the clamp"

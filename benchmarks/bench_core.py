@@ -88,6 +88,15 @@ def _accepted(func: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k in params}
 
 
+def _named_params(func: Any) -> set[str]:
+    """The explicitly named keyword parameters of ``func`` (empty if it cannot be inspected)."""
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return set()
+    return {n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+
+
 def per_iteration_times(result: Any) -> list[float] | None:
     """Seconds of each iteration from ``result.timings``, if the engine provides them.
 
@@ -159,8 +168,13 @@ def run_scalenmf(
     kwargs: dict[str, Any] = dict(
         solver=solver, loss=loss, max_iter=max_iter, tol=tol, seed=seed, init=init, **kw
     )
-    kwargs.update({name: threads for name in THREAD_PARAM_NAMES})
     kwargs = _accepted(nmf, kwargs)
+    named = _named_params(nmf)
+    # optional knobs only when the engine names them explicitly (never through **kw)
+    kwargs.update({name: threads for name in THREAD_PARAM_NAMES if name in named})
+    stamps: list[float] = []
+    if "callback" in named:
+        kwargs["callback"] = lambda *a, **k: stamps.append(time.perf_counter())
     try:
         with limit_threads(threads):
             t0 = time.perf_counter()
@@ -168,6 +182,10 @@ def run_scalenmf(
             elapsed = time.perf_counter() - t0
     except Exception as exc:
         return unavailable(peer, f"scalenmf.nmf failed: {type(exc).__name__}: {exc}")
+    iter_times = per_iteration_times(res)
+    if iter_times is None and stamps:  # from the callback, called at the end of each iteration
+        ends = [s - t0 for s in stamps]  # the first one includes input handling and init
+        iter_times = [b - a for a, b in zip([0.0, *ends[:-1]], ends, strict=True)]
     rec = record(
         peer,
         time_s=elapsed,
@@ -177,7 +195,7 @@ def run_scalenmf(
         threads=threads,
         engine_relative_error=getattr(res, "relative_error", None),
         loss_history=[float(v) for v in (getattr(res, "loss_history", None) or [])],
-        iter_times=per_iteration_times(res),
+        iter_times=iter_times,
         init_s=init_seconds(res),
     )
     if compute_error:
@@ -564,8 +582,9 @@ def bench_ooc(args: argparse.Namespace, out: dict[str, Any]) -> list[dict[str, A
         ]
     per_it = rec.get("iter_times")
     if per_it:
-        s_per_it = float(np.mean(per_it))
-        how = "mean of result.timings per-iteration"
+        steady = per_it[1:] if len(per_it) > 1 else per_it
+        s_per_it = float(np.mean(steady))
+        how = "mean of the per-iteration times, first iteration left out"
     else:  # difference of two complete runs: (t(n) − t(1)) / (n − 1)
         one = run_in_child(
             "benchmarks.bench_core:_ooc_child",

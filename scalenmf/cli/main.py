@@ -1,0 +1,201 @@
+"""The ``scalenmf`` command line: thin click commands over the Python API."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from scalenmf._version import __version__
+
+log = logging.getLogger("scalenmf")
+
+#: Exceptions that mean "the user's input or options are wrong", not "scalenmf is broken".
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, FileExistsError)
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn bad-input exceptions into a one-line error and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except USER_ERRORS as exc:
+            raise click.ClickException(str(exc)) from exc
+        except ImportError as exc:
+            raise click.ClickException(f"a dependency is missing: {exc}") from exc
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="scalenmf")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """Out-of-core, Dask-parallel non-negative matrix factorization (X ≈ W·H).
+
+    X is features × samples (genes or the 96 mutation channels × samples or cells).
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _input_source(path: str, transpose: bool, workdir: Path | None) -> Any:
+    """Open INPUT; with --transpose read a samples × features file the other way round."""
+    from scalenmf.io import open_matrix
+    from scalenmf.io.source import as_source
+
+    src = open_matrix(path)
+    if not transpose:
+        return src
+    if src.in_memory:
+        block = src.read_columns(0, src.shape[1])
+        flipped = as_source(block.T.tocsc() if src.is_sparse else block.T)
+        return flipped.set_labels(src.col_labels, src.row_labels)
+    if workdir is None:
+        raise click.ClickException("--transpose of an on-disk store needs a working directory")
+    from scalenmf import convert
+
+    tmp = workdir / "transposed.zarr"
+    convert(src, tmp, transpose=True)
+    return open_matrix(tmp)
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=True))
+@click.option("-k", "--rank", "k", type=int, required=True, help="Number of factors.")
+@click.option("-o", "--output", type=click.Path(), required=True, help="Result store (OUT.zarr).")
+@click.option("--solver", type=click.Choice(["als", "hals", "mu"]), default=None, help="Default: als (Frobenius), mu (KL).")
+@click.option("--loss", type=click.Choice(["frobenius", "kl"]), default="frobenius", show_default=True)
+@click.option("--l1-w", type=float, default=0.0, show_default=True, help="L1 penalty on W.")
+@click.option("--l1-h", type=float, default=0.0, show_default=True, help="L1 penalty on H.")
+@click.option("--l2-w", type=float, default=0.0, show_default=True, help="L2 penalty on W.")
+@click.option("--l2-h", type=float, default=0.0, show_default=True, help="L2 penalty on H.")
+@click.option("--init", type=click.Choice(["nndsvda", "nndsvd", "random"]), default="nndsvda", show_default=True)
+@click.option("--max-iter", type=int, default=200, show_default=True)
+@click.option("--tol", type=float, default=1e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--n-runs", type=int, default=1, show_default=True, help="Restarts; the best is kept.")
+@click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:port) or scheduler file.")
+@click.option("--workers", type=int, default=None, help="Start a local Dask cluster with N worker processes.")
+@click.option("--memory-limit", default=None, help="Memory budget, e.g. 2GB.")
+@click.option("--transpose", is_flag=True, help="INPUT is samples × features.")
+@click.option("--block-cols", type=int, default=None, help="Columns per block (default: planned).")
+@click.option("--nnls", type=click.Choice(["cd", "bpp"]), default="cd", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@user_errors
+def fit(input_path: str, k: int, output: str, scheduler: str | None, workers: int | None, transpose: bool, overwrite: bool, progress: bool, **opts: Any) -> None:
+    """Factorize INPUT (Zarr store, CSV/TSV, .mtx, .h5ad or .npy) and write OUT.zarr."""
+    from scalenmf import nmf
+
+    if scheduler and workers:
+        raise click.UsageError("give --scheduler or --workers, not both")
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise click.ClickException(f"output {output!r} already exists (use --overwrite to replace it)")
+    if not out.parent.exists():
+        raise click.ClickException(f"output directory {str(out.parent)!r} does not exist")
+    start = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix=".scalenmf-", dir=out.parent)) if transpose else None
+    try:
+        source = _input_source(input_path, transpose, workdir)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = nmf(source, k, scheduler=scheduler, workers=workers, progress=progress, **opts)
+        for w in caught:
+            click.echo(f"warning: {w.message}", err=True)
+        result.save(output, overwrite=overwrite)
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    wall = time.perf_counter() - start
+    m, n = result.W.shape[0], result.H.shape[1]
+    click.echo(
+        f"k={result.k}  X {m}×{n}  solver={result.params['solver']}  loss={result.params['loss']}  "
+        f"iterations={result.n_iter}{'' if result.converged else ' (max_iter reached)'}  "
+        f"relative error={result.relative_error:.5g}  wall time={wall:.2f}s  → {output}"
+    )
+
+
+@main.command()
+@click.argument("src", type=click.Path(exists=True, dir_okay=True))
+@click.argument("dst", type=click.Path())
+@click.option("--block-cols", type=int, default=None, help="Columns per chunk (default: planned).")
+@click.option("--memory-limit", default=None, help="Memory budget while converting, e.g. 1GB.")
+@click.option("--transpose", is_flag=True, help="SRC is samples × features.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None)
+@click.option("--sparse/--dense", "sparse", default=None, help="Force the stored kind (default: keep).")
+@click.option("--overwrite", is_flag=True)
+@user_errors
+def convert(src: str, dst: str, block_cols: int | None, memory_limit: str | None, transpose: bool, dtype: str | None, sparse: bool | None, overwrite: bool) -> None:
+    """Stream SRC (CSV/TSV, .mtx, .h5ad, .npy, Zarr) into a scalenmf Zarr matrix store DST."""
+    from scalenmf import convert as convert_api
+    from scalenmf.io import open_matrix
+
+    t0 = time.perf_counter()
+    convert_api(
+        src,
+        dst,
+        block_cols=block_cols,
+        memory_limit=memory_limit,
+        transpose=transpose,
+        dtype=dtype,
+        sparse=sparse,
+        overwrite=overwrite,
+        progress=sys.stderr.isatty(),
+    )
+    out = open_matrix(dst)
+    kind = "sparse" if out.is_sparse else "dense"
+    click.echo(f"wrote {dst}: {out.shape[0]}×{out.shape[1]} {kind} in {time.perf_counter() - t0:.2f}s")
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, dir_okay=True))
+@user_errors
+def info(store: str) -> None:
+    """Describe an input matrix or a result store."""
+    from scalenmf.io.info import describe, format_description
+
+    click.echo(format_description(describe(store)))
+
+
+@main.command()
+@click.option("-o", "--output", type=click.Path(), default="scalenmf-demo.zarr", show_default=True)
+@click.option("-k", "--rank", "k", type=int, default=6, show_default=True)
+@click.option("--samples", type=int, default=500, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite/--no-overwrite", default=True, show_default=True)
+@user_errors
+def demo(output: str, k: int, samples: int, seed: int, overwrite: bool) -> None:
+    """Factorize a bundled mutation catalogue simulated from COSMIC signatures."""
+    from scalenmf.demo import run_demo
+
+    run_demo(output, k=k, n_samples=samples, seed=seed, overwrite=overwrite, echo=click.echo)
+
+
+def _register_optional() -> None:
+    try:
+        from scalenmf.cli.dnmf import dnmf
+    except ImportError:  # the DNMF commands arrive with their module
+        return
+    main.add_command(dnmf)
+
+
+_register_optional()
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

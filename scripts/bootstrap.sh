@@ -12,6 +12,6 @@ stamp="$venv/.scalenmf-installed"
 want="$(sha256sum "$here/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-    "$venv/bin/python" -m pip install -q -e "$here[dev]"
+    "$venv/bin/python" -m pip install -q -e "$here[dev]" --config-settings editable_mode=compat >"$venv/.install.log" 2>&1 || { cat "$venv/.install.log" >&2; exit 1; }
     echo "$want" > "$stamp"
 fi

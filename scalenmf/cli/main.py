@@ -57,10 +57,13 @@ def _input_source(path: str, transpose: bool, workdir: Path | None) -> Any:
     from scalenmf.io import open_matrix
     from scalenmf.io.source import as_source
 
+    from scalenmf.io.source import DenseArraySource
+
     src = open_matrix(path)
     if not transpose:
         return src
-    if src.in_memory:
+    if src.in_memory or isinstance(src, DenseArraySource):
+        # In memory or memory-mapped: the transpose is a view (or one cheap sparse copy).
         block = src.read_columns(0, src.shape[1])
         flipped = as_source(block.T.tocsc() if src.is_sparse else block.T)
         return flipped.set_labels(src.col_labels, src.row_labels)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +90,32 @@ def _effective(p: dict[str, Any]) -> dict[str, Any]:
     if q["lr"] is None:
         q["lr"] = 1e-3 if sup else 5e-4
     return q
+
+
+#: Below this many matrix entries per step, torch's intra-op threads cost more than they
+#: save (and under CPU contention they spin: measured 100× slower on a shared 2-core box).
+SMALL_STEP_ENTRIES = 1 << 21
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (unchanged when ``n`` is None)."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def auto_threads(m: int, batch: int, requested: int | None) -> int | None:
+    """Threads for a step over ``m × batch`` entries: 1 for small steps, else the default."""
+    if requested is not None:
+        return requested
+    return 1 if m * batch <= SMALL_STEP_ENTRIES else None
 
 
 def random_basis(m: int, k: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
@@ -196,7 +224,9 @@ def build_and_train(
         num_workers=p["num_workers"], checkpoint_every=p["checkpoint_every"],
         checkpoint_path=ckpt, progress=progress,
     )
-    state = train(model, dataset, config, optimizer, state, checkpoint_extra=extra)
+    step_cols = n // world if per_rank is None else per_rank
+    with torch_threads(auto_threads(m, step_cols, p["n_threads"])):
+        state = train(model, dataset, config, optimizer, state, checkpoint_extra=extra)
     return model, state
 
 
@@ -277,6 +307,9 @@ class DNMF:
     checkpoint_path : str, optional
     resume : bool
         Continue from ``checkpoint_path``.
+    n_threads : int, optional
+        torch intra-op threads while fitting / transforming; default: 1 for small steps
+        (≤ 2M matrix entries, where threads only add overhead), else torch's default.
 
     Attributes
     ----------
@@ -315,6 +348,7 @@ class DNMF:
         checkpoint_every: int = 0,
         checkpoint_path: str | None = None,
         resume: bool = False,
+        n_threads: int | None = None,
     ) -> None:
         self.n_components = n_components
         self.n_layers = n_layers
@@ -335,6 +369,7 @@ class DNMF:
         self.checkpoint_every = checkpoint_every
         self.checkpoint_path = checkpoint_path
         self.resume = resume
+        self.n_threads = n_threads
         self.model_: UnrolledNMF | None = None
         self.W_: np.ndarray | None = None
         self.loss_history_: list[float] = []
@@ -349,6 +384,7 @@ class DNMF:
                 "n_components", "n_layers", "mode", "loss", "lambda1", "lambda2",
                 "learn_lambdas", "lr", "epochs", "batch_size", "num_workers", "nproc", "init",
                 "dtype", "seed", "block_cols", "checkpoint_every", "checkpoint_path", "resume",
+                "n_threads",
             )
         }
 
@@ -443,7 +479,9 @@ class DNMF:
         _check_in_memory(V, "V")
         src = open_source(V, self.block_cols)
         self._check_features(src)
-        return transform_source(model, src, batch_size=batch_size)
+        width = max((b - a for a, b in src.block_bounds), default=1)
+        with torch_threads(auto_threads(src.shape[0], min(width, batch_size or width), self.n_threads)):
+            return transform_source(model, src, batch_size=batch_size)
 
     def transform_to_zarr(
         self,

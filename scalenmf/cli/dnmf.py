@@ -173,10 +173,12 @@ def transform(model_dir: str, input: str, out: str, scheduler: str | None, batch
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
               help="Folder for results.csv, summary.md, claims.md and box plots.")
 @click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Folds evaluated in parallel processes.")
 @click.option("--quiet", is_flag=True)
 def evaluate(data_dir: str | None, sets: str | None, folds: int, epochs: int, n_layers: int,
              lambdas: str, brca: bool, max_samples: int | None, out: str, seed: int,
-             quiet: bool) -> None:
+             jobs: int, quiet: bool) -> None:
     """Re-run the paper's comparison with disjoint folds and fair baselines."""
     deep = _deep()
     from scalenmf.models.deep import evaluate as ev
@@ -190,7 +192,7 @@ def evaluate(data_dir: str | None, sets: str | None, folds: int, epochs: int, n_
         raise click.BadParameter(f"{str(root)!r} has no synsig/ folder", param_hint="--data")
     names = sets.split(",") if sets else None
     cfg = ev.EvalConfig(folds=folds, epochs=epochs, n_layers=n_layers, lambdas=lam,
-                        max_samples=max_samples, seed=seed, brca=brca)
+                        max_samples=max_samples, seed=seed, brca=brca, jobs=jobs)
     del deep
     try:
         report = ev.run_evaluation(root, Path(out), cfg, sets=names, progress=not quiet)

@@ -206,7 +206,9 @@ class DenseArraySource(MatrixSource):
         if X.ndim != 2:
             raise InputError(f"X must be 2-D (features × samples); got shape {X.shape}")
         dtype = _float_dtype(X.dtype)
-        self._X = X if X.dtype == dtype else X.astype(dtype)
+        # Integer counts are cast block by block in ``_read``: casting here would load a
+        # whole memory-mapped .npy into memory.
+        self._X = X
         self.shape = (int(X.shape[0]), int(X.shape[1]))
         self.dtype = dtype
         self.is_sparse = False
@@ -217,7 +219,8 @@ class DenseArraySource(MatrixSource):
         return not isinstance(self._X, np.memmap)
 
     def _read(self, start: int, stop: int) -> np.ndarray:
-        return self._X[:, start:stop]
+        block = self._X[:, start:stop]
+        return block if block.dtype == self.dtype else block.astype(self.dtype)
 
 
 class SparseArraySource(MatrixSource):

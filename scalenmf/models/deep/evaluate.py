@@ -276,6 +276,7 @@ class EvalConfig:
     mu_max_iter: int = 3000
     mu_tol: float = 1e-6
     dtype: str = "float32"
+    jobs: int = 1
 
 
 @dataclass
@@ -486,6 +487,17 @@ def write_outputs(out: Path, rows: list[Row], summary: str, claims: str, wall: f
     plt.close(fig)
 
 
+def _one_thread() -> None:
+    # evaluation worker processes share the cores: one torch thread each
+    torch.set_num_threads(1)
+
+
+def _run_job(job: tuple[Any, ...], cfg: EvalConfig) -> list[Row]:
+    if job[0] == "sup":
+        return supervised_fold(job[1], job[2], job[3], job[4], cfg)
+    return unsupervised_fold(job[1], job[2], job[3], job[4], job[5], job[6], cfg)
+
+
 def run_evaluation(data_dir: Path, out: Path | None, cfg: EvalConfig,
                    sets: list[str] | None = None, progress: bool = False) -> Report:
     """Run every arm on every fold of every chosen set (plus BRCA-560) and summarize.
@@ -529,11 +541,21 @@ def run_evaluation(data_dir: Path, out: Path | None, cfg: EvalConfig,
                 for lam in cfg.lambdas:
                     jobs.append(("unsup", d, tr, te, fold, lam, loss))
     rows: list[Row] = []
-    for job in tqdm(jobs, disable=not progress, desc="dnmf evaluate"):
-        if job[0] == "sup":
-            rows += supervised_fold(job[1], job[2], job[3], job[4], cfg)
-        else:
-            rows += unsupervised_fold(job[1], job[2], job[3], job[4], job[5], job[6], cfg)
+    bar = tqdm(total=len(jobs), disable=not progress, desc="dnmf evaluate")
+    if cfg.jobs > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(cfg.jobs, mp_context=ctx, initializer=_one_thread) as pool:
+            for part in pool.map(_run_job, jobs, [cfg] * len(jobs)):
+                rows += part
+                bar.update(1)
+    else:
+        for job in jobs:
+            rows += _run_job(job, cfg)
+            bar.update(1)
+    bar.close()
     wall = time.perf_counter() - t_start
     summary = summary_table(rows, cfg.n_layers)
     claims = claims_text(rows, cfg.n_layers)

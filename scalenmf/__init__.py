@@ -30,7 +30,7 @@ __all__ = [
 
 
 def convert(src: Any, dst: Any, **kwargs: Any) -> str:
-    """Stream any supported input into a scalenmf Zarr matrix store (see ``scalenmf.io.convert``)."""
+    """Stream any supported input into a Zarr matrix store (see ``scalenmf.io.convert``)."""
     from scalenmf.io.convert import convert as _convert
 
     return _convert(src, dst, **kwargs)

@@ -8,4 +8,4 @@ import numpy as np
 import scipy.sparse as sp
 
 #: A column block of X: dense (m, n_j) or sparse CSC (m, n_j).
-Block = Union[np.ndarray, sp.csc_matrix, sp.spmatrix, sp.sparray]
+Block = Union[np.ndarray, sp.csc_matrix, sp.spmatrix, sp.sparray]  # noqa: UP007 - runtime alias

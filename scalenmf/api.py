@@ -41,7 +41,9 @@ def resolve_solver(solver: str | None, loss: str) -> str:
     if solver is None:
         return "mu" if loss == "kl" else "als"
     if loss == "kl" and solver != "mu":
-        raise ValueError(f"loss='kl' is solved by multiplicative updates: use solver='mu', not {solver!r}")
+        raise ValueError(
+            f"loss='kl' is solved by multiplicative updates: use solver='mu', not {solver!r}"
+        )
     return solver
 
 
@@ -50,7 +52,9 @@ def check_rank(k: int, shape: tuple[int, int]) -> None:
     if m == 0 or n == 0:
         raise InputError(f"X is empty (shape {m}×{n})")
     if k > min(m, n):
-        raise ValueError(f"k must be between 1 and min(m, n) = {min(m, n)} for X of shape {m}×{n}; got {k}")
+        raise ValueError(
+            f"k must be between 1 and min(m, n) = {min(m, n)} for X of shape {m}×{n}; got {k}"
+        )
 
 
 def nmf(
@@ -156,7 +160,9 @@ def nmf(
         n_runs=n_runs,
         workers=workers,
     )
-    p["solver"] = resolve_solver(None if solver is None else NMF_RULES["solver"].check("solver", solver), p["loss"])
+    p["solver"] = resolve_solver(
+        None if solver is None else NMF_RULES["solver"].check("solver", solver), p["loss"]
+    )
     budget = parse_memory(memory_limit)
     source = as_source(X, block_cols=block_cols)
     check_rank(p["k"], source.shape)

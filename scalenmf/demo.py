@@ -1,4 +1,4 @@
-"""``scalenmf demo``: simulate a catalogue from COSMIC signatures, factorize it, name the factors."""
+"""``scalenmf demo``: simulate a COSMIC catalogue, factorize it, name the factors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ from collections.abc import Callable
 import numpy as np
 
 from scalenmf.api import nmf
-from scalenmf.signatures import cosmic_reference, cosine_matrix, match_signatures, simulate_catalogue
+from scalenmf.signatures import (
+    cosine_matrix,
+    cosmic_reference,
+    match_signatures,
+    simulate_catalogue,
+)
 
 #: Signatures common in many cancers: clock-like, APOBEC, HR deficiency, smoking, UV.
 DEMO_SIGNATURES = ("SBS1", "SBS2", "SBS3", "SBS4", "SBS5", "SBS7a", "SBS13", "SBS40a")
@@ -28,7 +33,9 @@ def run_demo(
     Returns a dict with the result, the matches and the planted signatures.
     """
     ref = cosmic_reference()
-    planted = [s for s in DEMO_SIGNATURES][:k] if k <= len(DEMO_SIGNATURES) else list(DEMO_SIGNATURES)
+    planted = (
+        [s for s in DEMO_SIGNATURES][:k] if k <= len(DEMO_SIGNATURES) else list(DEMO_SIGNATURES)
+    )
     cols = [int(np.flatnonzero(ref.names == name)[0]) for name in planted]
     counts, _ = simulate_catalogue(ref.matrix[:, cols], n_samples, seed=seed)
     echo(
@@ -40,7 +47,18 @@ def run_demo(
     from scalenmf.io.source import DenseArraySource
 
     source = DenseArraySource(counts).set_labels(ref.channels, labels)
-    result = nmf(source, k, loss="kl", solver="mu", init="nndsvda", max_iter=2000, tol=1e-5, seed=seed, n_runs=4, progress=False)
+    result = nmf(
+        source,
+        k,
+        loss="kl",
+        solver="mu",
+        init="nndsvda",
+        max_iter=2000,
+        tol=1e-5,
+        seed=seed,
+        n_runs=4,
+        progress=False,
+    )
     wall = time.perf_counter() - t0
     echo(
         f"Fitted k={k} (KL loss, multiplicative updates, 4 restarts sharing each pass): "
@@ -51,11 +69,15 @@ def run_demo(
     echo("")
     echo(f"{'factor':>6}  {'best COSMIC match':<18} {'cosine':>7}   planted?")
     for m in matches:
-        echo(f"{m.factor:>6}  {m.match:<18} {m.cosine:>7.3f}   {'yes' if m.match in planted else 'no'}")
+        mark = "yes" if m.match in planted else "no"
+        echo(f"{m.factor:>6}  {m.match:<18} {m.cosine:>7.3f}   {mark}")
     recovered = sum(m.match in planted and m.cosine >= 0.9 for m in matches)
     echo("")
-    echo(f"{recovered} of {k} factors match a planted signature with cosine ≥ 0.90 "
-         f"(best cosine to a planted signature per factor: {np.round(truth.max(axis=1), 3).tolist()}).")
+    best = np.round(truth.max(axis=1), 3).tolist()
+    echo(
+        f"{recovered} of {k} factors match a planted signature with cosine ≥ 0.90 "
+        f"(best cosine to a planted signature per factor: {best})."
+    )
     result.info["demo"] = {"planted": planted, "matches": [m.__dict__ for m in matches]}
     result.save(output, overwrite=overwrite)
     echo(f"Result store written to {output} (inspect it with: scalenmf info {output}).")

@@ -107,8 +107,14 @@ class NMF:
         return self
 
     def __repr__(self) -> str:
-        defaults = {n: p.default for n, p in inspect.signature(type(self).__init__).parameters.items()}
-        changed = [f"{n}={v!r}" for n, v in self.get_params().items() if defaults.get(n) is not v and defaults.get(n) != v]
+        defaults = {
+            n: p.default for n, p in inspect.signature(type(self).__init__).parameters.items()
+        }
+        changed = [
+            f"{n}={v!r}"
+            for n, v in self.get_params().items()
+            if defaults.get(n) is not v and defaults.get(n) != v
+        ]
         return f"NMF({', '.join(changed)})"
 
     # -- fitting ------------------------------------------------------------------------
@@ -179,7 +185,9 @@ class NMF:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", category=UserWarning)
-                H, _, _ = project_blocks(executor, W, config, max_iter=max(self.max_iter, 200), tol=1e-8)
+                H, _, _ = project_blocks(
+                    executor, W, config, max_iter=max(self.max_iter, 200), tol=1e-8
+                )
         finally:
             executor.close()
         return H.T.copy()

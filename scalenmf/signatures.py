@@ -44,7 +44,8 @@ def align_rows(
     if labels is None:
         if matrix.shape[0] != reference_labels.shape[0]:
             raise InputError(
-                f"cannot align {matrix.shape[0]} unlabelled rows to {reference_labels.shape[0]} channels"
+                f"cannot align {matrix.shape[0]} unlabelled rows "
+                f"to {reference_labels.shape[0]} channels"
             )
         return matrix
     index = {str(label): i for i, label in enumerate(labels)}
@@ -71,7 +72,9 @@ class Match:
     cosine: float
 
 
-def match_signatures(W: np.ndarray, reference: Reference, row_labels: np.ndarray | None = None) -> list[Match]:
+def match_signatures(
+    W: np.ndarray, reference: Reference, row_labels: np.ndarray | None = None
+) -> list[Match]:
     """Match each factor (column of W) to a distinct reference signature (Hungarian, on cosine).
 
     Parameters
@@ -86,7 +89,10 @@ def match_signatures(W: np.ndarray, reference: Reference, row_labels: np.ndarray
     Wa = align_rows(W, row_labels, reference.channels)
     cos = cosine_matrix(Wa, reference.matrix)
     rows, cols = linear_sum_assignment(-cos)
-    out = [Match(int(r), str(reference.names[c]), float(cos[r, c])) for r, c in zip(rows, cols, strict=True)]
+    out = [
+        Match(int(r), str(reference.names[c]), float(cos[r, c]))
+        for r, c in zip(rows, cols, strict=True)
+    ]
     return sorted(out, key=lambda m: m.factor)
 
 

@@ -16,7 +16,9 @@ from scalenmf.cli.main import main
 @pytest.fixture()
 def counts() -> np.ndarray:
     rng = np.random.default_rng(3)
-    return rng.poisson(rng.gamma(1.0, 1.0, (30, 3)) @ rng.gamma(1.0, 1.0, (3, 80)) * 4).astype(float)
+    return rng.poisson(rng.gamma(1.0, 1.0, (30, 3)) @ rng.gamma(1.0, 1.0, (3, 80)) * 4).astype(
+        float
+    )
 
 
 def run(*args: str):
@@ -26,7 +28,9 @@ def run(*args: str):
 def test_fit_npy_writes_store_equal_to_api(tmp_path: Path, counts: np.ndarray) -> None:
     np.save(tmp_path / "x.npy", counts)
     out = tmp_path / "out.zarr"
-    res = run("fit", tmp_path / "x.npy", "-k", 3, "-o", out, "--max-iter", 40, "--tol", 0, "--no-progress")
+    res = run(
+        "fit", tmp_path / "x.npy", "-k", 3, "-o", out, "--max-iter", 40, "--tol", 0, "--no-progress"
+    )
     assert res.exit_code == 0, res.output
     assert "relative error" in res.output and "k=3" in res.output
     saved = scalenmf.load(out)
@@ -37,8 +41,12 @@ def test_fit_npy_writes_store_equal_to_api(tmp_path: Path, counts: np.ndarray) -
     assert len(saved.loss_history) == 40
 
 
-@pytest.mark.parametrize("solver,loss", [("als", "frobenius"), ("hals", "frobenius"), ("mu", "frobenius"), ("mu", "kl")])
-def test_fit_zarr_dense_and_sparse(tmp_path: Path, counts: np.ndarray, solver: str, loss: str) -> None:
+@pytest.mark.parametrize(
+    "solver,loss", [("als", "frobenius"), ("hals", "frobenius"), ("mu", "frobenius"), ("mu", "kl")]
+)
+def test_fit_zarr_dense_and_sparse(
+    tmp_path: Path, counts: np.ndarray, solver: str, loss: str
+) -> None:
     dense = tmp_path / "dense.zarr"
     sparse = tmp_path / "sparse.zarr"
     scalenmf.write_matrix(dense, counts, block_cols=17)
@@ -46,8 +54,25 @@ def test_fit_zarr_dense_and_sparse(tmp_path: Path, counts: np.ndarray, solver: s
     outs = []
     for name, store in (("d", dense), ("s", sparse)):
         out = tmp_path / f"{name}.zarr"
-        res = run("fit", store, "-k", 3, "-o", out, "--solver", solver, "--loss", loss,
-                  "--max-iter", 15, "--tol", 0, "--l1-h", 0.1, "--no-progress")
+        res = run(
+            "fit",
+            store,
+            "-k",
+            3,
+            "-o",
+            out,
+            "--solver",
+            solver,
+            "--loss",
+            loss,
+            "--max-iter",
+            15,
+            "--tol",
+            0,
+            "--l1-h",
+            0.1,
+            "--no-progress",
+        )
         assert res.exit_code == 0, res.output
         outs.append(scalenmf.load(out))
     assert outs[0].params["loss"] == loss
@@ -57,19 +82,48 @@ def test_fit_zarr_dense_and_sparse(tmp_path: Path, counts: np.ndarray, solver: s
 def test_fit_transpose_reads_samples_by_features(tmp_path: Path, counts: np.ndarray) -> None:
     np.save(tmp_path / "xt.npy", counts.T)
     out = tmp_path / "t.zarr"
-    res = run("fit", tmp_path / "xt.npy", "-k", 2, "-o", out, "--transpose", "--max-iter", 10, "--no-progress")
+    res = run(
+        "fit",
+        tmp_path / "xt.npy",
+        "-k",
+        2,
+        "-o",
+        out,
+        "--transpose",
+        "--max-iter",
+        10,
+        "--no-progress",
+    )
     assert res.exit_code == 0, res.output
     saved = scalenmf.load(out)
     assert saved.W.shape == (30, 2) and saved.H.shape == (2, 80)
 
 
-def test_fit_refuses_existing_output_and_overwrites_on_request(tmp_path: Path, counts: np.ndarray) -> None:
+def test_fit_refuses_existing_output_and_overwrites_on_request(
+    tmp_path: Path, counts: np.ndarray
+) -> None:
     np.save(tmp_path / "x.npy", counts)
     out = tmp_path / "o.zarr"
-    assert run("fit", tmp_path / "x.npy", "-k", 2, "-o", out, "--max-iter", 5, "--no-progress").exit_code == 0
+    assert (
+        run(
+            "fit", tmp_path / "x.npy", "-k", 2, "-o", out, "--max-iter", 5, "--no-progress"
+        ).exit_code
+        == 0
+    )
     again = run("fit", tmp_path / "x.npy", "-k", 2, "-o", out, "--max-iter", 5, "--no-progress")
     assert again.exit_code != 0 and "already exists" in again.output
-    over = run("fit", tmp_path / "x.npy", "-k", 3, "-o", out, "--max-iter", 5, "--overwrite", "--no-progress")
+    over = run(
+        "fit",
+        tmp_path / "x.npy",
+        "-k",
+        3,
+        "-o",
+        out,
+        "--max-iter",
+        5,
+        "--overwrite",
+        "--no-progress",
+    )
     assert over.exit_code == 0, over.output
     assert scalenmf.load(out).k == 3
 
@@ -117,8 +171,18 @@ def test_missing_and_corrupt_inputs(tmp_path: Path) -> None:
 
 def test_both_scheduler_and_workers_is_a_usage_error(tmp_path: Path, counts: np.ndarray) -> None:
     np.save(tmp_path / "x.npy", counts)
-    res = run("fit", tmp_path / "x.npy", "-k", 2, "-o", tmp_path / "o.zarr", "--workers", 2,
-              "--scheduler", "tcp://127.0.0.1:1")
+    res = run(
+        "fit",
+        tmp_path / "x.npy",
+        "-k",
+        2,
+        "-o",
+        tmp_path / "o.zarr",
+        "--workers",
+        2,
+        "--scheduler",
+        "tcp://127.0.0.1:1",
+    )
     assert res.exit_code == 2 and "not both" in res.output
 
 
@@ -126,7 +190,21 @@ def test_fit_with_local_cluster_workers(tmp_path: Path, counts: np.ndarray) -> N
     store = tmp_path / "x.zarr"
     scalenmf.write_matrix(store, counts, block_cols=20)
     out = tmp_path / "o.zarr"
-    res = run("fit", store, "-k", 3, "-o", out, "--workers", 2, "--max-iter", 12, "--tol", 0, "--no-progress")
+    res = run(
+        "fit",
+        store,
+        "-k",
+        3,
+        "-o",
+        out,
+        "--workers",
+        2,
+        "--max-iter",
+        12,
+        "--tol",
+        0,
+        "--no-progress",
+    )
     assert res.exit_code == 0, res.output
     local = scalenmf.nmf(store, 3, max_iter=12, tol=0)
     np.testing.assert_allclose(scalenmf.load(out).W, local.W, rtol=1e-8, atol=1e-10)

@@ -35,8 +35,18 @@ def scheduler_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     procs = [
         subprocess.Popen(
-            [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-            stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT, env=env,
+            [
+                str(BIN / "dask"),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-dashboard",
+            ],
+            stdout=open(logs / "scheduler.log", "w"),
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     ]
     try:
@@ -50,9 +60,23 @@ def scheduler_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         for i in range(2):
             procs.append(
                 subprocess.Popen(
-                    [str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-dashboard",
-                     "--host", "127.0.0.1", "--name", f"w{i}", "--memory-limit", "2GB"],
-                    stdout=open(logs / f"worker{i}.log", "w"), stderr=subprocess.STDOUT, env=env,
+                    [
+                        str(BIN / "dask"),
+                        "worker",
+                        address,
+                        "--nthreads",
+                        "1",
+                        "--no-dashboard",
+                        "--host",
+                        "127.0.0.1",
+                        "--name",
+                        f"w{i}",
+                        "--memory-limit",
+                        "2GB",
+                    ],
+                    stdout=open(logs / f"worker{i}.log", "w"),
+                    stderr=subprocess.STDOUT,
+                    env=env,
                 )
             )
         with Client(address, timeout="30s") as client:
@@ -71,14 +95,30 @@ def scheduler_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 @pytest.mark.cluster
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("kind", ["dense", "sparse"])
-def test_cli_fit_against_scheduler_processes(tmp_path: Path, scheduler_address: str, kind: str) -> None:
+def test_cli_fit_against_scheduler_processes(
+    tmp_path: Path, scheduler_address: str, kind: str
+) -> None:
     rng = np.random.default_rng(11)
     X = rng.poisson(rng.gamma(1.0, 1.0, (40, 3)) @ rng.gamma(1.0, 1.0, (3, 150)) * 3).astype(float)
     store = tmp_path / "x.zarr"
     scalenmf.write_matrix(store, sp.csc_matrix(X) if kind == "sparse" else X, block_cols=40)
     out = tmp_path / "out.zarr"
-    cmd = [str(BIN / "scalenmf"), "fit", str(store), "-k", "3", "-o", str(out), "--scheduler",
-           scheduler_address, "--max-iter", "25", "--tol", "0", "--no-progress"]
+    cmd = [
+        str(BIN / "scalenmf"),
+        "fit",
+        str(store),
+        "-k",
+        "3",
+        "-o",
+        str(out),
+        "--scheduler",
+        scheduler_address,
+        "--max-iter",
+        "25",
+        "--tol",
+        "0",
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "relative error" in proc.stdout
@@ -96,9 +136,21 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", X)
     port = _free_port()
     proc = subprocess.run(
-        [str(BIN / "scalenmf"), "fit", str(tmp_path / "x.npy"), "-k", "2", "-o", str(tmp_path / "o.zarr"),
-         "--scheduler", f"tcp://127.0.0.1:{port}", "--no-progress"],
-        capture_output=True, text=True, timeout=100,
+        [
+            str(BIN / "scalenmf"),
+            "fit",
+            str(tmp_path / "x.npy"),
+            "-k",
+            "2",
+            "-o",
+            str(tmp_path / "o.zarr"),
+            "--scheduler",
+            f"tcp://127.0.0.1:{port}",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=100,
     )
     assert proc.returncode != 0
     assert "127.0.0.1" in proc.stderr

@@ -20,7 +20,12 @@ from scalenmf._version import __version__
 log = logging.getLogger("scalenmf")
 
 #: Exceptions that mean "the user's input or options are wrong", not "scalenmf is broken".
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, FileExistsError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    FileExistsError,
+)
 
 
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -55,9 +60,7 @@ def main(verbose: int) -> None:
 def _input_source(path: str, transpose: bool, workdir: Path | None) -> Any:
     """Open INPUT; with --transpose read a samples × features file the other way round."""
     from scalenmf.io import open_matrix
-    from scalenmf.io.source import as_source
-
-    from scalenmf.io.source import DenseArraySource
+    from scalenmf.io.source import DenseArraySource, as_source
 
     src = open_matrix(path)
     if not transpose:
@@ -80,19 +83,37 @@ def _input_source(path: str, transpose: bool, workdir: Path | None) -> Any:
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=True))
 @click.option("-k", "--rank", "k", type=int, required=True, help="Number of factors.")
 @click.option("-o", "--output", type=click.Path(), required=True, help="Result store (OUT.zarr).")
-@click.option("--solver", type=click.Choice(["als", "hals", "mu"]), default=None, help="Default: als (Frobenius), mu (KL).")
-@click.option("--loss", type=click.Choice(["frobenius", "kl"]), default="frobenius", show_default=True)
+@click.option(
+    "--solver",
+    type=click.Choice(["als", "hals", "mu"]),
+    default=None,
+    help="Default: als (Frobenius), mu (KL).",
+)
+@click.option(
+    "--loss", type=click.Choice(["frobenius", "kl"]), default="frobenius", show_default=True
+)
 @click.option("--l1-w", type=float, default=0.0, show_default=True, help="L1 penalty on W.")
 @click.option("--l1-h", type=float, default=0.0, show_default=True, help="L1 penalty on H.")
 @click.option("--l2-w", type=float, default=0.0, show_default=True, help="L2 penalty on W.")
 @click.option("--l2-h", type=float, default=0.0, show_default=True, help="L2 penalty on H.")
-@click.option("--init", type=click.Choice(["nndsvda", "nndsvd", "random"]), default="nndsvda", show_default=True)
+@click.option(
+    "--init",
+    type=click.Choice(["nndsvda", "nndsvd", "random"]),
+    default="nndsvda",
+    show_default=True,
+)
 @click.option("--max-iter", type=int, default=200, show_default=True)
 @click.option("--tol", type=float, default=1e-4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--n-runs", type=int, default=1, show_default=True, help="Restarts; the best is kept.")
-@click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:port) or scheduler file.")
-@click.option("--workers", type=int, default=None, help="Start a local Dask cluster with N worker processes.")
+@click.option(
+    "--n-runs", type=int, default=1, show_default=True, help="Restarts; the best is kept."
+)
+@click.option(
+    "--scheduler", default=None, help="Dask scheduler address (tcp://host:port) or scheduler file."
+)
+@click.option(
+    "--workers", type=int, default=None, help="Start a local Dask cluster with N worker processes."
+)
 @click.option("--memory-limit", default=None, help="Memory budget, e.g. 2GB.")
 @click.option("--transpose", is_flag=True, help="INPUT is samples × features.")
 @click.option("--block-cols", type=int, default=None, help="Columns per block (default: planned).")
@@ -101,7 +122,17 @@ def _input_source(path: str, transpose: bool, workdir: Path | None) -> Any:
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
-def fit(input_path: str, k: int, output: str, scheduler: str | None, workers: int | None, transpose: bool, overwrite: bool, progress: bool, **opts: Any) -> None:
+def fit(
+    input_path: str,
+    k: int,
+    output: str,
+    scheduler: str | None,
+    workers: int | None,
+    transpose: bool,
+    overwrite: bool,
+    progress: bool,
+    **opts: Any,
+) -> None:
     """Factorize INPUT (Zarr store, CSV/TSV, .mtx, .h5ad or .npy) and write OUT.zarr."""
     from scalenmf import nmf
 
@@ -109,7 +140,9 @@ def fit(input_path: str, k: int, output: str, scheduler: str | None, workers: in
         raise click.UsageError("give --scheduler or --workers, not both")
     out = Path(output)
     if out.exists() and not overwrite:
-        raise click.ClickException(f"output {output!r} already exists (use --overwrite to replace it)")
+        raise click.ClickException(
+            f"output {output!r} already exists (use --overwrite to replace it)"
+        )
     if not out.parent.exists():
         raise click.ClickException(f"output directory {str(out.parent)!r} does not exist")
     start = time.perf_counter()
@@ -141,10 +174,21 @@ def fit(input_path: str, k: int, output: str, scheduler: str | None, workers: in
 @click.option("--memory-limit", default=None, help="Memory budget while converting, e.g. 1GB.")
 @click.option("--transpose", is_flag=True, help="SRC is samples × features.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None)
-@click.option("--sparse/--dense", "sparse", default=None, help="Force the stored kind (default: keep).")
+@click.option(
+    "--sparse/--dense", "sparse", default=None, help="Force the stored kind (default: keep)."
+)
 @click.option("--overwrite", is_flag=True)
 @user_errors
-def convert(src: str, dst: str, block_cols: int | None, memory_limit: str | None, transpose: bool, dtype: str | None, sparse: bool | None, overwrite: bool) -> None:
+def convert(
+    src: str,
+    dst: str,
+    block_cols: int | None,
+    memory_limit: str | None,
+    transpose: bool,
+    dtype: str | None,
+    sparse: bool | None,
+    overwrite: bool,
+) -> None:
     """Stream SRC (CSV/TSV, .mtx, .h5ad, .npy, Zarr) into a scalenmf Zarr matrix store DST."""
     from scalenmf import convert as convert_api
     from scalenmf.io import open_matrix
@@ -163,7 +207,9 @@ def convert(src: str, dst: str, block_cols: int | None, memory_limit: str | None
     )
     out = open_matrix(dst)
     kind = "sparse" if out.is_sparse else "dense"
-    click.echo(f"wrote {dst}: {out.shape[0]}×{out.shape[1]} {kind} in {time.perf_counter() - t0:.2f}s")
+    click.echo(
+        f"wrote {dst}: {out.shape[0]}×{out.shape[1]} {kind} in {time.perf_counter() - t0:.2f}s"
+    )
 
 
 @main.command()

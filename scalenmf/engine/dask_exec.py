@@ -30,7 +30,7 @@ def _load(ref: BlockRef) -> Any:
 
 
 def connect(scheduler: Any = None, workers: int | None = None, memory_limit: int | None = None):
-    """Return ``(client, owned_cluster, owns_client)`` for an address, scheduler file, Client or N workers."""
+    """``(client, owned_cluster, owns_client)`` for an address, scheduler file, Client or N."""
     from distributed import Client, LocalCluster
 
     if scheduler is not None and hasattr(scheduler, "submit"):

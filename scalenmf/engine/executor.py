@@ -93,4 +93,6 @@ def make_executor(
         return DaskExecutor(source, scheduler=scheduler, workers=workers, memory_limit=memory_limit)
     from scalenmf.engine.local import LocalExecutor
 
-    return LocalExecutor(source, threads=threads or (os.cpu_count() or 1), memory_limit=memory_limit)
+    return LocalExecutor(
+        source, threads=threads or (os.cpu_count() or 1), memory_limit=memory_limit
+    )

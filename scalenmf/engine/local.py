@@ -79,9 +79,7 @@ class LocalExecutor:
 
     def _map(self, fn: BlockFn, broadcast: Any, read_x: bool) -> Iterator[tuple[Any, Any]]:
         n = self.source.n_blocks
-        args = [
-            (self._xref(j) if read_x else None, self._states[j]) for j in range(n)
-        ]
+        args = [(self._xref(j) if read_x else None, self._states[j]) for j in range(n)]
         if self.parallel_blocks:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="scalenmf")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 #: Decoded bytes of one block when nothing else constrains it. Large enough that BLAS runs
@@ -57,7 +59,7 @@ def bounds_from_cols(n: int, block_cols: int) -> list[tuple[int, int]]:
 def bounds_from_sizes(sizes: list[int] | tuple[int, ...]) -> list[tuple[int, int]]:
     """Column ranges from a list of block widths (irregular blocking)."""
     edges = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
 
 def align_bounds(chunk: int, n: int, block_cols: int) -> list[tuple[int, int]]:
@@ -78,4 +80,4 @@ def bounds_by_nnz(indptr: np.ndarray, target_nnz: int) -> list[tuple[int, int]]:
         want = indptr[start] + target_nnz
         stop = int(np.searchsorted(indptr, want, side="right")) - 1
         cuts.append(min(n, max(stop, start + 1)))
-    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    return [(a, b) for a, b in itertools.pairwise(cuts)]

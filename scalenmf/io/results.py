@@ -83,7 +83,9 @@ def write_result(
     return str(path)
 
 
-def read_result(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, np.ndarray]]:
+def read_result(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, np.ndarray]]:
     """Read a result store: ``(arrays, attrs, labels)``."""
     g = _open_group(path)
     meta = g.attrs.get("scalenmf")

@@ -147,7 +147,9 @@ class MatrixSource(ABC):
     def __repr__(self) -> str:
         m, n = self.shape
         kind = "sparse" if self.is_sparse else "dense"
-        return f"<{type(self).__name__} {m}×{n} {kind} {np.dtype(self.dtype)} blocks={self.n_blocks}>"
+        return (
+            f"<{type(self).__name__} {m}×{n} {kind} {np.dtype(self.dtype)} blocks={self.n_blocks}>"
+        )
 
 
 def as_str_array(labels: Any) -> np.ndarray:

@@ -14,6 +14,7 @@ the CSR of Xᵀ is the CSC of X, so its row blocks are our column blocks.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -218,14 +219,17 @@ def open_zarr(path: str | os.PathLike[str]) -> MatrixSource:
     meta = g.attrs.get("scalenmf")
     if isinstance(meta, dict) and meta.get("kind") == "result":
         raise InputError(
-            f"{p!r} is a scalenmf result store, not an input matrix "
-            "(use scalenmf.load to read it)"
+            f"{p!r} is a scalenmf result store, not an input matrix (use scalenmf.load to read it)"
         )
     if g.attrs.get("encoding-type") == "anndata":
         if "X" not in g:
             raise InputError(f"AnnData store {p!r} has no X")
         node = g["X"]
         src: MatrixSource
+        if isinstance(node, zarr.Group) and node.attrs.get("encoding-type") == "csc_matrix":
+            # AnnData's cells × genes CSC is sorted by gene: it cannot be read by blocks
+            # of cells. Without this branch it would be read with the axes swapped.
+            return _anndata_csc_in_memory(p)
         if isinstance(node, zarr.Group):
             src = ZarrSparseSource(p, "X")
         else:
@@ -238,6 +242,55 @@ def open_zarr(path: str | os.PathLike[str]) -> MatrixSource:
     src = ZarrSparseSource(p, "X") if isinstance(node, zarr.Group) else ZarrDenseSource(p, "X")
     src.set_labels(_labels(g, "row_labels"), _labels(g, "col_labels"))
     return src
+
+
+#: An AnnData CSC X up to this size is read into memory by ``open_zarr``.
+ANNDATA_CSC_IN_MEMORY_BYTES = 1 << 30
+
+
+def anndata_csc_group(path: str | os.PathLike[str]) -> bool:
+    """True if ``path`` is an AnnData ``.zarr`` store whose X is CSC-encoded."""
+    p = Path(path)
+    if not (p.is_dir() and ((p / "zarr.json").exists() or (p / ".zgroup").exists())):
+        return False
+    try:
+        g = zarr.open_group(str(p), mode="r")
+        if g.attrs.get("encoding-type") != "anndata" or "X" not in g:
+            return False
+        node = g["X"]
+    except Exception:
+        return False
+    return isinstance(node, zarr.Group) and node.attrs.get("encoding-type") == "csc_matrix"
+
+
+def open_anndata_csc_stored(path: str | os.PathLike[str]) -> ZarrSparseSource:
+    """An AnnData CSC X as stored (cells × genes, readable by gene blocks), for re-sorting.
+
+    Row labels are the obs (cell) names and column labels the var (gene) names: X is the
+    transpose of this source.
+    """
+    p = str(path)
+    src = ZarrSparseSource(p, "X")
+    g = _open_group(p)
+    src.set_labels(_anndata_index(g, "obs"), _anndata_index(g, "var"))
+    return src
+
+
+def _anndata_csc_in_memory(path: str) -> MatrixSource:
+    from scalenmf.io.source import SparseArraySource
+
+    stored = open_anndata_csc_stored(path)
+    if stored.nbytes > ANNDATA_CSC_IN_MEMORY_BYTES:
+        raise InputError(
+            f"X in AnnData store {path!r} is stored CSC (gene-major, "
+            f"{stored.nbytes / 2**30:.1f} GiB), which cannot be read by blocks of cells; "
+            "run `scalenmf convert` on it once (it re-sorts it out of core), or write X as CSR"
+        )
+    logging.getLogger(__name__).info(
+        "X in %s is stored CSC; reading it into memory (convert it for out-of-core use)", path
+    )
+    X = stored.read_columns(0, stored.shape[1]).T
+    return SparseArraySource(X).set_labels(stored.col_labels, stored.row_labels)
 
 
 def write_labels(group: zarr.Group, name: str, labels: Any) -> None:
@@ -329,7 +382,9 @@ def _write_sparse(root: zarr.Group, src: MatrixSource, dtype: np.dtype) -> None:
     nnz = src.nnz
     chunk = max(1, min(max(nnz, 1), 1 << 20))
     index_dtype = np.int32 if m < 2**31 else np.int64
-    data = g.create_array("data", shape=(nnz,), chunks=(chunk,), dtype=dtype, compressors=[_codec()])
+    data = g.create_array(
+        "data", shape=(nnz,), chunks=(chunk,), dtype=dtype, compressors=[_codec()]
+    )
     indices = g.create_array(
         "indices", shape=(nnz,), chunks=(chunk,), dtype=index_dtype, compressors=[_codec()]
     )
@@ -351,5 +406,7 @@ def _write_sparse(root: zarr.Group, src: MatrixSource, dtype: np.dtype) -> None:
     if pos != data.shape[0]:
         data.resize((pos,))
         indices.resize((pos,))
-    ip = g.create_array("indptr", shape=(n + 1,), chunks=(max(1, min(n + 1, 1 << 20)),), dtype=np.int64)
+    ip = g.create_array(
+        "indptr", shape=(n + 1,), chunks=(max(1, min(n + 1, 1 << 20)),), dtype=np.int64
+    )
     ip[:] = indptr

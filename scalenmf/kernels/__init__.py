@@ -4,9 +4,9 @@ Nothing here imports dask or torch, does I/O or logs: each function takes arrays
 returns arrays, so the same kernels serve every executor.
 """
 
-from scalenmf.kernels.gram import gram, rhs, x_ht, sq_norm
-from scalenmf.kernels.nnls import cd_nnls, bpp_nnls, hals_sweep
-from scalenmf.kernels.mu import mu_frobenius, mu_kl_h, kl_block, kl_divergence
+from scalenmf.kernels.gram import gram, rhs, sq_norm, x_ht
+from scalenmf.kernels.mu import kl_block, kl_divergence, mu_frobenius, mu_kl_h
+from scalenmf.kernels.nnls import bpp_nnls, cd_nnls, hals_sweep
 
 __all__ = [
     "bpp_nnls",

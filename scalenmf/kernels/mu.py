@@ -59,9 +59,7 @@ def _ratio(X: Block, W: np.ndarray, H: np.ndarray) -> tuple[Block, np.ndarray | 
     if sp.issparse(X):
         X = sp.csc_matrix(X)
         wh = _wh_at(W, H, X)
-        ratio = sp.csc_matrix(
-            (X.data / np.maximum(wh, EPS), X.indices, X.indptr), shape=X.shape
-        )
+        ratio = sp.csc_matrix((X.data / np.maximum(wh, EPS), X.indices, X.indptr), shape=X.shape)
         return ratio, wh
     wh = W @ H
     return X / np.maximum(wh, EPS), wh
@@ -96,9 +94,7 @@ def mu_kl_h(
     return (H * numer / denom).astype(H.dtype, copy=False)
 
 
-def kl_block(
-    W: np.ndarray, X: Block, H: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, float, float]:
+def kl_block(W: np.ndarray, X: Block, H: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
     """The block's statistics for the KL W-update and loss, from one look at X.
 
     Parameters

@@ -255,15 +255,21 @@ def update_w(config: NMFConfig, W: np.ndarray, part: dict[str, Any]) -> np.ndarr
         return (W * part["numer"] / denom).astype(dtype, copy=False)
     HHt, XHt = part["HHt"], part["XHt"]
     if config.solver == "mu":
-        return mu_frobenius(HHt, XHt.T, W.T.astype(np.float64), l1=config.l1_w, l2=config.l2_w).T.astype(
-            dtype
-        )
+        return mu_frobenius(
+            HHt, XHt.T, W.T.astype(np.float64), l1=config.l1_w, l2=config.l2_w
+        ).T.astype(dtype)
     if config.solver == "als" and config.nnls == "bpp":
         return bpp_nnls(HHt, XHt.T, l1=config.l1_w, l2=config.l2_w).T.astype(dtype)
     sweeps = config.inner_sweeps if config.solver == "hals" else max(config.inner_sweeps, 50)
     tol = 0.0 if config.solver == "hals" else config.inner_tol
     Wt, _ = cd_nnls(
-        HHt, XHt.T, W.T.astype(np.float64), l1=config.l1_w, l2=config.l2_w, max_sweeps=sweeps, tol=tol
+        HHt,
+        XHt.T,
+        W.T.astype(np.float64),
+        l1=config.l1_w,
+        l2=config.l2_w,
+        max_sweeps=sweeps,
+        tol=tol,
     )
     return np.ascontiguousarray(Wt.T).astype(dtype)
 

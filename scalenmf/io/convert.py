@@ -1,0 +1,308 @@
+"""``convert``: any supported input → a scalenmf Zarr matrix store, streamed in bounded memory.
+
+The conversion has two steps:
+
+1. **Stage** the input into something readable by column blocks. Stores, ``.npy`` (memory
+   mapped), ``.h5ad`` with CSR/dense X, and in-memory arrays already are. Text files and
+   gene-major (CSC) AnnData X are not; their format's ``Stager`` re-orders them into a
+   temporary directory beside the output (see ``scalenmf.io.formats._stage``).
+   ``transpose=True`` is applied here too (a samples × features input becomes X).
+2. **Write** the final store block by block with ``write_matrix``, checking every value
+   (finite, ≥ 0) and casting dtype / kind (dense ↔ sparse) on the way.
+
+Memory: about a quarter of ``memory_limit`` for a staging batch, plus a few column blocks of
+at most ``memory_limit / 8`` bytes each (and never more than the default block size), so
+peak memory does not grow with the size of the input. The temporary directory is removed
+afterwards, and the output appears only when complete (``atomic_output``): on any error
+nothing is left at ``dst``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from scalenmf._typing import Block
+from scalenmf.io.atomic import OutputExistsError
+from scalenmf.io.errors import InputError
+from scalenmf.io.formats import stager_for
+from scalenmf.io.formats._stage import StageContext, transpose_dense, transpose_sparse
+from scalenmf.io.planning import DEFAULT_BLOCK_BYTES, plan_block_cols
+from scalenmf.io.readers import open_path
+from scalenmf.io.source import (
+    DenseArraySource,
+    MatrixSource,
+    SparseArraySource,
+    as_source,
+)
+from scalenmf.io.zarr_store import ZarrDenseSource, write_matrix
+
+#: Memory budget of a conversion when none is given.
+DEFAULT_MEMORY_LIMIT = 2**30
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+
+
+def parse_bytes(value: int | float | str) -> int:
+    """A byte count from a number or a string such as ``"2GB"``, ``"512 MiB"``, ``"1e9"``.
+
+    Decimal units (kB, MB, GB, TB) are powers of 1000, binary ones (KiB, MiB, GiB, TiB)
+    powers of 1024, as in dask.
+
+    Raises
+    ------
+    ValueError
+        For a malformed string or a value that is not positive.
+    """
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        out = int(value)
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", value)
+        if not match or match.group(2).lower() not in _UNITS:
+            raise ValueError(
+                f"memory_limit: cannot read {value!r} as a size; use bytes or a string such "
+                "as '2GB' or '512MiB'"
+            )
+        out = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    else:
+        raise ValueError(f"memory_limit must be a number of bytes or a string; got {value!r}")
+    if out <= 0:
+        raise ValueError(f"memory_limit must be positive; got {value!r}")
+    return out
+
+
+def convert(
+    src: Any,
+    dst: str | os.PathLike[str],
+    *,
+    block_cols: int | None = None,
+    memory_limit: int | float | str | None = None,
+    transpose: bool = False,
+    dtype: Any = None,
+    sparse: bool | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> str:
+    """Write any supported input as a scalenmf Zarr matrix store, streaming.
+
+    Parameters
+    ----------
+    src : path-like, ndarray, scipy.sparse matrix, dask array or MatrixSource
+        X with shape (m features, n samples), or (n, m) with ``transpose=True``. Paths may
+        name any registered format: a Zarr store (ours or AnnData's), ``.npy``, CSV/TSV
+        (optionally ``.gz``), Matrix Market, ``.h5ad``.
+    dst : path-like
+        The store to create.
+    block_cols : int, optional
+        Columns per block (dense storage chunk width). Planned from the shape, density and
+        ``memory_limit`` when omitted.
+    memory_limit : int, float or str, optional
+        Memory budget of the conversion, in bytes or as ``"2GB"`` (default 1 GiB).
+    transpose : bool
+        The input is stored samples × features; write its transpose.
+    dtype : {"float32", "float64"}, optional
+        Stored value type (default: the input's floating type; integers become float64).
+    sparse : bool, optional
+        Write CSC (True) or dense (False); default: keep the input's kind.
+    overwrite : bool
+        Replace an existing ``dst`` (only once the new store is complete).
+    progress : bool
+        Show progress bars (tqdm).
+
+    Returns
+    -------
+    str
+        ``dst``.
+
+    Raises
+    ------
+    InputError
+        Unreadable input, or a value that is negative, NaN or infinite (the message names
+        the row and column). Nothing is left at ``dst``.
+    OutputExistsError
+        ``dst`` exists and ``overwrite`` is false (raised before any work).
+    """
+    budget = DEFAULT_MEMORY_LIMIT if memory_limit is None else parse_bytes(memory_limit)
+    if block_cols is not None and (not isinstance(block_cols, (int, np.integer)) or block_cols < 1):
+        raise ValueError(f"block_cols must be a positive integer; got {block_cols!r}")
+    out_dtype = _check_dtype(dtype)
+    target = Path(dst)
+    if target.exists() and not overwrite:
+        raise OutputExistsError(
+            f"output {str(target)!r} already exists; remove it or pass overwrite=True "
+            "(--overwrite on the command line)"
+        )
+    parent = target.resolve().parent
+    if not parent.is_dir():
+        raise FileNotFoundError(f"output directory {str(parent)!r} does not exist")
+
+    itemsize = out_dtype.itemsize if out_dtype is not None else 8
+    block_target = max(1, min(DEFAULT_BLOCK_BYTES, budget // 8))
+
+    def plan(m: int, n: int, density: float) -> int:
+        if block_cols is not None:
+            return max(1, min(int(block_cols), max(n, 1)))
+        size = itemsize + (4 if density < 1.0 else 0)
+        return plan_block_cols(m, n, size, density=density, target_bytes=block_target)
+
+    from tqdm.auto import tqdm
+
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.stage-", dir=parent) as work:
+        ctx = StageContext(Path(work), budget, bool(transpose), plan, bool(progress))
+        source = _prepare(src, ctx)
+        m, n = source.shape
+        if m == 0 or n == 0:
+            raise InputError(f"X is empty (shape {m} × {n}); nothing to convert")
+        kind = source.is_sparse if sparse is None else bool(sparse)
+        final_dtype = out_dtype if out_dtype is not None else np.dtype(source.dtype)
+        density = source.nnz / (m * n) if source.is_sparse else 1.0
+        cols = plan(m, n, density)
+        with tqdm(total=n, unit="col", desc="writing", disable=not progress) as bar:
+            checked = CheckedSource(source, final_dtype, kind, bar)
+            write_matrix(dst, checked, block_cols=cols, dtype=final_dtype, overwrite=overwrite)
+    return str(dst)
+
+
+def _check_dtype(dtype: Any) -> np.dtype | None:
+    if dtype is None:
+        return None
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise ValueError(f"dtype must be float32 or float64; got {dtype!r}") from exc
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype must be float32 or float64; got {dt}")
+    return dt
+
+
+def _prepare(src: Any, ctx: StageContext) -> MatrixSource:
+    """The input as a column-block-readable source in X's orientation."""
+    if isinstance(src, (str, os.PathLike)):
+        path = Path(src)
+        if not path.exists():
+            raise InputError(f"no such file or store: {str(path)!r}")
+        stager = stager_for(path)
+        if stager is not None:
+            return stager.stage(path, ctx)
+        return _transpose(open_path(path), ctx) if ctx.transpose else open_path(path)
+    if ctx.transpose and not isinstance(src, MatrixSource) and hasattr(src, "T"):
+        # In-memory arrays (numpy, scipy.sparse, dask) transpose as views or lazily.
+        return as_source(src.T)
+    source = as_source(src)
+    return _transpose(source, ctx) if ctx.transpose else source
+
+
+def _transpose(source: MatrixSource, ctx: StageContext) -> MatrixSource:
+    """Sᵀ for a source S that holds samples × features."""
+    rows, cols = source.col_labels, source.row_labels
+    out: MatrixSource
+    if isinstance(source, DenseArraySource):
+        # In memory or memory-mapped: the transpose is a view; integer values are still
+        # cast block by block when read, so a memory map stays out of core.
+        out = DenseArraySource(source._X.T)
+    elif isinstance(source, SparseArraySource):
+        out = SparseArraySource(source.read_columns(0, source.shape[1]).T)
+    elif isinstance(source, ZarrDenseSource):
+        out = ZarrDenseSource(source.path, source.array_name, transposed=not source.transposed)
+    elif source.is_sparse:
+        return transpose_sparse(source, ctx)
+    else:
+        return transpose_dense(source, ctx)
+    return out.set_labels(rows, cols)
+
+
+class CheckedSource(MatrixSource):
+    """Wraps a source for writing: checks values, casts dtype and kind, reports progress.
+
+    Parameters
+    ----------
+    inner : MatrixSource
+        The data (m, n).
+    dtype : numpy.dtype
+        Type of the blocks returned.
+    sparse : bool
+        Return CSC blocks (True) or ndarrays (False).
+    bar : tqdm-like, optional
+        ``bar.update(k)`` is called with the number of columns read.
+    """
+
+    def __init__(self, inner: MatrixSource, dtype: np.dtype, sparse: bool, bar: Any = None):
+        super().__init__()
+        self.inner = inner
+        self.shape = inner.shape
+        self.dtype = np.dtype(dtype)
+        self.is_sparse = bool(sparse)
+        self.block_bounds = list(inner.block_bounds)
+        self._bar = bar
+        self._row_labels = inner.row_labels
+        self._col_labels = inner.col_labels
+
+    @property
+    def nnz(self) -> int:
+        return self.inner.nnz
+
+    def _read(self, start: int, stop: int) -> Block:
+        block = self.inner.read_columns(start, stop)
+        self._check(block, start)
+        if sp.issparse(block):
+            out: Block = sp.csc_matrix(block, dtype=self.dtype)
+            if not self.is_sparse:
+                out = out.toarray()
+        else:
+            arr = np.asarray(block, dtype=self.dtype)
+            out = sp.csc_matrix(arr) if self.is_sparse else arr
+        if self.dtype.itemsize < np.dtype(block.dtype).itemsize:
+            # A narrowing cast can overflow to inf (float64 → float32).
+            self._check(out, start)
+        if self._bar is not None:
+            self._bar.update(stop - start)
+        return out
+
+    def _check(self, block: Block, start: int) -> None:
+        if sp.issparse(block):
+            coo = sp.coo_matrix(block)
+            values, bad = coo.data, ~np.isfinite(coo.data) | (coo.data < 0)
+            if not bad.any():
+                return
+            i = int(np.argmax(bad))
+            row, col, v = int(coo.row[i]), int(coo.col[i]), values[i]
+        else:
+            arr = np.asarray(block)
+            bad = ~np.isfinite(arr) | (arr < 0)
+            if not bad.any():
+                return
+            row, col = (int(x) for x in np.unravel_index(int(np.argmax(bad)), arr.shape))
+            v = arr[row, col]
+        col += start
+        raise InputError(
+            f"X must be finite and non-negative; found {v!r} at row {row}{self._name(row, True)}, "
+            f"column {col}{self._name(col, False)}"
+        )
+
+    def _name(self, i: int, row: bool) -> str:
+        labels = self._row_labels if row else self._col_labels
+        return f" ({str(labels[i])!r})" if labels is not None else ""
+
+
+__all__ = ["DEFAULT_MEMORY_LIMIT", "CheckedSource", "convert", "parse_bytes"]

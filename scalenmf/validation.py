@@ -42,11 +42,12 @@ class Number:
             raise TypeError(f"{name} must be {what}; got {value!r} ({type(value).__name__})")
         if not math.isfinite(float(value)):
             raise ValueError(f"{name} must be finite; got {value!r}")
-        too_low = value <= self.low if self.low_open else value < self.low
-        if too_low or value > self.high:
+        number = float(value)
+        too_low = number <= self.low if self.low_open else number < self.low
+        if too_low or number > self.high:
             lo = "(" if self.low_open else "["
             raise ValueError(f"{name} must be in {lo}{self.low:g}, {self.high:g}]; got {value!r}")
-        return int(value) if self.integer else float(value)
+        return int(number) if self.integer else number
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ def _input_source(path: str, transpose: bool, workdir: Path | None) -> Any:
     if src.in_memory or isinstance(src, DenseArraySource):
         # In memory or memory-mapped: the transpose is a view (or one cheap sparse copy).
         block = src.read_columns(0, src.shape[1])
-        flipped = as_source(block.T.tocsc() if src.is_sparse else block.T)
+        flipped = as_source(sp.csc_matrix(block.T) if sp.issparse(block) else block.T)
         return flipped.set_labels(src.col_labels, src.row_labels)
     if workdir is None:
         raise click.ClickException("--transpose of an on-disk store needs a working directory")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from scalenmf.engine.executor import BlockFn, Executor
+from scalenmf.engine.executor import Executor
 
 
 class ConvergenceWarning(UserWarning):
@@ -35,7 +35,10 @@ class IterationInfo:
 
 class AlternatingModel(Protocol):
     n_runs: int
-    step: BlockFn
+
+    @property
+    def step(self) -> Any:
+        """The module-level block function (a ``BlockFn``) run on every block."""
 
     def broadcast(self, active: list[int], first: bool) -> Any: ...
 

@@ -265,10 +265,10 @@ class CheckedSource(MatrixSource):
     def _read(self, start: int, stop: int) -> Block:
         block = self.inner.read_columns(start, stop)
         self._check(block, start)
+        out: Block
         if sp.issparse(block):
-            out: Block = sp.csc_matrix(block, dtype=self.dtype)
-            if not self.is_sparse:
-                out = out.toarray()
+            csc = sp.csc_matrix(block, dtype=self.dtype)
+            out = csc if self.is_sparse else csc.toarray()
         else:
             arr = np.asarray(block, dtype=self.dtype)
             out = sp.csc_matrix(arr) if self.is_sparse else arr

@@ -77,7 +77,7 @@ def write_result(
         for name, values in (labels or {}).items():
             if values is not None:
                 write_labels(root, name, values)
-        meta = {"kind": "result", "format_version": RESULT_FORMAT_VERSION}
+        meta: dict[str, Any] = {"kind": "result", "format_version": RESULT_FORMAT_VERSION}
         root.attrs["scalenmf"] = meta
         root.attrs.update(_jsonable(attrs))
     return str(path)

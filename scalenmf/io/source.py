@@ -171,11 +171,11 @@ def normalize_bounds(spec: Bounds | int | Sequence[int], n: int) -> Bounds:
     """Turn a blocking spec (width, widths or ranges) into checked column ranges."""
     if isinstance(spec, (int, np.integer)):
         return bounds_from_cols(n, int(spec))
-    spec = list(spec)
-    if spec and isinstance(spec[0], (tuple, list)):
-        bounds = [(int(a), int(b)) for a, b in spec]  # type: ignore[misc]
+    items: list[Any] = list(spec)
+    if items and isinstance(items[0], (tuple, list)):
+        bounds = [(int(a), int(b)) for a, b in items]
     else:
-        bounds = bounds_from_sizes([int(s) for s in spec])  # type: ignore[arg-type]
+        bounds = bounds_from_sizes([int(s) for s in items])
     edges = [0]
     for a, b in bounds:
         if a != edges[-1] or b <= a:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import zarr
+from zarr.codecs import BloscCodec
 
 from scalenmf.io.atomic import atomic_output
 from scalenmf.io.errors import InputError
@@ -39,7 +40,7 @@ FORMAT_VERSION = 1
 def _codec() -> Any:
     # lz4 through blosc with byte shuffle: decodes at memory speed, so an out-of-core
     # iteration is bounded by the disk, not the decompressor.
-    return zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 
 def _open_group(path: str | os.PathLike[str]) -> zarr.Group:
@@ -57,8 +58,15 @@ def _open_group(path: str | os.PathLike[str]) -> zarr.Group:
 
 def _labels(group: zarr.Group, name: str) -> np.ndarray | None:
     if name in group:
-        return as_str_array(group[name][:])
+        return as_str_array(_child_array(group, name)[:])
     return None
+
+
+def _child_array(group: zarr.Group, name: str) -> zarr.Array:
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise InputError(f"{name!r} in {group.store_path} is a group; expected an array")
+    return node
 
 
 def _chunk_error(path: str, name: str, start: int, stop: int, exc: Exception) -> InputError:
@@ -113,10 +121,10 @@ class ZarrDenseSource(MatrixSource):
     def _read(self, start: int, stop: int) -> np.ndarray:
         arr = self._array()
         try:
-            block = arr[start:stop, :] if self.transposed else arr[:, start:stop]
+            raw = arr[start:stop, :] if self.transposed else arr[:, start:stop]
         except Exception as exc:
             raise _chunk_error(self.path, self.array_name, start, stop, exc) from exc
-        block = np.asarray(block)
+        block: np.ndarray = np.asarray(raw)
         if self.transposed:
             block = block.T
         return block if block.dtype == self.dtype else block.astype(self.dtype)
@@ -131,7 +139,8 @@ class ZarrSparseSource(MatrixSource):
         self.group_name = group
         g = self._group()
         enc = g.attrs.get("encoding-type")
-        shape = tuple(int(s) for s in g.attrs.get("shape", ()))
+        raw_shape: Any = g.attrs.get("shape", ())
+        shape = tuple(int(s) for s in raw_shape) if isinstance(raw_shape, (list, tuple)) else ()
         if len(shape) != 2:
             raise InputError(f"sparse group {group!r} in {self.path!r} has no 2-D 'shape' attr")
         if enc == "csc_matrix":
@@ -147,7 +156,7 @@ class ZarrSparseSource(MatrixSource):
         for name in ("data", "indices", "indptr"):
             if name not in g:
                 raise InputError(f"sparse group {group!r} in {self.path!r} lacks array {name!r}")
-        self.dtype = _float_dtype(g["data"].dtype)
+        self.dtype = _float_dtype(_child_array(g, "data").dtype)
         self.is_sparse = True
         indptr = self.indptr
         if indptr.shape[0] != self.shape[1] + 1:
@@ -172,7 +181,7 @@ class ZarrSparseSource(MatrixSource):
     def indptr(self) -> np.ndarray:
         ip = self.__dict__.get("_indptr")
         if ip is None:
-            ip = np.asarray(self._group()["indptr"][:], dtype=np.int64)
+            ip = np.asarray(_child_array(self._group(), "indptr")[:], dtype=np.int64)
             self.__dict__["_indptr"] = ip
         return ip
 
@@ -190,8 +199,8 @@ class ZarrSparseSource(MatrixSource):
         ip = self.indptr
         lo, hi = int(ip[start]), int(ip[stop])
         try:
-            data = np.asarray(g["data"][lo:hi])
-            indices = np.asarray(g["indices"][lo:hi])
+            data = np.asarray(_child_array(g, "data")[lo:hi])
+            indices = np.asarray(_child_array(g, "indices")[lo:hi])
         except Exception as exc:
             raise _chunk_error(self.path, f"{self.group_name}/data", start, stop, exc) from exc
         if data.dtype != self.dtype:
@@ -207,9 +216,9 @@ def _anndata_index(group: zarr.Group, name: str) -> np.ndarray | None:
         return None
     df = group[name]
     key = df.attrs.get("_index")
-    if key is None or key not in df:
+    if not isinstance(df, zarr.Group) or not isinstance(key, str) or key not in df:
         return None
-    return as_str_array(df[key][:])
+    return as_str_array(_child_array(df, key)[:])
 
 
 def open_zarr(path: str | os.PathLike[str]) -> MatrixSource:

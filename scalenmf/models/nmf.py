@@ -93,7 +93,7 @@ def check_block(X: Block) -> dict[str, float]:
     InputError
         On NaN/Inf or negative entries.
     """
-    data = X.data if sp.issparse(X) else X
+    data: np.ndarray = np.asarray(X.data) if sp.issparse(X) else np.asarray(X)
     if data.size and not np.isfinite(data).all():
         raise InputError("X contains NaN or infinite values")
     if data.size and data.min() < 0:

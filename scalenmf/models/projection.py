@@ -41,12 +41,9 @@ def project_blocks(
     relative_errors : list of float
     """
     stats = data_stats(executor)
-    start = (
-        float(
-            np.sqrt(max(stats["xsum"], 0.0) / max(1, np.prod(executor.source.shape)) / W.shape[1])
-        )
-        or 1.0
-    )
+    m, n = executor.source.shape
+    mean = max(float(stats["xsum"]), 0.0) / max(1, m * n)
+    start = float(np.sqrt(mean / W.shape[1])) or 1.0
     model = FixedBasisModel(config, [W], [start], stats["xx"])
     trace = run_alternating(model, executor, max_iter=max_iter, tol=tol, progress=progress)
     H = np.hstack([state[0] for state in executor.states()])

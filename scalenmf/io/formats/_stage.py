@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import zarr
+from zarr.codecs import BloscCodec
 
 from scalenmf.io.errors import InputError
 from scalenmf.io.planning import bounds_from_cols
@@ -67,7 +68,7 @@ class StageContext:
 
 def _stage_codec() -> Any:
     # Fast, light compression: staging data are written once and read once.
-    return zarr.codecs.BloscCodec(cname="lz4", clevel=1, shuffle="shuffle")
+    return BloscCodec(cname="lz4", clevel=1, shuffle="shuffle")
 
 
 class RowStage:

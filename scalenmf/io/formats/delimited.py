@@ -70,7 +70,7 @@ def open_text(path: Path) -> IO[str]:
             magic = fh.read(2)
         if magic == b"\x1f\x8b":
             return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
-        return open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 - caller closes
+        return open(path, encoding="utf-8-sig", newline="")
     except OSError as exc:
         raise InputError(f"cannot open {str(path)!r}: {exc}") from exc
 
@@ -227,11 +227,10 @@ def _to_numbers(
         raise
     bad = ~np.isfinite(values) | (values < 0)
     if bad.any():
-        r, f = np.unravel_index(int(np.argmax(bad)), values.shape)
-        v = values[r, f]
-        what = "negative value" if np.isfinite(v) else "non-finite value"
+        ri, fi = (int(x) for x in np.unravel_index(int(np.argmax(bad)), values.shape))
+        what = "negative value" if np.isfinite(values[ri, fi]) else "non-finite value"
         raise InputError(
-            f"{where!r}, {_describe_cell(layout, lines[r], int(f))}: {what} {cells[r][f]!r}; "
+            f"{where!r}, {_describe_cell(layout, lines[ri], fi)}: {what} {cells[ri][fi]!r}; "
             "X must hold finite, non-negative counts"
         )
     return values

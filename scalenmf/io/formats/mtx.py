@@ -143,7 +143,8 @@ def _raise_bad_line(where: str, lines: list[str], first: int, ncols: int) -> Non
                 ok = False
         if not ok:
             raise InputError(
-                f"{where!r}, line {first + i}: expected {ncols} number(s), got {line.strip()[:80]!r}"
+                f"{where!r}, line {first + i}: expected {ncols} number(s), "
+                f"got {line.strip()[:80]!r}"
             )
     raise InputError(f"{where!r}: cannot parse entries starting at line {first}")
 
@@ -225,6 +226,10 @@ def side_labels(path: Path, shape: tuple[int, int]) -> tuple[np.ndarray | None, 
     return rows, cols
 
 
+def _cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+
+
 # -- readers -----------------------------------------------------------------------------------
 def read(path: Path) -> MatrixSource:
     """Read the whole file into memory (scipy CSC for coordinate, ndarray for array)."""
@@ -252,9 +257,8 @@ def read(path: Path) -> MatrixSource:
                 vals_list.append(v)
             if seen != header.nnz:
                 raise _count_error(where, header, seen)
-            cat = (lambda xs, dt: np.concatenate(xs) if xs else np.empty(0, dtype=dt))
             X = sp.coo_matrix(
-                (cat(vals_list, np.float64), (cat(rows, np.int64), cat(cols, np.int64))),
+                (_cat(vals_list, np.float64), (_cat(rows, np.int64), _cat(cols, np.int64))),
                 shape=(m, n),
             ).tocsc()
             src = SparseArraySource(X)

@@ -59,6 +59,8 @@ def main(verbose: int) -> None:
 
 def _input_source(path: str, transpose: bool, workdir: Path | None) -> Any:
     """Open INPUT; with --transpose read a samples × features file the other way round."""
+    import scipy.sparse as sp
+
     from scalenmf.io import open_matrix
     from scalenmf.io.source import DenseArraySource, as_source
 

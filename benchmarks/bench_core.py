@@ -253,8 +253,10 @@ def time_to_reach(
     probe = run_scalenmf(X, k, max_iter=cap, tol=0.0, loss=loss, **kw)
     if probe.get("time_s") is None:
         return probe
+    probe["target"] = target
     if probe["error"] > target:
-        probe.update(reached=False, note=f"target {target:.6g} not reached in {cap} iterations")
+        probe.update(reached=False, note=f"target {target:.10g} not reached in {cap} iterations")
+        probe.pop("loss_history", None)
         return probe
     cache: dict[int, dict[str, Any]] = {cap: probe}
 
@@ -361,6 +363,8 @@ def _row(
             row["scalenmf"] = mine.get("note") or "not available"
         else:
             row["scalenmf"] = f"{mine['peer']} ({mine.get('n_iter')} it)"
+            if mine.get("reached") is False:
+                row["scalenmf"] += ": target not reached"
             row["scalenmf_time"] = mine["time_s"]
             row["scalenmf_error"] = mine.get("error")
             if ratio_value is None and mine.get("reached", True):

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 pytest.importorskip("torch")
 
-from scalenmf.cli.dnmf import dnmf  # noqa: E402
-from scalenmf.io import open_matrix, write_matrix  # noqa: E402
+from scalenmf.cli.dnmf import dnmf
+from scalenmf.io import open_matrix, write_matrix
 
 
 @pytest.fixture
@@ -22,8 +22,9 @@ def inputs(tmp_path):
     rows = [f"ch{i}" for i in range(16)]
     cols = [f"s{j}" for j in range(50)]
     write_matrix(tmp_path / "v.zarr", V, block_cols=12, row_labels=rows, col_labels=cols)
-    write_matrix(tmp_path / "h.zarr", H, block_cols=12, row_labels=["SBS1", "SBS5", "SBS13"],
-                 col_labels=cols)
+    write_matrix(
+        tmp_path / "h.zarr", H, block_cols=12, row_labels=["SBS1", "SBS5", "SBS13"], col_labels=cols
+    )
     np.save(tmp_path / "v.npy", V)
     return tmp_path, V, H
 
@@ -34,9 +35,20 @@ def _run(args):
 
 @pytest.mark.parametrize("mode", ["supervised", "unsupervised"])
 def test_train_then_transform_writes_h_with_labels(inputs, mode):
-    d, V, H = inputs
-    args = ["train", d / "v.zarr", "-k", 3, "-o", d / "model", "--epochs", 5, "--quiet",
-            "--checkpoint-every", 2]
+    d, V, _H = inputs
+    args = [
+        "train",
+        d / "v.zarr",
+        "-k",
+        3,
+        "-o",
+        d / "model",
+        "--epochs",
+        5,
+        "--quiet",
+        "--checkpoint-every",
+        2,
+    ]
     if mode == "supervised":
         args += ["--h", d / "h.zarr"]
     res = _run(args)
@@ -66,8 +78,11 @@ def test_train_then_transform_writes_h_with_labels(inputs, mode):
 
 
 def test_transform_npy_input(inputs):
-    d, V, _ = inputs
-    assert _run(["train", d / "v.npy", "-k", 2, "-o", d / "m", "--epochs", 2, "--quiet"]).exit_code == 0
+    d, _V, _ = inputs
+    assert (
+        _run(["train", d / "v.npy", "-k", 2, "-o", d / "m", "--epochs", 2, "--quiet"]).exit_code
+        == 0
+    )
     res = _run(["transform", d / "m", d / "v.npy", "-o", d / "o.zarr", "--quiet"])
     assert res.exit_code == 0, res.output
     assert zarr.open_group(str(d / "o.zarr"), mode="r")["H"].shape == (2, 50)
@@ -99,7 +114,10 @@ def test_bad_inputs_fail_cleanly(inputs, tmp_path):
     leftovers = [p.name for p in d.iterdir() if p.name.startswith(("m", ".m"))]
     assert leftovers == [], leftovers
     # transform: model and input must agree; nothing is written on failure
-    assert _run(["train", d / "v.npy", "-k", 3, "-o", d / "good", "--epochs", 1, "--quiet"]).exit_code == 0
+    assert (
+        _run(["train", d / "v.npy", "-k", 3, "-o", d / "good", "--epochs", 1, "--quiet"]).exit_code
+        == 0
+    )
     np.save(d / "narrow.npy", V[:-2])
     res = _run(["transform", d / "good", d / "narrow.npy", "-o", d / "t.zarr", "--quiet"])
     assert res.exit_code != 0 and "features" in res.output

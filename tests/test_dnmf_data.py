@@ -40,8 +40,16 @@ def test_readers_together_read_every_column_once_per_epoch(workers):
     for epoch in range(2):
         seen: list[int] = []
         for rank in range(2):
-            ds = ColumnShardDataset(X, batch_size=4, block_cols=10, shuffle=True, seed=3,
-                                    rank=rank, world_size=2, dtype=np.float64)
+            ds = ColumnShardDataset(
+                X,
+                batch_size=4,
+                block_cols=10,
+                shuffle=True,
+                seed=3,
+                rank=rank,
+                world_size=2,
+                dtype=np.float64,
+            )
             ds.set_epoch(epoch)
             cols = _epoch_columns(ds, workers)
             seen += cols
@@ -76,8 +84,10 @@ def test_sparse_and_zarr_inputs_give_the_same_batches(tmp_path):
     X[2:, ::3] = 0
     store = tmp_path / "x.zarr"
     write_matrix(store, X, block_cols=8)
-    full = [load_all(ColumnShardDataset(obj, block_cols=8, dtype=np.float64)).V
-            for obj in (X, sp.csc_matrix(X), str(store))]
+    full = [
+        load_all(ColumnShardDataset(obj, block_cols=8, dtype=np.float64)).V
+        for obj in (X, sp.csc_matrix(X), str(store))
+    ]
     for V in full[1:]:
         torch.testing.assert_close(V, full[0])
     torch.testing.assert_close(full[0], torch.from_numpy(X))

@@ -75,10 +75,15 @@ def test_two_gloo_processes_match_one_process():
 
 @pytest.mark.parametrize("batch_size", [None, 20])
 def test_checkpoint_resume_gives_the_uninterrupted_result(tmp_path, batch_size):
-    V, H, _ = _problem(4)
+    V, _H, _ = _problem(4)
     ck = tmp_path / "ck.pt"
-    kw = {"mode": "unsupervised", "dtype": "float64", "batch_size": batch_size,
-          "block_cols": 25, "seed": 1}
+    kw = {
+        "mode": "unsupervised",
+        "dtype": "float64",
+        "batch_size": batch_size,
+        "block_cols": 25,
+        "seed": 1,
+    }
     straight = DNMF(3, epochs=5, **kw).fit(V)
     DNMF(3, epochs=2, checkpoint_every=1, checkpoint_path=str(ck), **kw).fit(V)
     assert ck.exists()
@@ -107,7 +112,8 @@ def test_mid_epoch_checkpoint_resume(tmp_path):
 def test_save_load_round_trip(tmp_path, mode, loss):
     V, H, _ = _problem(6)
     model = DNMF(3, mode=mode, loss=loss, epochs=5, lambda1=0.5, lambda2=0.25).fit(
-        V, H if mode == "supervised" else None)
+        V, H if mode == "supervised" else None
+    )
     model.save(tmp_path / "m")
     back = DNMF.load(tmp_path / "m")
     np.testing.assert_array_equal(back.transform(V), model.transform(V))
@@ -134,7 +140,11 @@ def test_load_rejects_what_is_not_a_model(tmp_path):
         ({"n_components": 0}, "unsup", "n_components"),
         ({"n_components": 30, "mode": "unsupervised"}, "unsup", "out of range"),
         ({"n_components": 3, "mode": "bogus"}, "unsup", "mode"),
-        ({"n_components": 3, "mode": "unsupervised", "learn_lambdas": True}, "unsup", "learn_lambdas"),
+        (
+            {"n_components": 3, "mode": "unsupervised", "learn_lambdas": True},
+            "unsup",
+            "learn_lambdas",
+        ),
         ({"n_components": 3, "lambda1": -1.0}, "sup", "lambda1"),
         ({"n_components": 3}, "sup-noH", "needs the known coefficients"),
         ({"n_components": 3}, "sup-badH", "shape"),

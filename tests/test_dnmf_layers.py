@@ -47,8 +47,12 @@ def test_network_with_mu_weights_is_exactly_mu(loss, lams):
         out = net(V)
     torch.testing.assert_close(out, H, rtol=1e-12, atol=1e-12)
     # and a different depth would not match: the check can fail
-    assert not torch.allclose(UnrolledNMF(12, 3, L - 1, loss, *lams, dtype=torch.float64)
-                              .requires_grad_(False).__call__(V), H)
+    assert not torch.allclose(
+        UnrolledNMF(12, 3, L - 1, loss, *lams, dtype=torch.float64)
+        .requires_grad_(False)
+        .__call__(V),
+        H,
+    )
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -98,14 +102,16 @@ def test_regularized_nnls_solves_kkt():
     assert float(Hn.min()) >= 0
     assert float(grad.min()) > -1e-6  # stationarity on the boundary
     assert float((grad * Hn).abs().max()) < 1e-5  # complementary slackness
-    assert torch.allclose(nnls_gram(torch.eye(2, dtype=W.dtype), -torch.ones((2, 3), dtype=W.dtype)),
-                          torch.zeros((2, 3), dtype=W.dtype))
+    assert torch.allclose(
+        nnls_gram(torch.eye(2, dtype=W.dtype), -torch.ones((2, 3), dtype=W.dtype)),
+        torch.zeros((2, 3), dtype=W.dtype),
+    )
 
 
 @pytest.mark.parametrize("mode", ["supervised", "unsupervised"])
 @pytest.mark.parametrize("loss", ["frobenius", "kl"])
 def test_parameters_and_outputs_nonnegative_after_every_step(mode, loss):
-    V, W, H = _data(6)
+    V, _W, H = _data(6)
     V, H = V.float(), H.float()
     learn = mode == "supervised"
     net = UnrolledNMF(12, 3, 4, loss, 0.1, 0.1, learn_lambdas=learn)
@@ -117,7 +123,7 @@ def test_parameters_and_outputs_nonnegative_after_every_step(mode, loss):
     for _ in range(15):
         train_step(net, opt, Batch(V, H if learn else H[:0], torch.arange(40)), state, mode, 40)
         for p in net.parameters():
-            assert float(p.min()) >= 0.0
+            assert float(p.detach().min()) >= 0.0
             clamped |= bool((p == 0).any())
         with torch.no_grad():
             out = net(V)

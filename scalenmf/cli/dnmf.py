@@ -32,10 +32,13 @@ def _check_output(out: str, overwrite: bool) -> None:
     """Reject an existing output (without --overwrite) or a missing parent before any work."""
     path = Path(out)
     if path.exists() and not overwrite:
-        raise click.BadParameter(f"{out!r} already exists; pass --overwrite to replace it",
-                                 param_hint="--out")
+        raise click.BadParameter(
+            f"{out!r} already exists; pass --overwrite to replace it", param_hint="--out"
+        )
     if not path.parent.exists():
-        raise click.BadParameter(f"directory {str(path.parent)!r} does not exist", param_hint="--out")
+        raise click.BadParameter(
+            f"directory {str(path.parent)!r} does not exist", param_hint="--out"
+        )
 
 
 def _open_input(path: str, what: str) -> Any:
@@ -57,37 +60,92 @@ def dnmf() -> None:
 @click.option("-k", "--n-components", "k", type=int, required=True, help="Number of components.")
 @click.option("-o", "--out", required=True, type=click.Path(), help="Model directory to write.")
 @click.option("--h", "h_path", type=click.Path(exists=True), help="Known H (k × n), supervised.")
-@click.option("--mode", type=click.Choice(["supervised", "unsupervised"]), default=None,
-              help="Default: supervised when --h is given, else unsupervised.")
-@click.option("--loss", type=click.Choice(["frobenius", "kl"]), default="frobenius", show_default=True)
+@click.option(
+    "--mode",
+    type=click.Choice(["supervised", "unsupervised"]),
+    default=None,
+    help="Default: supervised when --h is given, else unsupervised.",
+)
+@click.option(
+    "--loss", type=click.Choice(["frobenius", "kl"]), default="frobenius", show_default=True
+)
 @click.option("--layers", "n_layers", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=0), default=500, show_default=True)
 @click.option("--lr", type=float, default=None, help="Adam lr (default 1e-3 sup. / 5e-4 unsup.).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Global mini-batch size in columns (default: full batch).")
-@click.option("--workers", "num_workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="DataLoader reader processes per training process.")
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Data-parallel training processes (gloo on 127.0.0.1).")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Global mini-batch size in columns (default: full batch).",
+)
+@click.option(
+    "--workers",
+    "num_workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="DataLoader reader processes per training process.",
+)
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Data-parallel training processes (gloo on 127.0.0.1).",
+)
 @click.option("--lambda1", type=click.FloatRange(min=0), default=0.0, show_default=True)
 @click.option("--lambda2", type=click.FloatRange(min=0), default=0.0, show_default=True)
-@click.option("--learn-lambdas/--fixed-lambdas", default=None,
-              help="Default: learned when supervised, fixed when unsupervised.")
+@click.option(
+    "--learn-lambdas/--fixed-lambdas",
+    default=None,
+    help="Default: learned when supervised, fixed when unsupervised.",
+)
 @click.option("--init", type=click.Choice(["mu", "constant"]), default="mu", show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option(
+    "--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Write a checkpoint every N optimiser steps.")
-@click.option("--checkpoint", "checkpoint_path", type=click.Path(), default=None,
-              help="Checkpoint file (default: OUT.ckpt.pt beside the model).")
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Write a checkpoint every N optimiser steps.",
+)
+@click.option(
+    "--checkpoint",
+    "checkpoint_path",
+    type=click.Path(),
+    default=None,
+    help="Checkpoint file (default: OUT.ckpt.pt beside the model).",
+)
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(
-    input: str, k: int, out: str, h_path: str | None, mode: str | None, loss: str, n_layers: int,
-    epochs: int, lr: float | None, batch_size: int | None, num_workers: int, nproc: int,
-    lambda1: float, lambda2: float, learn_lambdas: bool | None, init: str, dtype: str, seed: int,
-    checkpoint_every: int, checkpoint_path: str | None, resume: bool, overwrite: bool, quiet: bool,
+    input: str,
+    k: int,
+    out: str,
+    h_path: str | None,
+    mode: str | None,
+    loss: str,
+    n_layers: int,
+    epochs: int,
+    lr: float | None,
+    batch_size: int | None,
+    num_workers: int,
+    nproc: int,
+    lambda1: float,
+    lambda2: float,
+    learn_lambdas: bool | None,
+    init: str,
+    dtype: str,
+    seed: int,
+    checkpoint_every: int,
+    checkpoint_path: str | None,
+    resume: bool,
+    overwrite: bool,
+    quiet: bool,
 ) -> None:
     """Train a DNMF model on INPUT (features × samples; Zarr store, .npy, ...)."""
     deep = _deep()
@@ -100,21 +158,37 @@ def train(
     if not 1 <= k <= (m if mode == "supervised" else min(m, n)):
         raise click.BadParameter(
             f"k={k} is out of range for a {m} × {n} input (1 ≤ k ≤ "
-            f"{m if mode == 'supervised' else min(m, n)})", param_hint="-k")
+            f"{m if mode == 'supervised' else min(m, n)})",
+            param_hint="-k",
+        )
     H = None
     if h_path:
         H = _open_input(h_path, "--h")
         if tuple(H.shape) != (k, n):
             raise click.BadParameter(
-                f"H has shape {tuple(H.shape)}, expected (k, n) = {(k, n)}", param_hint="--h")
+                f"H has shape {tuple(H.shape)}, expected (k, n) = {(k, n)}", param_hint="--h"
+            )
     ckpt = checkpoint_path or str(Path(out).with_name(Path(out).name + ".ckpt.pt"))
     if resume and not Path(ckpt).exists():
         raise click.BadParameter(f"no checkpoint at {ckpt!r} to resume from", param_hint="--resume")
     model = deep.DNMF(
-        k, n_layers=n_layers, mode=mode, loss=loss, lambda1=lambda1, lambda2=lambda2,
-        learn_lambdas=learn_lambdas, lr=lr, epochs=epochs, batch_size=batch_size,
-        num_workers=num_workers, nproc=nproc, init=init, dtype=dtype, seed=seed,
-        checkpoint_every=checkpoint_every, checkpoint_path=ckpt if (checkpoint_every or resume) else None,
+        k,
+        n_layers=n_layers,
+        mode=mode,
+        loss=loss,
+        lambda1=lambda1,
+        lambda2=lambda2,
+        learn_lambdas=learn_lambdas,
+        lr=lr,
+        epochs=epochs,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        nproc=nproc,
+        init=init,
+        dtype=dtype,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        checkpoint_path=ckpt if (checkpoint_every or resume) else None,
         resume=resume,
     )
     # with several processes the inputs travel by path; each process opens its own view
@@ -133,14 +207,30 @@ def train(
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("input", type=click.Path(exists=True, dir_okay=True))
 @click.option("-o", "--out", required=True, type=click.Path(), help="Result Zarr store to write.")
-@click.option("--scheduler", default=None, help="Dask scheduler address (tcp://…); workers "
-              "transform their own blocks. Default: this process.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=65536, show_default=True,
-              help="Columns densified and pushed through the network at once.")
+@click.option(
+    "--scheduler",
+    default=None,
+    help="Dask scheduler address (tcp://…); workers "
+    "transform their own blocks. Default: this process.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=65536,
+    show_default=True,
+    help="Columns densified and pushed through the network at once.",
+)
 @click.option("--overwrite", is_flag=True)
 @click.option("--quiet", is_flag=True)
-def transform(model_dir: str, input: str, out: str, scheduler: str | None, batch_size: int,
-              overwrite: bool, quiet: bool) -> None:
+def transform(
+    model_dir: str,
+    input: str,
+    out: str,
+    scheduler: str | None,
+    batch_size: int,
+    overwrite: bool,
+    quiet: bool,
+) -> None:
     """Compute H for INPUT with a trained model; write it as a chunked Zarr store."""
     deep = _deep()
     _check_output(out, overwrite)
@@ -150,50 +240,106 @@ def transform(model_dir: str, input: str, out: str, scheduler: str | None, batch
         raise click.BadParameter(f"cannot load model: {exc}", param_hint="MODEL_DIR") from exc
     src = _open_input(input, "INPUT")
     try:
-        model.transform_to_zarr(src, out, scheduler=scheduler, batch_size=batch_size,
-                                overwrite=overwrite, progress=not quiet)
+        model.transform_to_zarr(
+            src,
+            out,
+            scheduler=scheduler,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            progress=not quiet,
+        )
     except (ValueError, OSError) as exc:
         raise _fail(exc) from exc
     click.echo(f"wrote {out} (H: {model.n_components} × {src.shape[1]})")
 
 
 @dnmf.command()
-@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Folder with synsig/ and icgc_brca560_sbs96_counts.npy "
-                   "(default: ../shared/data beside the repository).")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Folder with synsig/ and icgc_brca560_sbs96_counts.npy "
+    "(default: ../shared/data beside the repository).",
+)
 @click.option("--sets", default=None, help="Comma-separated synsig set names (default: all 12).")
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=500, show_default=True)
 @click.option("--layers", "n_layers", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--lambdas", default="0,1,2", show_default=True, help="Unsupervised λ grid.")
-@click.option("--brca/--no-brca", default=True, show_default=True,
-              help="Also run the 560 breast genomes (unsupervised, Frobenius and KL).")
-@click.option("--max-samples", type=click.IntRange(min=10), default=None,
-              help="Use only the first N samples of each set (quick runs).")
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
-              help="Folder for results.csv, summary.md, claims.md and box plots.")
+@click.option(
+    "--brca/--no-brca",
+    default=True,
+    show_default=True,
+    help="Also run the 560 breast genomes (unsupervised, Frobenius and KL).",
+)
+@click.option(
+    "--max-samples",
+    type=click.IntRange(min=10),
+    default=None,
+    help="Use only the first N samples of each set (quick runs).",
+)
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for results.csv, summary.md, claims.md and box plots.",
+)
 @click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Folds evaluated in parallel processes.")
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Folds evaluated in parallel processes.",
+)
+@click.option(
+    "--paper-split",
+    is_flag=True,
+    help="Score on the original code's leaky test columns (to show the leak).",
+)
 @click.option("--quiet", is_flag=True)
-def evaluate(data_dir: str | None, sets: str | None, folds: int, epochs: int, n_layers: int,
-             lambdas: str, brca: bool, max_samples: int | None, out: str, seed: int,
-             jobs: int, quiet: bool) -> None:
+def evaluate(
+    data_dir: str | None,
+    sets: str | None,
+    folds: int,
+    epochs: int,
+    n_layers: int,
+    lambdas: str,
+    brca: bool,
+    max_samples: int | None,
+    out: str,
+    seed: int,
+    jobs: int,
+    paper_split: bool,
+    quiet: bool,
+) -> None:
     """Re-run the paper's comparison with disjoint folds and fair baselines."""
-    deep = _deep()
+    _deep()
     from scalenmf.models.deep import evaluate as ev
 
     try:
         lam = tuple(float(x) for x in lambdas.split(","))
     except ValueError as exc:
-        raise click.BadParameter(f"not a list of numbers: {lambdas!r}", param_hint="--lambdas") from exc
+        raise click.BadParameter(
+            f"not a list of numbers: {lambdas!r}", param_hint="--lambdas"
+        ) from exc
     root = Path(data_dir) if data_dir else ev.default_data_dir()
     if not (root / "synsig").exists():
         raise click.BadParameter(f"{str(root)!r} has no synsig/ folder", param_hint="--data")
     names = sets.split(",") if sets else None
-    cfg = ev.EvalConfig(folds=folds, epochs=epochs, n_layers=n_layers, lambdas=lam,
-                        max_samples=max_samples, seed=seed, brca=brca, jobs=jobs)
-    del deep
+    cfg = ev.EvalConfig(
+        folds=folds,
+        epochs=epochs,
+        n_layers=n_layers,
+        lambdas=lam,
+        max_samples=max_samples,
+        seed=seed,
+        brca=brca,
+        jobs=jobs,
+        paper_split=paper_split,
+    )
     try:
         report = ev.run_evaluation(root, Path(out), cfg, sets=names, progress=not quiet)
     except (ValueError, OSError) as exc:

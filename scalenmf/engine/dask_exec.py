@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from scalenmf.engine.executor import BlockFn, BlockRef, apply_block
+from scalenmf.engine.executor import BlockFn, BlockRef, apply_block, realign
 from scalenmf.engine.reduce import TreeReducer, add_partials
 from scalenmf.io.source import MatrixSource
 
@@ -152,7 +152,8 @@ class DaskExecutor:
         for p in partials:
             reducer.push(p)
         total = reducer.result()
-        result = total.result() if hasattr(total, "result") else total
+        # Received arrays may be unaligned (see ``realign``): copy those before any math.
+        result = realign(total.result() if hasattr(total, "result") else total)
         # New H blocks replace the old; dropping the references frees the old tasks.
         self._states = new_states
         del outs, partials, total, bc
@@ -160,7 +161,7 @@ class DaskExecutor:
 
     def states(self) -> Iterator[Any]:
         for s in self._states:
-            yield s.result() if hasattr(s, "result") else s
+            yield realign(s.result() if hasattr(s, "result") else s)
 
     def set_states(self, states: list[Any]) -> None:
         if len(states) != self.source.n_blocks:

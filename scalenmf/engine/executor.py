@@ -12,10 +12,13 @@ function (so it pickles to Dask workers); ``X_j`` is ``None`` when ``read_x=Fals
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import numpy as np
 
 from scalenmf.io.source import MatrixSource
 
@@ -38,10 +41,40 @@ def resolve_block(ref: Any) -> Any:
     return ref.load() if isinstance(ref, BlockRef) else ref
 
 
+def realign(obj: Any) -> Any:
+    """``obj`` with every ndarray that is not aligned to its itemsize replaced by a copy.
+
+    Arrays deserialized from a Dask message can start at any byte offset. numpy hands only
+    aligned arrays to BLAS and multiplies unaligned ones with its own loops, which sum in
+    another order: the executors would then differ in the last bits. Walks dicts, lists,
+    tuples and dataclasses; returns ``obj`` itself when nothing needed a copy.
+    """
+    if isinstance(obj, np.ndarray):
+        return obj if obj.flags.aligned else obj.copy()
+    if isinstance(obj, dict):
+        items = {key: realign(value) for key, value in obj.items()}
+        same = all(items[key] is value for key, value in obj.items())
+        return obj if same else items
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        values = [realign(value) for value in obj]
+        same = all(new is old for new, old in zip(values, obj, strict=True))
+        return obj if same else type(obj)(values)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {}
+        for f in dataclasses.fields(obj):
+            if f.init:
+                value = getattr(obj, f.name)
+                new = realign(value)
+                if new is not value:
+                    changes[f.name] = new
+        return dataclasses.replace(obj, **changes) if changes else obj
+    return obj
+
+
 def apply_block(fn: BlockFn, xref: Any, state: Any, broadcast: Any) -> tuple[Any, Any]:
     """Run ``fn`` on one block: the one place a block is read for a step."""
     X = resolve_block(xref) if xref is not None else None
-    return fn(X, state, broadcast)
+    return fn(realign(X), realign(state), realign(broadcast))
 
 
 class Executor(Protocol):

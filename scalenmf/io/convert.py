@@ -267,10 +267,12 @@ class CheckedSource(MatrixSource):
         self._check(block, start)
         out: Block
         if sp.issparse(block):
-            csc = sp.csc_matrix(block, dtype=self.dtype)
+            with np.errstate(over="ignore"):
+                csc = sp.csc_matrix(block, dtype=self.dtype)
             out = csc if self.is_sparse else csc.toarray()
         else:
-            arr = np.asarray(block, dtype=self.dtype)
+            with np.errstate(over="ignore"):  # overflow to inf is reported just below
+                arr = np.asarray(block, dtype=self.dtype)
             out = sp.csc_matrix(arr) if self.is_sparse else arr
         if self.dtype.itemsize < np.dtype(block.dtype).itemsize:
             # A narrowing cast can overflow to inf (float64 → float32).
@@ -296,8 +298,8 @@ class CheckedSource(MatrixSource):
             v = arr[row, col]
         col += start
         raise InputError(
-            f"X must be finite and non-negative; found {v!r} at row {row}{self._name(row, True)}, "
-            f"column {col}{self._name(col, False)}"
+            f"X must be finite and non-negative; found {float(v)!r} at "
+            f"row {row}{self._name(row, True)}, column {col}{self._name(col, False)}"
         )
 
     def _name(self, i: int, row: bool) -> str:

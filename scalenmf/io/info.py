@@ -185,12 +185,8 @@ def format_description(d: dict[str, Any]) -> str:
         widths = d.get("block_cols") or []
         span = f"{min(widths)}" if len(set(widths)) <= 1 else f"{min(widths)}–{max(widths)}"
         rows.append(("column blocks", f"{d['n_blocks']} of {span} columns" if widths else "0"))
-        rows.append(
-            ("row labels", _labels_line(d["has_row_labels"], d["first_row_labels"], m))
-        )
-        rows.append(
-            ("column labels", _labels_line(d["has_col_labels"], d["first_col_labels"], n))
-        )
+        rows.append(("row labels", _labels_line(d["has_row_labels"], d["first_row_labels"], m)))
+        rows.append(("column labels", _labels_line(d["has_col_labels"], d["first_col_labels"], n)))
     if "disk_bytes" in d:
         rows.append(("on disk", _human_bytes(d["disk_bytes"])))
     width = max(len(k) for k, _ in rows)

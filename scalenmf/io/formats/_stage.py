@@ -82,11 +82,15 @@ class RowStage:
         Row length.
     rows_per_batch : int
         Rows buffered in memory before one shard is written (the memory cost:
-        ``rows_per_batch * ncols * 8`` bytes).
+        ``rows_per_batch * ncols * 8`` bytes, and about three times that while writing).
     dtype : dtype
         Stored value type.
     name : str
         Name of the staging store inside ``workdir``.
+    col_chunk : int, optional
+        Width of the inner chunks. Reading a column block decodes whole inner chunks, so
+        when the staged rows will be read back by column blocks of width B this should be
+        at most B (then a block read decodes about one block of data).
     """
 
     def __init__(
@@ -96,13 +100,15 @@ class RowStage:
         rows_per_batch: int,
         dtype: Any = np.float64,
         name: str = "rows",
+        col_chunk: int | None = None,
     ):
         self.path = Path(workdir) / f"{name}.zarr"
         self.ncols = int(ncols)
         self.rows_per_batch = max(1, int(rows_per_batch))
         self.dtype = np.dtype(dtype)
         r = self.rows_per_batch
-        col_chunk = max(1, min(self.ncols, STAGE_CHUNK_BYTES // (r * self.dtype.itemsize)))
+        widest = max(1, STAGE_CHUNK_BYTES // (r * self.dtype.itemsize))
+        col_chunk = max(1, min(self.ncols, widest, col_chunk or widest))
         shard_cols = math.ceil(max(self.ncols, 1) / col_chunk) * col_chunk
         root = zarr.open_group(str(self.path), mode="w")
         self._arr = root.create_array(
@@ -275,8 +281,9 @@ class BucketSource(MatrixSource):
 
 
 def stage_rows_budget(budget: int, ncols: int, itemsize: int = 8) -> int:
-    """Rows per staging batch so that one batch uses about a quarter of ``budget``."""
-    return max(1, int(budget // 4 // max(1, ncols * itemsize)))
+    """Rows per staging batch: one batch holds an eighth of ``budget`` (writing it as a
+    compressed shard costs about three times that)."""
+    return max(1, int(budget // 8 // max(1, ncols * itemsize)))
 
 
 def transpose_dense(src: MatrixSource, ctx: StageContext) -> MatrixSource:
@@ -287,7 +294,9 @@ def transpose_dense(src: MatrixSource, ctx: StageContext) -> MatrixSource:
     """
     n, m = src.shape
     rows = min(max(1, m), stage_rows_budget(ctx.budget, n))
-    stage = RowStage(ctx.workdir, n, rows, dtype=src.dtype, name="transpose")
+    stage = RowStage(
+        ctx.workdir, n, rows, dtype=src.dtype, name="transpose", col_chunk=ctx.plan(m, n, 1.0)
+    )
     step = rows
     for a in range(0, m, step):
         b = min(m, a + step)

@@ -150,8 +150,7 @@ def combine_labels(parts: list[tuple[str, ...]]) -> list[str]:
     if not parts or len(parts[0]) == 1:
         return [p[0] for p in parts]
     if all(
-        len(p) == 2 and _SBS.match(p[0]) and _TRI.match(p[1]) and p[1][1] == p[0][0]
-        for p in parts
+        len(p) == 2 and _SBS.match(p[0]) and _TRI.match(p[1]) and p[1][1] == p[0][0] for p in parts
     ):
         return [f"{p[1][0]}[{p[0]}]{p[1][2]}" for p in parts]
     return [":".join(p) for p in parts]
@@ -175,7 +174,10 @@ def iter_batches(
     rows_per_batch = max(1, batch_cells // max(1, layout.n_fields))
     with open_text(path) as fh:
         reader = csv.reader(
-            fh, delimiter=layout.delimiter, skipinitialspace=layout.delimiter == " "
+            fh,
+            delimiter=layout.delimiter,
+            skipinitialspace=layout.delimiter == " ",
+            strict=True,  # an unterminated quote is an error, not a multi-line field
         )
         labels: list[tuple[str, ...]] = []
         cells: list[list[str]] = []
@@ -192,6 +194,15 @@ def iter_batches(
                     raise InputError(
                         f"{where!r}, line {reader.line_num}: {len(fields)} fields, expected "
                         f"{layout.n_fields} like the first data row (ragged row?)"
+                    )
+                if layout.n_label == 2 and _is_number(fields[1]):
+                    # The second column was taken for labels because the first data row
+                    # holds text there; a number here means that text was a bad value.
+                    raise InputError(
+                        f"{where!r}, line {reader.line_num}: column 2 holds the number "
+                        f"{fields[1]!r}, but the first data row has text there, so it was read "
+                        "as a second label column; if column 2 holds counts, the first data "
+                        "row has a value that is not a number"
                     )
                 labels.append(tuple(fields[: layout.n_label]))
                 cells.append(fields[layout.n_label :])
@@ -221,8 +232,7 @@ def _to_numbers(
             for f, text in enumerate(row):
                 if not _is_number(text):
                     raise InputError(
-                        f"{where!r}, {_describe_cell(layout, line, f)}: {text!r} is not a "
-                        "number"
+                        f"{where!r}, {_describe_cell(layout, line, f)}: {text!r} is not a number"
                     ) from None
         raise
     bad = ~np.isfinite(values) | (values < 0)
@@ -263,6 +273,12 @@ def _estimated_text_bytes(path: Path) -> int:
     return size * 6 if gz else size
 
 
+def _estimated_rows(path: Path) -> int:
+    lines = _first_lines(path, 3)
+    line_bytes = max(1, len(lines[-1].encode()))
+    return max(1, _estimated_text_bytes(path) // line_bytes)
+
+
 def stage(path: Path, ctx: StageContext) -> MatrixSource:
     """A block-readable source for ``convert``, in bounded memory.
 
@@ -270,8 +286,8 @@ def stage(path: Path, ctx: StageContext) -> MatrixSource:
     are parsed in batches into a ``RowStage``: a features × samples file row by row (then
     read back by column block), a samples × features file (``ctx.transpose``) in batches
     of rows that are already whole column blocks. Peak memory: one parse batch (a quarter
-    of the budget at ~80 bytes per cell) plus one staged row batch (a quarter at 8 bytes
-    per value).
+    of the budget at ~80 bytes per cell) plus one staged row batch (an eighth at 8 bytes
+    per value, written as one compressed shard).
     """
     layout = sniff(path)
     _check_columns(path, layout)
@@ -290,7 +306,10 @@ def stage(path: Path, ctx: StageContext) -> MatrixSource:
         rows = min(ctx.plan(n_values, 1 << 62, 1.0), stage_rows_budget(ctx.budget, n_values))
     else:
         rows = stage_rows_budget(ctx.budget, n_values)
-    staged = RowStage(ctx.workdir, n_values, rows, name="csv")
+    # Rows are features here: guess their number from the file size to pick inner chunks
+    # no wider than the final column blocks (see RowStage).
+    col_chunk = None if ctx.transpose else ctx.plan(_estimated_rows(path), n_values, 1.0)
+    staged = RowStage(ctx.workdir, n_values, rows, name="csv", col_chunk=col_chunk)
     labels: list[tuple[str, ...]] = []
     bar = _bar(ctx, path)
     try:

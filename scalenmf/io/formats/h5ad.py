@@ -38,9 +38,7 @@ def _h5py() -> Any:
     try:
         import h5py
     except ImportError as exc:  # pragma: no cover - h5py is in the dev/h5ad extras
-        raise InputError(
-            "reading .h5ad needs h5py: pip install 'scalenmf[h5ad]'"
-        ) from exc
+        raise InputError("reading .h5ad needs h5py: pip install 'scalenmf[h5ad]'") from exc
     return h5py
 
 

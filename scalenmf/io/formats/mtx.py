@@ -34,8 +34,11 @@ from scalenmf.io.source import DenseArraySource, MatrixSource, SparseArraySource
 
 log = logging.getLogger(__name__)
 
-#: Lines parsed per batch (about 40 MB of float64 triples).
+#: Lines parsed per batch when reading into memory.
 _BATCH_LINES = 1 << 20
+#: Bytes one entry line costs while its batch is parsed (the str, its list slot, the parsed
+#: floats, indices and sort temporaries): sizes the streaming batches.
+_LINE_COST = 200
 
 
 def can_open(path: Path) -> bool:
@@ -101,14 +104,14 @@ def _read_header(path: Path, fh: IO[str]) -> Header:
     raise InputError(f"{where!r}: no size line after the Matrix Market banner")
 
 
-def _batches(path: Path, fh: IO[str], header: Header) -> Any:
+def _batches(path: Path, fh: IO[str], header: Header, batch_lines: int = _BATCH_LINES) -> Any:
     """Yield (first line number, parsed float64 rows) for batches of entry lines."""
     where = str(path)
     ncols = {"coordinate": 2 if header.field == "pattern" else 3, "array": 1}[header.fmt]
     line_no = header.first_data_line
     while True:
         try:
-            lines = list(itertools.islice(fh, _BATCH_LINES))
+            lines = list(itertools.islice(fh, batch_lines))
         except (OSError, EOFError, UnicodeDecodeError) as exc:
             raise InputError(
                 f"cannot read {where!r} after line {line_no} (corrupt or truncated file?): {exc}"
@@ -154,7 +157,7 @@ def _check_values(where: str, vals: np.ndarray, first_line: int) -> None:
     if bad.any():
         i = int(np.argmax(bad))
         raise InputError(
-            f"{where!r}, entry line {first_line + i}: value {vals[i]!r} is negative or not "
+            f"{where!r}, entry line {first_line + i}: value {float(vals[i])!r} is negative or not "
             "finite; X must hold finite, non-negative counts"
         )
 
@@ -270,8 +273,8 @@ def stage(path: Path, ctx: StageContext) -> MatrixSource:
     """A block-readable source for ``convert``, in bounded memory.
 
     Coordinate files are read once and their entries scattered into per-column-block
-    buckets (``BucketStage``; memory: one parse batch of about 40 MB plus a scatter
-    buffer of a quarter of the budget), array files are staged as rows of Xᵀ
+    buckets (``BucketStage``; memory: one parse batch of an eighth of the budget plus a
+    scatter buffer of a quarter), array files are staged as rows of Xᵀ
     (``RowStage``). ``ctx.transpose`` reads a samples × features file.
     """
     where = str(path)
@@ -279,16 +282,19 @@ def stage(path: Path, ctx: StageContext) -> MatrixSource:
         header = _read_header(path, fh)
         m, n = header.shape
         xm, xn = (n, m) if ctx.transpose else (m, n)
+        batch_lines = max(1024, ctx.budget // 8 // _LINE_COST)
         if header.fmt == "array":
             # Column-major values: each run of m values is a column of the stored matrix,
             # i.e. a column of X, or (transposed) a row of X.
             rows_per = stage_rows_budget(ctx.budget, m)
             if not ctx.transpose:
                 rows_per = min(rows_per, ctx.plan(xm, xn, 1.0))
-            staged = RowStage(ctx.workdir, m, rows_per, name="mtx")
+            # Transposed, staged rows are X's rows, read back by column blocks.
+            col_chunk = ctx.plan(xm, xn, 1.0) if ctx.transpose else None
+            staged = RowStage(ctx.workdir, m, rows_per, name="mtx", col_chunk=col_chunk)
             pending = np.empty(0)
             seen = 0
-            for first, arr in _batches(path, fh, header):
+            for first, arr in _batches(path, fh, header, batch_lines):
                 vals = arr.ravel()
                 seen += vals.size
                 if seen > header.nnz:
@@ -311,7 +317,7 @@ def stage(path: Path, ctx: StageContext) -> MatrixSource:
                 buffer_entries=ctx.budget // 4 // 16,
             )
             seen = 0
-            for first, arr in _batches(path, fh, header):
+            for first, arr in _batches(path, fh, header, batch_lines):
                 seen += len(arr)
                 if seen > header.nnz:
                     raise _count_error(where, header, seen)

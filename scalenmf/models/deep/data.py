@@ -52,7 +52,8 @@ def open_source(obj: Any, block_cols: int | None = None) -> MatrixSource:
 
 
 def check_block(block: Any, where: str) -> None:
-    """Raise ``InputError`` (a ``ValueError``) naming the columns if a block has NaN/inf or negative entries."""
+    """Raise ``InputError`` (a ``ValueError``) naming the columns if a block has NaN, inf
+    or negative entries."""
     data = block.data if sp.issparse(block) else np.asarray(block)
     if data.size == 0:
         return
@@ -176,7 +177,11 @@ class ColumnShardDataset(IterableDataset):
         """Blocks read this epoch by DataLoader worker ``worker`` of this rank."""
         reader = self.rank * n_workers + worker
         plan = plan_shards(
-            len(self.block_bounds), self.epoch, self.seed, self.shuffle, reader,
+            len(self.block_bounds),
+            self.epoch,
+            self.seed,
+            self.shuffle,
+            reader,
             self.world_size * n_workers,
         )
         return plan.blocks

@@ -17,6 +17,7 @@ import torch
 
 from scalenmf.models.deep.data import ColumnShardDataset, check_block, open_source
 from scalenmf.models.deep.layers import UnrolledNMF
+from scalenmf.models.deep.mu import nnls_w_from_gram
 from scalenmf.models.deep.train import (
     TrainConfig,
     TrainState,
@@ -27,9 +28,9 @@ from scalenmf.models.deep.train import (
     init_distributed,
     load_checkpoint,
     make_optimizer,
+    maybe_init_from_env,
     train,
 )
-from scalenmf.models.deep.mu import nnls_w_from_gram
 
 logger = logging.getLogger(__name__)
 
@@ -178,17 +179,31 @@ def build_and_train(
     if H is not None:
         hk = open_source(H).shape if not isinstance(H, np.ndarray) else H.shape
         if tuple(hk) != (k, n):
-            raise ValueError(f"H must have shape (n_components, n_samples) = {(k, n)}, got {tuple(hk)}")
+            raise ValueError(
+                f"H must have shape (n_components, n_samples) = {(k, n)}, got {tuple(hk)}"
+            )
     per_rank = None if bs is None or bs >= n else max(1, bs // world)
     dataset = ColumnShardDataset(
-        src, H, batch_size=per_rank, block_cols=p["block_cols"],
-        shuffle=per_rank is not None, seed=p["seed"], rank=rank, world_size=world,
+        src,
+        H,
+        batch_size=per_rank,
+        block_cols=p["block_cols"],
+        shuffle=per_rank is not None,
+        seed=p["seed"],
+        rank=rank,
+        world_size=world,
         dtype=np.float64 if tdtype == torch.float64 else np.float32,
     )
     torch.manual_seed(p["seed"])
     model = UnrolledNMF(
-        m, k, p["n_layers"], p["loss"], p["lambda1"], p["lambda2"],
-        learn_lambdas=bool(p["learn_lambdas"]), dtype=tdtype,
+        m,
+        k,
+        p["n_layers"],
+        p["loss"],
+        p["lambda1"],
+        p["lambda2"],
+        learn_lambdas=bool(p["learn_lambdas"]),
+        dtype=tdtype,
     )
     W0: torch.Tensor | None = None
     if sup:
@@ -220,9 +235,14 @@ def build_and_train(
             )
         logger.info("resumed from %s at epoch %d step %d", ckpt, state.epoch, state.step)
     config = TrainConfig(
-        mode=p["mode"], lr=p["lr"], epochs=p["epochs"], batch_size=bs,
-        num_workers=p["num_workers"], checkpoint_every=p["checkpoint_every"],
-        checkpoint_path=ckpt, progress=progress,
+        mode=p["mode"],
+        lr=p["lr"],
+        epochs=p["epochs"],
+        batch_size=bs,
+        num_workers=p["num_workers"],
+        checkpoint_every=p["checkpoint_every"],
+        checkpoint_path=ckpt,
+        progress=progress,
     )
     step_cols = n // world if per_rank is None else per_rank
     with torch_threads(auto_threads(m, step_cols, p["n_threads"])):
@@ -232,13 +252,32 @@ def build_and_train(
 
 def _fingerprint(p: dict[str, Any]) -> dict[str, Any]:
     """Hyper-parameters that must match between a checkpoint and the run resuming it."""
-    keys = ("n_components", "n_layers", "mode", "loss", "lambda1", "lambda2", "learn_lambdas",
-            "lr", "batch_size", "init", "dtype", "seed", "block_cols")
+    keys = (
+        "n_components",
+        "n_layers",
+        "mode",
+        "loss",
+        "lambda1",
+        "lambda2",
+        "learn_lambdas",
+        "lr",
+        "batch_size",
+        "init",
+        "dtype",
+        "seed",
+        "block_cols",
+    )
     return {key: p[key] for key in keys}
 
 
 def _spawn_entry(
-    rank: int, world: int, port: int, params: dict[str, Any], V: Any, H: Any, out: str,
+    rank: int,
+    world: int,
+    port: int,
+    params: dict[str, Any],
+    V: Any,
+    H: Any,
+    out: str,
     progress: bool,
 ) -> None:
     """Body of one ``--nproc`` process: join the gloo group, train, rank 0 saves."""
@@ -253,8 +292,13 @@ def _spawn_entry(
 
 
 def _payload(model: UnrolledNMF, state: TrainState) -> dict[str, Any]:
-    return {"model": model.state_dict(), "W": state.W, "history": list(state.history),
-            "epoch": state.epoch, "step": state.step}
+    return {
+        "model": model.state_dict(),
+        "W": state.W,
+        "history": list(state.history),
+        "epoch": state.epoch,
+        "step": state.step,
+    }
 
 
 def _labels_list(labels: Any) -> list[str] | None:
@@ -381,9 +425,25 @@ class DNMF:
         return {
             name: getattr(self, name)
             for name in (
-                "n_components", "n_layers", "mode", "loss", "lambda1", "lambda2",
-                "learn_lambdas", "lr", "epochs", "batch_size", "num_workers", "nproc", "init",
-                "dtype", "seed", "block_cols", "checkpoint_every", "checkpoint_path", "resume",
+                "n_components",
+                "n_layers",
+                "mode",
+                "loss",
+                "lambda1",
+                "lambda2",
+                "learn_lambdas",
+                "lr",
+                "epochs",
+                "batch_size",
+                "num_workers",
+                "nproc",
+                "init",
+                "dtype",
+                "seed",
+                "block_cols",
+                "checkpoint_every",
+                "checkpoint_path",
+                "resume",
                 "n_threads",
             )
         }
@@ -411,16 +471,27 @@ class DNMF:
         if self.nproc > 1:
             payload = self._fit_spawned(params, V, H, progress)
         else:
-            model, state = build_and_train(params, V, H, progress=progress)
+            # under torchrun (WORLD_SIZE > 1) every launched process joins the group here
+            created = maybe_init_from_env()
+            try:
+                rank = dist_info()[0]
+                model, state = build_and_train(params, V, H, progress=progress and rank == 0)
+            finally:
+                if created:
+                    torch.distributed.destroy_process_group()
             payload = _payload(model, state)
         src = open_source(V, self.block_cols)
         self._set_fitted(payload, src.shape[0])
         self.feature_labels_ = _labels_list(src.row_labels)
         hlab = open_source(H).row_labels if H is not None else None
-        self.component_labels_ = _labels_list(hlab) or [f"C{i + 1}" for i in range(self.n_components)]
+        self.component_labels_ = _labels_list(hlab) or [
+            f"C{i + 1}" for i in range(self.n_components)
+        ]
         return self
 
-    def _fit_spawned(self, params: dict[str, Any], V: Any, H: Any, progress: bool) -> dict[str, Any]:
+    def _fit_spawned(
+        self, params: dict[str, Any], V: Any, H: Any, progress: bool
+    ) -> dict[str, Any]:
         import torch.multiprocessing as tmp
 
         with tempfile.TemporaryDirectory(prefix="dnmf-") as d:
@@ -428,15 +499,22 @@ class DNMF:
             tmp.spawn(
                 _spawn_entry,
                 args=(self.nproc, free_port(), params, V, H, out, progress),
-                nprocs=self.nproc, join=True,
+                nprocs=self.nproc,
+                join=True,
             )
             return dict(torch.load(out, weights_only=True))
 
     def _set_fitted(self, payload: dict[str, Any], m: int) -> None:
         p = _effective(self.get_params())
         model = UnrolledNMF(
-            m, self.n_components, self.n_layers, self.loss, self.lambda1, self.lambda2,
-            learn_lambdas=bool(p["learn_lambdas"]), dtype=_DTYPES[self.dtype],
+            m,
+            self.n_components,
+            self.n_layers,
+            self.loss,
+            self.lambda1,
+            self.lambda2,
+            learn_lambdas=bool(p["learn_lambdas"]),
+            dtype=_DTYPES[self.dtype],
         )
         model.load_state_dict(payload["model"])
         model.eval()
@@ -480,7 +558,9 @@ class DNMF:
         src = open_source(V, self.block_cols)
         self._check_features(src)
         width = max((b - a for a, b in src.block_bounds), default=1)
-        with torch_threads(auto_threads(src.shape[0], min(width, batch_size or width), self.n_threads)):
+        with torch_threads(
+            auto_threads(src.shape[0], min(width, batch_size or width), self.n_threads)
+        ):
             return transform_source(model, src, batch_size=batch_size)
 
     def transform_to_zarr(
@@ -515,11 +595,22 @@ class DNMF:
         model = self._fitted()
         src = open_source(V, self.block_cols)
         self._check_features(src)
-        attrs = {"mode": self.mode, "loss": self.loss, "n_layers": self.n_layers,
-                 "lambdas": list(self.lambdas_)}
+        attrs = {
+            "mode": self.mode,
+            "loss": self.loss,
+            "n_layers": self.n_layers,
+            "lambdas": list(self.lambdas_),
+        }
         return transform_to_zarr(
-            model, src, out, W=self.W_, scheduler=scheduler, batch_size=batch_size,
-            overwrite=overwrite, attrs=attrs, component_labels=self.component_labels_ or None,
+            model,
+            src,
+            out,
+            W=self.W_,
+            scheduler=scheduler,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            attrs=attrs,
+            component_labels=self.component_labels_ or None,
             progress=progress,
         )
 
@@ -568,8 +659,11 @@ class DNMF:
         model = self._fitted()
         config = {
             "format": FORMAT,
-            "params": {k: v for k, v in self.get_params().items()
-                       if k not in ("checkpoint_path", "resume", "nproc", "num_workers")},
+            "params": {
+                k: v
+                for k, v in self.get_params().items()
+                if k not in ("checkpoint_path", "resume", "nproc", "num_workers")
+            },
             "n_features": int(model.n_features),
             "loss_history": self.loss_history_,
             "lambdas": list(self.lambdas_),
@@ -589,14 +683,21 @@ class DNMF:
         root = Path(path)
         cfg_file, w_file = root / "config.json", root / "weights.pt"
         if not cfg_file.exists() or not w_file.exists():
-            raise FileNotFoundError(f"{str(root)!r} is not a saved DNMF model (config.json, weights.pt)")
+            raise FileNotFoundError(
+                f"{str(root)!r} is not a saved DNMF model (config.json, weights.pt)"
+            )
         config = json.loads(cfg_file.read_text())
         if config.get("format") != FORMAT:
-            raise ValueError(f"{str(root)!r} has format {config.get('format')!r}, expected {FORMAT!r}")
+            raise ValueError(
+                f"{str(root)!r} has format {config.get('format')!r}, expected {FORMAT!r}"
+            )
         est = cls(**config["params"])
         weights = torch.load(w_file, weights_only=True, map_location="cpu")
-        payload = {"model": weights["model"], "W": weights.get("W"),
-                   "history": config.get("loss_history", [])}
+        payload = {
+            "model": weights["model"],
+            "W": weights.get("W"),
+            "history": config.get("loss_history", []),
+        }
         est._set_fitted(payload, int(config["n_features"]))
         est.feature_labels_ = config.get("feature_labels")
         est.component_labels_ = list(config.get("component_labels") or [])

@@ -18,9 +18,10 @@ the training columns only; every method scored with the same metric on the test 
   cost and 100 iterations (``mu_L_dnmf_w``, ``mu_100_dnmf_w``); the paper's MU (constant
   initialisation, test H by 100 iterations: ``mu_paper``).
 
-``paper_leaky_test_index`` documents the split bug of the original code (``~index`` on an
-integer index selects columns counted from the end, mostly training columns); it is not
-used for the reported numbers.
+``paper_leaky_test_index`` reproduces the split bug of the original code (``~index`` on an
+integer index selects columns counted from the end, mostly training columns); it is used
+only with ``EvalConfig(paper_split=True)`` (``--paper-split``), to show how much the leak
+flatters every method, never for the headline numbers.
 """
 
 from __future__ import annotations
@@ -57,12 +58,18 @@ BASES = "ACGT"
 #: Canonical channel order used internally: substitution-major, then 5′, then 3′ base.
 CHANNELS = tuple(f"{a}[{s}]{b}" for s in SUBSTITUTIONS for a in BASES for b in BASES)
 SYNSIG_SETS = (
-    "syn.2.7a.7b.abst_sa.sa.96", "syn.2.7a.7b.abst_sp.sp",
-    "syn.2.7a.7b.bladder.and.melanoma_sa.sa.96", "syn.2.7a.7b.bladder.and.melanoma_sp.sp",
-    "syn.3.5.40.abst_sa.sa.96", "syn.3.5.40.abst_sp.sp",
-    "syn.3.5.40.rcc.and.ovary_sa.sa.96", "syn.3.5.40.rcc.and.ovary_sp.sp",
-    "syn.many.types_sa.sa.96", "syn.many.types_sp.sp",
-    "syn.pancreas_sa.sa.96", "syn.pancreas_sp.sp",
+    "syn.2.7a.7b.abst_sa.sa.96",
+    "syn.2.7a.7b.abst_sp.sp",
+    "syn.2.7a.7b.bladder.and.melanoma_sa.sa.96",
+    "syn.2.7a.7b.bladder.and.melanoma_sp.sp",
+    "syn.3.5.40.abst_sa.sa.96",
+    "syn.3.5.40.abst_sp.sp",
+    "syn.3.5.40.rcc.and.ovary_sa.sa.96",
+    "syn.3.5.40.rcc.and.ovary_sp.sp",
+    "syn.many.types_sa.sa.96",
+    "syn.many.types_sp.sp",
+    "syn.pancreas_sa.sa.96",
+    "syn.pancreas_sp.sp",
 )
 BRCA_K = 12
 
@@ -87,7 +94,9 @@ def align_rows(labels: list[str], values: np.ndarray, what: str) -> np.ndarray:
     pos = {lab: i for i, lab in enumerate(labels)}
     missing = [c for c in CHANNELS if c not in pos]
     if missing or len(pos) != len(CHANNELS):
-        raise ValueError(f"{what}: channels do not match the 96 SBS channels (missing {missing[:3]})")
+        raise ValueError(
+            f"{what}: channels do not match the 96 SBS channels (missing {missing[:3]})"
+        )
     return values[[pos[c] for c in CHANNELS]]
 
 
@@ -125,8 +134,11 @@ def load_synsig(folder: Path) -> SigData:
     V = align_rows(labels, np.array([[float(x) for x in r[2:]] for r in rows]), folder.name)
     sh, srows = _read_csv(folder / "ground.truth.syn.sigs.csv")
     sig_names = sh[2:]
-    W = align_rows([channel_label(r[0], r[1]) for r in srows],
-                   np.array([[float(x) for x in r[2:]] for r in srows]), folder.name + " sigs")
+    W = align_rows(
+        [channel_label(r[0], r[1]) for r in srows],
+        np.array([[float(x) for x in r[2:]] for r in srows]),
+        folder.name + " sigs",
+    )
     eh, erows = _read_csv(folder / "ground.truth.syn.exposures.csv")
     exp_samples = eh[1:]
     by_sig = {r[0]: np.array([float(x) for x in r[1:]]) for r in erows}
@@ -145,7 +157,9 @@ def load_brca(path: Path) -> SigData:
         raise ValueError(f"{path}: expected shape (560, 96), got {X.shape}")
     # documented order of this file: substitution, then 5' base, then 3' base
     labels = [f"{a}[{s}]{b}" for s in SUBSTITUTIONS for a in BASES for b in BASES]
-    return SigData("brca560", align_rows(labels, X.T.astype(np.float64), "brca"), None, None, BRCA_K)
+    return SigData(
+        "brca560", align_rows(labels, X.T.astype(np.float64), "brca"), None, None, BRCA_K
+    )
 
 
 # ----------------------------------------------------------------------------- folds
@@ -183,8 +197,14 @@ def _t(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
 
 
-def mu_h(V: torch.Tensor, W: torch.Tensor, n_iter: int, lam: tuple[float, float], loss: str,
-         tol: float | None = None) -> torch.Tensor:
+def mu_h(
+    V: torch.Tensor,
+    W: torch.Tensor,
+    n_iter: int,
+    lam: tuple[float, float],
+    loss: str,
+    tol: float | None = None,
+) -> torch.Tensor:
     """``n_iter`` MU steps for H from ``H0 = 1`` (stop early when ``tol`` is met)."""
     step = mu_step_h_kl if loss == "kl" else mu_step_h_frobenius
     cost = kl_cost if loss == "kl" else frobenius_cost
@@ -221,8 +241,15 @@ def nndsvda(V: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return W, H
 
 
-def mu_nmf(V: torch.Tensor, W: torch.Tensor, H: torch.Tensor, lam: tuple[float, float], loss: str,
-           max_iter: int, tol: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+def mu_nmf(
+    V: torch.Tensor,
+    W: torch.Tensor,
+    H: torch.Tensor,
+    lam: tuple[float, float],
+    loss: str,
+    max_iter: int,
+    tol: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Alternating MU (λ on H, none on W, as in the paper) until the objective's relative
     decrease over 10 iterations is below ``tol`` (or ``max_iter``)."""
     hstep = mu_step_h_kl if loss == "kl" else mu_step_h_frobenius
@@ -249,8 +276,9 @@ def h_mse(H_hat: np.ndarray | torch.Tensor, H: np.ndarray) -> float:
     return float((D * D).sum() / H.shape[1])
 
 
-def recon_score(V: np.ndarray, W: np.ndarray | torch.Tensor, H: np.ndarray | torch.Tensor,
-                loss: str) -> float:
+def recon_score(
+    V: np.ndarray, W: np.ndarray | torch.Tensor, H: np.ndarray | torch.Tensor, loss: str
+) -> float:
     """Mean over columns of ``‖v − Wh‖²`` (Frobenius) or of ``KL(v | Wh)`` (KL)."""
     Wn, Hn = np.asarray(W, dtype=np.float64), np.asarray(H, dtype=np.float64)
     if loss == "kl":
@@ -277,6 +305,7 @@ class EvalConfig:
     mu_tol: float = 1e-6
     dtype: str = "float32"
     jobs: int = 1
+    paper_split: bool = False
 
 
 @dataclass
@@ -291,7 +320,9 @@ class Row:
     seconds: float
 
 
-def supervised_fold(d: SigData, tr: np.ndarray, te: np.ndarray, fold: int, cfg: EvalConfig) -> list[Row]:
+def supervised_fold(
+    d: SigData, tr: np.ndarray, te: np.ndarray, fold: int, cfg: EvalConfig
+) -> list[Row]:
     """All supervised arms on one fold."""
     assert d.H is not None
     Vtr, Htr, Vte, Hte = d.V[:, tr], d.H[:, tr], d.V[:, te], d.H[:, te]
@@ -301,11 +332,21 @@ def supervised_fold(d: SigData, tr: np.ndarray, te: np.ndarray, fold: int, cfg: 
     def add(arm: str, score: float, t0: float) -> None:
         rows.append(Row(d.name, fold, "supervised", arm, score, time.perf_counter() - t0))
 
-    for arm, kw in (("dnmf", {}), ("dnmf_fixed_lambda", {"learn_lambdas": False}),
-                    ("dnmf_paper_init", {"init": "constant", "lambda1": 1.0, "lambda2": 1.0})):
+    for arm, kw in (
+        ("dnmf", {}),
+        ("dnmf_fixed_lambda", {"learn_lambdas": False}),
+        ("dnmf_paper_init", {"init": "constant", "lambda1": 1.0, "lambda2": 1.0}),
+    ):
         t0 = time.perf_counter()
-        model = DNMF(d.k, n_layers=L, mode="supervised", epochs=cfg.epochs, dtype=cfg.dtype,
-                     seed=cfg.seed + fold, **kw).fit(Vtr, Htr)  # type: ignore[arg-type]
+        model = DNMF(
+            d.k,
+            n_layers=L,
+            mode="supervised",
+            epochs=cfg.epochs,
+            dtype=cfg.dtype,
+            seed=cfg.seed + fold,
+            **kw,
+        ).fit(Vtr, Htr)
         add(arm, h_mse(model.transform(Vte), Hte), t0)
     t0 = time.perf_counter()
     Wls = nnls_w_from_gram(_t(Htr @ Htr.T), _t(Vtr @ Htr.T))
@@ -314,18 +355,29 @@ def supervised_fold(d: SigData, tr: np.ndarray, te: np.ndarray, fold: int, cfg: 
         t0 = time.perf_counter()
         add(arm, h_mse(mu_h(_t(Vte), Wls, it, (0.0, 0.0), "frobenius"), Hte), t0)
     t0 = time.perf_counter()
-    add("mu_conv", h_mse(mu_h(_t(Vte), Wls, cfg.mu_max_iter, (0.0, 0.0), "frobenius", cfg.mu_tol), Hte), t0)
+    add(
+        "mu_conv",
+        h_mse(mu_h(_t(Vte), Wls, cfg.mu_max_iter, (0.0, 0.0), "frobenius", cfg.mu_tol), Hte),
+        t0,
+    )
     t0 = time.perf_counter()
     Vt = _t(Vtr)
-    Wp, _ = mu_nmf(Vt, torch.full((96, d.k), 1.0, dtype=Vt.dtype),
-                   torch.ones((d.k, Vt.shape[1]), dtype=Vt.dtype), (0.0, 0.0), "frobenius",
-                   cfg.epochs, None)
+    Wp, _ = mu_nmf(
+        Vt,
+        torch.full((96, d.k), 1.0, dtype=Vt.dtype),
+        torch.ones((d.k, Vt.shape[1]), dtype=Vt.dtype),
+        (0.0, 0.0),
+        "frobenius",
+        cfg.epochs,
+        None,
+    )
     add("mu_paper", h_mse(mu_h(_t(Vte), Wp, 10, (0.0, 0.0), "frobenius"), Hte), t0)
     return rows
 
 
-def unsupervised_fold(d: SigData, tr: np.ndarray, te: np.ndarray, fold: int, lam: float,
-                      loss: str, cfg: EvalConfig) -> list[Row]:
+def unsupervised_fold(
+    d: SigData, tr: np.ndarray, te: np.ndarray, fold: int, lam: float, loss: str, cfg: EvalConfig
+) -> list[Row]:
     """All unsupervised arms on one fold for ``λ1 = λ2 = lam``."""
     Vtr, Vte = d.V[:, tr], d.V[:, te]
     rows: list[Row] = []
@@ -338,14 +390,28 @@ def unsupervised_fold(d: SigData, tr: np.ndarray, te: np.ndarray, fold: int, lam
         rows.append(Row(d.name, fold, setting, arm, score, time.perf_counter() - t0))
 
     t0 = time.perf_counter()
-    model = DNMF(k, n_layers=L, mode="unsupervised", loss=loss, lambda1=lam, lambda2=lam,
-                 epochs=cfg.epochs, dtype=cfg.dtype, seed=cfg.seed + fold).fit(Vtr)
+    model = DNMF(
+        k,
+        n_layers=L,
+        mode="unsupervised",
+        loss=loss,
+        lambda1=lam,
+        lambda2=lam,
+        epochs=cfg.epochs,
+        dtype=cfg.dtype,
+        seed=cfg.seed + fold,
+    ).fit(Vtr)
     assert model.W_ is not None
     Wd = _t(model.W_)
     add("dnmf", recon_score(Vte, model.W_, model.transform(Vte), loss), t0)
     t0 = time.perf_counter()
-    add("nnls_dnmf_w", recon_score(Vte, Wd, nnls_h(Vtest, Wd, *lams), loss) if loss == "frobenius"
-        else recon_score(Vte, Wd, mu_h(Vtest, Wd, cfg.mu_max_iter, lams, loss, cfg.mu_tol), loss), t0)
+    add(
+        "nnls_dnmf_w",
+        recon_score(Vte, Wd, nnls_h(Vtest, Wd, *lams), loss)
+        if loss == "frobenius"
+        else recon_score(Vte, Wd, mu_h(Vtest, Wd, cfg.mu_max_iter, lams, loss, cfg.mu_tol), loss),
+        t0,
+    )
     for arm, it in ((f"mu_{L}_dnmf_w", L), ("mu_100_dnmf_w", 100)):
         t0 = time.perf_counter()
         add(arm, recon_score(Vte, Wd, mu_h(Vtest, Wd, it, lams, loss), loss), t0)
@@ -367,8 +433,15 @@ def unsupervised_fold(d: SigData, tr: np.ndarray, te: np.ndarray, fold: int, lam
         t0 = time.perf_counter()
         add("nnls_mu_w", recon_score(Vte, Wr, nnls_h(Vtest, Wr, *lams), loss), t0)
     t0 = time.perf_counter()
-    Wp, _ = mu_nmf(Vt, torch.full((96, k), 1.0 / 96, dtype=Vt.dtype),
-                   torch.ones((k, Vt.shape[1]), dtype=Vt.dtype), lams, loss, cfg.epochs, None)
+    Wp, _ = mu_nmf(
+        Vt,
+        torch.full((96, k), 1.0 / 96, dtype=Vt.dtype),
+        torch.ones((k, Vt.shape[1]), dtype=Vt.dtype),
+        lams,
+        loss,
+        cfg.epochs,
+        None,
+    )
     add("mu_paper", recon_score(Vte, Wp, mu_h(Vtest, Wp, 100, lams, loss), loss), t0)
     return rows
 
@@ -383,7 +456,12 @@ CLAIMS: tuple[tuple[str, str, str, str], ...] = (
     ("supervised", "nnls", "supervised DNMF beats NNLS with the least-squares W (fair)", "—"),
     ("supervised", "mu_10", "supervised DNMF beats MU at equal cost (10 iterations)", "—"),
     ("supervised", "mu_conv", "supervised DNMF beats MU run to convergence", "—"),
-    ("unsupervised", "mu_paper", "unsupervised DNMF beats MU (paper's constant init)", "0.054–0.22"),
+    (
+        "unsupervised",
+        "mu_paper",
+        "unsupervised DNMF beats MU (paper's constant init)",
+        "0.054–0.22",
+    ),
     ("unsupervised", "mu_random", "unsupervised DNMF beats MU, random init, converged", "—"),
     ("unsupervised", "mu_nndsvd", "unsupervised DNMF beats MU, NNDSVD init, converged", "—"),
     ("unsupervised", "mu_10_dnmf_w", "10 layers beat 10 MU iterations with the same W", "—"),
@@ -416,8 +494,10 @@ def ratios(rows: list[Row]) -> dict[tuple[str, str], list[float]]:
 def summary_table(rows: list[Row], n_layers: int) -> str:
     """Markdown: geometric-mean DNMF/arm ratio per setting (< 1: DNMF better)."""
     rat = ratios(rows)
-    lines = ["| setting | arm | DNMF / arm (geo. mean) | sets where DNMF better |",
-             "|---|---|---|---|"]
+    lines = [
+        "| setting | arm | DNMF / arm (geo. mean) | sets where DNMF better |",
+        "|---|---|---|---|",
+    ]
     for (setting, arm), vals in sorted(rat.items()):
         better = sum(v < 1 for v in vals)
         lines.append(f"| {setting} | {arm} | {geo_mean(vals):.3g} | {better}/{len(vals)} |")
@@ -439,8 +519,9 @@ def claims_text(rows: list[Row], n_layers: int) -> str:
         if "match" in text:
             verdict = "yes" if g <= 1.05 else "no"
         else:
-            verdict = "yes" if g < 1 and better >= 0.75 * len(vals) else (
-                "mixed" if better > 0 else "no")
+            verdict = (
+                "yes" if g < 1 and better >= 0.75 * len(vals) else ("mixed" if better > 0 else "no")
+            )
         out.append(f"| {text} | {paper} | {g:.3g} ({better}/{len(vals)} better) | {verdict} |")
     return "\n".join(out)
 
@@ -477,7 +558,9 @@ def write_outputs(out: Path, rows: list[Row], summary: str, claims: str, wall: f
     fig, axes = plt.subplots(len(settings), 1, figsize=(9, 2.8 * len(settings)), squeeze=False)
     for ax, setting in zip(axes[:, 0], settings, strict=True):
         arms = sorted(a for s, a in rat if s == setting)
-        ax.boxplot([np.log10(rat[(setting, a)]) for a in arms], tick_labels=arms, vert=False)
+        ax.boxplot(
+            [np.log10(rat[(setting, a)]) for a in arms], tick_labels=arms, orientation="horizontal"
+        )
         ax.axvline(0.0, color="grey", lw=0.8)
         ax.set_title(setting, fontsize=9)
         ax.set_xlabel("log10(DNMF score / arm score)  (< 0: DNMF better)", fontsize=8)
@@ -498,8 +581,13 @@ def _run_job(job: tuple[Any, ...], cfg: EvalConfig) -> list[Row]:
     return unsupervised_fold(job[1], job[2], job[3], job[4], job[5], job[6], cfg)
 
 
-def run_evaluation(data_dir: Path, out: Path | None, cfg: EvalConfig,
-                   sets: list[str] | None = None, progress: bool = False) -> Report:
+def run_evaluation(
+    data_dir: Path,
+    out: Path | None,
+    cfg: EvalConfig,
+    sets: list[str] | None = None,
+    progress: bool = False,
+) -> Report:
     """Run every arm on every fold of every chosen set (plus BRCA-560) and summarize.
 
     Parameters
@@ -533,7 +621,9 @@ def run_evaluation(data_dir: Path, out: Path | None, cfg: EvalConfig,
             d.H = None if d.H is None else d.H[:, : cfg.max_samples]
     jobs: list[tuple[Any, ...]] = []
     for d in data:
-        for fold, (tr, te) in enumerate(kfold_indices(d.V.shape[1], cfg.folds, cfg.seed)):
+        for fold, (tr, te_fair) in enumerate(kfold_indices(d.V.shape[1], cfg.folds, cfg.seed)):
+            # --paper-split reproduces the original leak (test columns mostly seen in training)
+            te = paper_leaky_test_index(te_fair, d.V.shape[1]) if cfg.paper_split else te_fair
             if d.H is not None:
                 jobs.append(("sup", d, tr, te, fold))
             losses = ("frobenius", "kl") if d.name == "brca560" else ("frobenius",)

@@ -61,7 +61,9 @@ def transform_block(
     check_block(block, where)
     m, b = block.shape
     if m != model.n_features:
-        raise ValueError(f"input has {m} features (rows) but the model was trained on {model.n_features}")
+        raise ValueError(
+            f"input has {m} features (rows) but the model was trained on {model.n_features}"
+        )
     dtype = model.B.dtype
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
     out = np.empty((model.n_components, b), dtype=np_dtype)
@@ -78,8 +80,12 @@ def iter_transform(
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield ``(start, stop, H_block)`` for every column block of ``source`` in order."""
     for j, (a, b) in enumerate(source.block_bounds):
-        yield a, b, transform_block(
-            model, source.read_block(j), batch_size=batch_size, where=f"columns {a}:{b}"
+        yield (
+            a,
+            b,
+            transform_block(
+                model, source.read_block(j), batch_size=batch_size, where=f"columns {a}:{b}"
+            ),
         )
 
 
@@ -93,7 +99,9 @@ def transform_source(
     ndarray, shape (k, n)
     """
     n = source.shape[1]
-    H = np.empty((model.n_components, n), dtype=np.float64 if model.B.dtype == torch.float64 else np.float32)
+    H = np.empty(
+        (model.n_components, n), dtype=np.float64 if model.B.dtype == torch.float64 else np.float32
+    )
     for a, b, Hb in iter_transform(model, source, batch_size=batch_size):
         H[:, a:b] = Hb
     return H
@@ -111,16 +119,25 @@ def _uniform_chunk(bounds: list[tuple[int, int]]) -> int | None:
 
 
 def _init_store(
-    tmp: str, model: UnrolledNMF, source: MatrixSource, chunk: int, W: np.ndarray | None,
-    attrs: dict[str, Any], component_labels: Any,
+    tmp: str,
+    model: UnrolledNMF,
+    source: MatrixSource,
+    chunk: int,
+    W: np.ndarray | None,
+    attrs: dict[str, Any],
+    component_labels: Any,
 ) -> zarr.Array:
     k = model.n_components
     m, n = source.shape
     dtype = np.float64 if model.B.dtype == torch.float64 else np.float32
     root = zarr.open_group(tmp, mode="w")
     root.attrs["scalenmf"] = {
-        "kind": "result", "model": "dnmf", "format_version": RESULT_FORMAT_VERSION,
-        "k": k, "shape": [m, n], **attrs,
+        "kind": "result",
+        "model": "dnmf",
+        "format_version": RESULT_FORMAT_VERSION,
+        "k": k,
+        "shape": [m, n],
+        **attrs,
     }
     H = root.create_array("H", shape=(k, n), chunks=(k, max(1, chunk)), dtype=dtype, fill_value=0)
     if W is not None:
@@ -239,7 +256,11 @@ def transform_to_zarr(
 
 
 def _transform_dask(
-    model: UnrolledNMF, source: MatrixSource, tmp: str, scheduler: Any, batch_size: int | None,
+    model: UnrolledNMF,
+    source: MatrixSource,
+    tmp: str,
+    scheduler: Any,
+    batch_size: int | None,
     bar: Any,
 ) -> None:
     from distributed import Client, as_completed

@@ -1,0 +1,365 @@
+"""convert (streaming, bounded memory, atomic) and describe / format_description."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import tempfile
+import tracemalloc
+import warnings
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import scipy.io
+import scipy.sparse as sp
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scalenmf.io import InputError, OutputExistsError, open_matrix, write_matrix
+from scalenmf.io.convert import convert, parse_bytes
+from scalenmf.io.info import describe, format_description
+from scalenmf.io.zarr_store import ZarrDenseSource, ZarrSparseSource
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CATALOG = DATA / "synsig" / "syn.pancreas_sa.sa.96" / "ground.truth.syn.catalog.csv"
+
+
+def dense(src) -> np.ndarray:
+    block = src.read_columns(0, src.shape[1])
+    return block.toarray() if sp.issparse(block) else np.asarray(block)
+
+
+def leftovers(directory: Path, keep: set[str]) -> list[str]:
+    """Names in ``directory`` other than ``keep``: temporaries that should have gone."""
+    return sorted(p.name for p in directory.iterdir() if p.name not in keep)
+
+
+def write_csv(path: Path, X: np.ndarray, rows: list[str], cols: list[str], delim=",") -> Path:
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "wt", newline="") as fh:
+        w = csv.writer(fh, delimiter=delim)
+        w.writerow(["feature", *cols])
+        for label, values in zip(rows, X, strict=True):
+            w.writerow([label, *[f"{v:g}" for v in values]])
+    return path
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(7)
+
+
+# -- in-memory inputs ----------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["ndarray", "sparse", "dask", "source"])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_convert_in_memory_inputs(tmp_path, rng, kind, transpose):
+    X = rng.poisson(1.0, size=(9, 31)).astype(np.float64)
+    given_ = X.T if transpose else X
+    obj = {
+        "ndarray": lambda A: A,
+        "sparse": sp.csr_matrix,
+        "dask": lambda A: da.from_array(A, chunks=(4, 5)),
+        "source": lambda A: open_matrix(A),
+    }[kind](given_)
+    out = convert(obj, tmp_path / "x.zarr", transpose=transpose, block_cols=8)
+    src = open_matrix(out)
+    assert src.shape == (9, 31)
+    assert src.is_sparse == (kind == "sparse")
+    np.testing.assert_array_equal(dense(src), X)
+    assert leftovers(tmp_path, {"x.zarr"}) == []
+
+
+def test_convert_dtype_and_kind(tmp_path, rng):
+    X = rng.integers(0, 4, size=(5, 12))
+    s = open_matrix(convert(X, tmp_path / "a.zarr", sparse=True, dtype="float32"))
+    assert isinstance(s, ZarrSparseSource) and s.dtype == np.float32
+    assert s.nnz == np.count_nonzero(X)
+    np.testing.assert_array_equal(dense(s), X)
+    d = open_matrix(convert(sp.csc_matrix(X), tmp_path / "b.zarr", sparse=False))
+    assert isinstance(d, ZarrDenseSource) and d.dtype == np.float64
+    np.testing.assert_array_equal(dense(d), X)
+
+
+def test_convert_plans_blocks_from_memory_limit(tmp_path, rng):
+    X = rng.random((50, 400))
+    convert(X, tmp_path / "small.zarr", memory_limit="80KB")
+    convert(X, tmp_path / "big.zarr")
+    small = zarr.open_array(str(tmp_path / "small.zarr"), path="X", mode="r").chunks
+    big = zarr.open_array(str(tmp_path / "big.zarr"), path="X", mode="r").chunks
+    assert small == (50, 25)  # 80 kB / 8 per block → 10 kB → 25 columns of 50 float64
+    assert big == (50, 400)
+
+
+# -- files, streamed -----------------------------------------------------------------------------
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("limit", ["64KB", None])
+def test_convert_csv_streaming_matches_reading(tmp_path, rng, transpose, limit):
+    X = rng.poisson(2.0, size=(37, 53)).astype(np.float64)
+    rows = [f"f{i}" for i in range(37)]
+    cols = [f"s{i}" for i in range(53)]
+    if transpose:
+        path = write_csv(tmp_path / "x.tsv.gz", X.T, cols, rows, delim="\t")
+    else:
+        path = write_csv(tmp_path / "x.tsv.gz", X, rows, cols, delim="\t")
+    out = convert(path, tmp_path / "x.zarr", memory_limit=limit, transpose=transpose)
+    src = open_matrix(out)
+    np.testing.assert_array_equal(dense(src), X)
+    assert list(src.row_labels) == rows and list(src.col_labels) == cols
+    assert leftovers(tmp_path, {"x.zarr", "x.tsv.gz"}) == []
+
+
+def test_convert_csv_memory_is_bounded(tmp_path, rng):
+    m, n = 200, 1500  # 300k cells, ~1 MB of text, 2.4 MB as float64
+    X = rng.poisson(3.0, size=(m, n)).astype(np.float64)
+    path = write_csv(
+        tmp_path / "big.csv", X, [f"g{i}" for i in range(m)], [f"c{i}" for i in range(n)]
+    )
+    budget = 1_000_000
+    convert(X[:3, :3], tmp_path / "warm.zarr")  # lazy imports and caches are not the test's
+    tracemalloc.start()
+    try:
+        convert(path, tmp_path / "big.zarr", memory_limit=budget)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.25 * budget, f"peak traced memory {peak} over budget {budget}"
+    assert peak < X.nbytes / 2  # nowhere near holding the matrix
+    np.testing.assert_array_equal(dense(open_matrix(tmp_path / "big.zarr")), X)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_convert_mtx_streaming_buckets(tmp_path, rng, transpose):
+    X = sp.random(40, 300, density=0.05, format="coo", random_state=3)
+    X.data = np.ceil(X.data * 10)
+    stored = X.T if transpose else X
+    scipy.io.mmwrite(tmp_path / "matrix.mtx", stored, field="integer")
+    (tmp_path / "features.tsv").write_text("".join(f"g{i}\tG\n" for i in range(stored.shape[0])))
+    (tmp_path / "barcodes.tsv").write_text("".join(f"b{i}\n" for i in range(stored.shape[1])))
+    out = convert(
+        tmp_path / "matrix.mtx", tmp_path / "x.zarr", memory_limit="20KB", transpose=transpose
+    )
+    src = open_matrix(out)
+    assert src.is_sparse and src.shape == (40, 300) and src.nnz == X.nnz
+    np.testing.assert_array_equal(dense(src), X.toarray())
+    labels = (src.col_labels, src.row_labels) if transpose else (src.row_labels, src.col_labels)
+    assert labels[0][1] == "g1" and labels[1][2] == "b2"
+    assert leftovers(tmp_path, {"x.zarr", "matrix.mtx", "features.tsv", "barcodes.tsv"}) == []
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_convert_mtx_array_format(tmp_path, rng, transpose):
+    A = rng.integers(0, 9, size=(6, 25)).astype(float)
+    scipy.io.mmwrite(tmp_path / "a.mtx", A.T if transpose else A)
+    out = convert(tmp_path / "a.mtx", tmp_path / "a.zarr", memory_limit="4KB", transpose=transpose)
+    np.testing.assert_array_equal(dense(open_matrix(out)), A)
+
+
+def test_convert_zarr_stores_transposed(tmp_path, rng):
+    X = rng.poisson(1.0, size=(7, 30)).astype(float)
+    write_matrix(tmp_path / "d.zarr", X.T, col_labels=[f"g{i}" for i in range(7)])
+    write_matrix(tmp_path / "s.zarr", sp.csc_matrix(X.T), block_cols=4)
+    d = open_matrix(convert(tmp_path / "d.zarr", tmp_path / "d2.zarr", transpose=True))
+    s = open_matrix(
+        convert(tmp_path / "s.zarr", tmp_path / "s2.zarr", transpose=True, memory_limit="8KB")
+    )
+    np.testing.assert_array_equal(dense(d), X)
+    assert list(d.row_labels) == [f"g{i}" for i in range(7)]
+    np.testing.assert_array_equal(dense(s), X)
+    assert s.is_sparse
+
+
+def test_convert_npy_transposed(tmp_path, rng):
+    X = rng.integers(0, 9, size=(5, 14))
+    np.save(tmp_path / "x.npy", X.T.copy())
+    np.testing.assert_array_equal(
+        dense(open_matrix(convert(tmp_path / "x.npy", tmp_path / "x.zarr", transpose=True))), X
+    )
+
+
+@pytest.mark.parametrize("fmt", ["h5ad", "zarr"])
+def test_convert_gene_major_anndata(tmp_path, rng, fmt):
+    ad = pytest.importorskip("anndata")
+    cells = (rng.random((60, 8)) < 0.3) * rng.integers(1, 9, size=(60, 8)).astype(float)
+    a = ad.AnnData(X=sp.csc_matrix(cells))
+    a.obs_names = [f"c{i}" for i in range(60)]
+    a.var_names = [f"g{i}" for i in range(8)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if fmt == "h5ad":
+            a.write_h5ad(tmp_path / "a.h5ad")
+        else:
+            a.write_zarr(tmp_path / "a.zarr")
+    src_path = tmp_path / f"a.{fmt}"
+    out = open_matrix(convert(src_path, tmp_path / "x.zarr", memory_limit="16KB"))
+    assert out.shape == (8, 60) and out.is_sparse
+    np.testing.assert_array_equal(dense(out), cells.T)
+    assert out.row_labels[3] == "g3" and out.col_labels[59] == "c59"
+
+
+@pytest.mark.skipif(not CATALOG.exists(), reason="shared data not present")
+def test_convert_real_catalog(tmp_path):
+    out = convert(CATALOG, tmp_path / "cat.zarr", memory_limit="256KB")
+    src = open_matrix(out)
+    assert src.shape[0] == 96
+    assert src.row_labels[0] == "A[C>A]A" and src.row_labels[-1] == "T[T>G]T"
+    np.testing.assert_array_equal(dense(src), dense(open_matrix(CATALOG)))
+
+
+# -- errors --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sparse", [False, True])
+def test_bad_values_leave_nothing(tmp_path, rng, sparse):
+    X = rng.random((4, 50))
+    X[2, 37] = -1.0
+    obj = sp.csc_matrix(X) if sparse else X
+    with pytest.raises(InputError, match=r"-1\.0 at row 2 \('r2'\), column 37 \('c37'\)"):
+        src = open_matrix(obj).set_labels([f"r{i}" for i in range(4)], [f"c{i}" for i in range(50)])
+        convert(src, tmp_path / "x.zarr", block_cols=10)
+    X[2, 37] = np.nan
+    with pytest.raises(InputError, match=r"nan at row 2, column 37"):
+        convert(X, tmp_path / "x.zarr", block_cols=10)
+    assert leftovers(tmp_path, set()) == []
+
+
+def test_float32_overflow_is_caught(tmp_path):
+    with pytest.raises(InputError, match="inf"):
+        convert(np.array([[1.0, 1e300]]), tmp_path / "x.zarr", dtype="float32")
+
+
+def test_csv_error_mid_stream_leaves_nothing(tmp_path):
+    lines = ["g,a,b"] + [f"r{i},1,2" for i in range(2000)] + ["bad,1,-5"]
+    (tmp_path / "x.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"line 2002, column 3 \('b'\): negative"):
+        convert(tmp_path / "x.csv", tmp_path / "x.zarr", memory_limit="32KB")
+    assert leftovers(tmp_path, {"x.csv"}) == []
+
+
+def test_output_rules(tmp_path, rng):
+    X = rng.random((2, 3))
+    convert(X, tmp_path / "x.zarr")
+    with pytest.raises(OutputExistsError):
+        convert(X * 2, tmp_path / "x.zarr")
+    convert(X * 2, tmp_path / "x.zarr", overwrite=True)
+    np.testing.assert_array_equal(dense(open_matrix(tmp_path / "x.zarr")), X * 2)
+    with pytest.raises(FileNotFoundError):
+        convert(X, tmp_path / "no" / "such" / "x.zarr")
+    with pytest.raises(InputError, match="no such file"):
+        convert(tmp_path / "missing.csv", tmp_path / "y.zarr")
+    with pytest.raises(InputError, match="empty"):
+        convert(np.zeros((3, 0)), tmp_path / "y.zarr")
+    with pytest.raises(ValueError, match="dtype"):
+        convert(X, tmp_path / "y.zarr", dtype="int32")
+    with pytest.raises(ValueError, match="block_cols"):
+        convert(X, tmp_path / "y.zarr", block_cols=0)
+    with pytest.raises(ValueError, match="memory_limit"):
+        convert(X, tmp_path / "y.zarr", memory_limit="lots")
+    assert leftovers(tmp_path, {"x.zarr"}) == []
+
+
+def test_parse_bytes():
+    assert parse_bytes(1000) == 1000
+    assert parse_bytes("2GB") == 2 * 10**9
+    assert parse_bytes("2 GiB") == 2 * 2**30
+    assert parse_bytes("1.5MiB") == 3 * 2**19
+    assert parse_bytes("1e6") == 10**6
+    assert parse_bytes("64kb") == 64_000
+    for bad in ("", "GB", "-1GB", "2 parsecs", "0", None):
+        with pytest.raises(ValueError):
+            parse_bytes(bad)  # type: ignore[arg-type]
+
+
+def test_progress_bar_goes_to_stderr(tmp_path, rng, capsys):
+    convert(rng.random((3, 40)), tmp_path / "x.zarr", block_cols=5, progress=True)
+    captured = capsys.readouterr()
+    assert captured.out == "" and "40/40" in captured.err
+
+
+# -- properties ----------------------------------------------------------------------------------
+@settings(max_examples=20, deadline=None)
+@given(
+    st.integers(1, 7),
+    st.integers(1, 20),
+    st.integers(0, 2**31 - 1),
+    st.booleans(),
+    st.booleans(),
+    st.none() | st.integers(1, 6),
+    st.sampled_from([None, "2KB", "1MB"]),
+)
+def test_convert_round_trip_property(m, n, seed, sparse, transpose, block_cols, limit):
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 30, size=(m, n)) * (rng.random((m, n)) < 0.4)
+    X = X.astype(float)
+    given_ = X.T if transpose else X
+    with tempfile.TemporaryDirectory() as tmp:
+        stored = write_matrix(Path(tmp) / "in.zarr", sp.csc_matrix(given_) if sparse else given_)
+        out = convert(
+            stored,
+            Path(tmp) / "out.zarr",
+            transpose=transpose,
+            block_cols=block_cols,
+            memory_limit=limit,
+        )
+        src = open_matrix(out)
+        assert src.is_sparse == sparse and src.shape == (m, n)
+        np.testing.assert_array_equal(dense(src), X)
+
+
+# -- describe ------------------------------------------------------------------------------------
+def test_describe_matrix(tmp_path, rng):
+    X = sp.random(20, 100, density=0.1, format="csc", random_state=0)
+    path = write_matrix(
+        tmp_path / "s.zarr", X, row_labels=[f"gene{i}" for i in range(20)], block_cols=30
+    )
+    d = describe(path)
+    assert d["kind"] == "matrix" and d["format"] == "zarr"
+    assert d["shape"] == [20, 100] and d["sparse"] and d["nnz"] == X.nnz
+    assert d["density"] == pytest.approx(X.nnz / 2000)
+    assert d["has_row_labels"] and not d["has_col_labels"]
+    assert d["first_row_labels"] == [f"gene{i}" for i in range(5)]
+    assert d["n_blocks"] >= 1 and d["disk_bytes"] > 0
+    text = format_description(d)
+    assert "20 features × 100 samples" in text and "gene0, gene1" in text
+    assert "column labels : none" in text
+    dd = describe(rng.random((3, 4)))
+    assert dd["format"] == "in-memory ndarray" and not dd["sparse"]
+    assert "storage       : dense" in format_description(dd)
+
+
+def test_describe_csv(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("Mutation type,Trinucleotide,S1\nC>A,ACA,3\nC>A,ACC,0\n")
+    d = describe(path)
+    assert d["format"] == "csv" and d["first_row_labels"] == ["A[C>A]A", "A[C>A]C"]
+
+
+def test_describe_result_store(tmp_path):
+    root = zarr.open_group(str(tmp_path / "r.zarr"), mode="w")
+    root.attrs["scalenmf"] = {"kind": "result", "format_version": 1}
+    root.attrs.update(
+        {
+            "k": 3,
+            "solver": "hals",
+            "loss": "frobenius",
+            "n_iter": 42,
+            "relative_error": 0.123456789,
+            "converged": True,
+        }
+    )
+    root.create_array("W", shape=(96, 3), dtype="f8")
+    root.create_array("H", shape=(3, 500), dtype="f8")
+    d = describe(tmp_path / "r.zarr")
+    assert d["kind"] == "result"
+    assert (d["k"], d["solver"], d["loss"], d["n_iter"]) == (3, "hals", "frobenius", 42)
+    assert d["W_shape"] == [96, 3] and d["H_shape"] == [3, 500]
+    text = format_description(d)
+    assert "relative error : 0.123457" in text and "W              : 96 × 3" in text
+
+
+def test_describe_errors(tmp_path):
+    with pytest.raises(InputError, match="no such"):
+        describe(tmp_path / "nope")
+    (tmp_path / "x.bin").write_bytes(b"\x00")
+    with pytest.raises(InputError, match="cannot tell the format"):
+        describe(tmp_path / "x.bin")

@@ -1,0 +1,364 @@
+"""Format readers: CSV/TSV, Matrix Market (10x), .h5ad — real files, round trips, bad input."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import pickle
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scalenmf.io import InputError, open_matrix
+from scalenmf.io.formats.delimited import combine_labels
+from scalenmf.io.formats.h5ad import H5adSource
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CATALOG = DATA / "synsig" / "syn.pancreas_sa.sa.96" / "ground.truth.syn.catalog.csv"
+COSMIC = DATA / "COSMIC_v3.4_SBS_GRCh37.tsv"
+
+
+def dense(src) -> np.ndarray:
+    block = src.read_columns(0, src.shape[1])
+    return block.toarray() if sp.issparse(block) else np.asarray(block)
+
+
+def write_text(path: Path, text: str) -> Path:
+    if path.name.endswith(".gz"):
+        with gzip.open(path, "wt", newline="") as fh:
+            fh.write(text)
+    else:
+        path.write_text(text, newline="")
+    return path
+
+
+# -- CSV: real data ------------------------------------------------------------------------------
+@pytest.mark.skipif(not CATALOG.exists(), reason="shared data not present")
+def test_sigprofiler_catalog_two_label_columns():
+    src = open_matrix(CATALOG)
+    with open(CATALOG, newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert src.shape == (96, len(rows[0]) - 2)
+    assert src.row_labels[0] == "A[C>A]A"  # C>A, ACA in SigProfiler's form
+    assert src.col_labels[0] == rows[0][2]
+    expect = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
+    np.testing.assert_array_equal(dense(src), expect)
+    if COSMIC.exists():
+        cosmic = open_matrix(COSMIC)
+        assert cosmic.shape == (96, 86)
+        assert set(cosmic.row_labels) == set(src.row_labels)  # channels align by label
+
+
+# -- CSV: layouts --------------------------------------------------------------------------------
+EXPECT = np.array([[1.0, 0.0, 2.5], [0.0, 7.0, 1e3]])
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("a.csv", "gene,S1,S2,S3\ng1,1,0,2.5\ng2,0,7,1e3\n"),
+        ("a.tsv", "gene\tS1\tS2\tS3\ng1\t1\t0\t2.5\ng2\t0\t7\t1e3\n"),
+        ("a.txt", "gene;S1;S2;S3\r\ng1;1;0;2.5\r\ng2;0;7;1e3\r\n"),
+        ("a.txt", '"S1" "S2" "S3"\n"g1" 1 0 2.5\n"g2" 0 7 1e3\n'),  # R write.table
+        ("a.csv", '"","S1","S2","S3"\n"g1",1,0,2.5\n"g2",0,7,1e3\n'),  # R write.csv
+        ("a.csv", "S1,S2,S3\ng1,1,0,2.5\n\ng2,0,7,1e3\n\n"),  # no label header, blank lines
+        ("a.csv.gz", "\ufeffgene,S1,S2,S3\ng1,1,0,2.5\ng2,0,7,1e3\n"),  # gzip + BOM
+        ("a.csv", 'gene,"S1","S2","S3"\n"g1", 1 ,0,+2.5\ng2,0.0,7,1000\n'),
+    ],
+)
+def test_csv_layouts(tmp_path, name, text):
+    src = open_matrix(write_text(tmp_path / name, text))
+    np.testing.assert_array_equal(dense(src), EXPECT)
+    assert list(src.row_labels) == ["g1", "g2"]
+    assert list(src.col_labels) == ["S1", "S2", "S3"]
+
+
+def test_two_label_columns_generic(tmp_path):
+    path = write_text(tmp_path / "x.csv", "id,name,A,B\n1,TP53,1,2\n2,KRAS,3,4\n")
+    src = open_matrix(path)
+    assert list(src.row_labels) == ["1:TP53", "2:KRAS"]
+    assert combine_labels([("C>T", "ACG"), ("T>A", "CTA")]) == ["A[C>T]G", "C[T>A]A"]
+    assert combine_labels([("C>T", "AAG")]) == ["C>T:AAG"]  # middle base is not the ref
+
+
+# -- CSV: bad input ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("g,a,b\nx,1,2\ny,3\n", r"line 3: 2 fields, expected 3"),
+        ("g,a,b\nx,1,2\ny,3,4,5\n", r"line 3: 4 fields"),
+        ("g,a,b\nx,1,2\ny,3,NA\n", r"line 3, column 3 \('b'\): 'NA' is not a number"),
+        ("g,a,b\nx,1,2\ny,,4\n", r"line 3, column 2 \('a'\): '' is not a number"),
+        ("g,a,b\nx,NA,2\ny,3,4\n", r"line 3: column 2 holds the number '3'"),
+        ("g,a,b\nx,1,-2\n", r"line 2, column 3 \('b'\): negative value '-2'"),
+        ("g,a,b\nx,1,nan\n", r"line 2, column 3 \('b'\): non-finite value 'nan'"),
+        ("g,a,b\nx,inf,1\n", r"line 2, column 2 \('a'\): non-finite"),
+        ("", r"is empty"),
+        ("\n\n", r"is empty"),
+        ("g,a,b\n", r"header line but no data rows"),
+        ("g\nx\n", r"cannot find the layout"),
+        ('g,a\nx,"1\n', r"line 2"),  # unterminated quote
+    ],
+)
+def test_csv_bad_input(tmp_path, text, match):
+    path = write_text(tmp_path / "bad.csv", text)
+    with pytest.raises(InputError, match=match) as info:
+        open_matrix(path)
+    assert "bad.csv" in str(info.value)
+
+
+def test_csv_binary_content(tmp_path):
+    (tmp_path / "b.csv").write_bytes(b"\xff\xfe\x00\x81binary" * 20)
+    with pytest.raises(InputError, match=r"b\.csv"):
+        open_matrix(tmp_path / "b.csv")
+
+
+def test_csv_truncated_gzip(tmp_path):
+    good = gzip.compress(("g,a,b\n" + "x,1,2\n" * 5000).encode())
+    path = tmp_path / "t.csv.gz"
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(InputError, match=r"t\.csv\.gz.*(corrupt|truncated)"):
+        open_matrix(path)
+
+
+def test_missing_file_and_unknown_extension(tmp_path):
+    with pytest.raises(InputError, match=r"no such file.*nope\.csv"):
+        open_matrix(tmp_path / "nope.csv")
+    write_text(tmp_path / "x.dat", "g,a\nx,1\n")
+    with pytest.raises(InputError, match=r"cannot tell the format of .*x\.dat"):
+        open_matrix(tmp_path / "x.dat")
+
+
+# -- CSV: property -------------------------------------------------------------------------------
+# Labels may hold delimiters, quotes and any printable text; not line breaks (the layout is
+# sniffed from the first two physical lines) nor surrounding spaces.
+csv_label = (
+    st.text(
+        alphabet=st.characters(
+            blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters="\x85"
+        ),
+        min_size=1,
+        max_size=8,
+    )
+    .map(str.strip)
+    .filter(bool)
+)
+
+
+@st.composite
+def csv_cases(draw):
+    m = draw(st.integers(1, 5))
+    n = draw(st.integers(1, 6))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    X = rng.integers(0, 1000, size=(m, n)) * (rng.random((m, n)) < 0.6)
+    if draw(st.booleans()):
+        X = X / 8.0  # exact binary fractions survive the text round trip
+    rows = draw(st.lists(csv_label, min_size=m, max_size=m))
+    cols = draw(st.lists(csv_label, min_size=n, max_size=n))
+    delim = draw(st.sampled_from([",", "\t", ";"]))
+    return X.astype(float), rows, cols, delim, draw(st.sampled_from([".csv", ".tsv", ".txt"]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(csv_cases(), st.booleans())
+def test_csv_round_trip_property(case, gz):
+    X, rows, cols, delim, suffix = case
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter=delim, quoting=csv.QUOTE_NONNUMERIC)
+    writer.writerow(["feature", *cols])
+    for label, values in zip(rows, X, strict=True):
+        writer.writerow([label, *values.tolist()])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_text(Path(tmp) / f"x{suffix}{'.gz' if gz else ''}", buf.getvalue())
+        src = open_matrix(path)
+        np.testing.assert_array_equal(dense(src), X)
+        assert list(src.row_labels) == rows
+        assert list(src.col_labels) == cols
+
+
+# -- Matrix Market -------------------------------------------------------------------------------
+def test_mtx_10x_directory_with_labels(tmp_path):
+    X = sp.random(8, 11, density=0.3, format="coo", random_state=4)
+    X.data = np.ceil(X.data * 9)
+    raw = io.BytesIO()
+    scipy.io.mmwrite(raw, X, field="integer")
+    (tmp_path / "matrix.mtx.gz").write_bytes(gzip.compress(raw.getvalue()))
+    genes = [f"ENSG{i:05d}\tGENE{i % 3}\tGene Expression" for i in range(8)]
+    write_text(tmp_path / "features.tsv.gz", "\n".join(genes) + "\n")
+    write_text(tmp_path / "barcodes.tsv.gz", "\n".join(f"AC{i}-1" for i in range(11)) + "\n")
+    src = open_matrix(tmp_path / "matrix.mtx.gz")
+    assert src.is_sparse and src.shape == (8, 11) and src.nnz == X.nnz
+    np.testing.assert_array_equal(dense(src), X.toarray())
+    assert src.row_labels[2] == "ENSG00002" and src.col_labels[10] == "AC10-1"
+
+
+def test_mtx_geo_prefix_and_old_genes_file(tmp_path):
+    X = sp.coo_matrix(np.array([[0, 2], [3, 0], [0, 1]]))
+    scipy.io.mmwrite(tmp_path / "GSM1_matrix.mtx", X)
+    write_text(tmp_path / "GSM1_genes.tsv", "a\tA\nb\tB\nc\tC\n")
+    write_text(tmp_path / "GSM1_barcodes.tsv", "x\ny\n")
+    src = open_matrix(tmp_path / "GSM1_matrix.mtx")
+    assert list(src.row_labels) == ["a", "b", "c"] and list(src.col_labels) == ["x", "y"]
+
+
+@pytest.mark.parametrize(
+    ("field", "symmetry"),
+    [("integer", "general"), ("real", "general"), ("pattern", "general"), ("integer", "symmetric")],
+)
+def test_mtx_fields(tmp_path, field, symmetry):
+    A = np.array([[2.0, 1.0, 0.0], [1.0, 0.0, 4.0], [0.0, 4.0, 5.0]])
+    if field == "pattern":
+        A = (A > 0).astype(float)
+    scipy.io.mmwrite(tmp_path / "x.mtx", sp.coo_matrix(A), field=field, symmetry=symmetry)
+    np.testing.assert_array_equal(dense(open_matrix(tmp_path / "x.mtx")), A)
+
+
+def test_mtx_array_format(tmp_path):
+    A = np.arange(12, dtype=float).reshape(3, 4)
+    scipy.io.mmwrite(tmp_path / "x.mtx", A)
+    src = open_matrix(tmp_path / "x.mtx")
+    assert not src.is_sparse
+    np.testing.assert_array_equal(dense(src), A)
+
+
+HEAD = "%%MatrixMarket matrix coordinate integer general\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("", r"is empty"),
+        ("hello world\n", r"line 1 is not a Matrix Market banner"),
+        ("%%MatrixMarket matrix coordinate complex general\n2 2 1\n1 1 1 0\n", r"complex"),
+        ("%%MatrixMarket matrix coordinate integer hermitian\n2 2 0\n", r"hermitian"),
+        (HEAD + "% comment\n2 two 1\n", r"line 3: bad size line"),
+        (HEAD + "2 2\n", r"bad size line"),
+        (HEAD, r"no size line"),
+        (HEAD + "2 2 2\n1 1 3\n", r"truncated: the header promises 2 entries, found 1"),
+        (HEAD + "2 2 1\n1 1 3\n2 2 3\n", r"more than the 1"),
+        (HEAD + "2 2 1\n3 1 3\n", r"line 3: row index 3 is not an integer in 1..2"),
+        (HEAD + "2 2 1\n1 0 3\n", r"column index 0"),
+        (HEAD + "2 2 1\n1.5 1 3\n", r"row index 1.5"),
+        (HEAD + "2 2 2\n1 1 3\n2 1 -3\n", r"entry line 4: value -3.0 is negative"),
+        (HEAD + "2 2 1\n1 1 nan\n", r"not finite|negative"),
+        (HEAD + "2 2 2\n1 1 3\n2 1\n", r"line 4: expected 3 number\(s\)"),
+        (HEAD + "2 2 1\n1 x 3\n", r"line 3: expected 3"),
+    ],
+)
+def test_mtx_bad_input(tmp_path, text, match):
+    path = write_text(tmp_path / "bad.mtx", text)
+    with pytest.raises(InputError, match=match) as info:
+        open_matrix(path)
+    assert "bad.mtx" in str(info.value)
+
+
+def test_mtx_label_file_of_wrong_length(tmp_path):
+    scipy.io.mmwrite(tmp_path / "matrix.mtx", sp.coo_matrix(np.eye(3)))
+    write_text(tmp_path / "barcodes.tsv", "a\nb\n")
+    with pytest.raises(InputError, match=r"barcodes\.tsv.*2 labels.*needs 3"):
+        open_matrix(tmp_path / "matrix.mtx")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.integers(1, 8),
+    st.integers(1, 8),
+    st.floats(0, 1),
+    st.integers(0, 2**31 - 1),
+    st.sampled_from(["integer", "real"]),
+)
+def test_mtx_round_trip_property(m, n, density, seed, field):
+    X = sp.random(m, n, density=density, format="coo", random_state=seed)
+    X.data = np.round(X.data * 100) if field == "integer" else X.data
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.mtx"
+        scipy.io.mmwrite(path, X, field=field, precision=17)
+        src = open_matrix(path)
+        assert src.shape == (m, n) and src.is_sparse
+        np.testing.assert_array_equal(dense(src), X.toarray())
+
+
+# -- h5ad ----------------------------------------------------------------------------------------
+ad = pytest.importorskip("anndata")
+
+
+def write_h5ad(path: Path, X, obs: list[str], var: list[str]) -> Path:
+    a = ad.AnnData(X=X)
+    a.obs_names = obs
+    a.var_names = var
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a.write_h5ad(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["csr", "dense", "csc"])
+def test_h5ad_read_as_genes_by_cells(tmp_path, kind):
+    rng = np.random.default_rng(5)
+    cells = (rng.random((40, 6)) < 0.3) * rng.integers(1, 20, size=(40, 6))
+    X = {"csr": sp.csr_matrix, "csc": sp.csc_matrix, "dense": np.asarray}[kind](
+        cells.astype(np.float32)
+    )
+    obs = [f"cell{i}" for i in range(40)]
+    var = [f"G{i}" for i in range(6)]
+    path = write_h5ad(tmp_path / "a.h5ad", X, obs, var)
+    src = open_matrix(path)
+    assert src.shape == (6, 40) and src.is_sparse == (kind != "dense")
+    np.testing.assert_array_equal(dense(src), cells.T)
+    assert list(src.row_labels) == var and list(src.col_labels) == obs
+    if kind != "csc":
+        assert isinstance(src, H5adSource)
+        blocks = src.reblock(7)
+        assert blocks.n_blocks == 6
+        parts = [blocks.read_block(j) for j in range(blocks.n_blocks)]
+        parts = [p.toarray() if sp.issparse(p) else p for p in parts]
+        np.testing.assert_array_equal(np.hstack(parts), cells.T)
+        back = pickle.loads(pickle.dumps(src))  # travels by path
+        np.testing.assert_array_equal(dense(back), cells.T)
+
+
+def test_h5ad_bad_files(tmp_path):
+    (tmp_path / "junk.h5ad").write_bytes(b"this is not HDF5" * 10)
+    with pytest.raises(InputError, match=r"junk\.h5ad.*not a readable HDF5"):
+        open_matrix(tmp_path / "junk.h5ad")
+    import h5py
+
+    with h5py.File(tmp_path / "nox.h5ad", "w") as f:
+        f.create_group("obs")
+    with pytest.raises(InputError, match=r"nox\.h5ad.*no X"):
+        open_matrix(tmp_path / "nox.h5ad")
+    good = write_h5ad(
+        tmp_path / "t.h5ad",
+        sp.random(2000, 50, density=0.2, format="csr", random_state=0),
+        [str(i) for i in range(2000)],
+        [str(i) for i in range(50)],
+    )
+    data = good.read_bytes()
+    (tmp_path / "trunc.h5ad").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match=r"trunc\.h5ad"):
+        src = open_matrix(tmp_path / "trunc.h5ad")
+        dense(src)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 9), st.integers(0, 2**31 - 1), st.booleans())
+def test_h5ad_round_trip_property(m, n, seed, sparse):
+    rng = np.random.default_rng(seed)
+    cells = rng.integers(0, 5, size=(n, m)) * (rng.random((n, m)) < 0.5)
+    X = sp.csr_matrix(cells.astype(float)) if sparse else cells.astype(float)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_h5ad(
+            Path(tmp) / "x.h5ad", X, [f"c,{i}é" for i in range(n)], [f'g"{i}' for i in range(m)]
+        )
+        src = open_matrix(path)
+        np.testing.assert_array_equal(dense(src), cells.T)
+        assert list(src.col_labels) == [f"c,{i}é" for i in range(n)]
+        assert list(src.row_labels) == [f'g"{i}' for i in range(m)]

@@ -1,0 +1,242 @@
+"""The Zarr matrix layout: write_matrix / open_matrix / open_zarr round-trips, AnnData stores,
+reblocking, pickling, corrupt chunks, atomic output."""
+
+from __future__ import annotations
+
+import pickle
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scalenmf.io import InputError, OutputExistsError, open_matrix, write_matrix
+from scalenmf.io.source import DenseArraySource
+from scalenmf.io.zarr_store import ZarrDenseSource, ZarrSparseSource, open_zarr
+
+
+def dense(src) -> np.ndarray:
+    block = src.read_columns(0, src.shape[1])
+    return block.toarray() if sp.issparse(block) else np.asarray(block)
+
+
+def blocks_concat(src) -> np.ndarray:
+    parts = [src.read_block(j) for j in range(src.n_blocks)]
+    parts = [p.toarray() if sp.issparse(p) else np.asarray(p) for p in parts]
+    return np.hstack(parts)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+# -- round trips --------------------------------------------------------------------------------
+def test_dense_round_trip_with_labels_and_chunks(tmp_path, rng):
+    X = rng.poisson(3.0, size=(7, 23)).astype(np.float64)
+    rows = [f"g{i}" for i in range(7)]
+    cols = [f"s,{i} ü" for i in range(23)]
+    path = write_matrix(tmp_path / "x.zarr", X, block_cols=5, row_labels=rows, col_labels=cols)
+    src = open_matrix(path)
+    assert isinstance(src, ZarrDenseSource)
+    assert src.shape == (7, 23) and not src.is_sparse and src.dtype == np.float64
+    assert zarr.open_array(str(tmp_path / "x.zarr"), path="X", mode="r").chunks == (7, 5)
+    np.testing.assert_array_equal(dense(src), X)
+    np.testing.assert_array_equal(blocks_concat(src), X)
+    assert list(src.row_labels) == rows and list(src.col_labels) == cols
+    # Every block is made of whole storage chunks.
+    assert all(a % 5 == 0 for a, _ in src.block_bounds)
+
+
+def test_sparse_round_trip(tmp_path, rng):
+    X = sp.random(30, 50, density=0.1, format="csr", random_state=1) * 10
+    path = write_matrix(tmp_path / "s.zarr", X, block_cols=7)
+    src = open_matrix(path)
+    assert isinstance(src, ZarrSparseSource)
+    assert src.is_sparse and src.shape == (30, 50) and src.nnz == X.nnz
+    assert sp.issparse(src.read_block(0)) and src.read_block(0).format == "csc"
+    np.testing.assert_array_equal(blocks_concat(src), X.toarray())
+    g = zarr.open_group(str(path), mode="r")
+    assert g["X"].attrs["encoding-type"] == "csc_matrix"
+    assert list(g["X"].attrs["shape"]) == [30, 50]
+
+
+def test_integer_and_float32_dtypes(tmp_path, rng):
+    X = rng.integers(0, 9, size=(4, 9), dtype=np.int32)
+    src = open_matrix(write_matrix(tmp_path / "i.zarr", X))
+    assert src.dtype == np.float64  # integer counts are read as float64
+    np.testing.assert_array_equal(dense(src), X)
+    src32 = open_matrix(write_matrix(tmp_path / "f.zarr", X, dtype=np.float32))
+    assert src32.dtype == np.float32 and dense(src32).dtype == np.float32
+
+
+def test_reblocking(tmp_path, rng):
+    X = rng.random((3, 20))
+    src = open_matrix(write_matrix(tmp_path / "x.zarr", X, block_cols=4))
+    assert src.reblock(6).block_bounds == [(0, 6), (6, 12), (12, 18), (18, 20)]
+    assert src.reblock([5, 15]).block_bounds == [(0, 5), (5, 20)]
+    odd = src.reblock([(0, 1), (1, 20)])
+    np.testing.assert_array_equal(blocks_concat(odd), X)
+    np.testing.assert_array_equal(dense(open_matrix(src, block_cols=3)), X)
+    with pytest.raises(ValueError, match="cover"):
+        src.reblock([5, 5])
+    with pytest.raises(ValueError, match="contiguous"):
+        src.reblock([(0, 5), (6, 20)])
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_sources_pickle_by_path(tmp_path, rng, sparse):
+    X = rng.random((5, 12)) * (rng.random((5, 12)) < 0.5)
+    data = sp.csc_matrix(X) if sparse else X
+    src = open_matrix(
+        write_matrix(tmp_path / "p.zarr", data, block_cols=4, col_labels=list("abcdefghijkl"))
+    )
+    src.read_block(0)  # opens and caches the handle, which must not travel
+    payload = pickle.dumps(src)
+    assert len(payload) < 4000
+    back = pickle.loads(payload)
+    np.testing.assert_array_equal(blocks_concat(back), X)
+    assert list(back.col_labels) == list("abcdefghijkl")
+
+
+def test_npy_memmap_integer_stays_out_of_core(tmp_path, rng):
+    X = rng.integers(0, 5, size=(6, 10)).astype(np.int64)
+    np.save(tmp_path / "x.npy", X)
+    src = open_matrix(tmp_path / "x.npy")
+    assert isinstance(src, DenseArraySource) and not src.in_memory
+    assert src.dtype == np.float64 and src.read_block(0).dtype == np.float64
+    np.testing.assert_array_equal(dense(src), X)
+
+
+# -- AnnData stores ------------------------------------------------------------------------------
+def _anndata(X, n_obs, n_var):
+    ad = pytest.importorskip("anndata")
+    a = ad.AnnData(X=X)
+    a.obs_names = [f"cell-{i}" for i in range(n_obs)]
+    a.var_names = [f"gene/{i}" for i in range(n_var)]
+    return a
+
+
+@pytest.mark.parametrize("kind", ["csr", "dense", "csc"])
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_anndata_zarr_is_read_genes_by_cells(tmp_path, rng, kind, zarr_format):
+    ad = pytest.importorskip("anndata")
+    cells = (rng.random((12, 5)) < 0.4) * rng.integers(1, 9, size=(12, 5)).astype(np.float32)
+    X = {"csr": sp.csr_matrix, "csc": sp.csc_matrix, "dense": np.asarray}[kind](cells)
+    a = _anndata(X, 12, 5)
+    old = ad.settings.zarr_write_format
+    ad.settings.zarr_write_format = zarr_format
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            a.write_zarr(tmp_path / "a.zarr")
+    finally:
+        ad.settings.zarr_write_format = old
+    src = open_matrix(tmp_path / "a.zarr")
+    assert src.shape == (5, 12)
+    assert src.is_sparse == (kind != "dense")
+    np.testing.assert_array_equal(dense(src), cells.T)
+    np.testing.assert_array_equal(blocks_concat(src), cells.T)
+    assert list(src.row_labels) == [f"gene/{i}" for i in range(5)]
+    assert list(src.col_labels) == [f"cell-{i}" for i in range(12)]
+
+
+# -- errors --------------------------------------------------------------------------------------
+def _first_chunk_file(store: Path, array: str) -> Path:
+    chunks = sorted(p for p in (store / array / "c").rglob("*") if p.is_file())
+    assert chunks
+    return chunks[0]
+
+
+def test_corrupt_dense_chunk_names_array_and_columns(tmp_path, rng):
+    path = Path(write_matrix(tmp_path / "x.zarr", rng.random((4, 20)), block_cols=5))
+    _first_chunk_file(path, "X").write_bytes(b"not a blosc frame at all")
+    src = open_matrix(path).reblock(5)
+    with pytest.raises(InputError, match=r"columns 0:5 of array 'X'.*x\.zarr"):
+        src.read_block(0)
+    np.testing.assert_array_equal(src.read_block(1).shape, (4, 5))  # other chunks still fine
+
+
+def test_corrupt_sparse_chunk(tmp_path):
+    X = sp.random(10, 10, density=0.5, format="csc", random_state=2)
+    path = Path(write_matrix(tmp_path / "s.zarr", X))
+    _first_chunk_file(path, "X/data").write_bytes(b"\x00garbage")
+    with pytest.raises(InputError, match=r"X/data"):
+        open_matrix(path).read_block(0)
+
+
+def test_missing_and_non_stores(tmp_path):
+    with pytest.raises(InputError, match="no such"):
+        open_matrix(tmp_path / "nope.zarr")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(InputError, match="cannot tell the format"):
+        open_matrix(tmp_path / "plain")
+    zarr.create_array(str(tmp_path / "bare.zarr"), shape=(2, 2), dtype="f8")
+    with pytest.raises(InputError, match="bare Zarr array"):
+        open_zarr(tmp_path / "bare.zarr")
+    zarr.open_group(str(tmp_path / "empty.zarr"), mode="w")
+    with pytest.raises(InputError, match="no array 'X'"):
+        open_matrix(tmp_path / "empty.zarr")
+    g = zarr.open_group(str(tmp_path / "r.zarr"), mode="w")
+    g.attrs["scalenmf"] = {"kind": "result"}
+    with pytest.raises(InputError, match="result store"):
+        open_matrix(tmp_path / "r.zarr")
+
+
+def test_write_is_atomic(tmp_path, rng):
+    X = rng.random((3, 4))
+    with pytest.raises(InputError, match="labels"):
+        write_matrix(tmp_path / "x.zarr", X, row_labels=["only", "two"])
+    assert list(tmp_path.iterdir()) == []  # neither the store nor its temporary
+    write_matrix(tmp_path / "x.zarr", X)
+    with pytest.raises(OutputExistsError):
+        write_matrix(tmp_path / "x.zarr", X * 2)
+    write_matrix(tmp_path / "x.zarr", X * 2, overwrite=True)
+    np.testing.assert_array_equal(dense(open_matrix(tmp_path / "x.zarr")), X * 2)
+    assert [p.name for p in tmp_path.iterdir()] == ["x.zarr"]
+
+
+# -- properties ----------------------------------------------------------------------------------
+label_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    max_size=8,
+)
+
+
+@st.composite
+def matrices(draw):
+    m = draw(st.integers(1, 6))
+    n = draw(st.integers(1, 12))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    density = draw(st.sampled_from([0.0, 0.3, 1.0]))
+    X = rng.integers(0, 50, size=(m, n)) * (rng.random((m, n)) < density)
+    X = X.astype(draw(st.sampled_from([np.float32, np.float64])))
+    rows = draw(st.none() | st.lists(label_text, min_size=m, max_size=m))
+    cols = draw(st.none() | st.lists(label_text, min_size=n, max_size=n))
+    return X, rows, cols, draw(st.booleans()), draw(st.integers(1, 5))
+
+
+@settings(max_examples=25, deadline=None)
+@given(matrices())
+def test_round_trip_property(case):
+    X, rows, cols, sparse, block_cols = case
+    data = sp.csc_matrix(X) if sparse else X
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_matrix(
+            Path(tmp) / "x.zarr", data, block_cols=block_cols, row_labels=rows, col_labels=cols
+        )
+        src = open_matrix(path)
+        assert src.shape == X.shape and src.is_sparse == sparse and src.dtype == X.dtype
+        np.testing.assert_array_equal(dense(src), X)
+        np.testing.assert_array_equal(blocks_concat(src.reblock(block_cols)), X)
+        assert (src.row_labels is None) == (rows is None)
+        if rows is not None:
+            assert list(src.row_labels) == rows
+        if cols is not None:
+            assert list(src.col_labels) == cols

@@ -26,7 +26,8 @@ RESIDENT_SHARE = 0.5
 
 
 def _load(ref: BlockRef) -> Any:
-    return ref.load()
+    # Realigned once here, so a resident block is not copied again at every step.
+    return realign(ref.load())
 
 
 def connect(scheduler: Any = None, workers: int | None = None, memory_limit: int | None = None):

@@ -50,7 +50,7 @@ def realign(obj: Any) -> Any:
     tuples and dataclasses; returns ``obj`` itself when nothing needed a copy.
     """
     if isinstance(obj, np.ndarray):
-        return obj if obj.flags.aligned else obj.copy()
+        return obj if obj.flags.aligned else obj.copy(order="K")
     if isinstance(obj, dict):
         items = {key: realign(value) for key, value in obj.items()}
         same = all(items[key] is value for key, value in obj.items())

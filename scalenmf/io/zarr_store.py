@@ -56,6 +56,14 @@ def _open_group(path: str | os.PathLike[str]) -> zarr.Group:
     return node
 
 
+def _is_bare_array(path: str) -> bool:
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception:
+        return False
+    return isinstance(node, zarr.Array) and node.ndim == 2
+
+
 def _labels(group: zarr.Group, name: str) -> np.ndarray | None:
     if name in group:
         return as_str_array(_child_array(group, name)[:])
@@ -222,9 +230,12 @@ def _anndata_index(group: zarr.Group, name: str) -> np.ndarray | None:
 
 
 def open_zarr(path: str | os.PathLike[str]) -> MatrixSource:
-    """Open a scalenmf matrix store or an AnnData ``.zarr`` store as a source."""
-    g = _open_group(path)
+    """Open a scalenmf matrix store, an AnnData ``.zarr`` store or a bare 2-D array."""
     p = str(path)
+    if _is_bare_array(p):
+        # A plain 2-D Zarr array (m, n) is X itself: read it by its column chunks.
+        return ZarrDenseSource(p, "")
+    g = _open_group(path)
     meta = g.attrs.get("scalenmf")
     if isinstance(meta, dict) and meta.get("kind") == "result":
         raise InputError(

@@ -38,6 +38,10 @@ def rhs(W: np.ndarray, X: Block) -> np.ndarray:
     if sp.issparse(X):
         # (Xᵀ W)ᵀ: a CSC block transposes to CSR for free, so this is one sparse-dense product.
         return np.ascontiguousarray((X.T @ W).T)
+    if X.shape[1] == 1:
+        # numpy multiplies by a strided column (a view into a wider array) with other loops
+        # than by a contiguous one; copying the m values makes the result layout-independent.
+        X = np.ascontiguousarray(X)
     return W.T @ X
 
 

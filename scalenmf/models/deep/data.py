@@ -143,8 +143,10 @@ class ColumnShardDataset(IterableDataset):
         src = open_source(V, block_cols)
         self.shape: tuple[int, int] = tuple(src.shape)  # type: ignore[assignment]
         self.block_bounds: list[tuple[int, int]] = [tuple(b) for b in src.block_bounds]  # type: ignore[misc]
+        self.n_components = 0
         if H is not None:
             hsrc = self._open_h()
+            self.n_components = int(hsrc.shape[0])
             if hsrc.shape[1] != self.shape[1]:
                 raise ValueError(
                     f"H has {hsrc.shape[1]} columns but V has {self.shape[1]}; "

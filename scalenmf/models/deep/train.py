@@ -211,7 +211,9 @@ def gram_statistics(dataset: ColumnShardDataset, dtype: torch.dtype) -> tuple[to
             hh = Hb @ Hb.T if hh is None else hh + Hb @ Hb.T
             vh = Vb @ Hb.T if vh is None else vh + Vb @ Hb.T
     if hh is None or vh is None:
-        raise ValueError("no columns to compute statistics from")
+        # a rank without columns (more ranks than blocks) still joins the reductions
+        k, m = dataset.n_components, dataset.shape[0]
+        hh, vh = torch.zeros((k, k), dtype=dtype), torch.zeros((m, k), dtype=dtype)
     return all_sum_(hh), all_sum_(vh)
 
 
@@ -232,10 +234,12 @@ def _refit_w(
     H = H_hat.detach()
     if loss == "kl":
         num, den = kl_w_statistics(V, state.W, H)
-        state.W = kl_w_update(state.W, all_sum_(num), all_sum_(den))
+        both = all_sum_(torch.cat([num.reshape(-1), den]))
+        state.W = kl_w_update(state.W, both[: num.numel()].view_as(num), both[num.numel() :])
         return
-    hh = all_sum_(H @ H.T) / n_step
-    vh = all_sum_(V @ H.T) / n_step
+    k = H.shape[0]
+    both = all_sum_(torch.cat([(H @ H.T).reshape(-1), (V @ H.T).reshape(-1)])) / n_step
+    hh, vh = both[: k * k].view(k, k), both[k * k :].view(-1, k)
     rho = max(0.0, 1.0 - n_step / n_total)
     if state.stats and rho > 0:
         state.stats = [rho * state.stats[0] + (1 - rho) * hh, rho * state.stats[1] + (1 - rho) * vh]
@@ -281,7 +285,16 @@ def train_step(
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        all_sum_(p.grad)
+    # one collective for all gradients and the loss (latency, not bandwidth, dominates)
+    flat = all_sum_(
+        torch.cat([p.grad.reshape(-1) for p in params] + [loss_sum.detach().reshape(1)])  # type: ignore[union-attr]
+    )
+    offset = 0
+    for p in params:
+        size = p.numel()
+        p.grad.copy_(flat[offset : offset + size].view_as(p))  # type: ignore[union-attr]
+        offset += size
+    total = float(flat[-1])
     optimizer.step()
     model.clamp_()
     if mode == "unsupervised":
@@ -293,10 +306,9 @@ def train_step(
         else:
             V = batch.V.to(model.B.dtype)  # type: ignore[union-attr]
         _refit_w(state, V, H_hat, model.loss, n_step, n_total)
-    total = all_sum_(loss_sum.detach().reshape(1).clone())
     state.step += 1
     state.step_in_epoch += 1
-    return float(total.item()), n_step
+    return total, n_step
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -34,6 +34,7 @@ from benchmarks import datasets, peers
 from benchmarks.common import (
     DEFAULT_THREADS,
     REPO_ROOT,
+    Clock,
     dump_json,
     error_metrics,
     goal_met,
@@ -46,6 +47,7 @@ from benchmarks.common import (
     run_in_child,
     set_thread_env,
     unavailable,
+    wait_for_quiet,
 )
 
 GB = 10**9
@@ -178,8 +180,9 @@ def run_scalenmf(
     try:
         with limit_threads(threads):
             t0 = time.perf_counter()
-            res = nmf(X, k, **kwargs)
-            elapsed = time.perf_counter() - t0
+            with Clock() as clock:
+                res = nmf(X, k, **kwargs)
+            elapsed = clock.wall
     except Exception as exc:
         return unavailable(peer, f"scalenmf.nmf failed: {type(exc).__name__}: {exc}")
     iter_times = per_iteration_times(res)
@@ -189,6 +192,7 @@ def run_scalenmf(
     rec = record(
         peer,
         time_s=elapsed,
+        cpu_s=clock.cpu,
         n_iter=int(getattr(res, "n_iter", -1)),
         metric="kl" if loss == "kl" else "rel_error",
         init=init,
@@ -250,6 +254,7 @@ def time_to_reach(
     probe run, when the engine records them (a cross-check, not the headline).
     """
     target = target * (1.0 + rtol)
+    wait_for_quiet(QUIET["max_load"], QUIET["timeout"])
     probe = run_scalenmf(X, k, max_iter=cap, tol=0.0, loss=loss, **kw)
     if probe.get("time_s") is None:
         return probe
@@ -295,6 +300,7 @@ def time_to_reach(
     except RuntimeError as exc:
         return unavailable(probe["peer"], str(exc))
     best = dict(cache[hi])
+    best["target"] = target
     times = [best["time_s"]]
     for _ in range(max(0, repeat - 1)):
         again = run_scalenmf(X, k, max_iter=hi, tol=0.0, loss=loss, **kw)
@@ -311,9 +317,17 @@ def time_to_reach(
     return best
 
 
+QUIET: dict[str, Any] = {"max_load": None, "timeout": 600.0}  # set from --wait-quiet
+
+
 def best_of(fn: Any, repeat: int) -> dict[str, Any]:
     """Run a peer ``repeat`` times; keep the first record with the minimum time."""
-    recs = [fn() for _ in range(max(1, repeat))]
+    recs = []
+    for _ in range(max(1, repeat)):
+        load = wait_for_quiet(QUIET["max_load"], QUIET["timeout"])
+        rec = fn()
+        rec["load_before"] = load
+        recs.append(rec)
     ok = [r for r in recs if r.get("time_s") is not None]
     if not ok:
         return recs[0]
@@ -410,7 +424,14 @@ def bench_dense(args: argparse.Namespace, out: dict[str, Any]) -> list[dict[str,
     )
     refs = [mu]
     if args.rcppml_reference:
-        refs.append(peers.rcppml_nmf(X, k, max_iter=iters, seed=args.seed, threads=args.threads))
+        refs.append(
+            best_of(
+                lambda: peers.rcppml_nmf(
+                    X, k, max_iter=iters, seed=args.seed, threads=args.threads
+                ),
+                args.repeat,
+            )
+        )
     out["dense"] = {"shape": (m, n), "peers": [cd, *refs], "common": common}
     rows = []
     mine_all = []
@@ -552,6 +573,7 @@ def bench_ooc(args: argparse.Namespace, out: dict[str, Any]) -> list[dict[str, A
     info = datasets.write_zarr_store(
         path, nbytes=size, m=args.ooc_rows, seed=args.seed + 3, compress=not args.ooc_raw
     )
+    wait_for_quiet(QUIET["max_load"], QUIET["timeout"])
     read = datasets.sequential_read_seconds(path, repeat=2)
     name = (
         f"3. out of core {info['nbytes'] / GB:.2f} GB f32 ({info['shape'][0]}×"
@@ -748,6 +770,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="module:function to benchmark instead of scalenmf.nmf (same signature)",
     )
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=None,
+        metavar="LOAD",
+        help="before each timed run wait (≤ 10 min) until the 1-min load average ≤ LOAD",
+    )
     p.add_argument("--peers-only", action="store_true", help="measure the peers, skip scalenmf")
     p.add_argument(
         "--rcppml-reference",
@@ -789,6 +818,7 @@ def main(argv: list[str] | None = None) -> int:
     set_thread_env(args.threads)
     if args.engine:
         os.environ[ENGINE_ENV] = args.engine  # children inherit it
+    QUIET["max_load"] = args.wait_quiet
     out: dict[str, Any] = {"args": vars(args)}
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()

@@ -89,6 +89,48 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
+class Clock:
+    """Wall (``perf_counter``) and CPU (``process_time``, all threads) seconds of a block.
+
+    ``cpu / wall`` close to the thread count means the block had its cores to itself;
+    much lower on a CPU-bound fit means other work on the machine was competing.
+    """
+
+    wall: float = 0.0
+    cpu: float = 0.0
+
+    def __enter__(self) -> Clock:
+        self._w, self._c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._w
+        self.cpu = time.process_time() - self._c
+
+
+def load_average() -> float:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def wait_for_quiet(max_load: float | None, timeout: float = 600.0) -> float:
+    """Wait until the 1-minute load average is ≤ ``max_load`` (or ``timeout`` s passed).
+
+    For shared machines: call before a measurement. Returns the load seen last. A no-op
+    when ``max_load`` is None.
+    """
+    load = load_average()
+    if max_load is None:
+        return load
+    deadline = time.monotonic() + timeout
+    while load > max_load and time.monotonic() < deadline:
+        time.sleep(5.0)
+        load = load_average()
+    return load
+
+
 # --------------------------------------------------------------------------- error metrics
 
 

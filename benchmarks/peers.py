@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ import scipy.sparse as sp
 
 from benchmarks.common import (
     DEFAULT_THREADS,
+    Clock,
     error_metrics,
     limit_threads,
     record,
@@ -106,14 +106,15 @@ def sklearn_nmf(
         }
     with limit_threads(threads), warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        t0 = time.perf_counter()
-        Hs = model.fit_transform(Xs, **fit_kwargs)
-        elapsed = time.perf_counter() - t0
+        with Clock() as clock:
+            Hs = model.fit_transform(Xs, **fit_kwargs)
+        elapsed = clock.wall
     W = np.asarray(model.components_).T
     H = np.asarray(Hs).T
     rec = record(
         peer,
         time_s=elapsed,
+        cpu_s=clock.cpu,
         n_iter=int(model.n_iter_),
         metric="kl" if loss == "kl" else "rel_error",
         init="custom" if custom else init,
@@ -305,17 +306,20 @@ def rcppml_nmf(
             t0 <- proc.time()
             fit <- RcppML::nmf(A, {k}L, tol = {tol!r}, maxit = {max_iter}L, verbose = FALSE,
                                L1 = c({L1[0]!r}, {L1[1]!r}), seed = {seed}L)
-            el <- (proc.time() - t0)[["elapsed"]]
+            pt <- proc.time() - t0
+            el <- pt[["elapsed"]]
+            cpu <- pt[["user.self"]] + pt[["sys.self"]]
             writeBin(as.double(fit$w), file.path(tmp, "w.bin"))
             writeBin(as.double(fit$d), file.path(tmp, "d.bin"))
             writeBin(as.double(fit$h), file.path(tmp, "h.bin"))
             writeLines(c(sprintf("%.6f", el), sprintf("%d", as.integer(fit$iter)),
-                         sprintf("%d", getRcppMLthreads())), file.path(tmp, "time.txt"))
+                         sprintf("%d", getRcppMLthreads()), sprintf("%.6f", cpu)),
+                       file.path(tmp, "time.txt"))
         """)
         res = _run_r(code, tmp, threads, timeout)
         if res.returncode != 0 or not (tmp / "time.txt").exists():
             return unavailable(peer, f"RcppML run failed: {res.stderr.strip()[-500:]}")
-        el, it, r_threads = (tmp / "time.txt").read_text().split()
+        el, it, r_threads, cpu = (tmp / "time.txt").read_text().split()
         w = _read_f8(tmp / "w.bin", (m, k))
         dvec = np.fromfile(tmp / "d.bin", dtype="<f8")
         h = _read_f8(tmp / "h.bin", (k, n))
@@ -323,6 +327,7 @@ def rcppml_nmf(
     return record(
         peer,
         time_s=float(el),
+        cpu_s=float(cpu),
         n_iter=int(it),
         metric="rel_error",
         init=f"random uniform w (seed={seed})",
@@ -470,9 +475,9 @@ def nimfa_nmf(
         )
         with limit_threads(threads), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            t0 = time.perf_counter()
-            fit = model()
-            elapsed = time.perf_counter() - t0
+            with Clock() as clock:
+                fit = model()
+            elapsed = clock.wall
         W = fit.basis()
         H = fit.coef()
         W = W.toarray() if sp.issparse(W) else np.asarray(W)
@@ -481,6 +486,7 @@ def nimfa_nmf(
     return record(
         peer,
         time_s=elapsed,
+        cpu_s=clock.cpu,
         n_iter=n_iter,
         metric="kl" if loss == "kl" else "rel_error",
         init=seed,

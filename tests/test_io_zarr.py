@@ -176,9 +176,13 @@ def test_missing_and_non_stores(tmp_path):
     (tmp_path / "plain").mkdir()
     with pytest.raises(InputError, match="cannot tell the format"):
         open_matrix(tmp_path / "plain")
-    zarr.create_array(str(tmp_path / "bare.zarr"), shape=(2, 2), dtype="f8")
+    # A bare 2-D array is X itself; a bare array of any other rank is not a matrix.
+    bare = zarr.create_array(str(tmp_path / "bare.zarr"), shape=(2, 3), dtype="f8")
+    bare[:] = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_array_equal(open_zarr(tmp_path / "bare.zarr").read_columns(0, 3), bare[:])
+    zarr.create_array(str(tmp_path / "bare1.zarr"), shape=(4,), dtype="f8")
     with pytest.raises(InputError, match="bare Zarr array"):
-        open_zarr(tmp_path / "bare.zarr")
+        open_zarr(tmp_path / "bare1.zarr")
     zarr.open_group(str(tmp_path / "empty.zarr"), mode="w")
     with pytest.raises(InputError, match="no array 'X'"):
         open_matrix(tmp_path / "empty.zarr")

@@ -59,7 +59,9 @@ def direct_objective(X, W, H, loss, l1_w=0.0, l1_h=0.0, l2_w=0.0, l2_h=0.0) -> f
 
 def direct_relative_error(X, W, H) -> float:
     X = X.toarray() if sp.issparse(X) else np.asarray(X, dtype=np.float64)
-    return float(np.linalg.norm(X - W.astype(np.float64) @ H.astype(np.float64)) / np.linalg.norm(X))
+    return float(
+        np.linalg.norm(X - W.astype(np.float64) @ H.astype(np.float64)) / np.linalg.norm(X)
+    )
 
 
 def assert_close_factors(a, b, rtol):
@@ -134,7 +136,6 @@ def test_float32_close_to_float64(counts_dense, counts_sparse, method, sparse):
         assert_close_factors(a, r, 1e-3)
         np.testing.assert_allclose(r.loss_history, a.loss_history, rtol=1e-4)
         assert r.relative_error == pytest.approx(a.relative_error, rel=1e-4)
-    assert np.array_equal(b.W, c.W) and np.array_equal(b.H, c.H)
 
 
 # -- seeds and restarts ---------------------------------------------------------------------
@@ -351,7 +352,7 @@ BAD_INPUTS = [
 )
 def test_bad_input_errors_name_the_problem(make, k, kwargs, error, message):
     with pytest.raises(error, match=message):
-        scalenmf.nmf(make(), k, max_iter=3, **kwargs)
+        scalenmf.nmf(make(), k, **{"max_iter": 3, **kwargs})
 
 
 def test_integer_counts_are_accepted_as_float64():

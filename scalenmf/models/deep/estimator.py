@@ -296,6 +296,7 @@ def _payload(model: UnrolledNMF, state: TrainState) -> dict[str, Any]:
         "model": model.state_dict(),
         "W": state.W,
         "history": list(state.history),
+        "epoch_seconds": list(state.epoch_seconds),
         "epoch": state.epoch,
         "step": state.step,
     }
@@ -364,6 +365,8 @@ class DNMF:
         Final ``(λ1, λ2)``.
     loss_history_ : list of float
         Mean training loss per epoch.
+    epoch_seconds_ : list of float
+        Wall time of each epoch of the last ``fit`` (rank 0).
     n_features_in_ : int
     feature_labels_ : list of str or None
         Row labels of the training data (checked against the input of ``transform``).
@@ -417,6 +420,7 @@ class DNMF:
         self.model_: UnrolledNMF | None = None
         self.W_: np.ndarray | None = None
         self.loss_history_: list[float] = []
+        self.epoch_seconds_: list[float] = []
         self.feature_labels_: list[str] | None = None
         self.component_labels_: list[str] = []
 
@@ -522,6 +526,7 @@ class DNMF:
         W = payload.get("W")
         self.W_ = None if W is None else W.detach().cpu().numpy()
         self.loss_history_ = [float(x) for x in payload.get("history", [])]
+        self.epoch_seconds_ = [float(x) for x in payload.get("epoch_seconds", [])]
         self.n_features_in_ = m
 
     @property

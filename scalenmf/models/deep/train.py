@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,8 @@ class TrainState:
         Mean loss per completed epoch.
     epoch_loss_sum, epoch_n : float, int
         Loss sum and column count of the current, unfinished epoch.
+    epoch_seconds : list of float
+        Wall time of each epoch run by this process (not checkpointed).
     """
 
     W: torch.Tensor | None = None
@@ -103,6 +106,7 @@ class TrainState:
     history: list[float] = field(default_factory=list)
     epoch_loss_sum: float = 0.0
     epoch_n: int = 0
+    epoch_seconds: list[float] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -417,6 +421,7 @@ def train(
     )
     try:
         while state.epoch < config.epochs:
+            t_epoch = time.perf_counter()
             dataset.set_epoch(state.epoch)
             if resident is not None:
                 batches: Any = iter([resident][state.step_in_epoch :])
@@ -443,6 +448,7 @@ def train(
                     )
             mean_loss = state.epoch_loss_sum / max(state.epoch_n, 1)
             state.history.append(mean_loss)
+            state.epoch_seconds.append(time.perf_counter() - t_epoch)
             state.epoch += 1
             state.step_in_epoch = 0
             state.epoch_loss_sum, state.epoch_n = 0.0, 0

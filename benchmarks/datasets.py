@@ -173,6 +173,7 @@ def write_zarr_store(
     compress: bool = True,
     seed: int = 3,
     overwrite: bool = False,
+    array_path: str | None = None,
 ) -> dict[str, Any]:
     """Benchmark 3: write a dense float32 Zarr v3 array (m, n) chunked by column blocks (m, B).
 
@@ -182,6 +183,8 @@ def write_zarr_store(
     generated block by block (memory ~ one block). The array is the store's root array;
     ``compress=False`` writes raw chunks (no codec cost on read). Returns a description.
     An existing store with the same shape and chunks is reused unless ``overwrite``.
+    With ``array_path`` (e.g. ``"X"``) the array is written at that path inside a group
+    instead of at the root; ``info["array"]`` is then the array's own path.
     """
     import zarr
 
@@ -194,24 +197,31 @@ def write_zarr_store(
     n_blocks = max(1, -(-nbytes // (4 * m * block)))
     n = n_blocks * block
     path = Path(path)
+    arr_loc = path / array_path if array_path else path
     if path.exists() and not overwrite:
         try:
-            arr = zarr.open_array(str(path), mode="r")
+            arr = zarr.open_array(str(arr_loc), mode="r")
             if arr.shape == (m, n) and arr.chunks == (m, block) and arr.dtype == np.float32:
-                return _store_info(path, arr, reused=True, write_s=0.0)
+                return _store_info(path, arr_loc, arr, reused=True, write_s=0.0)
         except Exception:
             pass
     kwargs: dict[str, Any] = {}
     if not compress:
         kwargs["compressors"] = None
-    arr = zarr.create_array(
-        store=str(path),
-        shape=(m, n),
-        chunks=(m, block),
-        dtype="float32",
-        overwrite=True,
-        **kwargs,
-    )
+    if array_path:
+        group = zarr.open_group(str(path), mode="w")
+        arr = group.create_array(
+            array_path, shape=(m, n), chunks=(m, block), dtype="float32", overwrite=True, **kwargs
+        )
+    else:
+        arr = zarr.create_array(
+            store=str(path),
+            shape=(m, n),
+            chunks=(m, block),
+            dtype="float32",
+            overwrite=True,
+            **kwargs,
+        )
     rng = np.random.default_rng(seed)
     W = rng.gamma(1.0, 1.0, size=(m, rank))
     scale = mean_count / (rank * 1.0)  # E[(WH)_ij] = rank for unit-mean gamma factors
@@ -219,14 +229,17 @@ def write_zarr_store(
     for j in range(n_blocks):
         H = rng.gamma(1.0, 1.0, size=(rank, block))
         arr[:, j * block : (j + 1) * block] = rng.poisson(scale * (W @ H)).astype(np.float32)
-    return _store_info(path, arr, reused=False, write_s=time.perf_counter() - t0)
+    return _store_info(path, arr_loc, arr, reused=False, write_s=time.perf_counter() - t0)
 
 
-def _store_info(path: Path, arr: Any, *, reused: bool, write_s: float) -> dict[str, Any]:
+def _store_info(
+    path: Path, arr_loc: Path, arr: Any, *, reused: bool, write_s: float
+) -> dict[str, Any]:
     disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     m, n = arr.shape
     return {
         "path": str(path),
+        "array": str(arr_loc),
         "shape": (m, n),
         "chunks": tuple(arr.chunks),
         "dtype": str(arr.dtype),

@@ -115,19 +115,36 @@ def load_average() -> float:
         return float("nan")
 
 
-def wait_for_quiet(max_load: float | None, timeout: float = 600.0) -> float:
-    """Wait until the 1-minute load average is ≤ ``max_load`` (or ``timeout`` s passed).
+def runnable_now() -> int:
+    """Runnable threads on the machine right now (4th field of /proc/loadavg), 0 if unknown."""
+    try:
+        with open("/proc/loadavg") as fh:
+            return int(fh.read().split()[3].split("/")[0])
+    except (OSError, IndexError, ValueError):
+        return 0
 
-    For shared machines: call before a measurement. Returns the load seen last. A no-op
-    when ``max_load`` is None.
+
+def wait_for_quiet(max_load: float | None, timeout: float = 600.0) -> float:
+    """Wait until the machine is quiet, or ``timeout`` seconds passed.
+
+    Quiet: the 1-minute load average is ≤ ``max_load`` and, on three checks a second
+    apart, nothing but this process is runnable. For shared machines: call before a
+    measurement. Returns the 1-minute load seen last. A no-op when ``max_load`` is None.
     """
     load = load_average()
     if max_load is None:
         return load
     deadline = time.monotonic() + timeout
-    while load > max_load and time.monotonic() < deadline:
-        time.sleep(5.0)
+    while time.monotonic() < deadline:
         load = load_average()
+        if load <= max_load:
+            calm = 0
+            for _ in range(3):
+                calm += runnable_now() <= 1
+                time.sleep(1.0)
+            if calm == 3:
+                break
+        time.sleep(2.0)
     return load
 
 

@@ -131,3 +131,38 @@ def test_parameters_and_outputs_nonnegative_after_every_step(mode, loss):
         if state.W is not None:
             assert float(state.W.min()) >= 0.0
     assert clamped, "the test never exercised the clamp"
+
+
+def test_a_diverging_step_is_undone_with_half_the_learning_rate():
+    V, W, H = _data(7)
+    net = UnrolledNMF(12, 3, 3, dtype=torch.float64)
+    net.init_from_w(W)
+    opt = make_optimizer(net, lr=0.1)
+    state = TrainState(W=W.clone())
+    batch = Batch(V, H[:0], torch.arange(V.shape[1]))
+    train_step(net, opt, batch, state, "unsupervised", V.shape[1])
+    before = {k: v.clone() for k, v in state.snapshot["model"].items()}
+    with torch.no_grad():  # make the next forward pass overflow
+        net.A.fill_(0.0)
+        net.B.fill_(1e200)
+    loss, _ = train_step(net, opt, batch, state, "unsupervised", V.shape[1])
+    assert np.isfinite(loss)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    assert float(net.B.max()) < 1e10  # the poisoned parameters were replaced by the snapshot
+    assert not torch.equal(before["B"], net.B.detach())  # and a (smaller) step was taken
+    # without a previous good state there is nothing to undo: a clear error
+    fresh = UnrolledNMF(12, 3, 3, dtype=torch.float64)
+    fresh.init_from_w(W)
+    with torch.no_grad():
+        fresh.B.fill_(1e200)
+        fresh.A.fill_(0.0)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        train_step(
+            fresh,
+            make_optimizer(fresh, 0.1),
+            batch,
+            TrainState(W=W.clone()),
+            "unsupervised",
+            V.shape[1],
+        )

@@ -26,6 +26,7 @@ from scalenmf.models.deep.train import (
     free_port,
     gram_statistics,
     init_distributed,
+    leave_process_group,
     load_checkpoint,
     make_optimizer,
     maybe_init_from_env,
@@ -288,7 +289,7 @@ def _spawn_entry(
         if rank == 0:
             torch.save(_payload(model, state), out)
     finally:
-        torch.distributed.destroy_process_group()
+        leave_process_group()
 
 
 def _payload(model: UnrolledNMF, state: TrainState) -> dict[str, Any]:
@@ -482,7 +483,7 @@ class DNMF:
                 model, state = build_and_train(params, V, H, progress=progress and rank == 0)
             finally:
                 if created:
-                    torch.distributed.destroy_process_group()
+                    leave_process_group()
             payload = _payload(model, state)
         src = open_source(V, self.block_cols)
         self._set_fitted(payload, src.shape[0])

@@ -10,6 +10,7 @@ an empty batch until every rank is done, so uneven shards cannot dead-lock.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import socket
@@ -96,6 +97,11 @@ class TrainState:
         Loss sum and column count of the current, unfinished epoch.
     epoch_seconds : list of float
         Wall time of each epoch run by this process (not checkpointed).
+    snapshot : dict or None
+        Model, optimiser and basis before the last step, to undo it if the next loss is
+        not finite (not checkpointed).
+    backtracked : int
+        Steps undone because of a non-finite loss (not checkpointed).
     """
 
     W: torch.Tensor | None = None
@@ -107,6 +113,8 @@ class TrainState:
     epoch_loss_sum: float = 0.0
     epoch_n: int = 0
     epoch_seconds: list[float] = field(default_factory=list)
+    snapshot: Any = None
+    backtracked: int = 0
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -139,6 +147,21 @@ def init_distributed(rank: int, world_size: int, port: int) -> None:
     dist.init_process_group(
         backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
     )
+
+
+def leave_process_group() -> None:
+    """Destroy the process group once every rank got here.
+
+    Without the barrier a rank that finishes first tears down its gloo connections while
+    a peer is still draining its last collective; the peer's transport thread then
+    aborts the process ("terminate called without an active exception").
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def maybe_init_from_env() -> bool:
@@ -185,6 +208,10 @@ def unsupervised_loss_sum(
 ) -> torch.Tensor:
     """Batch sum of the regularized objective ``J`` with the basis ``W`` held constant.
 
+    Evaluated in float64 whatever the model's dtype: a float32 network can emit large
+    coefficients (a learned denominator near 0 with λ = 0) whose squared residuals overflow
+    float32 although the coefficients themselves are finite.
+
     Parameters
     ----------
     V : Tensor, shape (m, b)
@@ -193,12 +220,17 @@ def unsupervised_loss_sum(
     lambdas : Tensor, shape (2,)
         ``(λ1, λ2)``.
     loss : {"frobenius", "kl"}
+
+    Returns
+    -------
+    Tensor, shape (), float64
     """
-    lam1, lam2 = lambdas[0], lambdas[1]
-    reg = lam1 * H_hat.sum() + 0.5 * lam2 * (H_hat * H_hat).sum()
+    V, W, H = V.double(), W.double(), H_hat.double()
+    lam1, lam2 = lambdas[0].double(), lambdas[1].double()
+    reg = lam1 * H.sum() + 0.5 * lam2 * (H * H).sum()
     if loss == "kl":
-        return kl_divergence(V, W @ H_hat) + reg
-    R = V - W @ H_hat
+        return kl_divergence(V, W @ H) + reg
+    R = V - W @ H
     return 0.5 * (R * R).sum() + reg
 
 
@@ -252,6 +284,68 @@ def _refit_w(
     state.W = nnls_w_from_gram(state.stats[0], state.stats[1], state.W, max_sweeps=REFIT_SWEEPS)
 
 
+#: How many times a step may be retried with a halved learning rate after a non-finite loss.
+MAX_BACKTRACKS = 20
+
+
+def _snapshot(model: UnrolledNMF, optimizer: torch.optim.Optimizer, state: TrainState) -> dict:
+    """Copies of everything one optimiser step changes (to undo a diverging step)."""
+    return {
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "W": None if state.W is None else state.W.clone(),
+        "stats": [t.clone() for t in state.stats],
+    }
+
+
+def _restore(model: UnrolledNMF, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
+    """Undo the last step and halve the learning rate (it led to a non-finite loss)."""
+    snap = state.snapshot
+    model.load_state_dict(snap["model"])
+    optimizer.load_state_dict(snap["optimizer"])
+    for group in optimizer.param_groups:
+        group["lr"] *= 0.5
+    state.W, state.stats = snap["W"], list(snap["stats"])
+
+
+def _forward_backward(
+    model: UnrolledNMF,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch | None,
+    state: TrainState,
+    mode: str,
+    n_step: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Loss and gradients of this rank's batch, summed over ranks in one all-reduce.
+
+    Returns
+    -------
+    flat : Tensor
+        Summed gradients followed by the summed loss (last entry).
+    H_hat : Tensor or None
+        This rank's network output (None without data).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer.zero_grad(set_to_none=False)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    H_hat = None
+    if batch is not None and batch.V.shape[1] > 0:
+        V = batch.V.to(model.B.dtype)
+        H_hat = model(V)
+        if mode == "supervised":
+            loss_sum = supervised_loss_sum(H_hat.double(), batch.H.double())
+        else:
+            assert state.W is not None
+            loss_sum = unsupervised_loss_sum(V, state.W, H_hat, model.lambdas, model.loss)
+        (loss_sum / n_step).backward()
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+    # one collective for all gradients and the loss (latency, not bandwidth, dominates)
+    flat = all_sum_(
+        torch.cat([g.reshape(-1).double() for g in grads] + [loss_sum.detach().reshape(1)])
+    )
+    return flat, H_hat
+
+
 def train_step(
     model: UnrolledNMF,
     optimizer: torch.optim.Optimizer,
@@ -261,6 +355,11 @@ def train_step(
     n_total: int,
 ) -> tuple[float, int]:
     """One synchronous optimiser step over the union of the ranks' batches.
+
+    If the loss or a gradient is not finite (the multiplicative layers can overflow when a
+    learned denominator reaches 0 with λ = 0), the previous step is undone and the step is
+    retried with half the learning rate, up to ``MAX_BACKTRACKS`` times. All ranks see the
+    same summed values, so they take the same decision.
 
     Returns
     -------
@@ -273,30 +372,27 @@ def train_step(
     n_step = int(all_sum_(torch.tensor([n_local], dtype=torch.int64)).item())
     if n_step == 0:
         return 0.0, 0
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer.zero_grad(set_to_none=False)
-    loss_sum = torch.zeros((), dtype=model.B.dtype)
-    H_hat = None
-    if batch is not None and n_local > 0:
-        V = batch.V.to(model.B.dtype)
-        H_hat = model(V)
-        if mode == "supervised":
-            loss_sum = supervised_loss_sum(H_hat, batch.H.to(model.B.dtype))
-        else:
-            assert state.W is not None
-            loss_sum = unsupervised_loss_sum(V, state.W, H_hat, model.lambdas, model.loss)
-        (loss_sum / n_step).backward()
-    for p in params:
+    for attempt in range(MAX_BACKTRACKS + 1):
+        flat, H_hat = _forward_backward(model, optimizer, batch, state, mode, n_step)
+        if bool(torch.isfinite(flat).all()):
+            break
+        if state.snapshot is None or attempt == MAX_BACKTRACKS:
+            raise FloatingPointError(
+                f"DNMF training diverged at step {state.step} (non-finite loss); use a "
+                "smaller lr, lambda1 > 0 or dtype='float64'"
+            )
+        # warn once per run; repeated backtracking is logged at debug level
+        log = logger.warning if not state.backtracked else logger.debug
+        log("non-finite loss at step %d: undoing the last step, halving lr", state.step)
+        state.backtracked += 1
+        _restore(model, optimizer, state)
+    state.snapshot = _snapshot(model, optimizer, state)
+    offset = 0
+    for p in (p for p in model.parameters() if p.requires_grad):
+        size = p.numel()
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    # one collective for all gradients and the loss (latency, not bandwidth, dominates)
-    flat = all_sum_(
-        torch.cat([p.grad.reshape(-1) for p in params] + [loss_sum.detach().reshape(1)])  # type: ignore[union-attr]
-    )
-    offset = 0
-    for p in params:
-        size = p.numel()
-        p.grad.copy_(flat[offset : offset + size].view_as(p))  # type: ignore[union-attr]
+        p.grad.copy_(flat[offset : offset + size].view_as(p).to(p.dtype))
         offset += size
     total = float(flat[-1])
     optimizer.step()

@@ -45,6 +45,28 @@ def test_unsupervised_training_fits_a_basis():
 
 
 @pytest.mark.parametrize("mode", ["supervised", "unsupervised"])
+def test_keep_best_ends_with_the_lowest_training_loss(mode):
+    """Full batch: the kept parameters (and basis) reproduce the minimum of the history."""
+    V, H, _ = _problem(8)
+    Hk = H if mode == "supervised" else None
+    # a large learning rate makes the loss bounce, so the best epoch is not the last
+    kw = {"mode": mode, "epochs": 40, "lr": 0.05, "dtype": "float64", "seed": 3}
+    best = DNMF(3, **kw).fit(V, Hk)
+    last = DNMF(3, keep_best=False, **kw).fit(V, Hk)
+    hist = np.asarray(best.loss_history_)
+    np.testing.assert_array_equal(hist, last.loss_history_)
+    assert best.best_epoch_ == int(np.argmin(hist)) and last.best_epoch_ == len(hist) - 1
+    assert best.best_epoch_ < len(hist) - 1, "the loss did not bounce: the test is vacuous"
+    Hh = best.transform(V)
+    if mode == "supervised":
+        again = ((Hh - H) ** 2).sum(axis=0).mean()
+    else:
+        again = 0.5 * ((V - best.W_ @ Hh) ** 2).sum(axis=0).mean()
+    assert again == pytest.approx(hist.min(), rel=1e-9)
+    assert not np.allclose(Hh, last.transform(V))
+
+
+@pytest.mark.parametrize("mode", ["supervised", "unsupervised"])
 def test_sparse_and_zarr_input_match_dense(tmp_path, mode):
     V, H, _ = _problem(2)
     V[:, ::4] = 0

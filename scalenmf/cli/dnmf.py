@@ -120,6 +120,12 @@ def dnmf() -> None:
     help="Checkpoint file (default: OUT.ckpt.pt beside the model).",
 )
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint.")
+@click.option(
+    "--keep-best/--keep-last",
+    default=True,
+    show_default=True,
+    help="Keep the parameters of the epoch with the lowest training loss, or the last ones.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(
@@ -144,6 +150,7 @@ def train(
     checkpoint_every: int,
     checkpoint_path: str | None,
     resume: bool,
+    keep_best: bool,
     overwrite: bool,
     quiet: bool,
 ) -> None:
@@ -190,6 +197,7 @@ def train(
         checkpoint_every=checkpoint_every,
         checkpoint_path=ckpt if (checkpoint_every or resume) else None,
         resume=resume,
+        keep_best=keep_best,
     )
     # with several processes the inputs travel by path; each process opens its own view
     V_arg: Any = input if nproc > 1 else src

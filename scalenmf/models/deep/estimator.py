@@ -244,6 +244,7 @@ def build_and_train(
         checkpoint_every=p["checkpoint_every"],
         checkpoint_path=ckpt,
         progress=progress,
+        keep_best=bool(p["keep_best"]),
     )
     step_cols = n // world if per_rank is None else per_rank
     with torch_threads(auto_threads(m, step_cols, p["n_threads"])):
@@ -267,6 +268,7 @@ def _fingerprint(p: dict[str, Any]) -> dict[str, Any]:
         "dtype",
         "seed",
         "block_cols",
+        "keep_best",
     )
     return {key: p[key] for key in keys}
 
@@ -300,6 +302,7 @@ def _payload(model: UnrolledNMF, state: TrainState) -> dict[str, Any]:
         "epoch_seconds": list(state.epoch_seconds),
         "epoch": state.epoch,
         "step": state.step,
+        "best_epoch": -1 if state.best is None else int(state.best["epoch"]),
     }
 
 
@@ -356,6 +359,9 @@ class DNMF:
     n_threads : int, optional
         torch intra-op threads while fitting / transforming; default: 1 for small steps
         (≤ 2M matrix entries, where threads only add overhead), else torch's default.
+    keep_best : bool, default True
+        End with the parameters of the epoch with the lowest training loss (Adam on the
+        multiplicative layers is noisy late in training); False keeps the last epoch's.
 
     Attributes
     ----------
@@ -366,6 +372,9 @@ class DNMF:
         Final ``(λ1, λ2)``.
     loss_history_ : list of float
         Mean training loss per epoch.
+    best_epoch_ : int
+        Index in ``loss_history_`` of the epoch whose parameters were kept (the last
+        epoch when ``keep_best=False``).
     epoch_seconds_ : list of float
         Wall time of each epoch of the last ``fit`` (rank 0).
     n_features_in_ : int
@@ -397,6 +406,7 @@ class DNMF:
         checkpoint_path: str | None = None,
         resume: bool = False,
         n_threads: int | None = None,
+        keep_best: bool = True,
     ) -> None:
         self.n_components = n_components
         self.n_layers = n_layers
@@ -418,6 +428,8 @@ class DNMF:
         self.checkpoint_path = checkpoint_path
         self.resume = resume
         self.n_threads = n_threads
+        self.keep_best = keep_best
+        self.best_epoch_: int = -1
         self.model_: UnrolledNMF | None = None
         self.W_: np.ndarray | None = None
         self.loss_history_: list[float] = []
@@ -450,6 +462,7 @@ class DNMF:
                 "checkpoint_path",
                 "resume",
                 "n_threads",
+                "keep_best",
             )
         }
 
@@ -528,6 +541,8 @@ class DNMF:
         self.W_ = None if W is None else W.detach().cpu().numpy()
         self.loss_history_ = [float(x) for x in payload.get("history", [])]
         self.epoch_seconds_ = [float(x) for x in payload.get("epoch_seconds", [])]
+        best = int(payload.get("best_epoch", -1))
+        self.best_epoch_ = best if best >= 0 else len(self.loss_history_) - 1
         self.n_features_in_ = m
 
     @property

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import socket
 import time
@@ -62,6 +63,10 @@ class TrainConfig:
         Checkpoint file.
     progress : bool
         Show a progress bar (rank 0 only).
+    keep_best : bool
+        End with the parameters (and basis) of the epoch with the lowest training loss
+        instead of the last ones. Adam on the multiplicative layers is noisy late in
+        training (a loss can double in one step), so the last epoch is a poor pick.
     """
 
     mode: str = "supervised"
@@ -72,6 +77,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     checkpoint_path: str | None = None
     progress: bool = False
+    keep_best: bool = True
 
 
 @dataclass
@@ -102,6 +108,10 @@ class TrainState:
         not finite (not checkpointed).
     backtracked : int
         Steps undone because of a non-finite loss (not checkpointed).
+    best : dict or None
+        ``{"loss", "epoch", "model", "W"}`` of the best epoch so far (``keep_best``).
+        Full batch: the parameters that produced the epoch's loss; mini-batch: those at
+        the end of the epoch.
     """
 
     W: torch.Tensor | None = None
@@ -115,6 +125,7 @@ class TrainState:
     epoch_seconds: list[float] = field(default_factory=list)
     snapshot: Any = None
     backtracked: int = 0
+    best: dict[str, Any] | None = None
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -433,6 +444,7 @@ def save_checkpoint(
         "history": list(state.history),
         "epoch_loss_sum": state.epoch_loss_sum,
         "epoch_n": state.epoch_n,
+        "best": state.best,
         "extra": extra or {},
     }
     target = Path(path)
@@ -460,6 +472,7 @@ def load_checkpoint(
         history=[float(x) for x in payload["history"]],
         epoch_loss_sum=float(payload["epoch_loss_sum"]),
         epoch_n=int(payload["epoch_n"]),
+        best=payload.get("best"),
     )
     return state, dict(payload.get("extra", {}))
 
@@ -543,6 +556,8 @@ def train(
                         config.checkpoint_path, model, optimizer, state, checkpoint_extra
                     )
             mean_loss = state.epoch_loss_sum / max(state.epoch_n, 1)
+            if config.keep_best:
+                _remember_if_best(model, state, mean_loss, full_batch)
             state.history.append(mean_loss)
             state.epoch_seconds.append(time.perf_counter() - t_epoch)
             state.epoch += 1
@@ -555,4 +570,33 @@ def train(
             logger.debug("epoch %d loss %.6g", state.epoch, mean_loss)
     finally:
         bar.close()
+    if config.keep_best and state.best is not None:
+        model.load_state_dict(state.best["model"])
+        if state.best["W"] is not None:
+            state.W = state.best["W"].clone()
     return state
+
+
+def _remember_if_best(
+    model: UnrolledNMF, state: TrainState, mean_loss: float, full_batch: bool
+) -> None:
+    """Keep a copy of the parameters behind the lowest epoch loss seen so far.
+
+    Every rank sees the same global loss, so all ranks keep the same epoch.
+    """
+    if not math.isfinite(mean_loss):
+        return
+    if state.best is not None and mean_loss >= state.best["loss"]:
+        return
+    if full_batch and state.snapshot is not None:
+        # the loss was computed before this epoch's single step: the snapshot produced it
+        weights, W = state.snapshot["model"], state.snapshot["W"]
+    else:
+        weights = model.state_dict()
+        W = state.W
+    state.best = {
+        "loss": float(mean_loss),
+        "epoch": state.epoch,
+        "model": {name: t.detach().clone() for name, t in weights.items()},
+        "W": None if W is None else W.detach().clone(),
+    }

@@ -77,6 +77,21 @@ def test_train_then_transform_writes_h_with_labels(inputs, mode):
     assert res.exit_code == 0, res.output
 
 
+@pytest.mark.timeout(180)
+def test_train_with_two_processes_and_reader_workers(inputs):
+    """``--nproc 2`` with mini-batches read by DataLoader worker processes, from a store."""
+    d, V, _ = inputs
+    args = ["train", d / "v.zarr", "-k", 3, "-o", d / "par", "--epochs", 3, "--quiet"]
+    res = _run([*args, "--nproc", 2, "--batch-size", 24, "--workers", 1, "--dtype", "float64"])
+    assert res.exit_code == 0, res.output
+    from scalenmf.models.deep import DNMF
+
+    model = DNMF.load(d / "par")
+    assert len(model.loss_history_) == 3 and model.W_ is not None and model.W_.min() >= 0
+    H = model.transform(V)
+    assert H.shape == (3, 50) and np.isfinite(H).all() and H.min() >= 0
+
+
 def test_transform_npy_input(inputs):
     d, _V, _ = inputs
     assert (

@@ -202,3 +202,61 @@ def test_transform_checks_features():
         model.transform(V[:-1])
     with pytest.raises(RuntimeError, match="not fitted"):
         DNMF(3).transform(V)
+
+
+TORCHRUN_SCRIPT = """
+import os
+import sys
+import numpy as np
+import torch.distributed as dist
+from scalenmf.models.deep import DNMF
+calls = []
+real_all_reduce = dist.all_reduce
+def counting_all_reduce(t, *a, **kw):
+    calls.append(dist.get_world_size())
+    return real_all_reduce(t, *a, **kw)
+dist.all_reduce = counting_all_reduce
+V = np.load(sys.argv[1])
+model = DNMF(3, mode="unsupervised", epochs=4, dtype="float64", block_cols=16, seed=4).fit(V)
+if dist.is_initialized():
+    raise SystemExit("fit() must leave the process group it created")
+with open(sys.argv[2] + f".rank{os.environ['RANK']}", "w") as fh:
+    fh.write(f"{len(calls)} {min(calls, default=0)}")
+if os.environ.get("RANK") == "0":
+    model.save(sys.argv[2])
+"""
+
+
+@pytest.mark.timeout(180)
+def test_torchrun_launch_matches_one_process(tmp_path):
+    """Two processes started by ``torchrun`` (full batch, split by blocks) train as one."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from scalenmf.models.deep.train import free_port
+
+    V, _, _ = _problem(9, n=80)
+    np.save(tmp_path / "v.npy", V)
+    (tmp_path / "job.py").write_text(TORCHRUN_SCRIPT)
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [
+        str(torchrun),
+        "--nnodes=1",
+        "--nproc-per-node=2",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        str(tmp_path / "job.py"),
+        str(tmp_path / "v.npy"),
+        str(tmp_path / "model"),
+    ]
+    env = {"OMP_NUM_THREADS": "1", **__import__("os").environ}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=170, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):  # both ranks really took part in collectives of a 2-process group
+        n_calls, world = map(int, (tmp_path / f"model.rank{rank}").read_text().split())
+        assert n_calls > 0 and world == 2
+    two = DNMF.load(tmp_path / "model")
+    one = DNMF(3, mode="unsupervised", epochs=4, dtype="float64", block_cols=16, seed=4).fit(V)
+    np.testing.assert_allclose(two.loss_history_, one.loss_history_, rtol=1e-9)
+    np.testing.assert_allclose(two.W_, one.W_, rtol=1e-8, atol=1e-12)

@@ -33,6 +33,7 @@ from scalenmf.models.deep.mu import (
     kl_w_update,
     nnls_w_from_gram,
 )
+from scalenmf.models.deep.optim import Adam
 
 logger = logging.getLogger(__name__)
 
@@ -299,7 +300,7 @@ def _refit_w(
 MAX_BACKTRACKS = 20
 
 
-def _snapshot(model: UnrolledNMF, optimizer: torch.optim.Optimizer, state: TrainState) -> dict:
+def _snapshot(model: UnrolledNMF, optimizer: Adam, state: TrainState) -> dict:
     """Copies of everything one optimiser step changes (to undo a diverging step)."""
     return {
         "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
@@ -309,7 +310,7 @@ def _snapshot(model: UnrolledNMF, optimizer: torch.optim.Optimizer, state: Train
     }
 
 
-def _restore(model: UnrolledNMF, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
+def _restore(model: UnrolledNMF, optimizer: Adam, state: TrainState) -> None:
     """Undo the last step and halve the learning rate (it led to a non-finite loss)."""
     snap = state.snapshot
     model.load_state_dict(snap["model"])
@@ -321,7 +322,7 @@ def _restore(model: UnrolledNMF, optimizer: torch.optim.Optimizer, state: TrainS
 
 def _forward_backward(
     model: UnrolledNMF,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Adam,
     batch: Batch | None,
     state: TrainState,
     mode: str,
@@ -359,7 +360,7 @@ def _forward_backward(
 
 def train_step(
     model: UnrolledNMF,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Adam,
     batch: Batch | None,
     state: TrainState,
     mode: str,
@@ -428,7 +429,7 @@ def train_step(
 def save_checkpoint(
     path: str | os.PathLike[str],
     model: UnrolledNMF,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Adam,
     state: TrainState,
     extra: dict[str, Any] | None = None,
 ) -> None:
@@ -454,7 +455,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: str | os.PathLike[str], model: UnrolledNMF, optimizer: torch.optim.Optimizer
+    path: str | os.PathLike[str], model: UnrolledNMF, optimizer: Adam
 ) -> tuple[TrainState, dict[str, Any]]:
     """Restore model, optimiser and loop state from :func:`save_checkpoint` output.
 
@@ -480,16 +481,16 @@ def load_checkpoint(
 # ----------------------------------------------------------------------------- the loop
 
 
-def make_optimizer(model: UnrolledNMF, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(model: UnrolledNMF, lr: float) -> Adam:
     """Adam over the trainable parameters (λ only when they are learned)."""
-    return torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    return Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
 
 
 def train(
     model: UnrolledNMF,
     dataset: ColumnShardDataset,
     config: TrainConfig,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Adam,
     state: TrainState,
     *,
     callback: Callable[[int, float], None] | None = None,
@@ -504,7 +505,7 @@ def train(
         This rank's view of the data (its ``batch_size`` is the per-rank batch; ``None``
         means full batch).
     config : TrainConfig
-    optimizer : torch.optim.Optimizer
+    optimizer : Adam
     state : TrainState
         Starting state (fresh, or loaded from a checkpoint); ``state.W`` must hold the
         initial basis in unsupervised mode.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -11,9 +9,10 @@ from click.testing import CliRunner
 pytest.importorskip("torch")
 
 from scalenmf.cli.dnmf import dnmf
+from scalenmf.data_paths import shared_data_dir
 from scalenmf.models.deep import evaluate as ev
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = shared_data_dir()
 SET = "syn.2.7a.7b.abst_sp.sp"
 
 

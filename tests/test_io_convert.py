@@ -18,12 +18,13 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scalenmf.data_paths import shared_data_dir
 from scalenmf.io import InputError, OutputExistsError, open_matrix, write_matrix
 from scalenmf.io.convert import convert, parse_bytes
 from scalenmf.io.info import describe, format_description
 from scalenmf.io.zarr_store import ZarrDenseSource, ZarrSparseSource
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = shared_data_dir()
 CATALOG = DATA / "synsig" / "syn.pancreas_sa.sa.96" / "ground.truth.syn.catalog.csv"
 
 

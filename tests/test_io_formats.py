@@ -17,11 +17,12 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scalenmf.data_paths import shared_data_dir
 from scalenmf.io import InputError, open_matrix
 from scalenmf.io.formats.delimited import combine_labels
 from scalenmf.io.formats.h5ad import H5adSource
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = shared_data_dir()
 CATALOG = DATA / "synsig" / "syn.pancreas_sa.sa.96" / "ground.truth.syn.catalog.csv"
 COSMIC = DATA / "COSMIC_v3.4_SBS_GRCh37.tsv"
 

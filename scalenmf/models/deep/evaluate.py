@@ -79,8 +79,11 @@ BRCA_K = 12
 
 
 def default_data_dir() -> Path:
-    """``../shared/data`` beside the repository this package is installed from."""
-    return Path(__file__).resolve().parents[4] / "shared" / "data"
+    """The shared data folder (``../shared/data`` beside the repository, or the nearest
+    ancestor's ``shared/data``; ``$SCALENMF_SHARED_DATA`` overrides)."""
+    from scalenmf.data_paths import shared_data_dir
+
+    return shared_data_dir()
 
 
 def channel_label(mutation: str, trinucleotide: str) -> str:

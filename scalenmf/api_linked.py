@@ -71,9 +71,7 @@ def chain_datasets(
     block_cols : int, optional
         Columns per block within every dataset.
     """
-    if isinstance(datasets, (str, os.PathLike, np.ndarray)) or not isinstance(
-        datasets, Sequence
-    ):
+    if isinstance(datasets, (str, os.PathLike, np.ndarray)) or not isinstance(datasets, Sequence):
         raise TypeError(
             f"datasets must be a list of matrices or paths; got {type(datasets).__name__}"
         )
@@ -124,9 +122,7 @@ def _iterate(
             bar.close()
 
 
-def _gather_h(
-    executor: Executor, source: ChainedSource, run: int
-) -> list[np.ndarray]:
+def _gather_h(executor: Executor, source: ChainedSource, run: int) -> list[np.ndarray]:
     """Every dataset's compact H (k_d × n_d) of run ``run``, from the block states."""
     per: list[list[np.ndarray]] = [[] for _ in range(source.n_datasets)]
     for state in executor.states():
@@ -163,9 +159,7 @@ def _k_unique(k_unique: Any, n_datasets: int) -> tuple[int, ...]:
     elif isinstance(k_unique, Sequence) and not isinstance(k_unique, str):
         values = list(k_unique)
     else:
-        raise TypeError(
-            f"k_unique must be an integer or one integer per dataset; got {k_unique!r}"
-        )
+        raise TypeError(f"k_unique must be an integer or one integer per dataset; got {k_unique!r}")
     if len(values) != n_datasets:
         raise ValueError(f"k_unique has {len(values)} entries for {n_datasets} datasets")
     return tuple(int(RANK.check(f"k_unique[{d}]", v)) for d, v in enumerate(values))
@@ -675,7 +669,9 @@ def lnmf_ranks(
         rows, cols = linear_sum_assignment(-C)
         for i, j in zip(rows, cols, strict=True):
             c = float(C[i, j])
-            matches[i]["matches"].append({"dataset": source.names[d], "factor": int(j), "cosine": c})
+            matches[i]["matches"].append(
+                {"dataset": source.names[d], "factor": int(j), "cosine": c}
+            )
             matches[i]["conserved"] = matches[i]["conserved"] and c >= min_cos
     n_conserved = sum(1 for mt in matches if mt["conserved"])
     k_shared = max(1, n_conserved)

@@ -47,6 +47,7 @@ def _basis(W: Any, row_labels: Any) -> tuple[np.ndarray, np.ndarray | None, Any,
         W = load(W)
     if hasattr(W, "W") and not isinstance(W, np.ndarray):
         params = dict(getattr(W, "params", {}) or {})
+        factor_labels = getattr(W, "factor_labels", None)
         if row_labels is None:
             row_labels = getattr(W, "row_labels", None)
         W = W.W
@@ -253,7 +254,9 @@ def project(
         if value is not None:
             Number().check(name, value)
     p["novelty_cosine"], p["novelty_z"] = novelty_cosine, novelty_z
-    p["transfer_max_iter"] = int(NMF_RULES["max_iter"].check("transfer_max_iter", transfer_max_iter))
+    p["transfer_max_iter"] = int(
+        NMF_RULES["max_iter"].check("transfer_max_iter", transfer_max_iter)
+    )
     p["transfer_tol"] = float(NMF_RULES["tol"].check("transfer_tol", transfer_tol))
     p["seed"] = 0 if p["seed"] is None else p["seed"]
     budget = parse_memory(memory_limit)

@@ -10,6 +10,7 @@ read their own blocks.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -107,9 +108,7 @@ class RowOrderedSource(MatrixSource):
         self.is_sparse = source.is_sparse
         self.block_bounds = list(source.block_bounds)
         labels = source.row_labels
-        self.set_labels(
-            labels[rows] if labels is not None else None, source.col_labels
-        )
+        self.set_labels(labels[rows] if labels is not None else None, source.col_labels)
 
     @property
     def in_memory(self) -> bool:
@@ -182,7 +181,7 @@ class ChainedSource(MatrixSource):
         widths = [s.shape[1] for s in aligned]
         self.shape = (int(m), int(sum(widths)))
         offsets = np.concatenate([[0], np.cumsum(widths)]).astype(int)
-        self.dataset_bounds = [(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
+        self.dataset_bounds = [(int(a), int(b)) for a, b in itertools.pairwise(offsets)]
         self._set_bounds([list(s.block_bounds) for s in aligned])
         cols = [s.col_labels for s in aligned]
         col_labels = None

@@ -1,15 +1,19 @@
 """Result stores of linked NMF, iNMF and projections: every factor, labels and datasets.
 
 A linked result store is a scalenmf result store (so ``scalenmf.load`` reads its W and H)
-with more arrays and a ``model`` attribute::
+with more arrays and a ``model`` attribute. lNMF / jNMF (``model = "lnmf"``)::
 
-    lNMF / jNMF (model = "lnmf")         iNMF (model = "inmf")      projection (model = "projection")
-    W        (m, k_shared)               W   (m, k)                 W  (m, k)  the basis used
-    H        (k_shared, n) all datasets  H   (k, n) all datasets    H  (k, n)
-    U_<d>    (m, k_unique_d)             V_<d> (m, k)               U  (m, r), V (r, n)  (k_new = r)
-    V_<d>    (k_unique_d, n_d)                                      cosine, relative_error, novel (n,)
-    col_dataset (n,) dataset of every column                        H_lower, H_upper (k, n), …
+    W           (m, k_shared)        shared basis
+    H           (k_shared, n)        its coefficients, all datasets side by side
+    U_<d>       (m, k_unique_d)      unique basis of dataset d (0-based)
+    V_<d>       (k_unique_d, n_d)    its coefficients
+    col_dataset (n,)                 dataset of every column of H
     row_labels, col_labels, factor_labels
+
+iNMF (``model = "inmf"``): W (m, k), H (k, n), V_<d> (m, k), col_dataset. A projection
+(``model = "projection"``): W (m, k) the basis used, H (k, n), cosine, relative_error,
+novel, basis_cosine, basis_relative_error (n,), and when asked U (m, r), V (r, n),
+new_share (n,), H_lower / H_upper (k, n).
 
 The attrs ``datasets`` list every dataset's name, its column range in H and col_dataset,
 its ranks and its relative error. Arrays over samples are chunked by columns.
@@ -136,7 +140,7 @@ def model_rows(d: dict[str, Any]) -> list[tuple[str, str]]:
     shown = ", ".join(
         f"{name} {'×'.join(map(str, shape))}"
         for name, shape in sorted(d.get("arrays", {}).items())
-        if name not in ("W", "H")
+        if name not in ("W", "H") and not name.endswith("labels")
     )
     if shown:
         rows.append(("arrays", shown))

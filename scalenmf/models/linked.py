@@ -208,7 +208,9 @@ def dataset_step(X: Block, state: DatasetBlock, bc: DatasetBroadcast):
             H64 = H.astype(np.float64, copy=False)
             B64 = B_all[idx * k_d : (idx + 1) * k_d].astype(np.float64, copy=False)
             part = _empty_parts(plan)
-            part["XHt"] = _scatter_cols(XHt_all[:, idx * k_d : (idx + 1) * k_d], plan, slot, cols, m)
+            part["XHt"] = _scatter_cols(
+                XHt_all[:, idx * k_d : (idx + 1) * k_d], plan, slot, cols, m
+            )
             _fill(part, d, cols, H64, float(np.einsum("ij,ij->", B64, H64)), H64.sum(axis=1))
             runs.append(part)
     return DatasetBlock(d, state.index, H_state), {"runs": runs}

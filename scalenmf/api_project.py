@@ -62,6 +62,11 @@ def _basis(W: Any, row_labels: Any) -> tuple[np.ndarray, np.ndarray | None, Any,
         raise InputError("W contains NaN or infinite values")
     if arr.min() < 0:
         raise InputError("W contains negative values; a basis must be non-negative")
+    if arr.shape[1] > arr.shape[0]:
+        raise ValueError(
+            f"W has more factors ({arr.shape[1]}) than features ({arr.shape[0]}); a basis is "
+            "features × factors (was a data matrix given as the basis?)"
+        )
     if np.any(arr.sum(axis=0) == 0):
         raise InputError("W has an all-zero column; such a factor explains nothing")
     labels = None if row_labels is None else as_str_array(row_labels)

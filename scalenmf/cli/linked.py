@@ -118,7 +118,20 @@ def _dataset_lines(result: Any) -> str:
 @click.option("--l1-h", type=float, default=0.0, show_default=True)
 @click.option("--l2-w", type=float, default=0.0, show_default=True)
 @click.option("--l2-h", type=float, default=0.0, show_default=True)
-@click.option("--init", type=click.Choice(["jnmf", "random"]), default="jnmf", show_default=True)
+@click.option(
+    "--init",
+    type=click.Choice(["jnmf", "random"]),
+    default="jnmf",
+    show_default=True,
+    help="jnmf: start from joint NMF, its factors sorted into W and U_d.",
+)
+@click.option(
+    "--init-iter",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Iterations of the jNMF start.",
+)
 @fit_options
 @user_errors
 def lnmf_command(

@@ -463,7 +463,7 @@ def load_linked(path: str | os.PathLike[str]) -> LinkedNMFResult | INMFResult:
     datasets = _datasets_from(attrs)
     H_all = _need(arrays, "H", path)
     H = [H_all[:, ds.start : ds.stop] for ds in datasets]
-    common = {
+    common: dict[str, Any] = {
         "datasets": datasets,
         "loss_history": list(attrs.get("loss_history", [])),
         "relative_error": float(attrs.get("relative_error", float("nan"))),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def quiet(fn, *args, **kwargs):
 
 
 def never_rises(history: list[float], rtol: float = 1e-10) -> bool:
-    return all(b <= a + rtol * abs(a) for a, b in zip(history, history[1:], strict=False))
+    return all(b <= a + rtol * abs(a) for a, b in itertools.pairwise(history))
 
 
 # -- the chained source ---------------------------------------------------------------------

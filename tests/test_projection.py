@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from pathlib import Path
 
@@ -109,7 +110,7 @@ def test_label_mismatches_are_clear_errors():
     with pytest.raises(scalenmf.InputError, match=r"1 of 96 features are missing.*T\[T>G\]T"):
         scalenmf.project(W, missing, row_labels=ref.channels)
     extra = as_source(np.ones((97, 5))).set_labels([*ref.channels, "DBS1"])
-    with pytest.raises(scalenmf.InputError, match="1 features the reference does not know.*DBS1"):
+    with pytest.raises(scalenmf.InputError, match=r"1 features the reference does not know.*DBS1"):
         scalenmf.project(W, extra, row_labels=ref.channels)
     kept = scalenmf.project(W, extra, row_labels=ref.channels, drop_extra_features=True)
     assert kept.H.shape == (3, 5)
@@ -207,7 +208,7 @@ def test_transfer_learning_learns_the_missing_factor():
     assert res.new_share[100:].mean() > 5 * res.new_share[:100].mean()
     assert np.nanmedian(res.cosine) > np.nanmedian(res.basis_cosine)
     hist = res.loss_history
-    assert all(b <= a * (1 + 1e-10) for a, b in zip(hist, hist[1:], strict=False))
+    assert all(b <= a * (1 + 1e-10) for a, b in itertools.pairwise(hist))
     # The whole model reconstructs X as reported.
     full = W @ res.H + res.U @ res.V
     assert res.overall_relative_error == pytest.approx(
@@ -232,7 +233,7 @@ def test_transfer_learning_with_kl_and_matching():
 
 
 def test_basis_from_a_result_and_store_round_trip(tmp_path: Path):
-    W, X, _ = make(seed=12)
+    _W, X, _ = make(seed=12)
     rows = [f"g{i}" for i in range(30)]
     fit = scalenmf.nmf(as_source(X).set_labels(rows), 4, loss="kl", max_iter=30, tol=0)
     path = fit.save(tmp_path / "fit.zarr")

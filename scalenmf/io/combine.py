@@ -251,7 +251,7 @@ class ChainedSource(MatrixSource):
         block = self._sources[d].read_columns(start - lo, stop - lo)
         if self.is_sparse:
             return sp.csc_matrix(block, dtype=self.dtype)
-        dense = block.toarray() if sp.issparse(block) else np.asarray(block)
+        dense = sp.csc_matrix(block).toarray() if sp.issparse(block) else np.asarray(block)
         return dense if dense.dtype == self.dtype else dense.astype(self.dtype)
 
     def _read(self, start: int, stop: int) -> Block:

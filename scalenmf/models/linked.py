@@ -175,7 +175,7 @@ def dataset_step(X: Block, state: DatasetBlock, bc: DatasetBroadcast):
     k_d = len(cols)
     m, n_j = X.shape
     dtype = basis.dtype
-    H_state = list(state.H) if state.H else [None] * bc.n_runs
+    H_state: list[np.ndarray | None] = list(state.H) if state.H else [None] * bc.n_runs
     runs: list[dict[str, Any]] = []
     hs: list[np.ndarray] = []
     if config.loss == "kl":

@@ -166,7 +166,7 @@ def resample_block(X: Block, how: str, rng: np.random.Generator) -> Block:
             data = rng.poisson(np.asarray(Xc.data, dtype=np.float64)).astype(Xc.dtype)
             return sp.csc_matrix((data, Xc.indices, Xc.indptr), shape=Xc.shape)
         return rng.poisson(np.asarray(X, dtype=np.float64)).astype(X.dtype)
-    dense = X.toarray() if sp.issparse(X) else np.asarray(X, dtype=np.float64)
+    dense = sp.csc_matrix(X).toarray() if sp.issparse(X) else np.asarray(X, dtype=np.float64)
     totals = dense.sum(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         p = np.where(totals > 0, dense / totals, 1.0 / dense.shape[0]).T
@@ -223,9 +223,9 @@ def project_step(X: Block, state: Any, plan: ProjectionPlan):
         index = state.index
     else:
         assert isinstance(state, DatasetBlock)
-        H = state.H[plan.run]
-        assert H is not None
-        index = state.index
+        stored = state.H[plan.run]
+        assert stored is not None
+        H, index = stored, state.index
     xx = _column_sq_norms(X)
     cos, rel, sq = _quality(xx, B, G, H)
     out = ProjectedBlock(index=index, H=H, cosine=cos, relative_error=rel)

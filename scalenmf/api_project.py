@@ -135,7 +135,7 @@ def project(
     l1_h: float = 0.0,
     l2_h: float = 0.0,
     solver: str | None = None,
-    nnls: str = "cd",
+    nnls: str = "bpp",
     k_new: int = 0,
     row_labels: Any = None,
     drop_extra_features: bool = False,
@@ -184,8 +184,11 @@ def project(
     solver : {"als", "hals", "mu"}, optional
         Frobenius: ``als`` (exact NNLS; default) or the HALS / MU updates iterated to
         ``tol``. KL: multiplicative updates.
-    nnls : {"cd", "bpp"}
-        The exact NNLS for ``als``.
+    nnls : {"bpp", "cd"}
+        The exact NNLS for ``als``: block principal pivoting (default; exact, vectorised
+        over the samples) or coordinate descent to ``tol``. The alternating iterations of
+        transfer learning use coordinate descent, as ``lnmf`` does; its final projection
+        uses this.
     k_new : int, default 0
         New factors to learn alongside W (transfer learning).
     row_labels : sequence of str, optional
@@ -420,7 +423,6 @@ def _transfer(
         loss=p["loss"],
         l1_h=p["l1_h"],
         l2_h=p["l2_h"],
-        nnls=p["nnls"],
         inner_sweeps=HALS_SWEEPS if p["solver"] == "hals" else 50,
     )
     executor.set_states(initial_states([0] * source.n_blocks, R))

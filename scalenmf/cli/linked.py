@@ -391,7 +391,7 @@ def _optional_float(text: str | None, what: str) -> float | None:
 @click.option("--l1-h", type=float, default=0.0, show_default=True)
 @click.option("--l2-h", type=float, default=0.0, show_default=True)
 @click.option("--solver", type=click.Choice(["als", "hals", "mu"]), default=None)
-@click.option("--nnls", type=click.Choice(["cd", "bpp"]), default="cd", show_default=True)
+@click.option("--nnls", type=click.Choice(["cd", "bpp"]), default="bpp", show_default=True)
 @click.option(
     "--k-new",
     type=click.IntRange(min=0),

@@ -28,7 +28,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from scalenmf._typing import Block
-from scalenmf.kernels import bpp_nnls, cd_nnls, gram, mu_frobenius, mu_kl_h, rhs
+from scalenmf.kernels import gram, mu_frobenius, mu_kl_h, rhs
+from scalenmf.kernels.columns import bpp_columns, nnls_columns
 from scalenmf.kernels.mu import kl_block
 from scalenmf.models.linked import DatasetBlock
 from scalenmf.models.nmf import check_block
@@ -49,8 +50,9 @@ class ProjectionPlan:
         Leading columns that form the given basis W (``K`` for a plain projection).
     loss : {"frobenius", "kl"}
     solver : {"als", "hals", "mu"}
-        Frobenius: ``als`` solves exactly (coordinate descent to ``tol``, or ``nnls="bpp"``),
-        ``hals`` / ``mu`` iterate their updates to ``tol``. KL: multiplicative updates.
+        Frobenius: ``als`` solves exactly (``nnls="bpp"``: block principal pivoting,
+        vectorised over the columns; ``"cd"``: coordinate descent to ``tol``), ``hals`` /
+        ``mu`` iterate their updates to ``tol``. KL: multiplicative updates.
     solve : bool
         Solve H here (plain projection), or take it from the state (after transfer).
     bootstrap : int
@@ -64,7 +66,7 @@ class ProjectionPlan:
     n_basis: int
     loss: str = "frobenius"
     solver: str = "als"
-    nnls: str = "cd"
+    nnls: str = "bpp"
     l1: float = 0.0
     l2: float = 0.0
     max_iter: int = 1000
@@ -114,7 +116,7 @@ def solve_h(
     if B is None:
         B = rhs(W, X)
     if plan.solver == "als" and plan.nnls == "bpp":
-        return bpp_nnls(G, B, l1=plan.l1, l2=plan.l2).astype(W.dtype, copy=False)
+        return bpp_columns(G, B, l1=plan.l1, l2=plan.l2).astype(W.dtype, copy=False)
     if plan.solver == "mu":
         H = np.full((k, n), 1.0, dtype=W.dtype) if H0 is None else H0.copy()
         for _ in range(plan.max_iter):
@@ -124,7 +126,9 @@ def solve_h(
             if change <= plan.tol * max(float(np.max(H, initial=0.0)), 1e-300):
                 break
         return H
-    H, _ = cd_nnls(G, B, H0, l1=plan.l1, l2=plan.l2, max_sweeps=plan.max_iter, tol=plan.tol)
+    if plan.solver == "hals" and H0 is None:
+        H0 = np.zeros((k, n))  # plain HALS sweeps from zero, not the clipped LS start
+    H = nnls_columns(G, B, H0, l1=plan.l1, l2=plan.l2, max_sweeps=plan.max_iter, tol=plan.tol)
     return H.astype(W.dtype, copy=False)
 
 

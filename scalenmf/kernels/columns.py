@@ -63,7 +63,7 @@ def nnls_columns(
     Bp = np.asarray(B, dtype=np.float64)
     if l1:
         Bp = Bp - l1
-    k, n = Bp.shape
+    n = Bp.shape[1]
     X = _start(Gp, Bp) if X0 is None else np.array(X0, dtype=np.float64, copy=True)
     diag = np.diag(Gp).copy()
     live = diag > 0

@@ -96,24 +96,34 @@ def nnls_columns(
     return X.astype(dtype, copy=False)
 
 
+#: Columns sharing a passive set are solved together when at least this many share it;
+#: the rest go through one batched solve (per-group overhead would dominate for them).
+GROUP_MIN = 16
+
+
 def _solve_groups(G: np.ndarray, B: np.ndarray, passive: np.ndarray) -> np.ndarray:
-    """Least squares on each column's passive set; columns sharing a set share one solve."""
+    """Least squares on each column's passive set (zeros elsewhere).
+
+    Columns that share a passive set share one factorisation; columns with a rare set are
+    solved in one batched call on ``G`` masked to their set (identity outside it).
+    """
     k, n = B.shape
     X = np.zeros((k, n))
     if n == 0:
         return X
-    weights = (1 << np.arange(k, dtype=np.int64)) if k < 63 else None
-    if weights is not None:
-        keys = weights @ passive.astype(np.int64)
-        order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
-        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-        groups = np.split(order, starts[1:])
+    if k < 63:
+        keys = (1 << np.arange(k, dtype=np.int64)) @ passive.astype(np.int64)
     else:
-        _, inverse = np.unique(np.packbits(passive, axis=0), axis=1, return_inverse=True)
-        inverse = np.asarray(inverse).ravel()
-        groups = [np.flatnonzero(inverse == g) for g in range(int(inverse.max()) + 1)]
-    for cols in groups:
+        _, keys = np.unique(np.packbits(passive, axis=0), axis=1, return_inverse=True)
+        keys = np.asarray(keys).ravel()
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    rare: list[np.ndarray] = []
+    for cols in np.split(order, starts[1:]):
+        if cols.size < GROUP_MIN:
+            rare.append(cols)
+            continue
         idx = np.flatnonzero(passive[:, cols[0]])
         if idx.size == 0:
             continue
@@ -124,6 +134,18 @@ def _solve_groups(G: np.ndarray, B: np.ndarray, passive: np.ndarray) -> np.ndarr
         except np.linalg.LinAlgError:
             sol = np.linalg.lstsq(sub, rhs, rcond=None)[0]
         X[np.ix_(idx, cols)] = sol
+    if rare:
+        cols = np.concatenate(rare)
+        P = passive[:, cols].T  # (c, k)
+        mats = G[None, :, :] * (P[:, :, None] & P[:, None, :])
+        mats[:, np.arange(k), np.arange(k)] += ~P
+        rhs = (B[:, cols] * P.T).T[:, :, None]
+        try:
+            X[:, cols] = np.linalg.solve(mats, rhs)[:, :, 0].T
+        except np.linalg.LinAlgError:
+            X[:, cols] = np.stack(
+                [np.linalg.lstsq(M, r, rcond=None)[0][:, 0] for M, r in zip(mats, rhs, strict=True)]
+            ).T
     return X
 
 

@@ -83,7 +83,9 @@ def chain_datasets(
         names = auto if len(set(auto)) == len(auto) else None
     chained = ChainedSource(sources, names)
     if block_cols is not None:
-        chained = chained.reblock(int(RANK.check("block_cols", block_cols)) or 1)
+        chained = chained.reblock(
+            int(Number(1, math.inf, integer=True).check("block_cols", block_cols))
+        )
     return chained
 
 
@@ -645,10 +647,11 @@ def lnmf_ranks(
     min_cos = float(Number(-1.0, 1.0).check("min_cosine", min_cosine))
     source = chain_datasets(datasets, names, what="the rank heuristic")
     n_ds = source.n_datasets
-    k_list = list(_k_unique(ks, n_ds))
+    k_list = list(_k_unique(ks, n_ds, "ks"))
     for d, k in enumerate(k_list):
         if k < 1:
             raise ValueError(f"ks[{d}] must be at least 1; got {k}")
+        check_rank(k, source.datasets[d].shape)
     nmf_kwargs.setdefault("progress", False)
     fits = []
     for d, ds in enumerate(source.datasets):

@@ -155,16 +155,17 @@ def _dataset_infos(source: ChainedSource, errors: np.ndarray) -> list[DatasetInf
     ]
 
 
-def _k_unique(k_unique: Any, n_datasets: int) -> tuple[int, ...]:
+def _k_unique(k_unique: Any, n_datasets: int, name: str = "k_unique") -> tuple[int, ...]:
+    """One rank per dataset from an integer (the same for all) or a sequence."""
     if isinstance(k_unique, (int, np.integer)) and not isinstance(k_unique, bool):
         values = [int(k_unique)] * n_datasets
     elif isinstance(k_unique, Sequence) and not isinstance(k_unique, str):
         values = list(k_unique)
     else:
-        raise TypeError(f"k_unique must be an integer or one integer per dataset; got {k_unique!r}")
+        raise TypeError(f"{name} must be an integer or one integer per dataset; got {k_unique!r}")
     if len(values) != n_datasets:
-        raise ValueError(f"k_unique has {len(values)} entries for {n_datasets} datasets")
-    return tuple(int(RANK.check(f"k_unique[{d}]", v)) for d, v in enumerate(values))
+        raise ValueError(f"{name} has {len(values)} entries for {n_datasets} datasets")
+    return tuple(int(RANK.check(f"{name}[{d}]", v)) for d, v in enumerate(values))
 
 
 def _common_params(**kwargs: Any) -> dict[str, Any]:

@@ -145,7 +145,7 @@ def project(
     novelty_cosine: float | None = 0.9,
     novelty_z: float | None = ROBUST_Z,
     max_iter: int = 1000,
-    tol: float = 1e-10,
+    tol: float | None = None,
     transfer_max_iter: int = 200,
     transfer_tol: float = 1e-5,
     seed: int | None = 0,
@@ -208,7 +208,10 @@ def project(
         A sample whose relative error has a higher modified z-score in the batch is
         flagged novel.
     max_iter, tol : int, float
-        Per-block inner iterations (HALS sweeps, MU steps) and their tolerance.
+        Per-block inner iterations (coordinate sweeps, MU steps) and their tolerance: a
+        sample is done when no coefficient moves more than ``tol`` times its largest.
+        Default ``tol``: 1e-10 for coordinate descent, 1e-6 for multiplicative updates
+        (which converge slowly; BPP needs no tolerance).
     transfer_max_iter, transfer_tol : int, float
         Outer iterations of transfer learning (``k_new > 0``).
     seed : int or None
@@ -250,7 +253,7 @@ def project(
         resample=resample,
         ci=ci,
         max_iter=max_iter,
-        tol=tol,
+        tol=_default_tol(tol, solver, loss),
         seed=seed,
         n_runs=n_runs,
         workers=workers,
@@ -395,6 +398,13 @@ def _project_on(
             **executor.describe(),
         },
     )
+
+
+def _default_tol(tol: float | None, solver: str | None, loss: str) -> float:
+    if tol is not None:
+        return tol
+    iterative = str(solver).lower() == "mu" or str(loss).lower() in ("kl", "kullback-leibler")
+    return 1e-6 if iterative else 1e-10
 
 
 def _replace(plan: ProjectionPlan, **changes: Any) -> ProjectionPlan:

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from scalenmf._typing import Block
 from scalenmf.io.errors import InputError
+from scalenmf.io.planning import MIN_BLOCK_COLS
 from scalenmf.io.source import Bounds, MatrixSource, as_str_array, normalize_bounds
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ class ChainedSource(MatrixSource):
         self.shape = (int(m), int(sum(widths)))
         offsets = np.concatenate([[0], np.cumsum(widths)]).astype(int)
         self.dataset_bounds = [(int(a), int(b)) for a, b in itertools.pairwise(offsets)]
-        self._set_bounds([list(s.block_bounds) for s in aligned])
+        self._set_bounds([_merge_tiny_tail(list(s.block_bounds)) for s in aligned])
         cols = [s.col_labels for s in aligned]
         col_labels = None
         if all(c is not None for c in cols):
@@ -273,6 +274,18 @@ class ChainedSource(MatrixSource):
             for name, (a, b) in zip(self.names, self.dataset_bounds, strict=True)
         ]
         return out
+
+
+def _merge_tiny_tail(bounds: Bounds) -> Bounds:
+    """Fold a last block narrower than ``MIN_BLOCK_COLS`` into the one before it.
+
+    Planned blockings can end in a sliver (one column after nnz-balanced cuts); chained,
+    every dataset would add one, each a task with its own overhead.
+    """
+    if len(bounds) >= 2 and bounds[-1][1] - bounds[-1][0] < MIN_BLOCK_COLS:
+        (a, _), (_, b) = bounds[-2], bounds[-1]
+        return [*bounds[:-2], (a, b)]
+    return bounds
 
 
 def _dataset_names(names: Sequence[str] | None, count: int) -> list[str]:

@@ -356,3 +356,26 @@ def test_bad_data():
         scalenmf.lnmf([good, np.zeros((5, 0))], 1, 1)
     with pytest.raises(ValueError, match="solver='als' or 'hals'"):
         scalenmf.inmf([good, good], 1, solver="mu")
+
+
+def test_datasets_in_another_row_order_give_the_same_fit(linked_data):
+    (A, B), _, _ = linked_data
+    rows = np.array([f"g{i}" for i in range(M)])
+    perm = np.random.default_rng(4).permutation(M)
+    a = as_source(A).set_labels(rows)
+    opts = {"max_iter": 8, "tol": 0, "block_cols": 50, "nnls": "bpp"}
+    aligned = quiet(scalenmf.lnmf, [a, as_source(B).set_labels(rows)], 2, 1, **opts)
+    shuffled = as_source(sp.csc_matrix(B[perm])).set_labels(rows[perm])
+    other = quiet(scalenmf.lnmf, [a, shuffled], 2, 1, **opts)
+    np.testing.assert_allclose(other.W, aligned.W, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(other.V[1], aligned.V[1], rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(other.row_labels, rows)
+
+
+def test_inmf_dense_equals_sparse(linked_data):
+    (A, B), _, _ = linked_data
+    opts = {"max_iter": 8, "tol": 0, "block_cols": 64}
+    dense = quiet(scalenmf.inmf, [A, B], 3, 1.0, **opts)
+    sparse = quiet(scalenmf.inmf, [sp.csc_matrix(A), sp.csc_matrix(B)], 3, 1.0, **opts)
+    np.testing.assert_allclose(dense.loss_history, sparse.loss_history, rtol=1e-9)
+    np.testing.assert_allclose(dense.W, sparse.W, rtol=1e-7, atol=1e-9)

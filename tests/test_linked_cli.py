@@ -185,3 +185,17 @@ def test_existing_output_is_refused(tmp_path: Path, stores) -> None:
     res = run("lnmf", stores["A"], stores["B"], "--k-shared", 2, "--k-unique", 1, "-o", out,
               "--workers", 2, "--scheduler", "tcp://127.0.0.1:1")  # fmt: skip
     assert res.exit_code == 2 and "not both" in res.output
+
+
+def test_project_transposed_input(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    W = rng.gamma(1.0, 1.0, (12, 3))
+    X = rng.poisson(W @ rng.gamma(1.0, 10.0, (3, 25))).astype(float)
+    fit = scalenmf.nmf(X, 3, max_iter=20).save(tmp_path / "fit.zarr")
+    np.save(tmp_path / "samples_by_features.npy", X.T)
+    out = tmp_path / "p.zarr"
+    res = run("project", fit, tmp_path / "samples_by_features.npy", "-o", out, "--transpose")
+    assert res.exit_code == 0, res.output
+    np.testing.assert_allclose(
+        scalenmf.load_projection(out).H, scalenmf.project(fit, X).H, rtol=1e-10, atol=1e-12
+    )

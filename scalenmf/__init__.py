@@ -10,21 +10,40 @@ from typing import Any
 
 from scalenmf._version import __version__
 from scalenmf.api import nmf
+from scalenmf.api_linked import inmf, jnmf, lnmf, lnmf_ranks
+from scalenmf.api_project import project
 from scalenmf.engine.loop import ConvergenceWarning, IterationInfo
 from scalenmf.io import InputError, MatrixSource, open_matrix, write_matrix
+from scalenmf.linked_result import (
+    INMFResult,
+    LinkedNMFResult,
+    ProjectionResult,
+    load_linked,
+    load_projection,
+)
 from scalenmf.result import NMFResult, load
 
 __all__ = [
     "ConvergenceWarning",
+    "INMFResult",
     "InputError",
     "IterationInfo",
+    "LinkedNMFResult",
     "MatrixSource",
     "NMFResult",
+    "ProjectionResult",
     "__version__",
     "convert",
+    "inmf",
+    "jnmf",
+    "lnmf",
+    "lnmf_ranks",
     "load",
+    "load_linked",
+    "load_projection",
     "nmf",
     "open_matrix",
+    "project",
     "write_matrix",
 ]
 

@@ -248,5 +248,9 @@ def _register_optional() -> None:
 
 _register_optional()
 
+from scalenmf.cli.linked import register as _register_linked  # noqa: E402 - needs main
+
+_register_linked(main)
+
 if __name__ == "__main__":  # pragma: no cover
     main()

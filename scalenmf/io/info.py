@@ -10,6 +10,7 @@ import numpy as np
 import zarr
 
 from scalenmf.io.errors import InputError
+from scalenmf.io.linked_results import describe_model, model_rows
 from scalenmf.io.readers import readers
 from scalenmf.io.source import MatrixSource, as_source
 
@@ -124,6 +125,7 @@ def _result(path: Path) -> dict[str, Any] | None:
         out[f"{name}_shape"] = list(node.shape) if isinstance(node, zarr.Array) else None
     for name in ("row_labels", "col_labels"):
         out[f"has_{name}"] = name in root
+    out.update(describe_model(root, attrs))
     out["disk_bytes"] = _disk_bytes(path)
     return out
 
@@ -173,6 +175,7 @@ def format_description(d: dict[str, Any]) -> str:
             rows.append((name, " × ".join(map(str, shape)) if shape else "missing"))
         rows.append(("row labels", "yes" if d.get("has_row_labels") else "no"))
         rows.append(("column labels", "yes" if d.get("has_col_labels") else "no"))
+        rows.extend(model_rows(d))
     else:
         m, n = d["shape"]
         rows.append(("shape", f"{m:,} features × {n:,} samples"))

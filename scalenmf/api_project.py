@@ -1,0 +1,468 @@
+"""``project``: coefficients of new samples on a fixed basis, with QC and transfer learning."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from scalenmf.api import HALS_SWEEPS, _progress_bar, check_rank, resolve_solver
+from scalenmf.engine.executor import Executor, make_executor
+from scalenmf.engine.loop import IterationInfo, run_alternating
+from scalenmf.io.combine import RowOrderedSource, row_order
+from scalenmf.io.errors import InputError
+from scalenmf.io.source import MatrixSource, as_source, as_str_array
+from scalenmf.linked_result import ProjectionResult
+from scalenmf.models.linked import LinkedLayout, LinkedModel, initial_states, random_basis
+from scalenmf.models.nmf import NMFConfig
+from scalenmf.models.transfer import ProjectedBlock, ProjectionPlan, project_step
+from scalenmf.validation import NMF_RULES, Number, OneOf, check_params, parse_memory
+
+log = logging.getLogger("scalenmf")
+
+#: The modified z-score cut-off of Iglewicz & Hoaglin: beyond it a value is an outlier.
+ROBUST_Z = 3.5
+
+PROJECT_RULES: dict[str, Any] = {
+    **NMF_RULES,
+    "k_new": Number(0, math.inf, integer=True),
+    "bootstrap": Number(0, math.inf, integer=True),
+    "resample": OneOf(("poisson", "multinomial")),
+    "ci": Number(0.0, 1.0, low_open=True),
+}
+
+
+def _basis(W: Any, row_labels: Any) -> tuple[np.ndarray, np.ndarray | None, Any, dict[str, Any]]:
+    """``(W, its row labels, factor labels, params of the fit)`` from an array or a result."""
+    params: dict[str, Any] = {}
+    factor_labels = None
+    if isinstance(W, (str, os.PathLike)):
+        from scalenmf.result import load
+
+        W = load(W)
+    if hasattr(W, "W") and not isinstance(W, np.ndarray):
+        params = dict(getattr(W, "params", {}) or {})
+        factor_labels = getattr(W, "factor_labels", None)
+        if row_labels is None:
+            row_labels = getattr(W, "row_labels", None)
+        W = W.W
+    arr = np.asarray(W)
+    if arr.ndim != 2:
+        raise InputError(f"W must be 2-D (features × factors); got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputError(f"W is empty (shape {arr.shape[0]}×{arr.shape[1]})")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise TypeError(f"W must hold numbers; got dtype {arr.dtype}")
+    if not np.isfinite(arr).all():
+        raise InputError("W contains NaN or infinite values")
+    if arr.min() < 0:
+        raise InputError("W contains negative values; a basis must be non-negative")
+    if arr.shape[1] > arr.shape[0]:
+        raise ValueError(
+            f"W has more factors ({arr.shape[1]}) than features ({arr.shape[0]}); a basis is "
+            "features × factors (was a data matrix given as the basis?)"
+        )
+    if np.any(arr.sum(axis=0) == 0):
+        raise InputError("W has an all-zero column; such a factor explains nothing")
+    labels = None if row_labels is None else as_str_array(row_labels)
+    if labels is not None and labels.shape != (arr.shape[0],):
+        raise InputError(f"row_labels have length {labels.shape[0]}, W has {arr.shape[0]} rows")
+    return arr, labels, factor_labels, params
+
+
+def align_to_basis(
+    source: MatrixSource, W_labels: np.ndarray | None, m: int, drop_extra: bool
+) -> MatrixSource:
+    """The new data with its rows in the basis's order (by label), or a clear error."""
+    order = row_order(
+        source.row_labels if W_labels is not None else None,
+        W_labels,
+        m,
+        what="the new data",
+        drop_extra=drop_extra,
+    )
+    if order is not None:
+        log.info("rows of the new data aligned to the basis by label")
+        return RowOrderedSource(source, order)
+    if source.shape[0] != m:
+        raise InputError(
+            f"the new data has {source.shape[0]} features but W has {m} rows"
+            + ("" if W_labels is not None else " (and no feature labels to align them by)")
+        )
+    return source
+
+
+def novelty_flags(
+    cosine: np.ndarray, rel: np.ndarray, below: float | None, z_above: float | None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Samples the basis explains poorly: low cosine, or a relative error that is an outlier.
+
+    The outlier rule is the modified z-score ``0.6745 (e − median) / MAD`` of the relative
+    errors of the batch (Iglewicz & Hoaglin), flagged above ``z_above``.
+    """
+    finite = np.isfinite(cosine)
+    low = np.zeros(cosine.shape, dtype=bool)
+    if below is not None:
+        low = finite & (cosine < below)
+    outlier = np.zeros(cosine.shape, dtype=bool)
+    z = np.zeros(cosine.shape)
+    if z_above is not None and finite.any():
+        e = rel[finite]
+        med = float(np.median(e))
+        mad = float(np.median(np.abs(e - med)))
+        if mad > 0:
+            z[finite] = 0.6745 * (e - med) / mad
+            outlier = finite & (z > z_above)
+    rule = {
+        "cosine_below": below,
+        "robust_z_above": z_above,
+        "n_low_cosine": int(low.sum()),
+        "n_outlier_error": int(outlier.sum()),
+    }
+    return low | outlier, rule
+
+
+def project(
+    W: Any,
+    X_new: Any,
+    *,
+    loss: str | None = None,
+    l1_h: float = 0.0,
+    l2_h: float = 0.0,
+    solver: str | None = None,
+    nnls: str = "bpp",
+    k_new: int = 0,
+    row_labels: Any = None,
+    drop_extra_features: bool = False,
+    bootstrap: int = 0,
+    resample: str = "poisson",
+    ci: float = 0.9,
+    novelty_cosine: float | None = 0.9,
+    novelty_z: float | None = ROBUST_Z,
+    max_iter: int = 1000,
+    tol: float | None = None,
+    transfer_max_iter: int = 200,
+    transfer_tol: float = 1e-5,
+    seed: int | None = 0,
+    n_runs: int = 1,
+    scheduler: Any = None,
+    workers: int | None = None,
+    memory_limit: int | str | None = None,
+    block_cols: Any = None,
+    dtype: Any = None,
+    threads: int | None = None,
+    progress: Any = None,
+    callback: Callable[[IterationInfo], Any] | None = None,
+) -> ProjectionResult:
+    """Coefficients H of new samples for a fixed basis W, with per-sample quality control.
+
+    Solves, for every sample x (column of X_new) independently,
+    ``min_{h ≥ 0} ½‖x − W h‖² + l1_h·Σh + ½ l2_h‖h‖²`` (``loss="kl"``: ``D(x ‖ W h)``),
+    out of core: every block is solved to convergence while it is in memory, so X_new is
+    read once. With ``k_new = r`` it is linked transfer learning (seed 003, eq. 7):
+    ``min ‖X − [W U] [H; V]‖²`` with W fixed and r new factors U learned for what W does
+    not explain.
+
+    Parameters
+    ----------
+    W : ndarray (m, k), NMFResult, LinkedNMFResult or path of a result store
+        The basis. A result brings its feature labels (and its loss, when ``loss`` is not
+        given).
+    X_new : path, ndarray, scipy.sparse matrix, dask array or MatrixSource, shape (m', n)
+        New samples. When both have feature labels, rows are aligned to W's by label
+        (for instance 96 channels in another order); a feature W lacks, or a W feature
+        X_new lacks, is an error.
+    loss : {"frobenius", "kl"}, optional
+        Default: the loss of the fit W came from, else Frobenius.
+    l1_h, l2_h : float
+        Penalties on H.
+    solver : {"als", "hals", "mu"}, optional
+        Frobenius: ``als`` (exact NNLS; default) or the HALS / MU updates iterated to
+        ``tol``. KL: multiplicative updates.
+    nnls : {"bpp", "cd"}
+        The exact NNLS for ``als``: block principal pivoting (default; exact, vectorised
+        over the samples) or coordinate descent to ``tol``. The alternating iterations of
+        transfer learning use coordinate descent, as ``lnmf`` does; its final projection
+        uses this.
+    k_new : int, default 0
+        New factors to learn alongside W (transfer learning).
+    row_labels : sequence of str, optional
+        Feature labels of W (default: those of the result W came from).
+    drop_extra_features : bool
+        Ignore features of X_new that W does not have, instead of refusing them.
+    bootstrap : int, default 0
+        Resamples of X_new for percentile intervals of H (0: none).
+    resample : {"poisson", "multinomial"}
+        How counts are resampled: ``x* ~ Poisson(x)`` or, keeping every sample's total,
+        ``x* ~ Multinomial(Σx, x/Σx)`` (the SigProfiler-style bootstrap).
+    ci : float, default 0.9
+        Central probability of the intervals.
+    novelty_cosine : float or None, default 0.9
+        A sample whose reconstruction by W has a lower cosine is flagged novel.
+    novelty_z : float or None, default 3.5
+        A sample whose relative error has a higher modified z-score in the batch is
+        flagged novel.
+    max_iter, tol : int, float
+        Per-block inner iterations (coordinate sweeps, MU steps) and their tolerance: a
+        sample is done when no coefficient moves more than ``tol`` times its largest.
+        Default ``tol``: 1e-10 for coordinate descent, 1e-6 for multiplicative updates
+        (which converge slowly; BPP needs no tolerance).
+    transfer_max_iter, transfer_tol : int, float
+        Outer iterations of transfer learning (``k_new > 0``).
+    seed : int or None
+        Seeds the bootstrap and the start of U.
+    n_runs : int
+        Restarts of transfer learning.
+    scheduler, workers, memory_limit, block_cols, dtype, threads, progress, callback
+        As in ``scalenmf.nmf``.
+
+    Returns
+    -------
+    ProjectionResult
+        ``H`` (k, n), ``cosine``, ``relative_error``, ``novel`` (n,), ``explained``;
+        ``U`` (m, r), ``V`` (r, n), ``new_share`` with ``k_new``; ``H_lower`` /
+        ``H_upper`` with ``bootstrap``.
+
+    Examples
+    --------
+    >>> import numpy as np, scalenmf
+    >>> rng = np.random.default_rng(0)
+    >>> W = rng.gamma(1.0, 1.0, (30, 3))
+    >>> X = rng.poisson(W @ rng.gamma(1.0, 5.0, (3, 50))).astype(float)
+    >>> res = scalenmf.project(W, X)
+    >>> res.H.shape, res.cosine.shape
+    ((3, 50), (50,))
+    """
+    t0 = time.perf_counter()
+    basis, W_labels, factor_labels, fit_params = _basis(W, row_labels)
+    if loss is None:
+        loss = str(fit_params.get("loss") or "frobenius")
+    p = check_params(
+        PROJECT_RULES,
+        loss=loss,
+        nnls=nnls,
+        l1_h=l1_h,
+        l2_h=l2_h,
+        k_new=k_new,
+        bootstrap=bootstrap,
+        resample=resample,
+        ci=ci,
+        max_iter=max_iter,
+        tol=_default_tol(tol, solver, loss),
+        seed=seed,
+        n_runs=n_runs,
+        workers=workers,
+    )
+    p["solver"] = resolve_solver(
+        None if solver is None else NMF_RULES["solver"].check("solver", solver), p["loss"]
+    )
+    for name, value in (("novelty_cosine", novelty_cosine), ("novelty_z", novelty_z)):
+        if value is not None:
+            Number().check(name, value)
+    p["novelty_cosine"], p["novelty_z"] = novelty_cosine, novelty_z
+    p["transfer_max_iter"] = int(
+        NMF_RULES["max_iter"].check("transfer_max_iter", transfer_max_iter)
+    )
+    p["transfer_tol"] = float(NMF_RULES["tol"].check("transfer_tol", transfer_tol))
+    p["seed"] = 0 if p["seed"] is None else p["seed"]
+    budget = parse_memory(memory_limit)
+    source = align_to_basis(
+        as_source(X_new, block_cols=block_cols), W_labels, basis.shape[0], drop_extra_features
+    )
+    check_rank(1, source.shape)
+    if p["k_new"]:
+        check_rank(basis.shape[1] + p["k_new"], source.shape)
+    work_dtype = np.dtype(dtype) if dtype is not None else np.dtype(source.dtype)
+    if work_dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64; got {work_dtype}")
+    basis = np.ascontiguousarray(basis, dtype=work_dtype)
+    executor = make_executor(
+        source, scheduler=scheduler, workers=p["workers"], memory_limit=budget, threads=threads
+    )
+    try:
+        return _project_on(
+            executor, source, basis, p, work_dtype, W_labels, factor_labels, progress, callback, t0
+        )
+    finally:
+        executor.close()
+
+
+def _project_on(
+    executor: Executor,
+    source: MatrixSource,
+    basis: np.ndarray,
+    p: dict[str, Any],
+    dtype: np.dtype,
+    W_labels: np.ndarray | None,
+    factor_labels: Any,
+    progress: Any,
+    callback: Callable[[IterationInfo], Any] | None,
+    t0: float,
+) -> ProjectionResult:
+    k = basis.shape[1]
+    plan = ProjectionPlan(
+        W=basis,
+        n_basis=k,
+        loss=p["loss"],
+        solver=p["solver"],
+        nnls=p["nnls"],
+        l1=p["l1_h"],
+        l2=p["l2_h"],
+        max_iter=p["max_iter"],
+        tol=p["tol"],
+        bootstrap=p["bootstrap"],
+        resample=p["resample"],
+        ci=p["ci"],
+        seed=p["seed"],
+    )
+    history: list[float] = []
+    n_iter, converged = 1, True
+    if p["k_new"]:
+        full, run, history, n_iter, converged = _transfer(
+            executor, source, basis, p, dtype, progress, callback
+        )
+        plan = _replace(plan, W=full, solve=False, run=run)
+    else:
+        executor.set_states([ProjectedBlock(index=j) for j in range(source.n_blocks)])
+    t_loop = time.perf_counter()
+    totals = executor.map_reduce(project_step, plan)
+    blocks = list(executor.states())
+    if totals["xx"] == 0:
+        raise InputError("the new data is all zeros; there is nothing to project")
+    H_full = np.hstack([b.H for b in blocks]).astype(dtype, copy=False)
+    cosine = np.concatenate([b.cosine for b in blocks])
+    rel = np.concatenate([b.relative_error for b in blocks])
+    if p["k_new"]:
+        bcos = np.concatenate([b.basis_cosine for b in blocks])
+        brel = np.concatenate([b.basis_relative_error for b in blocks])
+        new_share = np.concatenate([b.new_share for b in blocks])
+    else:
+        bcos, brel, new_share = cosine, rel, None
+    novel, rule = novelty_flags(bcos, brel, p["novelty_cosine"], p["novelty_z"])
+    xx = float(totals["xx"])
+    recon = float(totals["recon_sum"])
+    explained = {
+        "basis_r2": 1.0 - float(totals["basis_sq_err"]) / xx,
+        "total_r2": 1.0 - float(totals["sq_err"]) / xx,
+        "basis_count_share": (recon - float(totals["new_sum"])) / recon if recon > 0 else 0.0,
+        "new_count_share": float(totals["new_sum"]) / recon if recon > 0 else 0.0,
+    }
+    data = float(totals["div"]) if p["loss"] == "kl" else 0.5 * float(totals["sq_err"])
+    objective = data + p["l1_h"] * totals["h_l1"] + 0.5 * p["l2_h"] * totals["h_l2"]
+    lower = upper = None
+    if p["bootstrap"]:
+        lower = np.hstack([b.H_lower for b in blocks]).astype(dtype, copy=False)
+        upper = np.hstack([b.H_upper for b in blocks]).astype(dtype, copy=False)
+    U = V = None
+    if p["k_new"]:
+        U = np.ascontiguousarray(plan.W[:, k:])
+        V = np.ascontiguousarray(H_full[k:])
+        if lower is not None and upper is not None:
+            lower, upper = lower[:k], upper[:k]
+    widths = [b - a for a, b in source.block_bounds]
+    params = {**p, "memory_limit": None}
+    return ProjectionResult(
+        H=np.ascontiguousarray(H_full[:k]),
+        W=basis,
+        cosine=cosine,
+        relative_error=rel,
+        novel=novel,
+        novelty=rule,
+        basis_cosine=bcos,
+        basis_relative_error=brel,
+        explained=explained,
+        objective=float(objective),
+        overall_relative_error=float(np.sqrt(max(float(totals["sq_err"]), 0.0) / xx)),
+        params=params,
+        U=U,
+        V=V,
+        new_share=new_share,
+        H_lower=lower,
+        H_upper=upper,
+        row_labels=W_labels if W_labels is not None else source.row_labels,
+        col_labels=source.col_labels,
+        factor_labels=factor_labels,
+        loss_history=history or [float(objective)],
+        n_iter=n_iter,
+        converged=converged,
+        timings={"total_s": time.perf_counter() - t0, "project_s": time.perf_counter() - t_loop},
+        info={
+            "block_cols": max(widths) if widths else 0,
+            "n_blocks": source.n_blocks,
+            "input": source.describe(),
+            **executor.describe(),
+        },
+    )
+
+
+def _default_tol(tol: float | None, solver: str | None, loss: str) -> float:
+    if tol is not None:
+        return tol
+    iterative = str(solver).lower() == "mu" or str(loss).lower() in ("kl", "kullback-leibler")
+    return 1e-6 if iterative else 1e-10
+
+
+def _replace(plan: ProjectionPlan, **changes: Any) -> ProjectionPlan:
+    import dataclasses
+
+    return dataclasses.replace(plan, **changes)
+
+
+def _transfer(
+    executor: Executor,
+    source: MatrixSource,
+    basis: np.ndarray,
+    p: dict[str, Any],
+    dtype: np.dtype,
+    progress: Any,
+    callback: Callable[[IterationInfo], Any] | None,
+) -> tuple[np.ndarray, int, list[float], int, bool]:
+    """Linked transfer learning: learn U (and H, V) with W held fixed (seed eq. 7)."""
+    from scalenmf.models.linked import dataset_stats_step
+
+    k, r, R = basis.shape[1], p["k_new"], p["n_runs"]
+    layout = LinkedLayout(k, (r,), n_fixed=k)
+    config = NMFConfig(
+        k=k + r,
+        solver=p["solver"],
+        loss=p["loss"],
+        l1_h=p["l1_h"],
+        l2_h=p["l2_h"],
+        inner_sweeps=HALS_SWEEPS if p["solver"] == "hals" else 50,
+    )
+    executor.set_states(initial_states([0] * source.n_blocks, R))
+    stats = executor.map_reduce(dataset_stats_step, 1)
+    if stats["xx"][0] == 0:
+        raise InputError("the new data is all zeros; there is nothing to project")
+    m, n = source.shape
+    mean = float(stats["xsum"][0]) / max(1, m * n)
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(p["seed"]).spawn(R)]
+    Ws = [np.hstack([basis, random_basis(m, r, mean, rng, dtype)]) for rng in rngs]
+    start = float(np.sqrt(mean / (k + r))) or 1.0
+    model = LinkedModel(config, layout, Ws, [start] * R, stats["xx"])
+    bar = _progress_bar(progress, p["transfer_max_iter"], f"transfer k={k}+{r}")
+    try:
+        trace = run_alternating(
+            model,
+            executor,
+            max_iter=p["transfer_max_iter"],
+            tol=p["transfer_tol"],
+            callback=callback,
+            progress=bar,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    best = int(np.nanargmin([hist[-1] for hist in trace.objectives]))
+    return (
+        model.Ws[best],
+        best,
+        [float(v) for v in trace.objectives[best]],
+        int(trace.n_iter[best]),
+        bool(trace.converged[best]),
+    )

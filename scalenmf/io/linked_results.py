@@ -1,0 +1,147 @@
+"""Result stores of linked NMF, iNMF and projections: every factor, labels and datasets.
+
+A linked result store is a scalenmf result store (so ``scalenmf.load`` reads its W and H)
+with more arrays and a ``model`` attribute. lNMF / jNMF (``model = "lnmf"``)::
+
+    W           (m, k_shared)        shared basis
+    H           (k_shared, n)        its coefficients, all datasets side by side
+    U_<d>       (m, k_unique_d)      unique basis of dataset d (0-based)
+    V_<d>       (k_unique_d, n_d)    its coefficients
+    col_dataset (n,)                 dataset of every column of H
+    row_labels, col_labels, factor_labels
+
+iNMF (``model = "inmf"``): W (m, k), H (k, n), V_<d> (m, k), col_dataset. A projection
+(``model = "projection"``): W (m, k) the basis used, H (k, n), cosine, relative_error,
+novel, basis_cosine, basis_relative_error (n,), and when asked U (m, r), V (r, n),
+new_share (n,), H_lower / H_upper (k, n).
+
+The attrs ``datasets`` list every dataset's name, its column range in H and col_dataset,
+its ranks and its relative error. Arrays over samples are chunked by columns.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import zarr
+
+from scalenmf.io.atomic import atomic_output
+from scalenmf.io.errors import InputError
+from scalenmf.io.results import RESULT_FORMAT_VERSION, _jsonable, read_result
+from scalenmf.io.zarr_store import _codec, write_labels
+
+#: Default column chunk of sample-indexed arrays.
+COL_CHUNK = 65536
+
+MODELS = ("lnmf", "inmf", "projection")
+
+
+def write_model_store(
+    path: str | os.PathLike[str],
+    arrays: dict[str, np.ndarray],
+    *,
+    sample_axis: dict[str, int],
+    attrs: dict[str, Any],
+    labels: dict[str, Any] | None = None,
+    col_chunk: int | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Write a result store atomically; ``sample_axis[name]`` marks arrays over samples.
+
+    Parameters
+    ----------
+    arrays : dict of str to ndarray
+    sample_axis : dict of str to int
+        For arrays whose axis ``i`` runs over samples: that axis is chunked by
+        ``col_chunk``; every other array is one chunk per 65,536 rows.
+    attrs : dict
+        JSON-able; must hold ``model``.
+    labels : dict of str to sequence, optional
+    """
+    chunk = int(col_chunk or COL_CHUNK)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        root = zarr.open_group(tmp, mode="w")
+        for name, arr in arrays.items():
+            arr = np.asarray(arr)
+            chunks = [max(1, min(s, COL_CHUNK)) for s in arr.shape]
+            if name in sample_axis:
+                ax = sample_axis[name]
+                chunks = [max(1, s) for s in arr.shape]
+                chunks[ax] = max(1, min(arr.shape[ax], chunk))
+            out = root.create_array(
+                name,
+                shape=arr.shape,
+                chunks=tuple(chunks),
+                dtype=arr.dtype,
+                compressors=[_codec()],
+            )
+            if arr.size:
+                out[...] = arr
+        for name, values in (labels or {}).items():
+            if values is not None:
+                write_labels(root, name, values)
+        root.attrs["scalenmf"] = {"kind": "result", "format_version": RESULT_FORMAT_VERSION}
+        root.attrs.update(_jsonable(attrs))
+    return str(path)
+
+
+def read_model_store(
+    path: str | os.PathLike[str], model: str | tuple[str, ...]
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, np.ndarray]]:
+    """Read a store written by ``write_model_store``, checking its ``model``."""
+    arrays, attrs, labels = read_result(path)
+    wanted = (model,) if isinstance(model, str) else model
+    found = attrs.get("model")
+    if found not in wanted:
+        what = found if found is not None else "a plain NMF result"
+        raise InputError(
+            f"{str(path)!r} holds {what}, not {' or '.join(wanted)} (use the matching loader)"
+        )
+    return arrays, attrs, labels
+
+
+def describe_model(root: zarr.Group, attrs: dict[str, Any]) -> dict[str, Any]:
+    """What ``scalenmf info`` adds for a linked / iNMF / projection store (else nothing)."""
+    model = attrs.get("model")
+    if model not in MODELS:
+        return {}
+    out: dict[str, Any] = {"model": model}
+    for key in ("k_shared", "k_unique", "lam", "k_new", "n_novel", "explained"):
+        if key in attrs:
+            out[key] = attrs[key]
+    datasets = attrs.get("datasets")
+    if isinstance(datasets, list):
+        out["datasets"] = datasets
+    out["arrays"] = {name: list(node.shape) for name, node in root.arrays()}
+    return out
+
+
+def model_rows(d: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(name, value)`` lines for ``format_description``."""
+    if "model" not in d:
+        return []
+    rows = [("model", str(d["model"]))]
+    for key in ("k_shared", "k_unique", "lam", "k_new", "n_novel"):
+        if key in d:
+            rows.append((key.replace("_", " "), str(d[key])))
+    if isinstance(d.get("explained"), dict):
+        parts = ", ".join(f"{k}={v:.4g}" for k, v in d["explained"].items() if v is not None)
+        rows.append(("explained", parts))
+    for ds in d.get("datasets", []):
+        a, b = ds.get("columns", [0, 0])
+        extra = ""
+        if "k_unique" in ds:
+            extra += f", k_unique={ds['k_unique']}"
+        if ds.get("relative_error") is not None:
+            extra += f", relative error {ds['relative_error']:.5g}"
+        rows.append((f"dataset {ds.get('name')}", f"columns {a}:{b} ({b - a} samples{extra})"))
+    shown = ", ".join(
+        f"{name} {'×'.join(map(str, shape))}"
+        for name, shape in sorted(d.get("arrays", {}).items())
+        if name not in ("W", "H") and not name.endswith("labels")
+    )
+    if shown:
+        rows.append(("arrays", shown))
+    return rows

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -142,3 +143,50 @@ def consensus_dir(path: Path, result: scalenmf.NMFResult, *, subsample: int | No
     result.save(path / "result.zarr")
     (path / "summary.json").write_text(json.dumps({"k": 3, "cophenetic": 0.987}))
     return path
+
+
+def write_large_store(path: Path, n: int = 200_000, chunk: int = 2000) -> Path:
+    """A result store with k = 4 SBS96 factors and n samples, H in n / chunk column chunks."""
+    from scalenmf.io.results import write_result
+
+    ref = cosmic_reference()
+    rng = np.random.default_rng(7)
+    W = ref.matrix[:, [0, 3, 17, 40]]
+    H = rng.gamma(0.5, 200.0, (4, n))
+    write_result(
+        path,
+        {"W": W, "H": H},
+        attrs={
+            "k": 4,
+            "params": {"k": 4, "solver": "mu", "loss": "kl"},
+            "n_iter": 3,
+            "loss_history": [3.0, 2.0, 1.0],
+            "relative_error": 0.1,
+            "converged": True,
+            "runs": [],
+            "info": {"best_run": 0},
+        },
+        labels={"row_labels": ref.channels, "col_labels": np.array([f"c{j}" for j in range(n)])},
+        col_chunk=chunk,
+    )
+    return path
+
+
+def record_store_reads(monkeypatch: Any) -> list[str]:
+    """Record every key read from local Zarr stores (an instrumented reader)."""
+    from zarr.storage import LocalStore
+
+    seen: list[str] = []
+    original = LocalStore.get
+
+    async def counting(self: LocalStore, key: str, *args: Any, **kwargs: Any) -> Any:
+        seen.append(key)
+        return await original(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "get", counting)
+    return seen
+
+
+def h_chunks(keys: list[str]) -> set[str]:
+    """The chunks of the result's H among the keys read."""
+    return {k for k in keys if k.startswith("H/c/")}

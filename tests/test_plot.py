@@ -15,14 +15,21 @@ pytest.importorskip("matplotlib")
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.image import imread
-from plot_fixtures import PLANTED, consensus_dir, fit_catalogue, rank_dir, write_csv
+from plot_fixtures import (
+    PLANTED,
+    consensus_dir,
+    fit_catalogue,
+    h_chunks,
+    rank_dir,
+    record_store_reads,
+    write_csv,
+    write_large_store,
+)
 
 import scalenmf
 import scalenmf.plot as sp
-from scalenmf.io.results import write_result
 from scalenmf.plot._data import MIN_SAMPLE_CHUNKS, pick_chunks
 from scalenmf.plot.sbs import SUBSTITUTION_COLORS, SUBSTITUTIONS, sbs96_channels
-from scalenmf.signatures import cosmic_reference
 
 
 @pytest.fixture(scope="module")
@@ -292,52 +299,12 @@ def test_predict_clusters_is_scale_free() -> None:
 
 @pytest.fixture(scope="module")
 def large_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """k = 4, n = 200,000, H in 100 column chunks of 2,000."""
-    ref = cosmic_reference()
-    rng = np.random.default_rng(7)
-    W = ref.matrix[:, [0, 3, 17, 40]]
-    H = rng.gamma(0.5, 200.0, (4, 200_000))
-    path = tmp_path_factory.mktemp("large") / "large.zarr"
-    write_result(
-        path,
-        {"W": W, "H": H},
-        attrs={
-            "k": 4,
-            "params": {"k": 4, "solver": "mu", "loss": "kl"},
-            "n_iter": 3,
-            "loss_history": [3.0, 2.0, 1.0],
-            "relative_error": 0.1,
-            "converged": True,
-            "runs": [],
-            "info": {"best_run": 0},
-        },
-        labels={
-            "row_labels": ref.channels,
-            "col_labels": np.array([f"c{j}" for j in range(200_000)]),
-        },
-        col_chunk=2000,
-    )
-    return path
+    return write_large_store(tmp_path_factory.mktemp("large") / "large.zarr")
 
 
 @pytest.fixture()
 def chunk_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every key read from local Zarr stores while the test runs."""
-    from zarr.storage import LocalStore
-
-    seen: list[str] = []
-    original = LocalStore.get
-
-    async def counting(self, key, *args, **kwargs):  # type: ignore[no-untyped-def]
-        seen.append(key)
-        return await original(self, key, *args, **kwargs)
-
-    monkeypatch.setattr(LocalStore, "get", counting)
-    return seen
-
-
-def h_chunks(keys: list[str]) -> set[str]:
-    return {k for k in keys if k.startswith("H/c/")}
+    return record_store_reads(monkeypatch)
 
 
 @pytest.mark.parametrize(

@@ -40,8 +40,8 @@ def _options(kind: str, **given: Any) -> dict[str, Any]:
 @click.argument("source", metavar="RESULT", type=click.Path())
 @click.option(
     "--kind",
-    type=click.Choice(PLOT_KINDS),
     required=True,
+    metavar="|".join(PLOT_KINDS),
     help="What to draw. rank reads a rank survey DIR, consensus a consensus DIR; "
     "the others a result store (or a consensus DIR's result).",
 )
@@ -61,7 +61,7 @@ def _options(kind: str, **given: Any) -> dict[str, Any]:
 )
 @click.option(
     "--clusters",
-    type=click.Path(exists=True),
+    type=click.Path(),
     default=None,
     help="coef/exposures/scatter: a consensus DIR or clusters.csv to order by.",
 )
@@ -85,6 +85,10 @@ def plot(source: str, kind: str, output: str, dpi: float, **given: Any) -> None:
     from scalenmf.plot import figure_format
     from scalenmf.plot import plot as draw
 
+    if kind not in PLOT_KINDS:
+        raise click.ClickException(
+            f"unknown plot kind {kind!r}; choose one of: {', '.join(PLOT_KINDS)}"
+        )
     figure_format(output)  # a bad extension fails before anything is read
     if not Path(source).exists():
         raise click.ClickException(f"no such result store or directory: {source!r}")

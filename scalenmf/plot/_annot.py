@@ -69,6 +69,8 @@ def _cluster_mapping(clusters: Any) -> tuple[dict[str, str], str]:
     if isinstance(clusters, Consensus):
         return clusters.clusters, f"consensus clusters ({clusters.path})"
     p = Path(clusters)
+    if not p.exists():
+        raise InputError(f"no such clusters.csv or consensus directory: {str(p)!r}")
     if p.is_file():
         return load_clusters(p), f"clusters from {p.name}"
     consensus = load_consensus(p)

@@ -452,6 +452,12 @@ def load_consensus(path: str | os.PathLike[str] | Consensus) -> Consensus:
         g = zarr.open_group(str(store), mode="r")
     except Exception as exc:  # zarr raises several types for unreadable metadata
         raise InputError(f"{str(store)!r} is not a readable Zarr group: {exc}") from exc
+    meta = g.attrs.get("scalenmf")
+    if isinstance(meta, dict) and meta.get("kind") == "result":
+        raise InputError(
+            f"{str(store)!r} is a result store, not a consensus directory (one with "
+            "consensus.zarr, written by scalenmf consensus)"
+        )
     matrix = g.get("consensus")
     if not isinstance(matrix, zarr.Array) or matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise InputError(f"{str(store)!r} lacks a square array 'consensus'")

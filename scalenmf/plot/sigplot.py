@@ -62,7 +62,7 @@ def signature_plot(
     channels = sbs96_channels()
     colors = [SUBSTITUTION_COLORS[channel_class(c)] for c in channels]
     fig = new_figure(12.5, 0.55 + 1.95 * len(chosen))
-    axes = fig.subplots(len(chosen), 1, squeeze=False, sharex=True)[:, 0]
+    axes = fig.subplots(len(chosen), 1, squeeze=False)[:, 0]
     x = np.arange(96)
     for ax, f in zip(axes, chosen, strict=True):
         col = W96[:, f]
@@ -71,6 +71,7 @@ def signature_plot(
         top = max(float(pct.max()) * 1.12, 1e-9)
         ax.set_ylim(0, top)
         ax.set_xlim(-0.6, 95.6)
+        ax.set_xticks([])  # channel labels only under the last panel (96 ticks cost)
         for i, sub in enumerate(SUBSTITUTIONS):
             # The class strip sits just above the axes, in axes-height units.
             ax.add_patch(

@@ -48,7 +48,7 @@ from scalenmf.plot._data import (
     load_rank_survey,
     open_result,
 )
-from scalenmf.plot._style import natural_order, write_atomic
+from scalenmf.plot._style import check_output_file, natural_order, write_atomic
 from scalenmf.plot.heatmaps import consensus_clusters, top_features
 from scalenmf.plot.samples import DEFAULT_BAR_SAMPLES
 from scalenmf.plot.sbs import is_sbs96
@@ -127,6 +127,7 @@ def report(
     >>> scalenmf.report("result.zarr", "report.html", rank="survey/")         # doctest: +SKIP
     """
     _check_html_path(output)
+    check_output_file(output)  # before the work, not after it
     if discover and isinstance(result, (str, os.PathLike)):
         found_rank, found_consensus = find_companions(result)
         rank = rank if rank is not None else found_rank

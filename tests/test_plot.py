@@ -328,6 +328,19 @@ def test_plots_never_load_the_whole_of_H(
         assert not read, "W-only plots read no H at all"
 
 
+def test_exposures_of_many_samples_are_touching_steps(large_store: Path) -> None:
+    from matplotlib.patches import StepPatch
+
+    view = sp.open_result(large_store)
+    fig = sp.exposures_plot(view)
+    steps = [p for p in fig.axes[0].patches if isinstance(p, StepPatch)]
+    assert len(steps) == 4 and not fig.axes[0].containers
+    sample = view.sample(300)
+    stacked = sum(np.sum(p.get_data().values - p.get_data().baseline) for p in steps)
+    assert stacked == pytest.approx(float((sample.H * view.W.sum(axis=0)[:, None]).sum()))
+    assert fig.axes[0].get_xlabel().startswith("300 of 200,000 samples (random sample)")
+
+
 def test_sample_spreads_over_the_store(large_store: Path) -> None:
     view = sp.open_result(large_store)
     s = view.sample(1000, seed=3)

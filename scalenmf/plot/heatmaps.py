@@ -232,7 +232,7 @@ def coef_heatmap(
     else:
         ax.set_xticks([])
     ax.tick_params(length=0)
-    ax.set_xlabel(f"samples ({sample.describe()}), ordered by cluster ({cl.source})")
+    ax.set_xlabel(f"{sample.describe()}, ordered by cluster ({cl.source})")
     ax.set_ylabel("factor")
     cbar = fig.colorbar(im, cax=fig.add_subplot(grid[1, 1]))
     cbar.set_label(COEF_SCALES[scale])

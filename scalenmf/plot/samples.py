@@ -18,6 +18,9 @@ from scalenmf.plot.sbs import is_sbs96
 #: Samples drawn as bars by default (bars thinner than a pixel say nothing).
 DEFAULT_BAR_SAMPLES = 300
 
+#: Above this many samples the bars touch and are drawn as one step patch per factor.
+THIN_BARS_ABOVE = 80
+
 #: Samples drawn as points by default.
 DEFAULT_SCATTER_SAMPLES = 5000
 
@@ -64,17 +67,22 @@ def exposures_plot(
     ax = fig.add_subplot()
     x = np.arange(s)
     bottom = np.zeros(s)
-    thin = s > 80
     for f in range(k):
-        ax.bar(
-            x,
-            values[f],
-            bottom=bottom,
-            width=1.0 if thin else 0.8,
-            color=colors[f],
-            label=names[f],
-            linewidth=0,
-        )
+        if s > THIN_BARS_ABOVE:
+            # Touching bars: one filled step patch per factor instead of s rectangles.
+            ax.stairs(
+                bottom + values[f],
+                np.arange(s + 1) - 0.5,
+                baseline=bottom.copy(),
+                fill=True,
+                color=colors[f],
+                label=names[f],
+                lw=0,
+            )
+        else:
+            ax.bar(
+                x, values[f], bottom=bottom, width=0.8, color=colors[f], label=names[f], linewidth=0
+            )
         bottom += values[f]
     boundaries = np.flatnonzero(cl.labels[order][1:] != cl.labels[order][:-1]) + 0.5
     for b in boundaries:
@@ -84,7 +92,7 @@ def exposures_plot(
         ax.set_xticks(x, [str(v) for v in sample.labels[order]], rotation=90, fontsize=6)
     else:
         ax.set_xticks([])
-    ax.set_xlabel(f"samples ({sample.describe()}), ordered by cluster ({cl.source}) and total")
+    ax.set_xlabel(f"{sample.describe()}, ordered by cluster ({cl.source}) and total")
     ax.set_ylabel("share of the sample" if relative else f"{_unit(view)} attributed")
     fig.legend(
         *ax.get_legend_handles_labels(),

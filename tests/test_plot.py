@@ -353,6 +353,11 @@ def test_sample_spreads_over_the_store(large_store: Path) -> None:
     H = zarr.open_array(str(large_store), path="H", mode="r")
     np.testing.assert_array_equal(s.H, H.oindex[:, s.index])
     assert view.sample(1000, seed=3) is s, "cached"
+    read = view.h_columns_read
+    small = view.sample(100, seed=3)
+    assert view.h_columns_read == read, "a smaller sample is drawn from the cached one"
+    assert small.index.shape == (100,) and set(small.index) <= set(s.index)
+    np.testing.assert_array_equal(small.H, H.oindex[:, small.index])
     np.testing.assert_array_equal(pick_chunks(10_000, 100, 50), np.linspace(0, 99, 8).round())
     assert pick_chunks(1000, 100, 500).tolist() == list(range(10))
 

@@ -170,8 +170,22 @@ class ResultView:
             raise ValueError(f"max_samples must be a positive integer or None; got {max_samples}")
         key = (max_samples, seed)
         if key not in self._samples:
-            self._samples[key] = self._draw(max_samples, seed)
+            larger = self._cached_superset(max_samples, seed)
+            self._samples[key] = (
+                subsample(larger, max_samples, seed)
+                if larger is not None and max_samples is not None
+                else self._draw(max_samples, seed)
+            )
         return self._samples[key]
+
+    def _cached_superset(self, max_samples: int | None, seed: int) -> SampleSet | None:
+        """A cached sample (same seed) with more columns than asked for: no need to read."""
+        if max_samples is None:
+            return None
+        for (_, cached_seed), cached in self._samples.items():
+            if cached_seed == seed and cached.index.shape[0] > max_samples:
+                return cached
+        return None
 
     def _draw(self, max_samples: int | None, seed: int) -> SampleSet:
         n = self.n
@@ -196,6 +210,20 @@ class ResultView:
         index = np.concatenate(index_parts).astype(np.int64)
         H = np.hstack(h_parts)
         return SampleSet(index, H, self.labels_at(index), n, len(h_parts), n_chunks)
+
+
+def subsample(sample: SampleSet, size: int, seed: int) -> SampleSet:
+    """A seeded random subset of ``size`` columns of an existing sample (nothing is read)."""
+    rng = np.random.default_rng(seed)
+    keep = np.sort(rng.choice(sample.index.shape[0], size=size, replace=False))
+    return SampleSet(
+        sample.index[keep],
+        sample.H[:, keep],
+        sample.labels[keep],
+        sample.n_total,
+        sample.chunks_read,
+        sample.n_chunks,
+    )
 
 
 def pick_chunks(n: int, chunk: int, max_samples: int) -> np.ndarray:

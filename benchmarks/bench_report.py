@@ -6,8 +6,8 @@ For result stores with k = 10 SBS96 factors and n samples (H float32, chunked by
 columns), each measured in a fresh child process:
 
 - ``scalenmf.report(store, "report.html")``: wall time, peak RSS, HTML size, H columns read;
-- the baseline every in-memory tool pays before it can draw anything: load the result
-  (``scalenmf.load``, all of H) and draw the coefficient heatmap from it.
+- the same report from the result loaded whole (``scalenmf.load``, all of H in memory),
+  which is what any tool that holds H in memory pays.
 
 Prints a Markdown table and the machine, and writes it to ``--out``.
 """
@@ -33,7 +33,7 @@ from benchmarks.common import (
     run_in_child,
 )
 
-SIZES = (10_000, 100_000, 1_000_000, 3_000_000)
+SIZES = (10_000, 100_000, 1_000_000, 10_000_000)
 QUICK_SIZES = (10_000, 100_000)
 K = 10
 CHUNK = 16_384
@@ -94,12 +94,11 @@ def report_child(store: str, out: str) -> dict[str, Any]:
 
 def load_child(store: str, out: str) -> dict[str, Any]:
     import scalenmf
-    from scalenmf.plot import coef_heatmap, save_figure
 
     t0 = time.perf_counter()
     res = scalenmf.load(store)
     t_load = time.perf_counter() - t0
-    save_figure(coef_heatmap(res), out)
+    scalenmf.report(res, out, progress=False)
     return {"time_s": time.perf_counter() - t0, "load_s": t_load}
 
 
@@ -131,6 +130,7 @@ def run(sizes: tuple[int, ...], threads: int) -> list[dict[str, Any]]:
                     "html_kb": r["bytes"] / 1024,
                     "cols_read": f"{r['columns_read']:,}",
                     "base_s": b["time_s"],
+                    "time_ratio": ratio(r["time_s"], b["time_s"]),
                     "base_rss_mb": base.peak_rss_bytes / 2**20,
                     "rss_ratio": ratio(rep.peak_rss_bytes, base.peak_rss_bytes),
                 }
@@ -146,9 +146,10 @@ COLUMNS = [
     ("report_rss_mb", "report: peak RSS (MB)"),
     ("html_kb", "HTML (kB)"),
     ("cols_read", "H columns read"),
-    ("base_s", "load + coef heatmap: time (s)"),
-    ("base_rss_mb", "load + coef heatmap: peak RSS (MB)"),
-    ("rss_ratio", "RSS ratio report ÷ baseline"),
+    ("base_s", "H loaded whole: time (s)"),
+    ("base_rss_mb", "H loaded whole: peak RSS (MB)"),
+    ("time_ratio", "time ratio"),
+    ("rss_ratio", "RSS ratio"),
 ]
 
 

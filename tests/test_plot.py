@@ -358,6 +358,10 @@ def test_sample_spreads_over_the_store(large_store: Path) -> None:
     assert view.h_columns_read == read, "a smaller sample is drawn from the cached one"
     assert small.index.shape == (100,) and set(small.index) <= set(s.index)
     np.testing.assert_array_equal(small.H, H.oindex[:, small.index])
+    loaded = sp.open_result(scalenmf.load(large_store))  # H already in memory
+    m = loaded.sample(500)
+    assert m.index.shape == (500,) and loaded.h_columns_read == 500, "only those columns copied"
+    np.testing.assert_array_equal(m.H, H.oindex[:, m.index])
     np.testing.assert_array_equal(pick_chunks(10_000, 100, 50), np.linspace(0, 99, 8).round())
     assert pick_chunks(1000, 100, 500).tolist() == list(range(10))
 

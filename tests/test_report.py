@@ -247,3 +247,7 @@ def test_report_opens_in_headless_chromium_without_errors(bundle: dict, tmp_path
     finally:
         driver.quit()
     assert re.search(r"<title>scalenmf report", bundle["report"].read_text())
+
+
+def test_report_is_exported_at_the_top_level() -> None:
+    assert scalenmf.report is report

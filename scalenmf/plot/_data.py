@@ -194,8 +194,14 @@ class ResultView:
             index = np.arange(n, dtype=np.int64)
             H = self.read_columns(0, n)
             return SampleSet(index, H, self.labels_at(index), n, n_chunks, n_chunks)
-        chunks = pick_chunks(n, self.chunk_cols, max_samples)
         rng = np.random.default_rng(seed)
+        if isinstance(self._H, np.ndarray):
+            # Already in memory: pick columns anywhere, copy only those.
+            index = np.sort(rng.choice(n, size=max_samples, replace=False)).astype(np.int64)
+            self.h_columns_read += max_samples
+            H = np.asarray(self._H[:, index], dtype=np.float64)
+            return SampleSet(index, H, self.labels_at(index), n, 1, 1)
+        chunks = pick_chunks(n, self.chunk_cols, max_samples)
         spans = [(c * self.chunk_cols, min(n, (c + 1) * self.chunk_cols)) for c in chunks]
         width = sum(b - a for a, b in spans)
         keep = np.sort(rng.choice(width, size=min(max_samples, width), replace=False))

@@ -114,7 +114,7 @@ def run(sizes: tuple[int, ...], threads: int) -> list[dict[str, Any]]:
             )
             base = run_in_child(
                 "benchmarks.bench_report:load_child",
-                {"store": str(store), "out": str(Path(tmp) / f"c{n}.png")},
+                {"store": str(store), "out": str(Path(tmp) / f"c{n}.html")},
                 threads=threads,
             )
             for child in (rep, base):

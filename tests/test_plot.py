@@ -369,7 +369,16 @@ def test_sample_spreads_over_the_store(large_store: Path) -> None:
 # --------------------------------------------------------------------------- bad input
 
 
-def test_bad_inputs_raise_clear_errors(tmp_path: Path, store: Path, survey: Path) -> None:
+def test_bad_inputs_raise_clear_errors(
+    tmp_path: Path, store: Path, survey: Path, consensus: Path
+) -> None:
+    import shutil
+
+    lone = tmp_path / "lone"
+    shutil.copytree(consensus / "consensus.zarr", lone / "consensus.zarr")
+    with pytest.raises(scalenmf.InputError, match=r"has no result\.zarr"):
+        sp.basis_heatmap(lone)
+    assert sp.consensus_heatmap(lone).axes, "the consensus itself still plots"
     with pytest.raises(ValueError, match="unknown plot kind 'heat'"):
         sp.plot(store, "heat")
     with pytest.raises(ValueError, match=r"image format.*\.png, \.pdf, \.svg"):
@@ -398,6 +407,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path: Path, store: Path, survey: Path
     with pytest.raises(scalenmf.InputError, match="column 'k'"):
         sp.rank_survey_panel(bad)
     assert not (tmp_path / "x.jpg").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["badsurvey", "lone", "x.zarr"]
 
 
 def test_save_figure_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

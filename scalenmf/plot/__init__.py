@@ -18,7 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from matplotlib.figure import Figure
+try:
+    from matplotlib.figure import Figure
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("scalenmf.plot needs matplotlib: pip install 'scalenmf[plot]'") from exc
 
 from scalenmf.plot._data import (
     Consensus,

@@ -261,7 +261,9 @@ def result_store_path(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if not p.exists():
         raise InputError(f"no such result store: {str(p)!r}")
-    if (p / "consensus.zarr").exists() and (p / "result.zarr").exists():
+    if (p / "consensus.zarr").exists():
+        if not (p / "result.zarr").exists():
+            raise InputError(f"consensus directory {str(p)!r} has no result.zarr to plot")
         return p / "result.zarr"
     if (p / "summary.csv").exists():
         raise InputError(

@@ -175,6 +175,7 @@ def test_report_matches_a_user_reference_for_other_features(tmp_path: Path) -> N
     )
     text = build_report(res)
     assert "not the 96 SBS channels" in text
+    assert "turned off" in reporting._matches(reporting.open_result(res), None, "").render()
     ref = tmp_path / "programs.tsv"
     rows = [[g, *basis[i]] for i, g in enumerate(genes)][::-1]  # aligned by label, not order
     ref.write_text(

@@ -375,6 +375,8 @@ def _top_features(view: ResultView, matches: list[FactorMatch] | None) -> Sectio
 
 def _matches(view: ResultView, matches: list[FactorMatch] | None, ref_name: str) -> Section:
     section = Section("matches", "Matches to a reference")
+    if matches is None and not ref_name:
+        return section.note("Reference matching was turned off (reference: none).")
     if matches is None:
         return section.note(
             "No reference matching: the features are not the 96 SBS channels of COSMIC. "

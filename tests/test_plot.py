@@ -217,6 +217,11 @@ def test_rank_panel_overlays_null_and_marks_suggestion(survey: Path, tmp_path: P
         assert styles["--"] >= 1, "the null is overlaid"
         assert any(list(line.get_xdata()) == [3, 3] for line in ax.get_lines()), "suggested k"
     assert "suggested k = 3" in fig.get_suptitle()
+    runs = axes[0].collections[-1].get_offsets()
+    assert runs.shape == (15, 2), "every run of every k is drawn"
+    best = sp.load_rank_survey(survey).summary["error_best"]
+    per_k = [runs[np.round(runs[:, 0]) == k, 1].min() for k in (2, 3, 4, 5, 6)]
+    np.testing.assert_allclose(per_k, best, rtol=1e-9)
     # Missing and all-NaN measures are said to be missing, not drawn.
     partial = tmp_path / "partial"
     partial.mkdir()

@@ -31,6 +31,7 @@ class Panel:
     spread: str | None = None
     second: str | None = None
     better: str = ""
+    per_run: str | None = None
 
 
 #: The measures the rank panel draws, in reading order.
@@ -41,6 +42,7 @@ PANELS = (
         "relative error",
         second="error_mean",
         better="lower is better",
+        per_run="relative_error",
     ),
     Panel("cophenetic", "Cophenetic correlation", "cophenetic", better="higher is more stable"),
     Panel("dispersion", "Dispersion", "dispersion", better="higher is more stable"),
@@ -81,6 +83,19 @@ def _draw_measure(ax: Axes, survey: RankSurvey, panel: Panel) -> bool:
     if sd is not None:
         ax.fill_between(ks, y - sd, y + sd, color=OBSERVED_COLOR, alpha=0.15, lw=0)
     ax.plot(ks, y, "o-", color=OBSERVED_COLOR, ms=4, lw=1.6)
+    runs = survey.runs
+    if panel.per_run and runs is not None and {"k", panel.per_run} <= set(runs):
+        # Every run of every k as a faint dot, slightly spread so they do not hide each other.
+        jitter = np.random.default_rng(0).uniform(-0.12, 0.12, runs["k"].shape)
+        ax.scatter(
+            runs["k"] + jitter,
+            runs[panel.per_run],
+            s=7,
+            color=OBSERVED_COLOR,
+            alpha=0.25,
+            lw=0,
+            zorder=1,
+        )
     second = survey.column(panel.second) if panel.second else None
     if second is not None:
         ax.plot(ks, second, "s--", color=OBSERVED_COLOR, ms=3, lw=1, alpha=0.6)
@@ -141,6 +156,19 @@ def rank_survey_panel(survey: Any, *, title: str | None = None) -> Figure:
             label="mean over runs (error)",
         ),
     ]
+    if s.runs is not None and "relative_error" in s.runs:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=OBSERVED_COLOR,
+                marker="o",
+                ms=3,
+                ls="",
+                alpha=0.35,
+                label="single runs (error)",
+            )
+        )
     if s.null is not None:
         handles.append(
             Line2D(

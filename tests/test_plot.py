@@ -435,3 +435,27 @@ def test_save_figure_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(RuntimeError):
         sp.save_figure(fig, tmp_path / "new.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pdf", "c.png", "c.svg"]
+
+
+def test_plots_and_report_read_results_only() -> None:
+    """Layering: plot/ and reporting/ import no engine, model, API or CLI module."""
+    import ast
+
+    root = Path(sp.__file__).parent.parent
+    banned = (
+        "scalenmf.engine",
+        "scalenmf.models",
+        "scalenmf.api",
+        "scalenmf.cli",
+        "scalenmf.estimators",
+        "scalenmf.kernels",
+        "dask",
+        "distributed",
+        "torch",
+    )
+    for path in [*(root / "plot").glob("*.py"), *(root / "reporting").glob("*.py")]:
+        tree = ast.parse(path.read_text())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        bad = [m for m in names if m.startswith(banned)]
+        assert bad == [], f"{path.name} imports {bad}"

@@ -25,6 +25,9 @@ from scalenmf.plot._style import (
 #: Features shown in full (no top-feature selection) up to this many.
 ALL_FEATURES_UP_TO = 50
 
+#: Feature names written beside the basis heatmap up to this many rows.
+FEATURE_LABELS_UP_TO = 200
+
 #: Sample names written under a heatmap up to this many samples.
 TICK_LABELS_UP_TO = 60
 
@@ -104,13 +107,18 @@ def basis_heatmap(
     label, fn = BASIS_SCALES[scale]
     values = view.W[rows] if fn is None else fn(share[rows])
     r, k = values.shape
-    fig = new_figure(clamp(2.6 + 0.5 * k, 4.5, 12), clamp(1.4 + 0.17 * r, 3.2, 16))
+    fig = new_figure(clamp(2.6 + 0.5 * k, 4.5, 12), clamp(1.4 + 0.14 * r, 3.2, 24))
     ax = fig.add_subplot()
     im = ax.imshow(values, aspect="auto", cmap=cmap, vmin=0)
     for boundary in np.flatnonzero(np.diff(owner)) + 0.5:
         ax.axhline(boundary, color="white", lw=1.2)
     names = view.feature_labels()[rows]
-    ax.set_yticks(np.arange(r), [shorten(str(s)) for s in names], fontsize=clamp(9 - r / 40, 5, 8))
+    if r <= FEATURE_LABELS_UP_TO:
+        ax.set_yticks(
+            np.arange(r), [shorten(str(s)) for s in names], fontsize=clamp(9 - r / 40, 5, 8)
+        )
+    else:  # unreadable at this many rows: the top-features table of the report lists them
+        ax.set_yticks([])
     ax.set_xticks(np.arange(k), [str(f) for f in view.factor_labels])
     ax.tick_params(length=0)
     ax.set_xlabel("factor")

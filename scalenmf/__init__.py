@@ -65,4 +65,8 @@ def __getattr__(name: str) -> Any:
         from scalenmf.estimators import NMF
 
         return NMF
+    if name == "report":  # needs the plot extra (matplotlib)
+        from scalenmf.reporting import report
+
+        return report
     raise AttributeError(f"module 'scalenmf' has no attribute {name!r}")

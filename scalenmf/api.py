@@ -228,6 +228,7 @@ def fit_on_executor(
             "relative_error": float(trace.relative_errors[r][-1]),
             "n_iter": int(trace.n_iter[r]),
             "converged": bool(trace.converged[r]),
+            "loss_history": [float(v) for v in trace.objectives[r]],
         }
         for r in range(model.n_runs)
     ]

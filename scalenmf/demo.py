@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -27,10 +28,12 @@ def run_demo(
     seed: int = 0,
     overwrite: bool = True,
     echo: Callable[[str], object] = print,
+    report: str | None = "auto",
 ) -> dict[str, object]:
     """Simulate, fit with KL multiplicative updates, match to COSMIC, write the result store.
 
-    Returns a dict with the result, the matches and the planted signatures.
+    ``report``: the HTML report to write ("auto": beside the store, ``<name>.html``; None:
+    none). Returns a dict with the result, the matches and the planted signatures.
     """
     ref = cosmic_reference()
     planted = (
@@ -81,4 +84,17 @@ def run_demo(
     result.info["demo"] = {"planted": planted, "matches": [m.__dict__ for m in matches]}
     result.save(output, overwrite=overwrite)
     echo(f"Result store written to {output} (inspect it with: scalenmf info {output}).")
-    return {"result": result, "matches": matches, "planted": planted}
+    report_path = str(Path(output).with_suffix(".html")) if report == "auto" else report
+    if report_path:
+        _write_report(output, report_path, echo)
+    return {"result": result, "matches": matches, "planted": planted, "report": report_path}
+
+
+def _write_report(store: str, path: str, echo: Callable[[str], object]) -> None:
+    try:
+        from scalenmf.reporting import report
+    except ImportError:
+        echo("No HTML report: it needs the plot extra (pip install 'scalenmf[plot]').")
+        return
+    report(store, path, progress=False)
+    echo(f"Report written to {path} (open it in a browser).")

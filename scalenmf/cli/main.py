@@ -230,15 +230,33 @@ def info(store: str) -> None:
 @click.option("--samples", type=int, default=500, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite/--no-overwrite", default=True, show_default=True)
+@click.option(
+    "--report",
+    default="auto",
+    show_default=True,
+    help="HTML report to write (auto: OUTPUT with .html; none: no report).",
+)
 @user_errors
-def demo(output: str, k: int, samples: int, seed: int, overwrite: bool) -> None:
+def demo(output: str, k: int, samples: int, seed: int, overwrite: bool, report: str) -> None:
     """Factorize a bundled mutation catalogue simulated from COSMIC signatures."""
     from scalenmf.demo import run_demo
 
-    run_demo(output, k=k, n_samples=samples, seed=seed, overwrite=overwrite, echo=click.echo)
+    run_demo(
+        output,
+        k=k,
+        n_samples=samples,
+        seed=seed,
+        overwrite=overwrite,
+        echo=click.echo,
+        report=None if report == "none" else report,
+    )
 
 
 def _register_optional() -> None:
+    from scalenmf.cli.plot import plot, report
+
+    main.add_command(plot)
+    main.add_command(report)
     try:
         from scalenmf.cli.dnmf import dnmf
     except ImportError:  # the DNMF commands arrive with their module

@@ -47,7 +47,11 @@ def test_dask_workers_transform_their_own_blocks(fitted, tmp_path):
     write_matrix(store, V, block_cols=10)
     model.save(tmp_path / "m")
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=None
+        n_workers=2,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tcp",
+        dashboard_address="127.0.0.1:0",
     ) as cluster:
         res = CliRunner().invoke(
             dnmf,

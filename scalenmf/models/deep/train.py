@@ -268,10 +268,25 @@ def gram_statistics(dataset: ColumnShardDataset, dtype: torch.dtype) -> tuple[to
 # ----------------------------------------------------------------------------- one step
 
 
+def w_statistics(
+    V: torch.Tensor, W: torch.Tensor, H_hat: torch.Tensor, loss: str
+) -> list[torch.Tensor]:
+    """This rank's partial statistics for the basis refit, from one forward pass.
+
+    Frobenius: ``[ĤĤᵀ (k, k), VĤᵀ (m, k)]``; KL: the MU numerator ``(V ⊘ WĤ)Ĥᵀ`` (m, k)
+    and ``Ĥ1`` (k,). They depend only on the pre-step network output, so they travel in
+    the step's single all-reduce with the gradients.
+    """
+    H = H_hat.detach()
+    if loss == "kl":
+        return list(kl_w_statistics(V, W, H))
+    return [H @ H.T, V @ H.T]
+
+
 def _refit_w(
-    state: TrainState, V: torch.Tensor, H_hat: torch.Tensor, loss: str, n_step: int, n_total: int
+    state: TrainState, stats: list[torch.Tensor], loss: str, n_step: int, n_total: int
 ) -> None:
-    """Update the basis after an optimiser step from this step's ``Ĥ`` (unsupervised).
+    """Update the basis after an optimiser step from this step's summed statistics.
 
     Frobenius: NNLS from Gram statistics, by at most ``REFIT_SWEEPS`` warm-started exact
     coordinate-descent sweeps. In full batch the statistics are exact; with mini-batches
@@ -279,15 +294,12 @@ def _refit_w(
     KL: one multiplicative KL step for ``W`` from the step's (summed) statistics.
     """
     assert state.W is not None
-    H = H_hat.detach()
+    dtype = state.W.dtype
     if loss == "kl":
-        num, den = kl_w_statistics(V, state.W, H)
-        both = all_sum_(torch.cat([num.reshape(-1), den]))
-        state.W = kl_w_update(state.W, both[: num.numel()].view_as(num), both[num.numel() :])
+        num, den = (t.to(dtype) for t in stats)
+        state.W = kl_w_update(state.W, num, den)
         return
-    k = H.shape[0]
-    both = all_sum_(torch.cat([(H @ H.T).reshape(-1), (V @ H.T).reshape(-1)])) / n_step
-    hh, vh = both[: k * k].view(k, k), both[k * k :].view(-1, k)
+    hh, vh = (t.to(dtype) / n_step for t in stats)
     rho = max(0.0, 1.0 - n_step / n_total)
     if state.stats and rho > 0:
         state.stats = [rho * state.stats[0] + (1 - rho) * hh, rho * state.stats[1] + (1 - rho) * vh]
@@ -320,28 +332,34 @@ def _restore(model: UnrolledNMF, optimizer: Adam, state: TrainState) -> None:
     state.W, state.stats = snap["W"], list(snap["stats"])
 
 
+def _stat_shapes(model: UnrolledNMF) -> list[tuple[int, ...]]:
+    m, k = model.n_features, model.n_components
+    return [(m, k), (k,)] if model.loss == "kl" else [(k, k), (m, k)]
+
+
 def _forward_backward(
     model: UnrolledNMF,
     optimizer: Adam,
     batch: Batch | None,
     state: TrainState,
     mode: str,
-    n_step: int,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Loss and gradients of this rank's batch, summed over ranks in one all-reduce.
+) -> torch.Tensor:
+    """Loss, gradients, basis statistics and column count of this rank's batch, summed
+    over ranks in ONE all-reduce (per-step latency, not bandwidth, limits data parallelism).
+
+    Gradients are of the unnormalised loss sum; the caller divides by the global count.
 
     Returns
     -------
-    flat : Tensor
-        Summed gradients followed by the summed loss (last entry).
-    H_hat : Tensor or None
-        This rank's network output (None without data).
+    Tensor, float64
+        ``[Σ gradients…, Σ loss, Σ statistics… (unsupervised), Σ columns]``.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer.zero_grad(set_to_none=False)
     loss_sum = torch.zeros((), dtype=torch.float64)
-    H_hat = None
-    if batch is not None and batch.V.shape[1] > 0:
+    n_local = 0 if batch is None else int(batch.V.shape[1])
+    stats: list[torch.Tensor] = []
+    if batch is not None and n_local > 0:
         V = batch.V.to(model.B.dtype)
         H_hat = model(V)
         if mode == "supervised":
@@ -349,13 +367,16 @@ def _forward_backward(
         else:
             assert state.W is not None
             loss_sum = unsupervised_loss_sum(V, state.W, H_hat, model.lambdas, model.loss)
-        (loss_sum / n_step).backward()
+            stats = w_statistics(V, state.W, H_hat, model.loss)
+        loss_sum.backward()
+    elif mode == "unsupervised":
+        # an idle rank still joins the reduction, with zero statistics
+        stats = [torch.zeros(shape, dtype=torch.float64) for shape in _stat_shapes(model)]
     grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-    # one collective for all gradients and the loss (latency, not bandwidth, dominates)
-    flat = all_sum_(
-        torch.cat([g.reshape(-1).double() for g in grads] + [loss_sum.detach().reshape(1)])
-    )
-    return flat, H_hat
+    parts = [g.reshape(-1).double() for g in grads] + [loss_sum.detach().reshape(1)]
+    parts += [t.reshape(-1).double() for t in stats]
+    parts.append(torch.tensor([float(n_local)], dtype=torch.float64))
+    return all_sum_(torch.cat(parts))
 
 
 def train_step(
@@ -380,12 +401,13 @@ def train_step(
     n_step : int
         Global number of columns in the step; 0 means every rank is out of data.
     """
-    n_local = 0 if batch is None else batch.V.shape[1]
-    n_step = int(all_sum_(torch.tensor([n_local], dtype=torch.int64)).item())
-    if n_step == 0:
-        return 0.0, 0
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_grad = sum(p.numel() for p in params)
     for attempt in range(MAX_BACKTRACKS + 1):
-        flat, H_hat = _forward_backward(model, optimizer, batch, state, mode, n_step)
+        flat = _forward_backward(model, optimizer, batch, state, mode)
+        n_step = round(float(flat[-1]))
+        if n_step == 0:
+            return 0.0, 0
         if bool(torch.isfinite(flat).all()):
             break
         if state.snapshot is None or attempt == MAX_BACKTRACKS:
@@ -400,24 +422,22 @@ def train_step(
         _restore(model, optimizer, state)
     state.snapshot = _snapshot(model, optimizer, state)
     offset = 0
-    for p in (p for p in model.parameters() if p.requires_grad):
+    for p in params:
         size = p.numel()
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        p.grad.copy_(flat[offset : offset + size].view_as(p).to(p.dtype))
+        p.grad.copy_((flat[offset : offset + size] / n_step).view_as(p).to(p.dtype))
         offset += size
-    total = float(flat[-1])
+    total = float(flat[n_grad])
     optimizer.step()
     model.clamp_()
     if mode == "unsupervised":
-        if H_hat is None:
-            # an idle rank still joins the statistics reduction with zeros
-            m, k = model.n_features, model.n_components
-            V = torch.zeros((m, 0), dtype=model.B.dtype)
-            H_hat = torch.zeros((k, 0), dtype=model.B.dtype)
-        else:
-            V = batch.V.to(model.B.dtype)  # type: ignore[union-attr]
-        _refit_w(state, V, H_hat, model.loss, n_step, n_total)
+        stats, offset = [], n_grad + 1
+        for shape in _stat_shapes(model):
+            size = math.prod(shape)
+            stats.append(flat[offset : offset + size].view(shape))
+            offset += size
+        _refit_w(state, stats, model.loss, n_step, n_total)
     state.step += 1
     state.step_in_epoch += 1
     return total, n_step

@@ -11,20 +11,39 @@ from typing import Any
 from scalenmf._version import __version__
 from scalenmf.api import nmf
 from scalenmf.engine.loop import ConvergenceWarning, IterationInfo
+from scalenmf.interpret import (
+    extract_features,
+    feature_scores,
+    match,
+    predict,
+    sparseness,
+    top_features,
+)
 from scalenmf.io import InputError, MatrixSource, open_matrix, write_matrix
 from scalenmf.result import NMFResult, load
+from scalenmf.selection import ConsensusResult, RankSurvey, consensus, rank_survey
 
 __all__ = [
+    "ConsensusResult",
     "ConvergenceWarning",
     "InputError",
     "IterationInfo",
     "MatrixSource",
     "NMFResult",
+    "RankSurvey",
     "__version__",
+    "consensus",
     "convert",
+    "extract_features",
+    "feature_scores",
     "load",
+    "match",
     "nmf",
     "open_matrix",
+    "predict",
+    "rank_survey",
+    "sparseness",
+    "top_features",
     "write_matrix",
 ]
 

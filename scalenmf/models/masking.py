@@ -86,8 +86,9 @@ def _union(a: sp.csc_matrix | None, b: sp.csc_matrix | None) -> sp.csc_matrix | 
 
 def _zero_at(X: Block, pattern: sp.csc_matrix) -> Block:
     if sp.issparse(X):
-        keep = sp.csc_matrix(X).multiply(sp.csc_matrix(pattern == 0))
-        out = sp.csc_matrix(keep, dtype=X.dtype)
+        csc = sp.csc_matrix(X)
+        ones = pattern.astype(csc.dtype)
+        out = sp.csc_matrix(csc - csc.multiply(ones), dtype=X.dtype)
         out.eliminate_zeros()
         return out
     out = np.array(X, copy=True)

@@ -484,14 +484,7 @@ def multifit_step(block: FitBlock, state: dict[str, Any] | None, bc: MultiCast):
 
 def multi_stats_step(block: FitBlock, state: Any, bc: Any) -> tuple[Any, dict[str, float]]:
     """Validation and sums over the observed entries: ‖X‖², ΣX, observed count."""
-    try:
-        stats = check_block(block.X)
-    except InputError as exc:
-        if "NaN" in str(exc):
-            raise InputError(
-                f"{exc} (pass mask='nan', or --mask nan, to treat NaN as missing entries)"
-            ) from exc
-        raise
+    stats = check_block(block.X)
     m, n = block.X.shape
     n_missing = 0 if block.missing is None else int(block.missing.nnz)
     return state, {**stats, "n_obs": float(m * n - n_missing), "n_missing": float(n_missing)}

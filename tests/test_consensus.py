@@ -83,8 +83,9 @@ def test_silhouette_matches_scikit_learn():
 def test_subsampled_consensus_still_clusters_every_sample():
     rng = np.random.default_rng(2)
     truth = np.repeat(np.arange(3), 40)
-    labels = np.stack([np.where(rng.random(120) < 0.05, rng.integers(0, 3, 120), truth)
-                       for _ in range(8)])
+    labels = np.stack(
+        [np.where(rng.random(120) < 0.05, rng.integers(0, 3, 120), truth) for _ in range(8)]
+    )
     full = sample_consensus(labels, 3)
     sub = sample_consensus(labels, 3, max_samples=30, seed=0)
     assert not full.subsampled and sub.subsampled and sub.samples.size == 30

@@ -21,8 +21,16 @@ from scalenmf.signatures import cosmic_reference, load_reference, simulate_catal
 
 
 def _result(W, H, rows=None):
-    return NMFResult(W=np.asarray(W, float), H=np.asarray(H, float), loss_history=[0.0],
-                     relative_error=0.0, n_iter=1, converged=True, params={}, row_labels=rows)
+    return NMFResult(
+        W=np.asarray(W, float),
+        H=np.asarray(H, float),
+        loss_history=[0.0],
+        relative_error=0.0,
+        n_iter=1,
+        converged=True,
+        params={},
+        row_labels=rows,
+    )
 
 
 def test_predict_uses_the_scale_free_coefficients():
@@ -80,8 +88,9 @@ def test_signature_matching_recovers_planted_cosmic_signatures():
     # Rows shuffled: matching must align channels by label, not by position.
     order = np.random.default_rng(0).permutation(96)
     source = scalenmf.open_matrix(counts[order]).set_labels(ref.channels[order], None)
-    res = scalenmf.nmf(source, 5, loss="kl", max_iter=600, tol=1e-6, n_runs=3, seed=0,
-                       progress=False)
+    res = scalenmf.nmf(
+        source, 5, loss="kl", max_iter=600, tol=1e-6, n_runs=3, seed=0, progress=False
+    )
     matches = scalenmf.match(res)
     assert sorted(m.match for m in matches) == sorted(PLANTED)
     assert min(m.cosine for m in matches) > 0.95

@@ -97,7 +97,9 @@ def test_permuting_is_blocking_independent_and_dense_equals_sparse():
     rng = np.random.default_rng(4)
     X = rng.random((30, 50)) * (rng.random((30, 50)) < 0.4)
     whole = permute_columns_dense(X, 3, 0)
-    parts = np.hstack([permute_columns_dense(X[:, :17], 3, 0), permute_columns_dense(X[:, 17:], 3, 17)])
+    parts = np.hstack(
+        [permute_columns_dense(X[:, :17], 3, 0), permute_columns_dense(X[:, 17:], 3, 17)]
+    )
     np.testing.assert_array_equal(whole, parts)
     np.testing.assert_array_equal(permute_columns_sparse(sp.csc_matrix(X), 3, 0).toarray(), whole)
     np.testing.assert_allclose(np.sort(whole, axis=0), np.sort(X, axis=0))
@@ -106,7 +108,9 @@ def test_permuting_is_blocking_independent_and_dense_equals_sparse():
 
 def test_heldout_pattern_is_blocking_independent_with_the_asked_density():
     whole = heldout_pattern(5, 0.1, 40, 0, 3000)
-    parts = sp.hstack([heldout_pattern(5, 0.1, 40, 0, 1234), heldout_pattern(5, 0.1, 40, 1234, 3000)])
+    parts = sp.hstack(
+        [heldout_pattern(5, 0.1, 40, 0, 1234), heldout_pattern(5, 0.1, 40, 1234, 3000)]
+    )
     assert (whole.astype(int) - parts.astype(int)).nnz == 0
     assert abs(whole.nnz / (40 * 3000) - 0.1) < 0.01
     assert (heldout_pattern(6, 0.1, 40, 0, 3000).astype(int) - whole.astype(int)).nnz > 0

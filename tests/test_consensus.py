@@ -100,7 +100,7 @@ def test_factor_consensus_recovers_shared_factors_and_drops_an_outlier():
     rng = np.random.default_rng(3)
     base = rng.random((30, 3))
     Ws = []
-    for r in range(8):
+    for _ in range(8):
         W = base * rng.uniform(0.5, 2, 3) + rng.random((30, 3)) * 0.02
         Ws.append(W[:, rng.permutation(3)])
     Ws[5][:, 0] = rng.random(30) ** 8  # one factor unlike anything else

@@ -428,12 +428,11 @@ def multifit_step(block: FitBlock, state: dict[str, Any] | None, bc: MultiCast):
         for i in idx:
             g = bc.groups[i]
             H_all = new_state["H"].get(g.key)
-            if H_all is None:
-                H_all = _start_h(config, g, n_j, dtype)
-            stacks[i] = np.array(H_all, copy=True)
+            stacks[i] = _start_h(config, g, n_j, dtype) if H_all is None else H_all
         if config.loss == "kl":
             for i in idx:
                 g = bc.groups[i]
+                stacks[i] = np.array(stacks[i], copy=True)  # updated slot by slot below
                 masks = (
                     _block_masks(new_state, variant, Xv, miss, g, config, block.start)
                     if g.key[2]
@@ -464,8 +463,15 @@ def multifit_step(block: FitBlock, state: dict[str, Any] | None, bc: MultiCast):
                     if g.key[2]
                     else None
                 )
-                H, B, extras = _frobenius_group(config, g, Xv, B, stacks[i][g.slots], masks)
-                stacks[i][g.slots] = H
+                whole = len(g.slots) == g.n_slots and bool(np.all(np.diff(g.slots) > 0))
+                # The solvers copy their start, so a full stack is passed without a copy.
+                H0 = stacks[i] if whole else stacks[i][g.slots]
+                H, B, extras = _frobenius_group(config, g, Xv, B, H0, masks)
+                if whole:
+                    stacks[i] = H
+                else:
+                    stacks[i] = np.array(stacks[i], copy=True)
+                    stacks[i][g.slots] = H
                 news.append((i, H, B, masks, extras))
             H_cat = np.vstack([h.reshape(-1, n_j) for _, h, _, _, _ in news])
             XHt_all = x_ht(Xv, H_cat)  # (m, Σ A·k)

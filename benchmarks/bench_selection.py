@@ -275,12 +275,16 @@ def main(argv: list[str] | None = None) -> int:
     set_thread_env(args.threads)
     only = {int(x) for x in args.only.split(",") if x}
     rows: list[dict[str, Any]] = []
-    if 1 in only:
-        rows += bench_survey_vs_r(args.threads, args.quick)
-    if 2 in only:
-        rows += bench_consensus_vs_r(args.threads, args.quick)
-    if 3 in only:
-        rows += bench_catalogue(args.threads, args.quick, args.iters)
+    steps = {
+        1: lambda: bench_survey_vs_r(args.threads, args.quick),
+        2: lambda: bench_consensus_vs_r(args.threads, args.quick),
+        3: lambda: bench_catalogue(args.threads, args.quick, args.iters),
+    }
+    for number, step in steps.items():
+        if number in only:
+            rows += step()
+            if args.json:  # keep what is measured so far
+                dump_json({"rows": rows}, args.json)
     for row in rows:
         for key in ("cophenetic", "r_cophenetic"):
             if isinstance(row.get(key), dict):

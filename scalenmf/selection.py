@@ -413,7 +413,12 @@ def rank_survey(
         params=params,
         info={
             **info,
-            "timings": {"fit_s": t_fit, "total_s": total, "iterations": len(outcome.iter_times)},
+            "timings": {
+                "fit_s": t_fit,
+                "loop_s": outcome.total_s,
+                "total_s": total,
+                "iterations": len(outcome.iter_times),
+            },
         },
         sample_labels=sample_names(setup.source),
     )

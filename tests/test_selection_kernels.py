@@ -114,3 +114,27 @@ def test_heldout_pattern_is_blocking_independent_with_the_asked_density():
     assert (whole.astype(int) - parts.astype(int)).nnz == 0
     assert abs(whole.nnz / (40 * 3000) - 0.1) < 0.01
     assert (heldout_pattern(6, 0.1, 40, 0, 3000).astype(int) - whole.astype(int)).nnz > 0
+
+
+def test_batched_bpp_is_exact_warm_or_cold_shared_or_per_column():
+    from scalenmf.kernels import bpp_nnls
+    from scalenmf.kernels.batched import bpp_nnls_batched
+
+    rng = np.random.default_rng(5)
+    A = rng.random((3, 30, 5))
+    G = np.einsum("rmk,rml->rkl", A, A)
+    B = np.einsum("rmk,rmn->rkn", A, rng.random((3, 30, 80)) - 0.3)
+    X = bpp_nnls_batched(G, B, l1=0.05, l2=0.1)
+    for r in range(3):
+        np.testing.assert_allclose(X[r], bpp_nnls(G[r], B[r], l1=0.05, l2=0.1), atol=1e-10)
+    np.testing.assert_allclose(bpp_nnls_batched(G, B, X + 0.5, l1=0.05, l2=0.1), X, atol=1e-10)
+    per_col = np.broadcast_to(G[:, None], (3, 80, 5, 5)).copy()
+    np.testing.assert_allclose(bpp_nnls_batched(per_col, B, l1=0.05, l2=0.1), X, atol=1e-10)
+    # A zero column of W (padding) keeps its coefficient at 0.
+    A[:, :, -1] = 0
+    G0 = np.einsum("rmk,rml->rkl", A, A)
+    B0 = np.einsum("rmk,rmn->rkn", A, rng.random((3, 30, 80)))
+    X0 = bpp_nnls_batched(G0, B0)
+    assert np.all(X0[:, -1] == 0) and np.all(X0 >= 0)
+    ref = cd_nnls_batched(G0, B0, max_sweeps=5000, tol=1e-15)
+    np.testing.assert_allclose(X0, ref, atol=1e-8)

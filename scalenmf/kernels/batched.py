@@ -203,3 +203,146 @@ def wh_at(W: np.ndarray, H: np.ndarray, pattern: sp.spmatrix) -> np.ndarray:
         b = min(a + step, rows.size)
         out[a:b] = np.einsum("ij,ij->i", W64[rows[a:b]], Ht[cols[a:b]])
     return out
+
+
+#: Systems solved at once by ``bpp_nnls_batched`` (bounds its (T, k, k) temporaries).
+BPP_CHUNK = 1 << 14
+#: Passive-set groups at least this large are solved with one factorisation each.
+GROUPED_MIN_COLUMNS = 32
+
+
+def _passive_solve(G: np.ndarray, b: np.ndarray, F: np.ndarray) -> np.ndarray:
+    """``x_F = G_FF⁻¹ b_F``, ``x_A = 0`` for a stack of systems G (T,k,k), b (T,k), F (T,k).
+
+    The active rows and columns are replaced by the identity, so one batched LAPACK solve
+    serves every passive pattern; a relative ridge of 1e-12 keeps exactly collinear
+    factors solvable.
+    """
+    k = b.shape[-1]
+    idx = np.arange(k)
+    M = np.where(F[:, :, None] & F[:, None, :], G, 0.0)
+    d = M[:, idx, idx]
+    ridge = 1e-12 * np.maximum(d.max(axis=1, initial=0.0), 1e-300)
+    M[:, idx, idx] = np.where(F, d + ridge[:, None], 1.0)
+    x = np.linalg.solve(M, np.where(F, b, 0.0)[..., None])[..., 0]
+    return np.where(F, x, 0.0)
+
+
+def bpp_nnls_batched(
+    G: np.ndarray,
+    B: np.ndarray,
+    X0: np.ndarray | None = None,
+    *,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    max_rounds: int | None = None,
+) -> np.ndarray:
+    """Exact NNLS by block principal pivoting (Kim & Park 2011) for a batch of fits.
+
+    Every (fit, column) is one KKT system ``x_F = G_FF⁻¹ b_F, y = Gx − b, x ≥ 0, y ≥ 0,
+    xᵀy = 0``; infeasible variables move between the passive set F and the active set in
+    blocks, with the single-exchange backup rule that guarantees termination. A warm start
+    ``X0`` seeds F with its positive entries, so in an alternating fit most columns are
+    already optimal and only the others are solved again. Coordinates whose Gram diagonal
+    is 0 (a zero column of W, such as padding) stay 0.
+
+    Parameters
+    ----------
+    G : ndarray, shape (R, k, k) or (R, n, k, k)
+    B : ndarray, shape (R, k, n)
+    X0 : ndarray, shape (R, k, n), optional
+    l1, l2 : float
+    max_rounds : int, optional
+        Safety bound on pivoting rounds (default ``5·k + 10``).
+
+    Returns
+    -------
+    ndarray, shape (R, k, n), the dtype of B
+    """
+    out_dtype = np.dtype(B.dtype) if np.issubdtype(B.dtype, np.floating) else np.float64
+    Gp, Bp = _penalize(G, B, l1, l2, np.dtype(np.float64))
+    R, k, n = Bp.shape
+    b = np.ascontiguousarray(Bp.transpose(0, 2, 1)).reshape(R * n, k)
+    if Gp.ndim == 3:
+        Gs = Gp
+        gidx = np.repeat(np.arange(R), n)
+    else:
+        Gs = Gp.reshape(R * n, k, k)
+        gidx = np.arange(R * n)
+    idx = np.arange(k)
+    alive = Gs[:, idx, idx][gidx] > 0  # (T, k)
+    if X0 is None:
+        F = np.zeros((R * n, k), dtype=bool)
+    else:
+        F = (np.asarray(X0).transpose(0, 2, 1).reshape(R * n, k) > 0) & alive
+    x = np.zeros((R * n, k))
+    y = -b.copy()
+    tol = 1e-10 * np.maximum(np.abs(b).max(axis=1, initial=0.0), 1.0)[:, None]
+
+    shared = Gp.ndim == 3
+    weights = (1 << np.arange(k, dtype=np.int64)) if k < 62 else None
+
+    def solve(cols: np.ndarray) -> None:
+        if shared and weights is not None and cols.size:
+            # Columns of one fit with the same passive set share one factorisation: large
+            # groups are solved that way, the rest by one stacked solve per chunk.
+            keys = gidx[cols] * (1 << k) + F[cols] @ weights
+            _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+            big = counts[inverse.ravel()] >= GROUPED_MIN_COLUMNS
+            if big.any():
+                solve_grouped(cols[big], keys[big])
+            cols = cols[~big]
+        for a in range(0, cols.size, BPP_CHUNK):
+            c = cols[a : a + BPP_CHUNK]
+            Gc = Gs[gidx[c]]
+            xc = _passive_solve(Gc, b[c], F[c])
+            yc = np.einsum("tkl,tl->tk", Gc, xc) - b[c]
+            x[c] = xc
+            y[c] = np.where(F[c], 0.0, yc)
+
+    def solve_grouped(cols: np.ndarray, keys: np.ndarray) -> None:
+        # Columns of one fit with the same passive set share one factorisation.
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        ends = np.r_[starts[1:], order.size]
+        for a, e in zip(starts, ends, strict=True):
+            c = cols[order[a:e]]
+            fit = gidx[c[0]]
+            pas = np.flatnonzero(F[c[0]])
+            G_fit = Gs[fit]
+            xc = np.zeros((c.size, k))
+            if pas.size:
+                sub = G_fit[np.ix_(pas, pas)]
+                sub = sub + 1e-12 * max(float(np.max(np.diag(sub))), 1e-300) * np.eye(pas.size)
+                xc[:, pas] = np.linalg.solve(sub, b[c][:, pas].T).T
+            yc = xc @ G_fit.T - b[c]
+            yc[:, pas] = 0.0
+            x[c] = xc
+            y[c] = yc
+
+    solve(np.flatnonzero(F.any(axis=1)))
+    alpha = np.full(R * n, 3, dtype=np.int64)
+    best = np.full(R * n, k + 1, dtype=np.int64)
+    rounds = 5 * k + 10 if max_rounds is None else max_rounds
+    for _ in range(rounds):
+        infeasible = (F & (x < -tol)) | (~F & alive & (y < -tol))
+        count = infeasible.sum(axis=1)
+        todo = count > 0
+        if not todo.any():
+            break
+        better = todo & (count < best)
+        best = np.where(better, count, best)
+        alpha = np.where(better, 3, alpha)
+        worse = todo & ~better
+        spend = worse & (alpha > 0)
+        alpha = np.where(spend, alpha - 1, alpha)
+        block = better | spend
+        F[block] ^= infeasible[block]
+        backup = np.flatnonzero(worse & ~spend)
+        if backup.size:
+            last = k - 1 - np.argmax(infeasible[backup, ::-1], axis=1)
+            F[backup, last] ^= True
+        solve(np.flatnonzero(todo))
+    out = np.maximum(x, 0).reshape(R, n, k).transpose(0, 2, 1)
+    return np.ascontiguousarray(out).astype(out_dtype, copy=False)

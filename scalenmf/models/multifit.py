@@ -15,12 +15,13 @@ Gram per column and their W step one per row, obtained from the unmasked Grams m
 contributions of the missing entries, so their cost grows with the number of missing
 entries, not with m·n.
 
-Frobenius fits run ``als`` (coordinate descent to ``inner_tol``), ``hals`` (3 sweeps) or
+Frobenius fits run ``als`` (exact NNLS by block principal pivoting), ``hals`` (3 sweeps) or
 ``mu``; KL fits run ``mu``; all of them with or without a mask.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ from scalenmf.engine.loop import run_alternating
 from scalenmf.io.errors import InputError
 from scalenmf.kernels import gram, kl_block, rhs, x_ht
 from scalenmf.kernels.batched import (
+    bpp_nnls_batched,
     cd_nnls_batched,
     mu_frobenius_batched,
     pattern_grams,
@@ -52,8 +54,9 @@ from scalenmf.models.nmf import check_block
 VARIANTS = ("data", "null")
 #: (loss, solver) pairs the multi-fit engine runs, with and without masks.
 SUPPORTED = {("frobenius", "als"), ("frobenius", "hals"), ("frobenius", "mu"), ("kl", "mu")}
-#: Coordinate sweeps per half-step: ALS sweeps to ``inner_tol`` (at most this many).
-SWEEPS = {"als": 50, "hals": 3, "mu": 1}
+#: Coordinate sweeps per half-step of ``hals`` (``als`` solves exactly by block principal
+#: pivoting, ``mu`` takes one multiplicative step).
+SWEEPS = {"als": 0, "hals": 3, "mu": 1}
 
 GroupKey = tuple[str, int, bool]  # (variant, padded k, masked)
 #: Fits whose ranks are within this ratio share one batch, W padded with zero columns:
@@ -114,7 +117,6 @@ class MultiConfig:
     l1_h: float = 0.0
     l2_w: float = 0.0
     l2_h: float = 0.0
-    inner_tol: float = 1e-4
     cv_fraction: float = 0.05
     cv_seed: int = 0
     null_seed: int = 0
@@ -226,9 +228,28 @@ def mask_parts(
 def _solve(
     config: MultiConfig, G: np.ndarray, B: np.ndarray, X0: np.ndarray, l1: float, l2: float
 ) -> np.ndarray:
+    """One half-step of every fit of a batch: exact NNLS (als), HALS sweeps or MU."""
     if config.solver == "mu":
         return mu_frobenius_batched(G, B, X0, l1=l1, l2=l2)
-    return cd_nnls_batched(G, B, X0, l1=l1, l2=l2, max_sweeps=config.sweeps, tol=config.inner_tol)
+    if config.solver == "als":
+        return bpp_nnls_batched(G, B, X0, l1=l1, l2=l2)
+    return cd_nnls_batched(G, B, X0, l1=l1, l2=l2, max_sweeps=config.sweeps, tol=0.0)
+
+
+#: Inputs up to this size run the whole multi-fit with single-threaded BLAS: their
+#: products are so small that BLAS threads only add synchronisation.
+SMALL_INPUT_BYTES = 16 * 2**20
+_CONTROLLER: Any = None
+
+
+def single_threaded_blas() -> Any:
+    """A context that limits BLAS to one thread (a cached threadpoolctl controller)."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="blas")
 
 
 def _start_h(config: MultiConfig, g: GroupCast, n_j: int, dtype: np.dtype) -> np.ndarray:
@@ -576,7 +597,8 @@ class MultiFitModel:
 
     # -- broadcast and deferred W steps --------------------------------------------------
     def broadcast(self, active: list[int], first: bool) -> MultiCast:
-        self._flush()
+        with single_threaded_blas():  # many small solves: BLAS threads only get in the way
+            self._flush()
         by_group: dict[GroupKey, list[int]] = {}
         for f in active:
             by_group.setdefault(self.slot[f][0], []).append(f)
@@ -761,9 +783,11 @@ def run_multifit(
     if Ws is None:
         Ws = start_factors(fits, m, mean, seed, dtype)
     model = MultiFitModel(config, fits, Ws, mean, float(stats["xx"]))
-    trace = run_alternating(
-        model, executor, max_iter=max_iter, tol=tol, callback=callback, progress=progress
-    )
+    small = executor.source.nbytes <= SMALL_INPUT_BYTES
+    with single_threaded_blas() if small else contextlib.nullcontext():
+        trace = run_alternating(
+            model, executor, max_iter=max_iter, tol=tol, callback=callback, progress=progress
+        )
     finals = [hist[-1] for hist in trace.objectives]
     if keep is None:
         best: dict[tuple[str, int], int] = {}

@@ -133,8 +133,9 @@ def nmf(
     mask : array, sparse matrix, path or "nan", optional
         Missing entries: non-zero entries of ``mask`` (same shape as X), and NaN in X, are
         left out of the loss, so their values never change the fit. ``"nan"``: only the
-        NaN entries. Masked fits run ``als``, ``hals`` or ``mu`` (Frobenius) and ``mu``
-        (KL), start at random, and keep the best of ``n_runs`` (see docs/selection.md).
+        NaN entries. Masked fits run ``als`` (exact, batched block principal pivoting),
+        ``hals`` or ``mu`` (Frobenius) and ``mu`` (KL), start at random, and keep the best
+        of ``n_runs`` (see docs/selection.md).
 
     Returns
     -------

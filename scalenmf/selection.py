@@ -21,7 +21,6 @@ import numpy as np
 from scalenmf.api import _progress_bar, check_rank, resolve_solver
 from scalenmf.engine.executor import Executor, make_executor
 from scalenmf.engine.loop import IterationInfo
-from scalenmf.io.errors import InputError
 from scalenmf.io.source import MatrixSource, as_source
 from scalenmf.models.consensus import FactorConsensus, SampleConsensus, factor_consensus
 from scalenmf.models.masking import MaskedSource, fit_source
@@ -693,8 +692,6 @@ def fit_masked(
     """``nmf`` with missing entries: restarts run together, the best is kept."""
     masked = fit_source(source, mask)
     check_supported(p["loss"], p["solver"])
-    if p.get("nnls", "cd") != "cd":
-        raise ValueError("masked fits solve NNLS by coordinate descent; use nnls='cd'")
     config = MultiConfig(
         solver=p["solver"],
         loss=p["loss"],
@@ -734,9 +731,3 @@ def fit_masked(
     ]
     result.info["best_run"] = outcome.fits[best].run
     return result
-
-
-def check_not_empty(source: MatrixSource) -> None:
-    m, n = source.shape
-    if m == 0 or n == 0:
-        raise InputError(f"X is empty (shape {m}×{n})")

@@ -8,6 +8,7 @@ X (``models.multifit``); what follows is bookkeeping on labels and factors
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -41,6 +42,8 @@ from scalenmf.models.survey import (
 )
 from scalenmf.result import NMFResult
 from scalenmf.validation import NMF_RULES, Number, check_params, parse_memory
+
+log = logging.getLogger("scalenmf")
 
 #: Above this many samples the consensus matrix of ``consensus`` uses a subsample.
 CONSENSUS_MAX_SAMPLES = 10_000
@@ -630,6 +633,12 @@ def consensus(
 
     labels = np.stack([outcome.labels[f] for f in range(len(fits))])
     samples = sample_consensus(labels, k, max_samples=p["max_samples"], seed=p["seed"] or 0)
+    if samples.subsampled:
+        log.info(
+            "consensus matrix estimated on a random subsample of %d of %d samples",
+            samples.samples.size,
+            samples.n_total,
+        )
     runs = [r for r in _run_rows(outcome)]
     for r in runs:
         r.pop("cv_error", None)

@@ -160,6 +160,12 @@ def rank(
     click.echo("  ".join(f"{c:>11}" for c in cols))
     for row in survey.summary:
         click.echo("  ".join(f"{_fmt(row[c]):>11}" for c in cols))
+    first = survey.summary[0]
+    if first.get("subsampled"):
+        click.echo(
+            f"(consensus measures of every rank on a random subsample of "
+            f"{first['consensus_samples']} of {source.shape[1]} samples)"
+        )
     sug = survey.suggestion
     click.echo(f"suggested k = {sug['k']}: {sug['reason']}")
     click.echo(f"{len(survey.runs)} fits in {wall:.2f}s → {output}")

@@ -38,6 +38,7 @@ import numpy as np
 
 from benchmarks.common import (
     DEFAULT_THREADS,
+    THREAD_ENV_VARS,
     dump_json,
     load_average,
     machine_info,
@@ -257,16 +258,25 @@ def _catalogue_run(
         from distributed import Client, LocalCluster
 
         t0 = time.perf_counter()
-        # One BLAS thread per worker process, as laptop mode pins its block threads (the
-        # workers would otherwise inherit this process's thread variables).
-        cluster = LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            env=thread_env(1, {}),
-        )
+        # One BLAS thread per worker process, as laptop mode pins its block threads. The
+        # spawned workers load BLAS with the thread variables of this process, so those
+        # are set to 1 while the cluster starts (LocalCluster's ``env`` comes too late).
+        saved = {var: os.environ.get(var) for var in THREAD_ENV_VARS}
+        os.environ.update(thread_env(1, {}))
+        try:
+            cluster = LocalCluster(
+                n_workers=2,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
+            )
+        finally:
+            for var, value in saved.items():
+                if value is None:
+                    os.environ.pop(var, None)
+                else:
+                    os.environ[var] = value
         client = Client(cluster)
         startup = time.perf_counter() - t0
         extra = {"scheduler": client}

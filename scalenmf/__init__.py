@@ -13,6 +13,14 @@ from scalenmf.api import nmf
 from scalenmf.api_linked import inmf, jnmf, lnmf, lnmf_ranks
 from scalenmf.api_project import project
 from scalenmf.engine.loop import ConvergenceWarning, IterationInfo
+from scalenmf.interpret import (
+    extract_features,
+    feature_scores,
+    match,
+    predict,
+    sparseness,
+    top_features,
+)
 from scalenmf.io import InputError, MatrixSource, open_matrix, write_matrix
 from scalenmf.linked_result import (
     INMFResult,
@@ -22,8 +30,10 @@ from scalenmf.linked_result import (
     load_projection,
 )
 from scalenmf.result import NMFResult, load
+from scalenmf.selection import ConsensusResult, RankSurvey, consensus, rank_survey
 
 __all__ = [
+    "ConsensusResult",
     "ConvergenceWarning",
     "INMFResult",
     "InputError",
@@ -32,8 +42,12 @@ __all__ = [
     "MatrixSource",
     "NMFResult",
     "ProjectionResult",
+    "RankSurvey",
     "__version__",
+    "consensus",
     "convert",
+    "extract_features",
+    "feature_scores",
     "inmf",
     "jnmf",
     "lnmf",
@@ -41,9 +55,14 @@ __all__ = [
     "load",
     "load_linked",
     "load_projection",
+    "match",
     "nmf",
     "open_matrix",
+    "predict",
     "project",
+    "rank_survey",
+    "sparseness",
+    "top_features",
     "write_matrix",
 ]
 

@@ -81,6 +81,7 @@ def nmf(
     dtype: Any = None,
     threads: int | None = None,
     callback: Callable[[IterationInfo], Any] | None = None,
+    mask: Any = None,
 ) -> NMFResult:
     """Factorize a non-negative matrix, ``X ≈ W H``, out of core.
 
@@ -129,6 +130,12 @@ def nmf(
         Threads of the local executor (default: all cores).
     callback : callable, optional
         Called with an ``IterationInfo`` after every iteration.
+    mask : array, sparse matrix, path or "nan", optional
+        Missing entries: non-zero entries of ``mask`` (same shape as X), and NaN in X, are
+        left out of the loss, so their values never change the fit. ``"nan"``: only the
+        NaN entries. Masked fits run ``als`` (exact, batched block principal pivoting),
+        ``hals`` or ``mu`` (Frobenius) and ``mu`` (KL), start at random, and keep the best
+        of ``n_runs`` (see docs/selection.md).
 
     Returns
     -------
@@ -169,6 +176,18 @@ def nmf(
     work_dtype = np.dtype(dtype) if dtype is not None else np.dtype(source.dtype)
     if work_dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64; got {work_dtype}")
+    if mask is not None:
+        from scalenmf.selection import fit_masked
+
+        executor_args = {
+            "scheduler": scheduler,
+            "workers": p["workers"],
+            "memory_limit": budget,
+            "threads": threads,
+        }
+        return fit_masked(
+            source, executor_args, p, mask, work_dtype, progress=progress, callback=callback
+        )
     config = NMFConfig(
         k=p["k"],
         solver=p["solver"],

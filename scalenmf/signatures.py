@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
@@ -21,6 +23,10 @@ class Reference:
     names: np.ndarray
 
 
+#: Names under which the bundled COSMIC reference can be asked for.
+COSMIC_NAMES = ("cosmic-v3.4", "cosmic", "cosmic-v3.4-sbs96", "sbs96")
+
+
 def cosmic_reference() -> Reference:
     """COSMIC v3.4 SBS96 (GRCh37), shipped inside the package."""
     text = resources.files("scalenmf.data").joinpath(COSMIC_FILE).read_text()
@@ -29,6 +35,56 @@ def cosmic_reference() -> Reference:
     channels = np.array([row[0] for row in lines[1:]])
     matrix = np.array([[float(v) for v in row[1:]] for row in lines[1:]])
     return Reference(matrix, channels, names)
+
+
+def read_reference(path: str | os.PathLike[str]) -> Reference:
+    """A labelled signature matrix from CSV/TSV: a header row of signature names, channel
+    labels in the first column (SigProfiler / COSMIC layout)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"no such reference file: {str(p)!r}")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read reference {str(p)!r}: {exc}") from exc
+    lines = [line for line in text.splitlines() if line.strip()]
+    if len(lines) < 2:
+        raise InputError(f"reference {str(p)!r} needs a header row and at least one channel")
+    sep = "\t" if "\t" in lines[0] else ","
+    rows = [line.split(sep) for line in lines]
+    names = np.array([c.strip() for c in rows[0][1:]])
+    if names.size == 0:
+        raise InputError(f"reference {str(p)!r} has no signature columns")
+    channels = []
+    values = []
+    for i, row in enumerate(rows[1:], start=2):
+        if len(row) != names.size + 1:
+            raise InputError(
+                f"reference {str(p)!r} line {i} has {len(row) - 1} values, expected {names.size}"
+            )
+        channels.append(row[0].strip())
+        try:
+            values.append([float(v) for v in row[1:]])
+        except ValueError as exc:
+            raise InputError(f"reference {str(p)!r} line {i}: {exc}") from exc
+    matrix = np.array(values)
+    if not np.isfinite(matrix).all() or (matrix < 0).any():
+        raise InputError(f"reference {str(p)!r} must hold finite, non-negative values")
+    if len(set(channels)) != len(channels):
+        raise InputError(f"reference {str(p)!r} repeats channel labels")
+    return Reference(matrix, np.array(channels), names)
+
+
+def load_reference(name: str | os.PathLike[str]) -> Reference:
+    """The bundled COSMIC v3.4 SBS96 (``"cosmic-v3.4"``) or a reference file (see
+    ``read_reference``)."""
+    if isinstance(name, str) and name.lower() in COSMIC_NAMES:
+        return cosmic_reference()
+    if isinstance(name, str) and not Path(name).exists() and name.lower().startswith("cosmic"):
+        raise InputError(
+            f"unknown reference {name!r}; the bundled one is 'cosmic-v3.4' (or give a file)"
+        )
+    return read_reference(name)
 
 
 def align_rows(
@@ -93,6 +149,9 @@ def match_signatures(
         Match(int(r), str(reference.names[c]), float(cos[r, c]))
         for r, c in zip(rows, cols, strict=True)
     ]
+    # More factors than signatures: the leftovers get no name, only their best cosine.
+    for r in sorted(set(range(W.shape[1])) - {int(r) for r in rows}):
+        out.append(Match(int(r), "", float(cos[r].max()) if cos.shape[1] else float("nan")))
     return sorted(out, key=lambda m: m.factor)
 
 

@@ -121,6 +121,9 @@ def _input_source(path: str, transpose: bool, workdir: Path | None) -> Any:
 @click.option("--block-cols", type=int, default=None, help="Columns per block (default: planned).")
 @click.option("--nnls", type=click.Choice(["cd", "bpp"]), default="cd", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None)
+@click.option(
+    "--mask", default=None, help="Missing entries: a matrix file (non-zero = missing) or 'nan'."
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
@@ -257,6 +260,10 @@ def _register_optional() -> None:
 
     main.add_command(plot)
     main.add_command(report)
+    from scalenmf.cli.selection import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
     try:
         from scalenmf.cli.dnmf import dnmf
     except ImportError:  # the DNMF commands arrive with their module

@@ -95,7 +95,10 @@ def check_block(X: Block) -> dict[str, float]:
     """
     data: np.ndarray = np.asarray(X.data) if sp.issparse(X) else np.asarray(X)
     if data.size and not np.isfinite(data).all():
-        raise InputError("X contains NaN or infinite values")
+        raise InputError(
+            "X contains NaN or infinite values (to treat NaN as missing entries, pass "
+            "mask='nan' or --mask nan)"
+        )
     if data.size and data.min() < 0:
         raise InputError("X contains negative values; NMF needs non-negative data")
     if sp.issparse(X):

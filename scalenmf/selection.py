@@ -1,0 +1,742 @@
+"""Model selection and consensus: ``rank_survey``, ``consensus`` and masked fitting.
+
+All fits of a survey (every rank × restart, the same on a column-permuted null, and
+held-out cross-validation replicates) run together on the executor, sharing each read of
+X (``models.multifit``); what follows is bookkeeping on labels and factors
+(``models.consensus``, ``models.survey``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scalenmf.api import _progress_bar, check_rank, resolve_solver
+from scalenmf.engine.executor import Executor, make_executor
+from scalenmf.engine.loop import IterationInfo
+from scalenmf.io.source import MatrixSource, as_source
+from scalenmf.models.consensus import FactorConsensus, SampleConsensus, factor_consensus
+from scalenmf.models.masking import MaskedSource, fit_source
+from scalenmf.models.multifit import (
+    FitSpec,
+    MultiConfig,
+    MultiFitOutcome,
+    check_supported,
+    run_multifit,
+)
+from scalenmf.models.survey import (
+    EXTRA_COLUMNS,
+    SUMMARY_COLUMNS,
+    RankMeasures,
+    measure_rank,
+    suggest_rank,
+    survey_fits,
+)
+from scalenmf.result import NMFResult
+from scalenmf.validation import NMF_RULES, Number, check_params, parse_memory
+
+log = logging.getLogger("scalenmf")
+
+#: Above this many samples the consensus matrix of ``consensus`` uses a subsample.
+CONSENSUS_MAX_SAMPLES = 10_000
+#: The per-rank consensus of a survey uses at most this many samples (one tree per rank
+#: and per variant; the cophenetic estimate is stable well below that).
+SURVEY_CONSENSUS_SAMPLES = 2_000
+
+SELECTION_RULES: dict[str, Any] = {
+    **NMF_RULES,
+    "cv_reps": Number(0, 1000, integer=True),
+    "cv_fraction": Number(0.0, 0.5, low_open=True),
+    "consensus_samples": Number(3, math.inf, integer=True),
+    "max_samples": Number(3, math.inf, integer=True),
+}
+
+
+def parse_ks(spec: Any) -> list[int]:
+    """Ranks from ``"2-10"``, ``"2,3,5"``, ``"2-6,8"``, an int or an iterable of ints."""
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+        return [int(spec)]
+    if isinstance(spec, str):
+        out: list[int] = []
+        for part in spec.replace(" ", "").split(","):
+            match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+            if not match:
+                raise ValueError(f"ks: cannot read {spec!r}; use e.g. '2-10' or '2,3,5'")
+            lo = int(match.group(1))
+            hi = int(match.group(2) or lo)
+            if hi < lo:
+                raise ValueError(f"ks: range {part!r} runs backwards")
+            out += list(range(lo, hi + 1))
+        ks = out
+    elif isinstance(spec, Iterable):
+        ks = []
+        for k in spec:
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+                raise TypeError(f"ks must be integers; got {k!r}")
+            ks.append(int(k))
+    else:
+        raise TypeError(f"ks must be a range string, an int or a list of ints; got {spec!r}")
+    ks = sorted(set(ks))
+    if not ks:
+        raise ValueError("ks is empty")
+    if ks[0] < 1:
+        raise ValueError(f"ks must be at least 1; got {ks[0]}")
+    return ks
+
+
+@dataclass
+class _Setup:
+    source: MaskedSource
+    config: MultiConfig
+    params: dict[str, Any]
+    dtype: np.dtype
+
+
+def _setup(
+    X: Any,
+    ks: list[int],
+    *,
+    solver: str | None,
+    loss: str,
+    mask: Any,
+    block_cols: Any,
+    dtype: Any,
+    cv_fraction: float,
+    seed: int | None,
+    **rules: Any,
+) -> _Setup:
+    p = check_params(SELECTION_RULES, loss=loss, seed=seed, cv_fraction=cv_fraction, **rules)
+    p["solver"] = resolve_solver(
+        None if solver is None else NMF_RULES["solver"].check("solver", solver), p["loss"]
+    )
+    check_supported(p["loss"], p["solver"])
+    base = as_source(X, block_cols=block_cols)
+    for k in ks:
+        check_rank(k, base.shape)
+    source = fit_source(base, mask)
+    work = np.dtype(dtype) if dtype is not None else np.dtype(base.dtype)
+    if work not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64; got {work}")
+    seed_int = 0 if p["seed"] is None else int(p["seed"])
+    config = MultiConfig(
+        solver=p["solver"],
+        loss=p["loss"],
+        l1_w=p.get("l1_w", 0.0),
+        l1_h=p.get("l1_h", 0.0),
+        l2_w=p.get("l2_w", 0.0),
+        l2_h=p.get("l2_h", 0.0),
+        cv_fraction=p["cv_fraction"],
+        cv_seed=seed_int,
+        null_seed=seed_int + 7919,
+        masked_data=mask is not None,
+    )
+    return _Setup(source, config, p, work)
+
+
+def _executor(
+    source: MatrixSource, scheduler: Any, workers: Any, memory_limit: Any, threads: Any
+) -> Executor:
+    w = NMF_RULES["workers"].check("workers", workers)
+    return make_executor(
+        source,
+        scheduler=scheduler,
+        workers=w,
+        memory_limit=parse_memory(memory_limit),
+        threads=threads,
+    )
+
+
+def _fit_result(
+    outcome: MultiFitOutcome, f: int, setup: _Setup, source: MatrixSource, info: dict[str, Any]
+) -> NMFResult:
+    spec = outcome.fits[f]
+    params = {**setup.params, "k": spec.k, "memory_limit": None}
+    widths = [b - a for a, b in source.block_bounds]
+    return NMFResult(
+        W=outcome.Ws[f],
+        H=outcome.H[f],
+        loss_history=[float(v) for v in outcome.objectives[f]],
+        relative_error=float(outcome.relative_errors[f][-1]),
+        n_iter=int(outcome.n_iter[f]),
+        converged=bool(outcome.converged[f]),
+        params=params,
+        row_labels=source.row_labels,
+        col_labels=source.col_labels,
+        timings={"total_s": outcome.total_s},
+        info={**info, "block_cols": max(widths) if widths else 0, "n_blocks": source.n_blocks},
+    )
+
+
+def _run_rows(outcome: MultiFitOutcome) -> list[dict[str, Any]]:
+    rows = []
+    for f, spec in enumerate(outcome.fits):
+        rows.append(
+            {
+                "k": spec.k,
+                "run": spec.run if spec.rep < 0 else spec.rep,
+                "variant": spec.variant,
+                "kind": "fit" if spec.rep < 0 else "cv",
+                "objective": float(outcome.objectives[f][-1]),
+                "relative_error": float(outcome.relative_errors[f][-1]),
+                "n_iter": int(outcome.n_iter[f]),
+                "converged": bool(outcome.converged[f]),
+                "cv_error": float(outcome.test_errors[f]),
+            }
+        )
+    return rows
+
+
+def sample_names(source: MatrixSource) -> np.ndarray:
+    """Column labels of the input, or ``"0" … "n-1"`` when it has none."""
+    labels = source.col_labels
+    if labels is not None:
+        return np.asarray(labels, dtype=str)
+    return np.array([str(j) for j in range(source.shape[1])])
+
+
+# -- rank survey ------------------------------------------------------------------------
+
+
+@dataclass
+class RankSurvey:
+    """The result of ``rank_survey``.
+
+    Attributes
+    ----------
+    ks : list of int
+    summary : list of dict
+        One row per k: ``k, error_best, error_mean, cophenetic, dispersion, silhouette,
+        stability, cv_error, cv_error_sd`` and more (see ``SUMMARY_COLUMNS``).
+    null_summary : list of dict or None
+        The same on a copy of X with every column's entries permuted (None: not run).
+    suggestion : dict
+        ``k``, ``reason``, ``criterion`` and the measures at that k.
+    runs : list of dict
+        One row per fit: ``k, run, variant, kind, objective, relative_error, n_iter, ...``.
+    best : dict of int to NMFResult
+        The lowest-objective fit of every k (on X).
+    consensus : dict of int to SampleConsensus
+        Consensus matrix, tree and clusters per k (on X).
+    factors : dict of int to FactorConsensus
+        Factor-level consensus per k (on X), when n_runs > 1.
+    """
+
+    ks: list[int]
+    summary: list[dict[str, Any]]
+    null_summary: list[dict[str, Any]] | None
+    suggestion: dict[str, Any]
+    runs: list[dict[str, Any]]
+    best: dict[int, NMFResult]
+    consensus: dict[int, SampleConsensus]
+    factors: dict[int, FactorConsensus]
+    params: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    sample_labels: np.ndarray | None = None
+
+    def table(self, null: bool = False) -> list[dict[str, Any]]:
+        rows = self.null_summary if null else self.summary
+        return list(rows or [])
+
+    def save(self, directory: str | Path, *, overwrite: bool = False) -> str:
+        """Write ``summary.csv``, ``null_summary.csv``, ``suggestion.json``, ``runs.csv``,
+        ``survey.json``, ``best/k{K}.zarr`` and ``consensus/k{K}.zarr`` atomically."""
+        from scalenmf.io.selection_store import write_survey
+
+        columns = list(SUMMARY_COLUMNS) + list(EXTRA_COLUMNS)
+        return write_survey(self, directory, columns, overwrite=overwrite)
+
+    def __repr__(self) -> str:
+        return (
+            f"RankSurvey(ks={self.ks}, suggested k={self.suggestion.get('k')}, "
+            f"n_fits={len(self.runs)})"
+        )
+
+
+def rank_survey(
+    X: Any,
+    ks: Any = "2-10",
+    n_runs: int = 10,
+    *,
+    solver: str | None = None,
+    loss: str = "frobenius",
+    l1_w: float = 0.0,
+    l1_h: float = 0.0,
+    l2_w: float = 0.0,
+    l2_h: float = 0.0,
+    max_iter: int = 200,
+    tol: float = 1e-4,
+    seed: int | None = 0,
+    null: bool = True,
+    cv_reps: int = 3,
+    cv_fraction: float = 0.05,
+    mask: Any = None,
+    consensus_samples: int = SURVEY_CONSENSUS_SAMPLES,
+    scheduler: Any = None,
+    workers: int | None = None,
+    memory_limit: int | str | None = None,
+    progress: Any = None,
+    block_cols: Any = None,
+    dtype: Any = None,
+    threads: int | None = None,
+    callback: Callable[[IterationInfo], Any] | None = None,
+) -> RankSurvey:
+    """Fit every rank in ``ks`` ``n_runs`` times and measure how well each rank holds up.
+
+    All fits — ``len(ks) × n_runs`` restarts on X, the same on a column-permuted copy of X
+    (``null``), and ``cv_reps`` held-out replicates per rank and variant — run together on
+    the executor, reading each column block of X once per iteration for all of them.
+    Restarts start from random W (seeded by ``seed``, k and the run number).
+
+    Per rank it reports the relative error of the best and the mean run, the consensus
+    measures of R's NMF package (cophenetic correlation, dispersion, the silhouette of the
+    consensus clustering, on at most ``consensus_samples`` samples), the factor-level
+    stability (silhouette of the runs' factors, cNMF / SigProfiler style) and the
+    held-out error: ``cv_fraction`` of the entries are hidden from each replicate's fit
+    and ``cv_error`` is ``‖X − WH‖ / ‖X‖`` on them (mean and standard deviation over
+    replicates; the same held-out entries at every rank).
+
+    Parameters
+    ----------
+    X : path, ndarray, scipy.sparse matrix, dask array or MatrixSource, shape (m, n)
+    ks : str or list of int
+        ``"2-10"``, ``"2,4,6"`` or a list. Each k must be in 1..min(m, n).
+    n_runs : int
+        Restarts per rank (≥ 2 for consensus measures to mean anything).
+    solver, loss, l1_w, l1_h, l2_w, l2_h, max_iter, tol :
+        As in ``scalenmf.nmf``; ``solver`` is ``als``, ``hals`` or ``mu`` (Frobenius) or
+        ``mu`` (KL).
+    null : bool
+        Also survey the randomized null (every column's entries permuted).
+    cv_reps : int
+        Held-out replicates per rank (0: no cross-validation).
+    cv_fraction : float
+        Share of entries held out in each replicate, in (0, 0.5].
+    mask : array, sparse matrix, path or "nan", optional
+        Missing entries (non-zero = missing); NaN in X are missing too. Every fit then
+        uses only the observed entries.
+    consensus_samples : int
+        Samples used for the consensus matrix of each rank (a random subsample above it).
+    scheduler, workers, memory_limit, threads, block_cols, dtype, progress, callback :
+        As in ``scalenmf.nmf``.
+
+    Returns
+    -------
+    RankSurvey
+
+    Examples
+    --------
+    >>> import numpy as np, scalenmf
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.poisson(rng.gamma(1, 1, (40, 3)) @ rng.gamma(1, 2, (3, 60))).astype(float)
+    >>> survey = scalenmf.rank_survey(X, "2-4", n_runs=3, cv_reps=2, progress=False)
+    >>> survey.suggestion["k"]
+    3
+    """
+    t0 = time.perf_counter()
+    k_list = parse_ks(ks)
+    setup = _setup(
+        X,
+        k_list,
+        solver=solver,
+        loss=loss,
+        mask=mask,
+        block_cols=block_cols,
+        dtype=dtype,
+        cv_fraction=cv_fraction,
+        seed=seed,
+        l1_w=l1_w,
+        l1_h=l1_h,
+        l2_w=l2_w,
+        l2_h=l2_h,
+        max_iter=max_iter,
+        tol=tol,
+        n_runs=n_runs,
+        cv_reps=cv_reps,
+        consensus_samples=consensus_samples,
+    )
+    p = setup.params
+    fits = survey_fits(k_list, p["n_runs"], p["cv_reps"], bool(null))
+    executor = _executor(setup.source, scheduler, workers, memory_limit, threads)
+    bar = _progress_bar(progress, p["max_iter"], f"rank survey ({len(fits)} fits)")
+    try:
+        outcome = run_multifit(
+            executor,
+            fits,
+            setup.config,
+            dtype=setup.dtype,
+            max_iter=p["max_iter"],
+            tol=p["tol"],
+            seed=p["seed"],
+            progress=bar,
+            callback=callback,
+        )
+        info = {"input": setup.source.describe(), **executor.describe()}
+    finally:
+        if bar is not None:
+            bar.close()
+        executor.close()
+    t_fit = time.perf_counter() - t0
+    variants = ["data", "null"] if null else ["data"]
+    measured: dict[str, dict[int, RankMeasures]] = {v: {} for v in variants}
+    for v in variants:
+        for k in k_list:
+            measured[v][k] = measure_rank(
+                outcome, k, v, consensus_samples=p["consensus_samples"], sample_seed=p["seed"] or 0
+            )
+    data = measured["data"]
+    suggestion = suggest_rank(data, measured.get("null"))
+    best = {k: _fit_result(outcome, data[k].best_fit, setup, setup.source, info) for k in k_list}
+    total = time.perf_counter() - t0
+    params = {
+        **p,
+        "ks": k_list,
+        "null": bool(null),
+        "memory_limit": None,
+        "n_fits": len(fits),
+        "mask": None if mask is None else str(type(mask).__name__),
+    }
+    return RankSurvey(
+        ks=k_list,
+        summary=[data[k].row for k in k_list],
+        null_summary=[measured["null"][k].row for k in k_list] if null else None,
+        suggestion=suggestion,
+        runs=_run_rows(outcome),
+        best=best,
+        consensus={k: c for k in k_list if (c := data[k].consensus) is not None},
+        factors={k: f for k in k_list if (f := data[k].factors) is not None},
+        params=params,
+        info={
+            **info,
+            "timings": {
+                "fit_s": t_fit,
+                "loop_s": outcome.total_s,
+                "total_s": total,
+                "iterations": len(outcome.iter_times),
+            },
+        },
+        sample_labels=sample_names(setup.source),
+    )
+
+
+# -- consensus --------------------------------------------------------------------------
+
+
+@dataclass
+class ConsensusResult:
+    """The result of ``consensus``.
+
+    Attributes
+    ----------
+    k, n_runs : int
+    samples : SampleConsensus
+        Consensus matrix (of a subsample above ``max_samples``), its average-linkage tree,
+        leaf order, cophenetic correlation, dispersion, and a cluster for every sample.
+    factors : FactorConsensus
+        Factor-level consensus (medians of clustered factors); its silhouette is the
+        stability.
+    result : NMFResult
+        The consensus factorization: W from the factor consensus, H refitted on X.
+    runs : list of dict
+        One row per run: ``k, run, objective, relative_error, n_iter, converged``.
+    sample_labels : ndarray of str, shape (n,)
+    """
+
+    k: int
+    n_runs: int
+    samples: SampleConsensus
+    factors: FactorConsensus | None
+    result: NMFResult
+    runs: list[dict[str, Any]]
+    sample_labels: np.ndarray
+    params: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def clusters(self) -> np.ndarray:
+        """Consensus cluster (1..k) of every sample, in input order."""
+        return self.samples.clusters
+
+    @property
+    def cophenetic(self) -> float:
+        return self.samples.cophenetic
+
+    @property
+    def dispersion(self) -> float:
+        return self.samples.dispersion
+
+    @property
+    def stability(self) -> float:
+        return self.factors.silhouette if self.factors is not None else math.nan
+
+    @property
+    def subsampled(self) -> bool:
+        return self.samples.subsampled
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "k": self.k,
+            "n_runs": self.n_runs,
+            "cophenetic": self.cophenetic,
+            "dispersion": self.dispersion,
+            "silhouette": self.samples.silhouette,
+            "stability": self.stability,
+            "subsampled": self.subsampled,
+            "consensus_samples": int(self.samples.samples.size),
+            "n_total": self.samples.n_total,
+            "relative_error": self.result.relative_error,
+            "cluster_sizes": {
+                str(c): int(n)
+                for c, n in zip(*np.unique(self.clusters, return_counts=True), strict=True)
+            },
+            "outliers_dropped": int((~self.factors.kept).sum()) if self.factors else 0,
+        }
+
+    def save(self, directory: str | Path, *, overwrite: bool = False) -> str:
+        """Write ``clusters.csv``, ``consensus.zarr``, ``result.zarr``, ``summary.json``,
+        ``runs.csv`` atomically."""
+        from scalenmf.interpret import predict
+        from scalenmf.io.selection_store import write_consensus
+
+        return write_consensus(self, directory, predict(self.result), overwrite=overwrite)
+
+    def __repr__(self) -> str:
+        sub = ", subsampled" if self.subsampled else ""
+        return (
+            f"ConsensusResult(k={self.k}, n_runs={self.n_runs}, cophenetic={self.cophenetic:.4g},"
+            f" dispersion={self.dispersion:.4g}, stability={self.stability:.4g}{sub})"
+        )
+
+
+def consensus(
+    X: Any,
+    k: int,
+    n_runs: int = 30,
+    *,
+    solver: str | None = None,
+    loss: str = "frobenius",
+    l1_w: float = 0.0,
+    l1_h: float = 0.0,
+    l2_w: float = 0.0,
+    l2_h: float = 0.0,
+    max_iter: int = 200,
+    tol: float = 1e-4,
+    seed: int | None = 0,
+    mask: Any = None,
+    max_samples: int = CONSENSUS_MAX_SAMPLES,
+    density_threshold: float = 0.5,
+    scheduler: Any = None,
+    workers: int | None = None,
+    memory_limit: int | str | None = None,
+    progress: Any = None,
+    block_cols: Any = None,
+    dtype: Any = None,
+    threads: int | None = None,
+    callback: Callable[[IterationInfo], Any] | None = None,
+) -> ConsensusResult:
+    """Consensus clustering and factor-level consensus of ``n_runs`` fits at rank k.
+
+    The runs (random starts) run together on the executor. Sample level: each run puts a
+    sample in the factor with its largest scaled coefficient (``interpret.predict``); the
+    consensus matrix, its average-linkage tree, the cophenetic correlation and dispersion
+    and a cluster per sample follow (Brunet et al. 2004). Above ``max_samples`` samples
+    the matrix and tree are computed on a random subsample of that size and every other
+    sample joins the cluster it co-clusters with most (``subsampled`` says so). Factor
+    level (any n): the runs' factors are matched into k clusters, outliers dropped, the
+    medians taken, and H refitted on X with that W fixed (cNMF); the factors'
+    silhouette is the stability.
+
+    Parameters
+    ----------
+    X, k, n_runs :
+        Data (features × samples), rank, and number of runs.
+    max_samples : int
+        Largest consensus matrix (``max_samples²`` float32 values).
+    density_threshold : float
+        Outlier filter of the factor consensus (see ``models.consensus.factor_consensus``).
+    others :
+        As in ``rank_survey`` and ``scalenmf.nmf``.
+
+    Returns
+    -------
+    ConsensusResult
+
+    Examples
+    --------
+    >>> import numpy as np, scalenmf
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.poisson(rng.gamma(1, 1, (40, 3)) @ rng.gamma(1, 2, (3, 60))).astype(float)
+    >>> res = scalenmf.consensus(X, 3, n_runs=10, progress=False)
+    >>> res.clusters.shape, res.result.W.shape
+    ((60,), (40, 3))
+    """
+    t0 = time.perf_counter()
+    setup = _setup(
+        X,
+        [int(Number(1, math.inf, integer=True).check("k", k))],
+        solver=solver,
+        loss=loss,
+        mask=mask,
+        block_cols=block_cols,
+        dtype=dtype,
+        cv_fraction=0.05,
+        seed=seed,
+        l1_w=l1_w,
+        l1_h=l1_h,
+        l2_w=l2_w,
+        l2_h=l2_h,
+        max_iter=max_iter,
+        tol=tol,
+        n_runs=n_runs,
+        max_samples=max_samples,
+    )
+    p = setup.params
+    k = int(k)
+    fits = [FitSpec(k, "data", -1, r) for r in range(p["n_runs"])]
+    executor = _executor(setup.source, scheduler, workers, memory_limit, threads)
+    bar = _progress_bar(progress, p["max_iter"], f"consensus k={k} ({len(fits)} runs)")
+    try:
+        outcome = run_multifit(
+            executor,
+            fits,
+            setup.config,
+            dtype=setup.dtype,
+            max_iter=p["max_iter"],
+            tol=p["tol"],
+            seed=p["seed"],
+            keep=[],
+            progress=bar,
+            callback=callback,
+        )
+        finals = [hist[-1] for hist in outcome.objectives]
+        factors = (
+            factor_consensus(outcome.Ws, finals, density_threshold=density_threshold)
+            if len(fits) > 1
+            else None
+        )
+        W0 = factors.W if factors is not None else outcome.Ws[0].astype(np.float64)
+        W0 = W0.astype(setup.dtype)
+        refit = _refit_h(executor, setup, k, W0)
+        info = {"input": setup.source.describe(), **executor.describe()}
+    finally:
+        if bar is not None:
+            bar.close()
+        executor.close()
+    from scalenmf.models.consensus import sample_consensus
+
+    labels = np.stack([outcome.labels[f] for f in range(len(fits))])
+    samples = sample_consensus(labels, k, max_samples=p["max_samples"], seed=p["seed"] or 0)
+    if samples.subsampled:
+        log.info(
+            "consensus matrix estimated on a random subsample of %d of %d samples",
+            samples.samples.size,
+            samples.n_total,
+        )
+    runs = [r for r in _run_rows(outcome)]
+    for r in runs:
+        r.pop("cv_error", None)
+        r.pop("kind", None)
+    info = {
+        **info,
+        "consensus": {
+            "subsampled": samples.subsampled,
+            "consensus_samples": int(samples.samples.size),
+        },
+        "timings": {"total_s": time.perf_counter() - t0},
+    }
+    result = _fit_result(refit, 0, setup, setup.source, info)
+    result.runs = runs
+    result.params["n_runs"] = p["n_runs"]
+    result.info["refit"] = "H refitted with the factor-consensus W fixed"
+    return ConsensusResult(
+        k=k,
+        n_runs=p["n_runs"],
+        samples=samples,
+        factors=factors,
+        result=result,
+        runs=runs,
+        sample_labels=sample_names(setup.source),
+        params={**p, "memory_limit": None},
+        info=info,
+    )
+
+
+def _refit_h(executor: Executor, setup: _Setup, k: int, W: np.ndarray) -> MultiFitOutcome:
+    """H on X for a fixed W (exact NNLS for Frobenius, MU to convergence for KL)."""
+    executor.set_states([None] * executor.source.n_blocks)
+    solver = "als" if setup.config.loss == "frobenius" else "mu"
+    from dataclasses import replace
+
+    config = replace(setup.config, solver=solver, fixed_w=True)
+    return run_multifit(
+        executor,
+        [FitSpec(k)],
+        config,
+        dtype=setup.dtype,
+        max_iter=200 if solver == "mu" else 20,
+        tol=1e-6,
+        seed=0,
+        Ws=[W],
+        keep=[0],
+    )
+
+
+def fit_masked(
+    source: MatrixSource,
+    executor_args: dict[str, Any],
+    p: dict[str, Any],
+    mask: Any,
+    dtype: np.dtype,
+    *,
+    progress: Any = None,
+    callback: Any = None,
+) -> NMFResult:
+    """``nmf`` with missing entries: restarts run together, the best is kept."""
+    masked = fit_source(source, mask)
+    check_supported(p["loss"], p["solver"])
+    config = MultiConfig(
+        solver=p["solver"],
+        loss=p["loss"],
+        l1_w=p["l1_w"],
+        l1_h=p["l1_h"],
+        l2_w=p["l2_w"],
+        l2_h=p["l2_h"],
+        masked_data=True,
+    )
+    setup = _Setup(masked, config, {**p, "mask": True}, dtype)
+    fits = [FitSpec(p["k"], "data", -1, r) for r in range(p["n_runs"])]
+    executor = make_executor(masked, **executor_args)
+    bar = _progress_bar(progress, p["max_iter"], f"nmf k={p['k']} (masked)")
+    try:
+        outcome = run_multifit(
+            executor,
+            fits,
+            config,
+            dtype=dtype,
+            max_iter=p["max_iter"],
+            tol=p["tol"],
+            seed=p["seed"],
+            progress=bar,
+            callback=callback,
+        )
+        info = {"input": masked.describe(), **executor.describe()}
+    finally:
+        if bar is not None:
+            bar.close()
+        executor.close()
+    best = next(iter(outcome.H))
+    info["n_missing"] = int(outcome.n_missing)
+    result = _fit_result(outcome, best, setup, masked, info)
+    result.runs = [
+        {k: v for k, v in r.items() if k not in ("cv_error", "kind", "variant")}
+        for r in _run_rows(outcome)
+    ]
+    result.info["best_run"] = outcome.fits[best].run
+    return result

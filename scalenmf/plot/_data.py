@@ -41,7 +41,8 @@ class SampleSet:
     H : ndarray, shape (k, s)
         Those columns.
     labels : ndarray of str, shape (s,)
-        Their sample names (``"sample_<j>"`` when the store has none).
+        Their sample names (the column index ``"<j>"`` when the store has none, as in the
+        model-selection outputs, so clusters of unlabelled data match by position).
     n_total : int
         Samples in the whole result.
     chunks_read, n_chunks : int
@@ -153,7 +154,7 @@ class ResultView:
     def labels_at(self, index: np.ndarray) -> np.ndarray:
         """Sample names of the columns ``index`` (sorted), reading only those labels."""
         if self._col_labels is None:
-            return np.array([f"sample_{j}" for j in index])
+            return np.array([str(j) for j in index])
         if isinstance(self._col_labels, np.ndarray):
             return self._col_labels[index]
         return as_str_array(self._col_labels.oindex[index])
@@ -500,7 +501,7 @@ def load_consensus(path: str | os.PathLike[str] | Consensus) -> Consensus:
     n = int(matrix.shape[0])
     samples = _labels(g, "samples", read=True)
     if samples is None:
-        samples = np.array([f"sample_{j}" for j in range(n)])
+        samples = np.array([str(j) for j in range(n)])
     linkage = _optional(g, "linkage", np.float64)
     if linkage is not None and linkage.shape != (n - 1, 4):
         raise InputError(

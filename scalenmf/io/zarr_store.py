@@ -24,6 +24,7 @@ import scipy.sparse as sp
 import zarr
 from zarr.codecs import BloscCodec
 
+from scalenmf.io import storage
 from scalenmf.io.atomic import atomic_output
 from scalenmf.io.errors import InputError
 from scalenmf.io.planning import (
@@ -44,21 +45,22 @@ def _codec() -> Any:
 
 
 def _open_group(path: str | os.PathLike[str]) -> zarr.Group:
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"no such store: {str(p)!r}")
+    p = str(storage.local_path(str(path)))
+    if not storage.exists(p):
+        raise InputError(f"no such store: {p!r}")
     try:
-        node = zarr.open(str(p), mode="r")
+        # Read-only: nothing scalenmf does may modify an input store.
+        node = zarr.open(storage.zarr_store(p, read_only=True), mode="r")
     except Exception as exc:  # zarr raises several types for unreadable metadata
-        raise InputError(f"{str(p)!r} is not a readable Zarr store: {exc}") from exc
+        raise InputError(f"{p!r} is not a readable Zarr store: {exc}") from exc
     if not isinstance(node, zarr.Group):
-        raise InputError(f"{str(p)!r} is a bare Zarr array; expected a matrix store (a group)")
+        raise InputError(f"{p!r} is a bare Zarr array; expected a matrix store (a group)")
     return node
 
 
 def _is_bare_array(path: str) -> bool:
     try:
-        node = zarr.open(path, mode="r")
+        node = zarr.open(storage.zarr_store(path, read_only=True), mode="r")
     except Exception:
         return False
     return isinstance(node, zarr.Array) and node.ndim == 2
@@ -116,7 +118,8 @@ class ZarrDenseSource(MatrixSource):
     def _array(self) -> zarr.Array:
         arr = self.__dict__.get("_arr")
         if arr is None:
-            arr = zarr.open_array(self.path, path=self.array_name, mode="r")
+            store = storage.zarr_store(self.path, read_only=True)
+            arr = zarr.open_array(store, path=self.array_name, mode="r")
             self.__dict__["_arr"] = arr
         return arr
 
@@ -181,7 +184,8 @@ class ZarrSparseSource(MatrixSource):
     def _group(self) -> zarr.Group:
         g = self.__dict__.get("_grp")
         if g is None:
-            g = zarr.open_group(self.path, path=self.group_name, mode="r")
+            store = storage.zarr_store(self.path, read_only=True)
+            g = zarr.open_group(store, path=self.group_name, mode="r")
             self.__dict__["_grp"] = g
         return g
 

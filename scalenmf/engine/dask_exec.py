@@ -45,7 +45,9 @@ MAX_RECOVERIES = 5
 #: Seconds between two checks for lost block states while a step runs.
 POLL_S = 0.5
 #: Attempts at scattering data while a dead worker is still listed by the scheduler.
-SCATTER_TRIES = 10
+SCATTER_TRIES = 6
+#: First deadline of a scatter (doubled at every retry).
+SCATTER_TIMEOUT_S = 3.0
 #: Where a LocalCluster's dashboard listens: loopback only, on a free port.
 LOCAL_DASHBOARD = "127.0.0.1:0"
 
@@ -174,10 +176,6 @@ def connect(
 # -- the executor ---------------------------------------------------------------------
 
 
-def _identity(value: Any) -> Any:
-    return value
-
-
 def _load(ref: BlockRef) -> Any:
     # Realigned once here, so a resident block is not copied again at every step.
     return realign(ref.load())
@@ -242,6 +240,8 @@ class DaskExecutor:
         self._anchor: list[Any] = [None] * source.n_blocks
         self._log: list[tuple[BlockFn, Any, bool]] = []
         self.recoveries = 0
+        # Workers seen at the last check: a departure since then may have taken states.
+        self._known_workers = self._workers_now()
 
     # -- X blocks ---------------------------------------------------------------------
     def _cluster_memory(self) -> int:
@@ -277,9 +277,11 @@ class DaskExecutor:
         client = self.client
         self._step += 1
         tag = f"{self._token}-{self._step}"
-        # A task rather than scattered data: the scheduler can recompute it if its worker
-        # dies, and submitting never waits on a worker that died but is not yet removed.
-        bc = client.submit(_identity, broadcast, key=f"scalenmf-bc-{tag}", pure=False)
+        # Scattered (pure data, no lineage): that is what lets the scheduler forget the
+        # previous steps, so the graph does not grow. To one worker, from which the others
+        # fetch it (a broadcast scatter would wait on a worker that died but is still
+        # listed); if that worker dies, the step's tasks are cancelled and replayed.
+        [bc] = self._scatter([broadcast])
         outs = [
             client.submit(
                 apply_block,
@@ -312,12 +314,29 @@ class DaskExecutor:
             reducer.push(p)
         return new_states, reducer.result()
 
-    def _lost(self, watch: Sequence[Any]) -> bool:
-        """True if a finished future in ``watch`` has no worker holding its data any more."""
+    def _workers_now(self) -> set[str]:
+        info = self.client.sync(self.client.scheduler.identity)
+        return set(info.get("workers", {}))
+
+    def _lost(self, watch: Sequence[Any], finished_before: set[str]) -> bool:
+        """True if a block state the step needs may be gone.
+
+        That is: a worker seen at the last check has left (a replay is cheap and exact, so
+        any departure triggers one), or a watched future that had finished has
+        fallen back (lost, cancelled, pending again, or held by no worker).
+        """
+        now = self._workers_now()
+        gone, self._known_workers = self._known_workers - now, now
+        if gone:
+            log.info("worker(s) left the cluster: %s", sorted(gone))
+            return True
         futures = [f for f in watch if _is_future(f)]
         if any(f.status in ("lost", "cancelled") for f in futures):
             return True
+        if any(f.key in finished_before and f.status != "finished" for f in futures):
+            return True
         finished = [f for f in futures if f.status == "finished"]
+        finished_before.update(f.key for f in finished)
         if not finished:
             return False
         holders = self.client.who_has(finished)
@@ -328,6 +347,7 @@ class DaskExecutor:
         from distributed import TimeoutError as DaskTimeout
         from distributed.comm import CommClosedError
 
+        finished_before: set[str] = set()
         while True:
             try:
                 return future.result(timeout=POLL_S)
@@ -340,7 +360,7 @@ class DaskExecutor:
             except CommClosedError as exc:
                 raise self._scheduler_gone(exc) from exc
             try:
-                lost = self._lost(watch)
+                lost = self._lost(watch, finished_before)
             except (OSError, CommClosedError) as exc:
                 raise self._scheduler_gone(exc) from exc
             if lost:
@@ -353,19 +373,32 @@ class DaskExecutor:
         )
 
     def _scatter(self, data: list[Any], broadcast: bool = False) -> list[Any]:
-        """``client.scatter``, retried while the scheduler notices that a worker died."""
+        """``client.scatter`` with a deadline, retried while a dead worker is still listed.
+
+        A scatter to a worker that was just killed can wait on it for a long time; the
+        scheduler removes such a worker within seconds, so a fresh attempt then succeeds.
+        """
+        import asyncio
+
         from distributed.comm import CommClosedError
 
+        client = self.client
+        timeout = SCATTER_TIMEOUT_S
         for attempt in range(SCATTER_TRIES):
-            try:
-                return list(
-                    self.client.scatter(data, broadcast=broadcast, hash=False, timeout=POLL_S * 20)
+
+            async def scatter(limit: float = timeout) -> Any:
+                return await asyncio.wait_for(
+                    client._scatter(data, broadcast=broadcast, hash=False), limit
                 )
-            except (CommClosedError, OSError, TimeoutError) as exc:
+
+            try:
+                return list(client.sync(scatter))
+            except (CommClosedError, OSError, TimeoutError, asyncio.TimeoutError, KeyError) as exc:
                 if attempt == SCATTER_TRIES - 1:
                     raise self._scheduler_gone(exc) from exc
-                log.debug("scatter failed (%s); retrying", exc)
-                time.sleep(POLL_S * 2)
+                log.info("scatter failed (%s: %s); retrying", type(exc).__name__, exc)
+                time.sleep(POLL_S)
+                timeout *= 2
         raise AssertionError("unreachable")
 
     def _scatter_states(self, states: Sequence[Any]) -> list[Any]:
@@ -389,6 +422,7 @@ class DaskExecutor:
                 MAX_RECOVERIES,
             )
             self.client.wait_for_workers(1, timeout=120)
+            self._known_workers = self._workers_now()
             states = self._scatter_states(self._anchor)
             watch = list(states)
             total = None

@@ -56,6 +56,8 @@ def main(verbose: int) -> None:
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # distributed logs connection churn at INFO (with tracebacks); show it only with -vv.
+    logging.getLogger("distributed").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
 
 
 def _input_source(path: str, transpose: bool, workdir: Path | None) -> Any:

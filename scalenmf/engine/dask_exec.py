@@ -48,6 +48,8 @@ POLL_S = 0.5
 SCATTER_TRIES = 6
 #: First deadline of a scatter (doubled at every retry).
 SCATTER_TIMEOUT_S = 3.0
+#: How long to wait for the client to reconnect to its scheduler before giving up.
+RECONNECT_WAIT_S = 60.0
 #: Where a LocalCluster's dashboard listens: loopback only, on a free port.
 LOCAL_DASHBOARD = "127.0.0.1:0"
 
@@ -354,8 +356,7 @@ class DaskExecutor:
             except (TimeoutError, DaskTimeout):
                 pass
             except CancelledError as exc:
-                if self.client.status not in ("running", "connecting"):
-                    raise self._scheduler_gone(exc) from exc
+                self._check_scheduler(exc)
                 raise _StateLost() from exc
             except CommClosedError as exc:
                 raise self._scheduler_gone(exc) from exc
@@ -365,6 +366,15 @@ class DaskExecutor:
                 raise self._scheduler_gone(exc) from exc
             if lost:
                 raise _StateLost()
+
+    def _check_scheduler(self, exc: BaseException | None) -> None:
+        """Raise ``ClusterError`` if the client lost its scheduler (waiting out a reconnect)."""
+        client = self.client
+        deadline = time.monotonic() + RECONNECT_WAIT_S
+        while client.status == "connecting" and time.monotonic() < deadline:
+            time.sleep(POLL_S / 5)
+        if client.status != "running" or client.scheduler is None:
+            raise self._scheduler_gone(exc or ConnectionError(f"client {client.status}"))
 
     def _scheduler_gone(self, exc: BaseException) -> ClusterError:
         return ClusterError(
@@ -385,6 +395,8 @@ class DaskExecutor:
         client = self.client
         timeout = SCATTER_TIMEOUT_S
         for attempt in range(SCATTER_TRIES):
+            if client.status in ("closing", "closed", "failed") or client.scheduler is None:
+                raise self._scheduler_gone(ConnectionError(f"client {client.status}"))
 
             async def scatter(limit: float = timeout) -> Any:
                 return await asyncio.wait_for(
@@ -421,8 +433,12 @@ class DaskExecutor:
                 attempt,
                 MAX_RECOVERIES,
             )
-            self.client.wait_for_workers(1, timeout=120)
-            self._known_workers = self._workers_now()
+            self._check_scheduler(None)
+            try:
+                self.client.wait_for_workers(1, timeout=120)
+                self._known_workers = self._workers_now()
+            except (OSError, TimeoutError, AttributeError) as exc:
+                raise self._scheduler_gone(exc) from exc
             states = self._scatter_states(self._anchor)
             watch = list(states)
             total = None

@@ -47,7 +47,7 @@ POLL_S = 0.5
 #: Attempts at scattering data while a dead worker is still listed by the scheduler.
 SCATTER_TRIES = 6
 #: First deadline of a scatter (doubled at every retry).
-SCATTER_TIMEOUT_S = 3.0
+SCATTER_TIMEOUT_S = 10.0
 #: How long to wait for the client to reconnect to its scheduler before giving up.
 RECONNECT_WAIT_S = 60.0
 #: Where a LocalCluster's dashboard listens: loopback only, on a free port.
@@ -392,20 +392,28 @@ class DaskExecutor:
 
         from distributed.comm import CommClosedError
 
+        from distributed import Future
+
         client = self.client
         timeout = SCATTER_TIMEOUT_S
         for attempt in range(SCATTER_TRIES):
             if client.status in ("closing", "closed", "failed") or client.scheduler is None:
                 raise self._scheduler_gone(ConnectionError(f"client {client.status}"))
+            # Named keys, so that an attempt given up on can be cancelled, not leaked.
+            self._step += 1
+            keys = [f"scalenmf-data-{self._token}-{self._step}-{i}" for i in range(len(data))]
 
-            async def scatter(limit: float = timeout) -> Any:
+            async def scatter(limit: float = timeout, keys: list[str] = keys) -> Any:
                 return await asyncio.wait_for(
-                    client._scatter(data, broadcast=broadcast, hash=False), limit
+                    client._scatter(dict(zip(keys, data, strict=True)), broadcast=broadcast),
+                    limit,
                 )
 
             try:
-                return list(client.sync(scatter))
+                futures = client.sync(scatter)
+                return [futures[key] for key in keys]
             except (CommClosedError, OSError, TimeoutError, asyncio.TimeoutError, KeyError) as exc:
+                client.cancel([Future(key, client) for key in keys])
                 if attempt == SCATTER_TRIES - 1:
                     raise self._scheduler_gone(exc) from exc
                 log.info("scatter failed (%s: %s); retrying", type(exc).__name__, exc)

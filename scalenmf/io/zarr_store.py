@@ -79,11 +79,42 @@ def _child_array(group: zarr.Group, name: str) -> zarr.Array:
     return node
 
 
-def _chunk_error(path: str, name: str, start: int, stop: int, exc: Exception) -> InputError:
+def _chunk_error(
+    path: str,
+    name: str,
+    start: int,
+    stop: int,
+    exc: Exception,
+    bad: tuple[zarr.Array, tuple[int, ...]] | None = None,
+) -> InputError:
+    where = ""
+    if bad is not None:
+        arr, idx = bad
+        try:
+            key = arr.metadata.encode_chunk_key(idx)  # type: ignore[union-attr]
+            where = f": chunk {idx} (key {name}/{key}) is corrupt or truncated"
+        except Exception:
+            where = f": chunk {idx} is corrupt or truncated"
+    else:
+        where = " (corrupt or truncated chunk?)"
     return InputError(
-        f"cannot read columns {start}:{stop} of array {name!r} in {path!r} "
-        f"(corrupt or truncated chunk?): {exc}"
+        f"cannot read columns {start}:{stop} of array {name!r} in {path!r}{where}: {exc}"
     )
+
+
+def find_bad_chunk(arr: zarr.Array, axis: int, lo: int, hi: int) -> tuple[int, ...] | None:
+    """The first chunk of ``arr`` touching ``lo:hi`` along ``axis`` that cannot be decoded."""
+    import itertools
+
+    width = int(arr.chunks[axis])
+    grid = [range(-(-int(s) // int(c))) for s, c in zip(arr.shape, arr.chunks, strict=True)]
+    grid[axis] = range(lo // width, max(lo, hi - 1) // width + 1)
+    for idx in itertools.product(*grid):
+        try:
+            arr.get_block_selection(idx)
+        except Exception:
+            return tuple(int(i) for i in idx)
+    return None
 
 
 class ZarrDenseSource(MatrixSource):
@@ -134,7 +165,10 @@ class ZarrDenseSource(MatrixSource):
         try:
             raw = arr[start:stop, :] if self.transposed else arr[:, start:stop]
         except Exception as exc:
-            raise _chunk_error(self.path, self.array_name, start, stop, exc) from exc
+            idx = find_bad_chunk(arr, 0 if self.transposed else 1, start, stop)
+            bad = (arr, idx) if idx is not None else None
+            name = self.array_name or "X"
+            raise _chunk_error(self.path, name, start, stop, exc, bad) from exc
         block: np.ndarray = np.asarray(raw)
         if self.transposed:
             block = block.T
@@ -210,11 +244,19 @@ class ZarrSparseSource(MatrixSource):
         g = self._group()
         ip = self.indptr
         lo, hi = int(ip[start]), int(ip[stop])
-        try:
-            data = np.asarray(_child_array(g, "data")[lo:hi])
-            indices = np.asarray(_child_array(g, "indices")[lo:hi])
-        except Exception as exc:
-            raise _chunk_error(self.path, f"{self.group_name}/data", start, stop, exc) from exc
+        for part in ("data", "indices"):
+            arr = _child_array(g, part)
+            try:
+                values = np.asarray(arr[lo:hi])
+            except Exception as exc:
+                idx = find_bad_chunk(arr, 0, lo, hi)
+                bad = (arr, idx) if idx is not None else None
+                name = f"{self.group_name}/{part}"
+                raise _chunk_error(self.path, name, start, stop, exc, bad) from exc
+            if part == "data":
+                data = values
+            else:
+                indices = values
         if data.dtype != self.dtype:
             data = data.astype(self.dtype)
         block = sp.csc_matrix(

@@ -286,6 +286,9 @@ def demo(output: str, k: int, samples: int, seed: int, overwrite: bool) -> None:
 
 
 def _register_optional() -> None:
+    from scalenmf.cli.plan import plan
+
+    main.add_command(plan)
     try:
         from scalenmf.cli.dnmf import dnmf
     except ImportError:  # the DNMF commands arrive with their module

@@ -17,6 +17,7 @@ as the quiet they were taken in.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -58,7 +59,7 @@ def make_store(path: Path, m: int, n: int, k: int, seed: int = 0) -> Path:
 def per_iteration(result) -> float:
     """Median seconds per iteration, leaving out the first (it warms caches and pools)."""
     times = [0.0, *result.timings["iter_times"]]
-    steps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    steps = [b - a for a, b in itertools.pairwise(times)]
     return statistics.median(steps[1:] if len(steps) > 2 else steps)
 
 
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     make_store(store, args.m, args.n, args.k)
     gb = args.m * args.n * 4 / 1e9
     print(f"# store {store} ({gb:.2f} GB decoded) ready in {time.perf_counter() - t0:.1f}s")
-    print(f"# machine: {cores} cores, load average {load_average():.2f}, python {sys.version.split()[0]}")
+    version = sys.version.split()[0]
+    print(f"# machine: {cores} cores, load average {load_average():.2f}, python {version}")
     total = int(parse_bytes(args.memory))
     rows = []
     for w in counts:

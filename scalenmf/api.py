@@ -203,7 +203,9 @@ def nmf(
         nnls=p["nnls"],
         inner_sweeps=HALS_SWEEPS if p["solver"] == "hals" else 50,
     )
-    if (checkpoint_every is not None or checkpoint_seconds is not None or resume) and not checkpoint:
+    if (
+        checkpoint_every is not None or checkpoint_seconds is not None or resume
+    ) and not checkpoint:
         raise ValueError("checkpoint_every, checkpoint_seconds and resume need checkpoint=PATH")
     executor = make_executor(
         source,
@@ -268,7 +270,7 @@ def run_manifest(
 
     from scalenmf._version import __version__
 
-    versions = {"scalenmf": __version__, "python": platform.python_version()}
+    versions: dict[str, str | None] = {"scalenmf": __version__, "python": platform.python_version()}
     for name in ("numpy", "scipy", "dask", "distributed", "zarr"):
         try:
             versions[name] = metadata.version(name)

@@ -159,7 +159,7 @@ def _measure(
     config = NMFConfig(
         k=k, solver=solver, loss=loss, inner_sweeps=HALS_SWEEPS if solver == "hals" else 50
     )
-    m, n = source.shape
+    m = source.shape[0]
     dtype = np.dtype(source.dtype)
     rng = np.random.default_rng(0)
     picks = np.linspace(0, source.n_blocks - 1, min(blocks, source.n_blocks)).astype(int)
@@ -213,16 +213,16 @@ def format_plan(p: Plan) -> str:
         f"blocks: {p.n_blocks} of up to {p.block_cols} columns ({_size(p.block_bytes)} each)",
         f"workers: {p.workers}"
         + (
-            f" (X stays resident with ≥ {p.workers_for_resident})"
-            if p.workers_for_resident
-            else ""
+            f" (X stays resident with ≥ {p.workers_for_resident})" if p.workers_for_resident else ""
         ),
         f"X resident on the workers: {'yes' if p.resident else 'no (re-read every iteration)'}",
         f"memory per worker: ~{_size(p.memory_per_worker_bytes)}  ("
         + ", ".join(f"{k.replace('_', ' ')} {_size(v)}" for k, v in p.memory_breakdown.items())
         + ")",
         f"time per iteration: ~{p.seconds_per_iteration:.3g} s  (probe: "
-        f"{p.probe['probed_columns']:.0f} columns, step {p.probe['step_s_per_col'] * 1e6:.3g} µs/col,"
-        f" read {p.probe['read_s_per_col'] * 1e6:.3g} µs/col, W update {p.probe['w_update_s']:.3g} s)",
+        f"{p.probe['probed_columns']:.0f} columns, "
+        f"step {p.probe['step_s_per_col'] * 1e6:.3g} µs/col, "
+        f"read {p.probe['read_s_per_col'] * 1e6:.3g} µs/col, "
+        f"W update {p.probe['w_update_s']:.3g} s)",
     ]
     return "\n".join(lines)

@@ -186,8 +186,6 @@ def make_tls_files(directory: Path) -> dict[str, str]:
     files["ca"].write_bytes(ca.public_bytes(pem))
     files["cert"].write_bytes(cert.public_bytes(pem))
     files["key"].write_bytes(
-        key.private_bytes(
-            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return {name: str(path) for name, path in files.items()}

@@ -119,7 +119,9 @@ TEXT_CASES: dict[str, tuple[str, tuple[str, ...]]] = {
 def test_broken_csv(tmp_path: Path, case: str) -> None:
     text, needles = TEXT_CASES[case]
     (tmp_path / "x.csv").write_text(text)
-    assert_clean_failure(fit(tmp_path / "x.csv", tmp_path / "o.zarr"), tmp_path / "o.zarr", *needles)
+    assert_clean_failure(
+        fit(tmp_path / "x.csv", tmp_path / "o.zarr"), tmp_path / "o.zarr", *needles
+    )
 
 
 WRONG_DTYPES: dict[str, Callable[[], np.ndarray]] = {

@@ -133,7 +133,7 @@ def test_resume_with_other_parameters_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(Interrupt):
         scalenmf.nmf(X, 3, max_iter=10, tol=0, checkpoint=ck, checkpoint_every=2, callback=stop)
-    with pytest.raises(CheckpointError, match="l1_h was 0.0, now 0.5"):
+    with pytest.raises(CheckpointError, match=r"l1_h was 0\.0, now 0\.5"):
         scalenmf.nmf(X, 3, max_iter=10, tol=0, l1_h=0.5, checkpoint=ck, resume=True)
     X2 = X.copy()
     X2[0, 0] += 1

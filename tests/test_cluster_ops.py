@@ -33,8 +33,10 @@ def test_tls_cluster_needs_the_tls_options(tmp_path: Path) -> None:
         base = [str(BIN / "scalenmf"), "fit", str(store), "-k", "3", "--max-iter", "5"]
         base += ["--scheduler", cluster.address, "--no-progress", "--connect-timeout", "3s"]
         ok = subprocess.run(
-            [*base, "-o", str(tmp_path / "ok.zarr"), "--tls-ca-file", tls["ca"]]
-            + ["--tls-cert", tls["cert"], "--tls-key", tls["key"]],
+            [
+                *(*base, "-o", str(tmp_path / "ok.zarr"), "--tls-ca-file", tls["ca"]),
+                *("--tls-cert", tls["cert"], "--tls-key", tls["key"]),
+            ],
             capture_output=True,
             text=True,
             timeout=120,
@@ -61,9 +63,11 @@ def test_tls_options_are_checked_before_connecting(tmp_path: Path) -> None:
     store = small_store(tmp_path)
     res = CliRunner().invoke(
         main,
-        ["fit", str(store), "-k", "2", "-o", str(tmp_path / "o.zarr")]
-        + ["--scheduler", "tls://127.0.0.1:1", "--tls-ca-file", str(tmp_path / "none.pem")]
-        + ["--tls-cert", str(tmp_path / "none.pem")],
+        [
+            *("fit", str(store), "-k", "2", "-o", str(tmp_path / "o.zarr")),
+            *("--scheduler", "tls://127.0.0.1:1", "--tls-ca-file", str(tmp_path / "none.pem")),
+            *("--tls-cert", str(tmp_path / "none.pem")),
+        ],
     )
     assert res.exit_code == 1 and "--tls-ca-file: no such file" in res.output
 

@@ -139,8 +139,10 @@ def load_launcher():
 def test_slurm_launcher_builds_its_job_script(capsys: pytest.CaptureFixture[str]) -> None:
     launcher = load_launcher()
     args, extra = launcher.parse(
-        ["x.zarr", "-k", "5", "-o", "o.zarr", "--cores", "4", "--memory", "16GB"]
-        + ["--walltime", "01:30:00", "--queue", "short", "--", "--checkpoint-every", "7"]
+        [
+            *("x.zarr", "-k", "5", "-o", "o.zarr", "--cores", "4", "--memory", "16GB"),
+            *("--walltime", "01:30:00", "--queue", "short", "--", "--checkpoint-every", "7"),
+        ]
     )
     assert extra == ["--checkpoint-every", "7"]
     cluster = launcher.make_cluster(args)

@@ -148,7 +148,9 @@ def test_client_killed_then_resume_equals_reference(
     out = tmp_path / "o.zarr"
     ckpt = tmp_path / "o.zarr.checkpoint"
     sched = ["--scheduler", cluster.address]
-    cmd = fit_cmd(stores["dense"], out, sched, "--max-iter", str(MAX_ITER), "--checkpoint-every", "3")
+    cmd = fit_cmd(
+        stores["dense"], out, sched, "--max-iter", str(MAX_ITER), "--checkpoint-every", "3"
+    )
     stop_after = 3 * random.Random(SEED).randint(1, 6)
     # Output to files: a pipe nobody reads could fill up and stall the fit.
     log = open(tmp_path / "client.log", "w")

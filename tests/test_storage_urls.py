@@ -17,7 +17,9 @@ from scalenmf.io import open_matrix, storage
 @pytest.fixture()
 def X() -> np.ndarray:
     rng = np.random.default_rng(8)
-    return rng.poisson(rng.gamma(1.0, 1.0, (20, 3)) @ rng.gamma(1.0, 1.0, (3, 90)) * 4).astype(float)
+    return rng.poisson(rng.gamma(1.0, 1.0, (20, 3)) @ rng.gamma(1.0, 1.0, (3, 90)) * 4).astype(
+        float
+    )
 
 
 @pytest.fixture()

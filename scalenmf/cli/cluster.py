@@ -87,7 +87,11 @@ def cluster_kwargs(
     """Executor arguments from the launcher options (checked for contradictions)."""
     from scalenmf.engine.dask_exec import tls_security
 
-    pairs = (("--scheduler", scheduler), ("--scheduler-file", scheduler_file), ("--workers", workers))
+    pairs = (
+        ("--scheduler", scheduler),
+        ("--scheduler-file", scheduler_file),
+        ("--workers", workers),
+    )
     given = [name for name, value in pairs if value]
     if len(given) > 1:
         raise click.UsageError(f"give {' or '.join(given)}, not both")

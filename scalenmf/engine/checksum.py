@@ -22,7 +22,7 @@ DIGEST_BYTES = 16
 def _update(h: Any, arr: np.ndarray) -> None:
     arr = np.ascontiguousarray(arr)
     h.update(f"{arr.dtype.str}{arr.shape}".encode())
-    h.update(memoryview(arr).cast("B"))
+    h.update(memoryview(arr).cast("B"))  # type: ignore[arg-type]
 
 
 def block_digest(X: Any) -> str:

@@ -85,7 +85,9 @@ def tls_security(
     if all(v is None for v in given.values()):
         return None
     if ca_file is None or cert is None:
-        raise ClusterError("TLS needs both --tls-ca-file and --tls-cert (and --tls-key if separate)")
+        raise ClusterError(
+            "TLS needs both --tls-ca-file and --tls-cert (and --tls-key if separate)"
+        )
     for name, value in given.items():
         if value is not None and not os.path.isfile(value):
             raise ClusterError(f"{name}: no such file: {str(value)!r}")
@@ -390,9 +392,8 @@ class DaskExecutor:
         """
         import asyncio
 
-        from distributed.comm import CommClosedError
-
         from distributed import Future
+        from distributed.comm import CommClosedError
 
         client = self.client
         timeout = SCATTER_TIMEOUT_S

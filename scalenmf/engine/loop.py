@@ -194,8 +194,6 @@ def _restore(model: Any, executor: Executor, snap: LoopSnapshot) -> None:
     if set_state is None:
         raise TypeError(f"{type(model).__name__} cannot resume (it has no set_state)")
     if len(snap.n_iter) != model.n_runs:
-        raise ValueError(
-            f"the checkpoint has {len(snap.n_iter)} runs, the model {model.n_runs}"
-        )
+        raise ValueError(f"the checkpoint has {len(snap.n_iter)} runs, the model {model.n_runs}")
     set_state(snap.model_state)
     executor.set_states(list(snap.block_states))

@@ -21,7 +21,7 @@ handful of arrays whatever the number of blocks.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -90,9 +90,9 @@ def _decode_states(group: zarr.Group, meta: dict[str, Any]) -> list[Any]:
     kinds, lengths = meta["kinds"], meta["lengths"]
     per_slot: list[list[np.ndarray | None]] = []
     for r in range(int(meta["slots"])):
-        flat = np.asarray(group[f"states/slot{r}"][...])
-        shapes = np.asarray(group[f"states/shape{r}"][...])
-        fortran = np.asarray(group[f"states/fortran{r}"][...])
+        flat = _read(group, f"states/slot{r}")
+        shapes = _read(group, f"states/shape{r}")
+        fortran = _read(group, f"states/fortran{r}")
         pos = 0
         blocks: list[np.ndarray | None] = []
         for shape, f in zip(shapes, fortran, strict=True):
@@ -101,8 +101,9 @@ def _decode_states(group: zarr.Group, meta: dict[str, Any]) -> list[Any]:
                 continue
             size = int(np.prod(shape))
             dims = tuple(int(d) for d in shape)
-            order = "F" if f else "C"
-            blocks.append(flat[pos : pos + size].reshape(dims, order=order).copy(order=order))
+            order: Literal["C", "F"] = "F" if f else "C"
+            block = np.reshape(flat[pos : pos + size], dims, order="F" if f else "C")
+            blocks.append(block.copy(order=order))
             pos += size
         if pos != flat.shape[0]:
             raise CheckpointError(f"state slot {r} holds {flat.shape[0]} values, expected {pos}")
@@ -116,6 +117,13 @@ def _decode_states(group: zarr.Group, meta: dict[str, Any]) -> list[Any]:
         else:
             states.append([per_slot[r][j] for r in range(int(lengths[j]))])
     return states
+
+
+def _read(group: zarr.Group, name: str) -> np.ndarray:
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise CheckpointError(f"{name!r} in the checkpoint is not an array")
+    return np.asarray(node[...])
 
 
 def _write(group: zarr.Group, name: str, arr: np.ndarray, chunk: int | None = None) -> None:
@@ -150,9 +158,9 @@ def _decode_model(group: zarr.Group, meta: dict[str, Any]) -> dict[str, Any]:
     state: dict[str, Any] = {}
     for name, how in meta.items():
         if how.get("array"):
-            state[name] = np.asarray(group[f"model/{name}"][...])
+            state[name] = _read(group, f"model/{name}")
         elif "arrays" in how:
-            state[name] = [np.asarray(group[f"model/{name}/{i}"][...]) for i in range(how["arrays"])]
+            state[name] = [_read(group, f"model/{name}/{i}") for i in range(how["arrays"])]
         else:
             state[name] = how["value"]
     return state
@@ -246,7 +254,7 @@ def read_checkpoint(location: str) -> dict[str, Any] | None:
         if not isinstance(meta, dict) or meta.get("kind") != "checkpoint":
             raise CheckpointError(f"{path!r} is not a scalenmf checkpoint")
         return {
-            "iteration": int(root.attrs["iteration"]),  # type: ignore[call-overload]
+            "iteration": int(str(root.attrs["iteration"])),
             "block_states": _decode_states(root, dict(root.attrs["states"])),  # type: ignore[arg-type]
             "model_state": _decode_model(root, dict(root.attrs["model"])),  # type: ignore[arg-type]
             "attrs": dict(root.attrs["loop"]),  # type: ignore[arg-type]

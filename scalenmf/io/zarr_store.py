@@ -91,7 +91,7 @@ def _chunk_error(
     if bad is not None:
         arr, idx = bad
         try:
-            key = arr.metadata.encode_chunk_key(idx)  # type: ignore[union-attr]
+            key = arr.metadata.encode_chunk_key(idx)
             where = f": chunk {idx} (key {name}/{key}) is corrupt or truncated"
         except Exception:
             where = f": chunk {idx} is corrupt or truncated"

@@ -62,7 +62,7 @@ def test_checkpoint_is_never_half_written_even_when_killed(tmp_path: Path) -> No
     location = tmp_path / "ck"
     rng = random.Random(3)
     seen = 0
-    for trial in range(6):
+    for trial in range(4):
         log = tmp_path / f"writer{trial}.log"
         proc = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(location)], stdout=open(log, "w")
@@ -82,7 +82,7 @@ def test_checkpoint_is_never_half_written_even_when_killed(tmp_path: Path) -> No
             assert state[0].shape == (4, 20000) and np.all(state[0] == it)
         assert np.all(back["model_state"]["Ws"][0] == it)
         seen += 1
-    assert seen == 6
+    assert seen == 4
     # The next writer cleans up what interrupted writes left behind.
     write_checkpoint(str(location), 10**6, block_states=[None], model_state={}, attrs={})
     assert sorted(p.name for p in location.iterdir()) == ["LATEST", "it-1000000"]

@@ -98,8 +98,8 @@ def cluster_kwargs(
     if workers is not None and workers < 1:
         raise click.BadParameter(f"must be at least 1; got {workers}", param_hint="--workers")
     security = tls_security(tls_ca_file, tls_cert, tls_key)
-    if security is not None and not (scheduler or scheduler_file or workers):
-        raise click.UsageError("--tls-* options need --scheduler, --scheduler-file or --workers")
+    if security is not None and not (scheduler or scheduler_file):
+        raise click.UsageError("--tls-* options need --scheduler tls://… or --scheduler-file")
     return {
         "scheduler": scheduler,
         "scheduler_file": scheduler_file,

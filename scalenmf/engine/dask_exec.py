@@ -163,6 +163,11 @@ def connect(
             return Client(address, **kwargs), None, True
         except (OSError, TimeoutError, ValueError, TypeError) as exc:
             raise _connect_error(address, exc, security) from exc
+    if security is not None:
+        raise ClusterError(
+            "TLS credentials are for an existing TLS scheduler (tls://host:port); the "
+            "LocalCluster that --workers starts listens on 127.0.0.1 only and needs none"
+        )
     cluster = LocalCluster(
         n_workers=int(workers or 1),
         threads_per_worker=1,
@@ -171,10 +176,8 @@ def connect(
         # The dashboard stays on loopback; a user who wants it remote asks for it.
         dashboard_address=dashboard_address,
         memory_limit=memory_limit if memory_limit else "auto",
-        security=security,
-        protocol="tls://" if security is not None else None,
     )
-    return Client(cluster, security=security), cluster, True
+    return Client(cluster), cluster, True
 
 
 # -- the executor ---------------------------------------------------------------------
@@ -508,6 +511,12 @@ class DaskExecutor:
         self._states = self._scatter_states(self._anchor)
 
     def close(self) -> None:
+        held = [f for f in [*self._states, *(self._resident or [])] if _is_future(f)]
+        if held and self.client.status == "running":
+            # Forget them now rather than when the garbage collector gets to the futures:
+            # a shared client must not keep a finished fit's blocks on the cluster.
+            self.client.cancel(held)
+        del held
         self._states = [None] * self.source.n_blocks
         self._anchor = [None] * self.source.n_blocks
         self._log.clear()

@@ -114,7 +114,7 @@ def test_graph_and_client_memory_do_not_grow(tmp_path: Path) -> None:
         tracemalloc.start()
         try:
             res = scalenmf.nmf(
-                store, 4, max_iter=50, tol=0, block_cols=50, scheduler=client, callback=record
+                store, 4, max_iter=50, tol=0, block_cols=100, scheduler=client, callback=record
             )
         finally:
             tracemalloc.stop()

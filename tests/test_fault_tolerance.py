@@ -138,7 +138,7 @@ def wait_for_checkpoint(location: Path, proc: subprocess.Popen, at_least: int) -
     raise TimeoutError("no checkpoint appeared")
 
 
-MAX_ITER = 60
+MAX_ITER = 30
 
 
 @pytest.mark.timeout(200)

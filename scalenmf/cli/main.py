@@ -57,6 +57,10 @@ def main(verbose: int) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     # distributed logs connection churn at INFO (with tracebacks); show it only with -vv.
+    # It sets its loggers' levels from dask's config when first imported, so say it there.
+    import dask
+
+    dask.config.set({"logging.distributed": "warning" if verbose < 2 else "debug"})
     logging.getLogger("distributed").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
 
 

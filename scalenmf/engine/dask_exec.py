@@ -110,7 +110,7 @@ def _connect_error(target: str, exc: BaseException, security: Any) -> ClusterErr
         )
     elif target.startswith("tcp://"):
         hint = "; with TLS certificates the address should start with tls://"
-    return ClusterError(f"cannot connect to the Dask scheduler at {target}: {exc}{hint}")
+    return ClusterError(f"cannot connect to the Dask scheduler at {target}: {_one_line(exc)}{hint}")
 
 
 def connect(
@@ -383,8 +383,8 @@ class DaskExecutor:
 
     def _scheduler_gone(self, exc: BaseException) -> ClusterError:
         return ClusterError(
-            f"lost the Dask scheduler ({type(exc).__name__}: {exc}); continue the fit from its "
-            "last checkpoint with --resume (resume=True) once a scheduler is up"
+            f"lost the Dask scheduler ({type(exc).__name__}: {_one_line(exc)}); continue the "
+            "fit from its last checkpoint with --resume (resume=True) once a scheduler is up"
         )
 
     def _scatter(self, data: list[Any], broadcast: bool = False) -> list[Any]:
@@ -537,6 +537,11 @@ class DaskExecutor:
             "resident": self._resident is not None,
             "recoveries": self.recoveries,
         }
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (distributed's span several)."""
+    return " ".join(str(exc).split())
 
 
 def _is_future(obj: Any) -> bool:

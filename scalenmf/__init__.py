@@ -58,6 +58,7 @@ __all__ = [
     "match",
     "nmf",
     "open_matrix",
+    "plan",
     "predict",
     "project",
     "rank_survey",
@@ -72,6 +73,13 @@ def convert(src: Any, dst: Any, **kwargs: Any) -> str:
     from scalenmf.io.convert import convert as _convert
 
     return _convert(src, dst, **kwargs)
+
+
+def plan(X: Any, k: int, **kwargs: Any) -> Any:
+    """Dry run of a fit: blocks, memory per worker, time per iteration (``scalenmf.planner``)."""
+    from scalenmf.planner import plan as _plan
+
+    return _plan(X, k, **kwargs)
 
 
 def __getattr__(name: str) -> Any:

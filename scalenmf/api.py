@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from scalenmf.engine.checkpoint import Checkpointer
+from scalenmf.engine.checksum import input_checksum
 from scalenmf.engine.executor import Executor, make_executor
 from scalenmf.engine.loop import IterationInfo, run_alternating
 from scalenmf.io.errors import InputError
@@ -82,6 +84,13 @@ def nmf(
     threads: int | None = None,
     callback: Callable[[IterationInfo], Any] | None = None,
     mask: Any = None,
+    scheduler_file: str | None = None,
+    security: Any = None,
+    connect_timeout: str | float | None = None,
+    checkpoint: str | None = None,
+    checkpoint_every: int | None = None,
+    checkpoint_seconds: float | None = None,
+    resume: bool = False,
 ) -> NMFResult:
     """Factorize a non-negative matrix, ``X ≈ W H``, out of core.
 
@@ -136,6 +145,20 @@ def nmf(
         NaN entries. Masked fits run ``als`` (exact, batched block principal pivoting),
         ``hals`` or ``mu`` (Frobenius) and ``mu`` (KL), start at random, and keep the best
         of ``n_runs`` (see docs/selection.md).
+    scheduler_file : path, optional
+        Connect to the cluster whose scheduler wrote this file (``--scheduler-file``).
+    security : distributed.security.Security, optional
+        TLS credentials for a cluster that requires them (see
+        ``scalenmf.engine.dask_exec.tls_security``).
+    connect_timeout : str or float, optional
+        How long to try reaching the scheduler (default 30 s).
+    checkpoint : path or URL, optional
+        Where to write checkpoints (published atomically; see ``docs/clusters.md``).
+    checkpoint_every, checkpoint_seconds : optional
+        Checkpoint after every N-th iteration and/or every T seconds (``checkpoint`` needed).
+    resume : bool, default False
+        Continue from the newest checkpoint in ``checkpoint`` if there is one (else start
+        afresh). The result is the one the uninterrupted fit would have given.
 
     Returns
     -------
@@ -179,11 +202,19 @@ def nmf(
     if mask is not None:
         from scalenmf.selection import fit_masked
 
+        if resume or checkpoint_every is not None:
+            raise ValueError(
+                "checkpoints and resume are not available for fits with a mask; "
+                "run without --mask, or without --resume / --checkpoint-every"
+            )
         executor_args = {
             "scheduler": scheduler,
             "workers": p["workers"],
             "memory_limit": budget,
             "threads": threads,
+            "scheduler_file": scheduler_file,
+            "security": security,
+            "connect_timeout": connect_timeout,
         }
         return fit_masked(
             source, executor_args, p, mask, work_dtype, progress=progress, callback=callback
@@ -199,15 +230,101 @@ def nmf(
         nnls=p["nnls"],
         inner_sweeps=HALS_SWEEPS if p["solver"] == "hals" else 50,
     )
+    if (
+        checkpoint_every is not None or checkpoint_seconds is not None or resume
+    ) and not checkpoint:
+        raise ValueError("checkpoint_every, checkpoint_seconds and resume need checkpoint=PATH")
     executor = make_executor(
-        source, scheduler=scheduler, workers=p["workers"], memory_limit=budget, threads=threads
+        source,
+        scheduler=scheduler,
+        workers=p["workers"],
+        memory_limit=budget,
+        threads=threads,
+        scheduler_file=scheduler_file,
+        security=security,
+        connect_timeout=connect_timeout,
     )
     try:
-        return fit_on_executor(
-            source, executor, config, p, work_dtype, progress=progress, callback=callback
+        started = time.time()
+        checksum = input_checksum(executor)
+        ckpt = None
+        if checkpoint:
+            ckpt = Checkpointer(
+                checkpoint,
+                every=checkpoint_every,
+                seconds=checkpoint_seconds,
+                fingerprint=fit_fingerprint(source, config, p, work_dtype, checksum),
+            )
+        result = fit_on_executor(
+            source,
+            executor,
+            config,
+            p,
+            work_dtype,
+            progress=progress,
+            callback=callback,
+            checkpoint=ckpt,
+            resume=resume,
         )
+        result.manifest = run_manifest(source, p, checksum, result, started)
+        return result
     finally:
         executor.close()
+
+
+def fit_fingerprint(
+    source: MatrixSource, config: NMFConfig, p: dict[str, Any], dtype: np.dtype, checksum: str
+) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the data, blocking and the model."""
+    keys = ("k", "solver", "loss", "l1_w", "l1_h", "l2_w", "l2_h", "init", "seed", "n_runs")
+    return {
+        "input_checksum": checksum,
+        "shape": [int(d) for d in source.shape],
+        "block_bounds": [[int(a), int(b)] for a, b in source.block_bounds],
+        "dtype": str(np.dtype(dtype)),
+        "nnls": config.nnls,
+        "inner_sweeps": config.inner_sweeps,
+        **{key: p[key] for key in keys},
+    }
+
+
+def run_manifest(
+    source: MatrixSource, p: dict[str, Any], checksum: str, result: NMFResult, started: float
+) -> dict[str, Any]:
+    """Provenance stored with every result: parameters, versions, input checksum, seeds."""
+    import platform
+    from importlib import metadata
+
+    from scalenmf._version import __version__
+
+    versions: dict[str, str | None] = {"scalenmf": __version__, "python": platform.python_version()}
+    for name in ("numpy", "scipy", "dask", "distributed", "zarr"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:  # pragma: no cover - all are dependencies
+            versions[name] = None
+    seeds = np.random.SeedSequence(p["seed"]).spawn(p["n_runs"] + 1)
+    params = {key: value for key, value in p.items() if key != "memory_limit"}
+    return {
+        "params": params,
+        "versions": versions,
+        "input": {
+            **source.describe(),
+            "checksum": checksum,
+            "path": getattr(source, "path", None),
+        },
+        "seeds": {
+            "seed": p["seed"],
+            "entropy": str(seeds[0].entropy),
+            "run_spawn_keys": [list(s.spawn_key) for s in seeds[: p["n_runs"]]],
+        },
+        "resumed_from_iteration": result.info.get("resumed_from_iteration"),
+        "checkpoints": result.info.get("checkpoints", []),
+        "host": platform.node(),
+        "started_unix": started,
+        "finished_unix": time.time(),
+        "argv": list(sys.argv),
+    }
 
 
 def fit_on_executor(
@@ -219,18 +336,42 @@ def fit_on_executor(
     *,
     progress: Any = None,
     callback: Callable[[IterationInfo], Any] | None = None,
+    checkpoint: Checkpointer | None = None,
+    resume: bool = False,
 ) -> NMFResult:
-    """Initialise, iterate and collect the best run on an already-built executor."""
+    """Initialise (or resume), iterate and collect the best run on an already-built executor.
+
+    With ``resume`` and a checkpoint in ``checkpoint.location``, the initialisation is
+    skipped: the model and the block states come from the checkpoint.
+    """
     t0 = time.perf_counter()
-    start = initialize(executor, config.k, p["init"], p["seed"], p["n_runs"], dtype)
-    if start.xx == 0:
-        raise InputError("X is all zeros; there is nothing to factorize")
+    snapshot = checkpoint.load() if (resume and checkpoint is not None) else None
+    if snapshot is not None:
+        if snapshot.iteration >= p["max_iter"]:
+            raise ValueError(
+                f"the checkpoint is at iteration {snapshot.iteration}, not below "
+                f"max_iter={p['max_iter']}; raise max_iter to continue"
+            )
+        state = snapshot.model_state
+        model = NMFModel(config, state["Ws"], state["h_start"], state["xx"])
+        log.info("resuming from the checkpoint at iteration %d", snapshot.iteration)
+    else:
+        start = initialize(executor, config.k, p["init"], p["seed"], p["n_runs"], dtype)
+        if start.xx == 0:
+            raise InputError("X is all zeros; there is nothing to factorize")
+        model = NMFModel(config, start.Ws, start.h_start, start.xx)
     t_init = time.perf_counter() - t0
-    model = NMFModel(config, start.Ws, start.h_start, start.xx)
     bar = _progress_bar(progress, p["max_iter"], f"nmf k={config.k}")
     try:
         trace = run_alternating(
-            model, executor, max_iter=p["max_iter"], tol=p["tol"], callback=callback, progress=bar
+            model,
+            executor,
+            max_iter=p["max_iter"],
+            tol=p["tol"],
+            callback=callback,
+            progress=bar,
+            checkpoint=checkpoint,
+            resume=snapshot,
         )
     finally:
         if bar is not None:
@@ -276,6 +417,8 @@ def fit_on_executor(
             "block_cols": max(widths) if widths else 0,
             "n_blocks": source.n_blocks,
             "input": source.describe(),
+            "resumed_from_iteration": snapshot.iteration if snapshot is not None else None,
+            "checkpoints": list(checkpoint.saved) if checkpoint is not None else [],
             **executor.describe(),
         },
     )

@@ -38,6 +38,8 @@ class NMFResult:
     timings : dict
         ``total_s``, ``init_s``, ``loop_s`` and ``iter_times`` (seconds since the loop began,
         after each iteration).
+    manifest : dict
+        Provenance: parameters, package versions, input checksum, seeds, host, times.
     """
 
     W: np.ndarray
@@ -52,6 +54,7 @@ class NMFResult:
     runs: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
 
     @property
     def k(self) -> int:
@@ -81,6 +84,7 @@ class NMFResult:
             "runs": self.runs,
             "timings": self.timings,
             "info": self.info,
+            "manifest": self.manifest,
             "scalenmf_version": __version__,
         }
 
@@ -130,4 +134,5 @@ def load(path: str | os.PathLike[str]) -> NMFResult:
         runs=list(attrs.get("runs", [])),
         timings=dict(attrs.get("timings", {})),
         info=dict(attrs.get("info", {})),
+        manifest=dict(attrs.get("manifest", {})),
     )

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from scalenmf._version import __version__
+from scalenmf.cli.cluster import CLUSTER_OPTIONS, cluster_kwargs, cluster_options
 
 log = logging.getLogger("scalenmf")
 
@@ -55,6 +56,12 @@ def main(verbose: int) -> None:
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # distributed logs connection churn at INFO (with tracebacks); show it only with -vv.
+    # It sets its loggers' levels from dask's config when first imported, so say it there.
+    import dask
+
+    dask.config.set({"logging.distributed": "warning" if verbose < 2 else "debug"})
+    logging.getLogger("distributed").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
 
 
 def _input_source(path: str, transpose: bool, workdir: Path | None) -> Any:
@@ -82,9 +89,11 @@ def _input_source(path: str, transpose: bool, workdir: Path | None) -> Any:
 
 
 @main.command()
-@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=True))
+@click.argument("input_path", metavar="INPUT")
 @click.option("-k", "--rank", "k", type=int, required=True, help="Number of factors.")
-@click.option("-o", "--output", type=click.Path(), required=True, help="Result store (OUT.zarr).")
+@click.option(
+    "-o", "--output", required=True, help="Result store (OUT.zarr, or a URL such as s3://…)."
+)
 @click.option(
     "--solver",
     type=click.Choice(["als", "hals", "mu"]),
@@ -110,12 +119,7 @@ def _input_source(path: str, transpose: bool, workdir: Path | None) -> Any:
 @click.option(
     "--n-runs", type=int, default=1, show_default=True, help="Restarts; the best is kept."
 )
-@click.option(
-    "--scheduler", default=None, help="Dask scheduler address (tcp://host:port) or scheduler file."
-)
-@click.option(
-    "--workers", type=int, default=None, help="Start a local Dask cluster with N worker processes."
-)
+@cluster_options
 @click.option("--memory-limit", default=None, help="Memory budget, e.g. 2GB.")
 @click.option("--transpose", is_flag=True, help="INPUT is samples × features.")
 @click.option("--block-cols", type=int, default=None, help="Columns per block (default: planned).")
@@ -124,6 +128,24 @@ def _input_source(path: str, transpose: bool, workdir: Path | None) -> Any:
 @click.option(
     "--mask", default=None, help="Missing entries: a matrix file (non-zero = missing) or 'nan'."
 )
+@click.option(
+    "--checkpoint",
+    "checkpoint_path",
+    default=None,
+    help="Checkpoint location (default: OUT.checkpoint beside the output).",
+)
+@click.option("--checkpoint-every", type=int, default=None, help="Checkpoint every N iterations.")
+@click.option(
+    "--checkpoint-seconds",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Checkpoint when this many seconds passed since the last one.",
+)
+@click.option("--no-checkpoint", is_flag=True, help="Write no checkpoints.")
+@click.option(
+    "--resume", is_flag=True, help="Continue from the newest checkpoint (same INPUT and options)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
@@ -131,43 +153,72 @@ def fit(
     input_path: str,
     k: int,
     output: str,
-    scheduler: str | None,
-    workers: int | None,
     transpose: bool,
     overwrite: bool,
     progress: bool,
+    checkpoint_path: str | None,
+    checkpoint_every: int | None,
+    checkpoint_seconds: float | None,
+    no_checkpoint: bool,
+    resume: bool,
     **opts: Any,
 ) -> None:
-    """Factorize INPUT (Zarr store, CSV/TSV, .mtx, .h5ad or .npy) and write OUT.zarr."""
-    from scalenmf import nmf
+    """Factorize INPUT (Zarr store, CSV/TSV, .mtx, .h5ad, .npy, or a Zarr URL) into OUT.zarr.
 
-    if scheduler and workers:
-        raise click.UsageError("give --scheduler or --workers, not both")
-    out = Path(output)
-    if out.exists() and not overwrite:
+    Long fits checkpoint beside OUT (every 10 minutes by default); after a crash of this
+    process or of the scheduler, the same command with --resume continues and ends with
+    the result the uninterrupted fit would have given.
+    """
+    from scalenmf import nmf
+    from scalenmf.io import storage
+    from scalenmf.io.checkpoint import remove_checkpoints
+
+    cluster = cluster_kwargs(*(opts.pop(name) for name in CLUSTER_OPTIONS))
+    if not storage.exists(input_path):
+        raise click.ClickException(f"input {input_path!r} does not exist")
+    if storage.exists(output) and not overwrite:
         raise click.ClickException(
             f"output {output!r} already exists (use --overwrite to replace it)"
         )
-    if not out.parent.exists():
-        raise click.ClickException(f"output directory {str(out.parent)!r} does not exist")
+    if not storage.parent_exists(output):
+        raise click.ClickException(f"the directory of output {output!r} does not exist")
+    if no_checkpoint and (resume or checkpoint_every):
+        raise click.UsageError("--no-checkpoint contradicts --resume / --checkpoint-every")
+    ckpt_kwargs: dict[str, Any] = {}
+    if not no_checkpoint:
+        ckpt_kwargs = {
+            "checkpoint": checkpoint_path or f"{str(output).rstrip('/')}.checkpoint",
+            "checkpoint_every": checkpoint_every,
+            "checkpoint_seconds": checkpoint_seconds,
+            "resume": resume,
+        }
     start = time.perf_counter()
-    workdir = Path(tempfile.mkdtemp(prefix=".scalenmf-", dir=out.parent)) if transpose else None
+    local_out = not storage.is_url(storage.local_path(output))
+    workdir = None
+    if transpose:
+        base = Path(storage.local_path(output)).parent if local_out else None
+        workdir = Path(tempfile.mkdtemp(prefix=".scalenmf-", dir=base))
     try:
         source = _input_source(input_path, transpose, workdir)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = nmf(source, k, scheduler=scheduler, workers=workers, progress=progress, **opts)
+            result = nmf(source, k, progress=progress, **cluster, **ckpt_kwargs, **opts)
         for w in caught:
             click.echo(f"warning: {w.message}", err=True)
         result.save(output, overwrite=overwrite)
+        if ckpt_kwargs:
+            # The result is published: its checkpoints have served their purpose.
+            remove_checkpoints(ckpt_kwargs["checkpoint"])
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
     wall = time.perf_counter() - start
     m, n = result.W.shape[0], result.H.shape[1]
+    resumed = result.info.get("resumed_from_iteration")
     click.echo(
         f"k={result.k}  X {m}×{n}  solver={result.params['solver']}  loss={result.params['loss']}  "
-        f"iterations={result.n_iter}{'' if result.converged else ' (max_iter reached)'}  "
+        f"iterations={result.n_iter}{'' if result.converged else ' (max_iter reached)'}"
+        f"{f' (resumed after {resumed})' if resumed else ''}  "
         f"relative error={result.relative_error:.5g}  wall time={wall:.2f}s  → {output}"
     )
 
@@ -264,6 +315,9 @@ def _register_optional() -> None:
 
     for command in COMMANDS:
         main.add_command(command)
+    from scalenmf.cli.plan import plan
+
+    main.add_command(plan)
     try:
         from scalenmf.cli.dnmf import dnmf
     except ImportError:  # the DNMF commands arrive with their module

@@ -1,18 +1,33 @@
 """The Dask executor: the same block map and tree reduce, run as tasks on a cluster.
 
 X blocks are loaded by the workers themselves (from the store, by path) and kept resident
-as task outputs when the cluster has room; H blocks stay on the workers as task outputs of
-the previous step (never only as scattered data). Per iteration only the broadcast (W and
-small matrices) goes out and the k×k / m×k partials come back. Each iteration submits the
-same number of tasks and releases the previous ones, so the graph does not grow.
+as task outputs when the cluster has room; they have no dependencies, so Dask recomputes a
+lost one on another worker. H blocks stay on the workers as task outputs of the previous
+step. Per iteration only the broadcast (W and small matrices) goes out and the k×k / m×k
+partials come back. Each step submits the same number of tasks and releases the previous
+ones, so the graph does not grow.
+
+Fault tolerance. A task output whose worker dies can be recomputed only while its inputs
+still exist, and the previous H blocks are released after every step (else the graph would
+grow). So the executor keeps its own lineage, bounded: an *anchor* (a copy of the block
+states on the client, taken every ``anchor_every`` steps or whenever the loop brings the
+states home for a checkpoint) and the log of the steps since (their block function and
+broadcast). When a worker is lost and a block state with it, the executor re-submits the
+logged steps from the anchor. The block functions are pure and the reduction order is
+fixed, so the replayed states and partials are bit-identical to the lost ones: the fit
+ends exactly as an undisturbed one. Client memory is one copy of the states plus at most
+``anchor_every`` broadcasts.
 """
 
 from __future__ import annotations
 
 import logging
 import operator
+import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import CancelledError
 from typing import Any
 
 from scalenmf.engine.executor import BlockFn, BlockRef, apply_block, realign
@@ -23,34 +38,154 @@ log = logging.getLogger(__name__)
 
 #: Share of the cluster's total worker memory that resident X blocks may take.
 RESIDENT_SHARE = 0.5
+#: Steps between two copies of the block states to the client (the replay anchor).
+ANCHOR_EVERY = 10
+#: Recoveries in a row (worker lost again during a replay) before giving up.
+MAX_RECOVERIES = 5
+#: Seconds between two checks for lost block states while a step runs.
+POLL_S = 0.5
+#: Attempts at scattering data while a dead worker is still listed by the scheduler.
+SCATTER_TRIES = 6
+#: First deadline of a scatter (doubled at every retry).
+SCATTER_TIMEOUT_S = 10.0
+#: How long to wait for the client to reconnect to its scheduler before giving up.
+RECONNECT_WAIT_S = 60.0
+#: Where a LocalCluster's dashboard listens: loopback only, on a free port.
+LOCAL_DASHBOARD = "127.0.0.1:0"
 
 
-def _load(ref: BlockRef) -> Any:
-    # Realigned once here, so a resident block is not copied again at every step.
-    return realign(ref.load())
+class ClusterError(ValueError):
+    """The Dask cluster cannot be reached or used (address, TLS, lost workers, scheduler)."""
 
 
-def connect(scheduler: Any = None, workers: int | None = None, memory_limit: int | None = None):
-    """``(client, owned_cluster, owns_client)`` for an address, scheduler file, Client or N."""
+class _StateLost(Exception):
+    """A block state held by a worker that left; the step must be replayed."""
+
+
+# -- connecting -----------------------------------------------------------------------
+
+
+def tls_security(
+    ca_file: str | os.PathLike[str] | None,
+    cert: str | os.PathLike[str] | None,
+    key: str | os.PathLike[str] | None = None,
+) -> Any:
+    """A ``distributed.security.Security`` for a TLS cluster, or None without certificates.
+
+    Parameters
+    ----------
+    ca_file : path
+        The certificate authority that signed the scheduler's and workers' certificates.
+    cert : path
+        This client's certificate (PEM); it may also hold the private key.
+    key : path, optional
+        The private key of ``cert`` when it is a separate file.
+    """
+    given = {"--tls-ca-file": ca_file, "--tls-cert": cert, "--tls-key": key}
+    if all(v is None for v in given.values()):
+        return None
+    if ca_file is None or cert is None:
+        raise ClusterError(
+            "TLS needs both --tls-ca-file and --tls-cert (and --tls-key if separate)"
+        )
+    for name, value in given.items():
+        if value is not None and not os.path.isfile(value):
+            raise ClusterError(f"{name}: no such file: {str(value)!r}")
+    from distributed.security import Security
+
+    return Security(
+        tls_ca_file=str(ca_file),
+        tls_client_cert=str(cert),
+        tls_client_key=str(key) if key is not None else None,
+        require_encryption=True,
+    )
+
+
+def _connect_error(target: str, exc: BaseException, security: Any) -> ClusterError:
+    hint = ""
+    if security is None:
+        hint = (
+            "; if the scheduler requires TLS, give its address as tls://… and pass "
+            "--tls-ca-file, --tls-cert and --tls-key"
+        )
+    elif target.startswith("tcp://"):
+        hint = "; with TLS certificates the address should start with tls://"
+    return ClusterError(f"cannot connect to the Dask scheduler at {target}: {_one_line(exc)}{hint}")
+
+
+def connect(
+    scheduler: Any = None,
+    workers: int | None = None,
+    memory_limit: int | None = None,
+    *,
+    scheduler_file: str | os.PathLike[str] | None = None,
+    security: Any = None,
+    timeout: str | float = "30s",
+    dashboard_address: str | None = LOCAL_DASHBOARD,
+):
+    """``(client, owned_cluster, owns_client)`` for an address, scheduler file, Client or N.
+
+    Parameters
+    ----------
+    scheduler : str or Client, optional
+        ``tcp://host:port`` / ``tls://host:port``, a scheduler file (``*.json``), or a Client.
+    workers : int, optional
+        Start a LocalCluster of this many single-threaded worker processes on 127.0.0.1.
+    scheduler_file : path, optional
+        The JSON file ``dask scheduler --scheduler-file`` writes.
+    security : distributed.security.Security, optional
+        TLS credentials (see ``tls_security``).
+    dashboard_address : str or None
+        Where a LocalCluster's dashboard listens: loopback by default, None for none.
+    """
     from distributed import Client, LocalCluster
 
     if scheduler is not None and hasattr(scheduler, "submit"):
         return scheduler, None, False
+    if scheduler is not None and str(scheduler).endswith(".json") and scheduler_file is None:
+        scheduler, scheduler_file = None, scheduler
+    if scheduler is not None and scheduler_file is not None:
+        raise ClusterError("give a scheduler address or a scheduler file, not both")
+    kwargs: dict[str, Any] = {"timeout": timeout}
+    if security is not None:
+        kwargs["security"] = security
+    if scheduler_file is not None:
+        path = str(scheduler_file)
+        if not os.path.isfile(path):
+            raise ClusterError(f"scheduler file {path!r} does not exist (is the scheduler up?)")
+        try:
+            return Client(scheduler_file=path, **kwargs), None, True
+        except (OSError, TimeoutError, ValueError, TypeError) as exc:
+            raise _connect_error(f"the address in {path!r}", exc, security) from exc
     if scheduler is not None:
         address = str(scheduler)
-        if address.endswith(".json"):
-            return Client(scheduler_file=address, timeout="30s"), None, True
-        return Client(address, timeout="30s"), None, True
+        try:
+            return Client(address, **kwargs), None, True
+        except (OSError, TimeoutError, ValueError, TypeError) as exc:
+            raise _connect_error(address, exc, security) from exc
+    if security is not None:
+        raise ClusterError(
+            "TLS credentials are for an existing TLS scheduler (tls://host:port); the "
+            "LocalCluster that --workers starts listens on 127.0.0.1 only and needs none"
+        )
     cluster = LocalCluster(
         n_workers=int(workers or 1),
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
         # The dashboard stays on loopback; a user who wants it remote asks for it.
-        dashboard_address="127.0.0.1:0",
+        dashboard_address=dashboard_address,
         memory_limit=memory_limit if memory_limit else "auto",
     )
     return Client(cluster), cluster, True
+
+
+# -- the executor ---------------------------------------------------------------------
+
+
+def _load(ref: BlockRef) -> Any:
+    # Realigned once here, so a resident block is not copied again at every step.
+    return realign(ref.load())
 
 
 class DaskExecutor:
@@ -68,6 +203,15 @@ class DaskExecutor:
         Bytes per worker (for a LocalCluster) — also decides whether X stays resident.
     resident : bool, optional
         Force X blocks resident on workers (True) or re-read every step (False).
+    scheduler_file : path, optional
+        Connect through the file a scheduler wrote (``dask scheduler --scheduler-file``).
+    security : distributed.security.Security, optional
+        TLS credentials for a cluster that requires them.
+    anchor_every : int
+        Steps between copies of the block states to the client (the replay anchor); the
+        replay after a lost worker is at most this long.
+    connect_timeout : str or float
+        How long to try reaching the scheduler.
     """
 
     def __init__(
@@ -78,15 +222,33 @@ class DaskExecutor:
         workers: int | None = None,
         memory_limit: int | None = None,
         resident: bool | None = None,
+        scheduler_file: Any = None,
+        security: Any = None,
+        anchor_every: int = ANCHOR_EVERY,
+        connect_timeout: str | float = "30s",
     ):
         self.source = source
-        self.client, self._cluster, self._owns_client = connect(scheduler, workers, memory_limit)
+        self.client, self._cluster, self._owns_client = connect(
+            scheduler,
+            workers,
+            memory_limit,
+            scheduler_file=scheduler_file,
+            security=security,
+            timeout=connect_timeout,
+        )
         self._token = uuid.uuid4().hex[:8]
         self._step = 0
         self._states: list[Any] = [None] * source.n_blocks
         self._resident: list[Any] | None = None
         self._want_resident = resident
         self._decided = False
+        self.anchor_every = max(1, int(anchor_every))
+        # The lineage the executor keeps itself: states on the client, and the steps since.
+        self._anchor: list[Any] = [None] * source.n_blocks
+        self._log: list[tuple[BlockFn, Any, bool]] = []
+        self.recoveries = 0
+        # Workers seen at the last check: a departure since then may have taken states.
+        self._known_workers = self._workers_now()
 
     # -- X blocks ---------------------------------------------------------------------
     def _cluster_memory(self) -> int:
@@ -114,20 +276,25 @@ class DaskExecutor:
             return self._resident[j]
         return BlockRef(self.source, j)
 
-    # -- the step ---------------------------------------------------------------------
-    def map_reduce(self, fn: BlockFn, broadcast: Any, *, read_x: bool = True) -> Any:
-        if read_x:
-            self._decide_resident()
+    # -- submitting and waiting -------------------------------------------------------
+    def _submit(
+        self, fn: BlockFn, broadcast: Any, read_x: bool, states: Sequence[Any]
+    ) -> tuple[list[Any], Any]:
+        """Submit one step on ``states``: ``(new state futures, future of the summed partials)``."""
         client = self.client
         self._step += 1
         tag = f"{self._token}-{self._step}"
-        [bc] = client.scatter([broadcast], broadcast=True, hash=False)
+        # Scattered (pure data, no lineage): that is what lets the scheduler forget the
+        # previous steps, so the graph does not grow. To one worker, from which the others
+        # fetch it (a broadcast scatter would wait on a worker that died but is still
+        # listed); if that worker dies, the step's tasks are cancelled and replayed.
+        [bc] = self._scatter([broadcast])
         outs = [
             client.submit(
                 apply_block,
                 fn,
                 self._xref(j) if read_x else None,
-                self._states[j],
+                states[j],
                 bc,
                 key=f"scalenmf-step-{tag}-{j}",
                 pure=False,
@@ -152,27 +319,207 @@ class DaskExecutor:
         reducer: TreeReducer[Any] = TreeReducer(merge)
         for p in partials:
             reducer.push(p)
-        total = reducer.result()
-        # Received arrays may be unaligned (see ``realign``): copy those before any math.
-        result = realign(total.result() if hasattr(total, "result") else total)
-        # New H blocks replace the old; dropping the references frees the old tasks.
+        return new_states, reducer.result()
+
+    def _workers_now(self) -> set[str]:
+        info = self.client.sync(self.client.scheduler.identity)
+        return set(info.get("workers", {}))
+
+    def _lost(self, watch: Sequence[Any], finished_before: set[str]) -> bool:
+        """True if a block state the step needs may be gone.
+
+        That is: a worker seen at the last check has left (a replay is cheap and exact, so
+        any departure triggers one), or a watched future that had finished has
+        fallen back (lost, cancelled, pending again, or held by no worker).
+        """
+        now = self._workers_now()
+        gone, self._known_workers = self._known_workers - now, now
+        if gone:
+            log.info("worker(s) left the cluster: %s", sorted(gone))
+            return True
+        futures = [f for f in watch if _is_future(f)]
+        if any(f.status in ("lost", "cancelled") for f in futures):
+            return True
+        if any(f.key in finished_before and f.status != "finished" for f in futures):
+            return True
+        finished = [f for f in futures if f.status == "finished"]
+        finished_before.update(f.key for f in finished)
+        if not finished:
+            return False
+        holders = self.client.who_has(finished)
+        return any(not holders.get(f.key) for f in finished)
+
+    def _result(self, future: Any, watch: Sequence[Any]) -> Any:
+        """``future.result()``, raising ``_StateLost`` if an input it needs was lost."""
+        from distributed import TimeoutError as DaskTimeout
+        from distributed.comm import CommClosedError
+
+        finished_before: set[str] = set()
+        while True:
+            try:
+                return future.result(timeout=POLL_S)
+            except (TimeoutError, DaskTimeout):
+                pass
+            except CancelledError as exc:
+                self._check_scheduler(exc)
+                raise _StateLost() from exc
+            except CommClosedError as exc:
+                raise self._scheduler_gone(exc) from exc
+            try:
+                lost = self._lost(watch, finished_before)
+            except (OSError, CommClosedError) as exc:
+                raise self._scheduler_gone(exc) from exc
+            if lost:
+                raise _StateLost()
+
+    def _check_scheduler(self, exc: BaseException | None) -> None:
+        """Raise ``ClusterError`` if the client lost its scheduler (waiting out a reconnect)."""
+        client = self.client
+        deadline = time.monotonic() + RECONNECT_WAIT_S
+        while client.status == "connecting" and time.monotonic() < deadline:
+            time.sleep(POLL_S / 5)
+        if client.status != "running" or client.scheduler is None:
+            raise self._scheduler_gone(exc or ConnectionError(f"client {client.status}"))
+
+    def _scheduler_gone(self, exc: BaseException) -> ClusterError:
+        return ClusterError(
+            f"lost the Dask scheduler ({type(exc).__name__}: {_one_line(exc)}); continue the "
+            "fit from its last checkpoint with --resume (resume=True) once a scheduler is up"
+        )
+
+    def _scatter(self, data: list[Any], broadcast: bool = False) -> list[Any]:
+        """``client.scatter`` with a deadline, retried while a dead worker is still listed.
+
+        A scatter to a worker that was just killed can wait on it for a long time; the
+        scheduler removes such a worker within seconds, so a fresh attempt then succeeds.
+        """
+        import asyncio
+
+        from distributed import Future
+        from distributed.comm import CommClosedError
+
+        client = self.client
+        timeout = SCATTER_TIMEOUT_S
+        for attempt in range(SCATTER_TRIES):
+            if client.status in ("closing", "closed", "failed") or client.scheduler is None:
+                raise self._scheduler_gone(ConnectionError(f"client {client.status}"))
+            # Named keys, so that an attempt given up on can be cancelled, not leaked.
+            self._step += 1
+            keys = [f"scalenmf-data-{self._token}-{self._step}-{i}" for i in range(len(data))]
+
+            async def scatter(limit: float = timeout, keys: list[str] = keys) -> Any:
+                return await asyncio.wait_for(
+                    client._scatter(dict(zip(keys, data, strict=True)), broadcast=broadcast),
+                    limit,
+                )
+
+            try:
+                futures = client.sync(scatter)
+                return [futures[key] for key in keys]
+            except (CommClosedError, OSError, TimeoutError, asyncio.TimeoutError, KeyError) as exc:
+                client.cancel([Future(key, client) for key in keys])
+                if attempt == SCATTER_TRIES - 1:
+                    raise self._scheduler_gone(exc) from exc
+                log.info("scatter failed (%s: %s); retrying", type(exc).__name__, exc)
+                time.sleep(POLL_S)
+                timeout *= 2
+        raise AssertionError("unreachable")
+
+    def _scatter_states(self, states: Sequence[Any]) -> list[Any]:
+        present = [(j, s) for j, s in enumerate(states) if s is not None]
+        out: list[Any] = [None] * len(states)
+        if present:
+            futures = self._scatter([s for _, s in present])
+            for (j, _), f in zip(present, futures, strict=True):
+                out[j] = f
+        return out
+
+    def _replay(self) -> tuple[list[Any], Any]:
+        """Recompute the logged steps from the anchor: ``(states, summed partials of the last)``."""
+        for attempt in range(1, MAX_RECOVERIES + 1):
+            self.recoveries += 1
+            log.warning(
+                "a worker was lost with block states; recomputing %d step(s) from the last "
+                "anchor (attempt %d of %d)",
+                len(self._log),
+                attempt,
+                MAX_RECOVERIES,
+            )
+            self._check_scheduler(None)
+            try:
+                self.client.wait_for_workers(1, timeout=120)
+                self._known_workers = self._workers_now()
+            except (OSError, TimeoutError, AttributeError) as exc:
+                raise self._scheduler_gone(exc) from exc
+            states = self._scatter_states(self._anchor)
+            watch = list(states)
+            total = None
+            for fn, broadcast, read_x in self._log:
+                states, total = self._submit(fn, broadcast, read_x, states)
+                watch.extend(states)
+            try:
+                return states, self._result(total, watch)
+            except _StateLost:
+                continue
+        raise ClusterError(
+            f"workers kept dying: {MAX_RECOVERIES} recoveries in a row failed; check the "
+            "workers' logs (memory limits?) and continue with --resume"
+        )
+
+    # -- the step ---------------------------------------------------------------------
+    def map_reduce(self, fn: BlockFn, broadcast: Any, *, read_x: bool = True) -> Any:
+        if read_x:
+            self._decide_resident()
+        self._log.append((fn, broadcast, read_x))
+        inputs = self._states
+        new_states, total = self._submit(fn, broadcast, read_x, inputs)
+        try:
+            result = self._result(total, inputs)
+        except _StateLost:
+            new_states, result = self._replay()
+        # New states replace the old; dropping the references frees the old tasks.
         self._states = new_states
-        del outs, partials, total, bc
-        return result
+        del inputs, total
+        if len(self._log) >= self.anchor_every:
+            self._gather_states()
+        # Received arrays may be unaligned (see ``realign``): copy those before any math.
+        return realign(result)
+
+    def _gather_states(self) -> list[Any]:
+        """Bring the states to the client; they become the new anchor."""
+        while True:
+            try:
+                values = [
+                    self._result(s, self._states) if _is_future(s) else s for s in self._states
+                ]
+                break
+            except _StateLost:
+                # The last logged step is replayed; its partials were already used.
+                self._states, _ = self._replay()
+        self._anchor = [realign(v) for v in values]
+        self._log.clear()
+        return self._anchor
 
     def states(self) -> Iterator[Any]:
-        for s in self._states:
-            yield realign(s.result() if hasattr(s, "result") else s)
+        yield from self._gather_states()
 
     def set_states(self, states: list[Any]) -> None:
         if len(states) != self.source.n_blocks:
             raise ValueError(f"expected {self.source.n_blocks} block states, got {len(states)}")
-        self._states = [
-            self.client.scatter(s, hash=False) if s is not None else None for s in states
-        ]
+        self._anchor = list(states)
+        self._log.clear()
+        self._states = self._scatter_states(self._anchor)
 
     def close(self) -> None:
+        held = [f for f in [*self._states, *(self._resident or [])] if _is_future(f)]
+        if held and self.client.status == "running":
+            # Forget them now rather than when the garbage collector gets to the futures:
+            # a shared client must not keep a finished fit's blocks on the cluster.
+            self.client.cancel(held)
+        del held
         self._states = [None] * self.source.n_blocks
+        self._anchor = [None] * self.source.n_blocks
+        self._log.clear()
         self._resident = None
         if self._owns_client:
             self.client.close()
@@ -188,4 +535,14 @@ class DaskExecutor:
             "scheduler": str(self.client.scheduler.address),
             "n_workers": len(info.get("workers", {})),
             "resident": self._resident is not None,
+            "recoveries": self.recoveries,
         }
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (distributed's span several)."""
+    return " ".join(str(exc).split())
+
+
+def _is_future(obj: Any) -> bool:
+    return hasattr(obj, "key") and hasattr(obj, "status") and hasattr(obj, "result")

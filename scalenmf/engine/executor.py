@@ -105,6 +105,7 @@ def make_executor(
     workers: int | None = None,
     memory_limit: int | None = None,
     threads: int | None = None,
+    **cluster: Any,
 ) -> Executor:
     """Pick the executor: Dask when a scheduler or a worker count is given, else local.
 
@@ -119,11 +120,17 @@ def make_executor(
         Bytes. Locally: keep X blocks in memory only if they fit. On Dask: per worker.
     threads : int, optional
         Local thread count (default: the machine's cores).
+    **cluster
+        Passed to ``DaskExecutor`` (``scheduler_file``, ``security``, ``connect_timeout``,
+        ``anchor_every``); None values are dropped.
     """
-    if scheduler is not None or workers:
+    cluster = {key: value for key, value in cluster.items() if value is not None}
+    if scheduler is not None or workers or cluster.get("scheduler_file") is not None:
         from scalenmf.engine.dask_exec import DaskExecutor
 
-        return DaskExecutor(source, scheduler=scheduler, workers=workers, memory_limit=memory_limit)
+        return DaskExecutor(
+            source, scheduler=scheduler, workers=workers, memory_limit=memory_limit, **cluster
+        )
     from scalenmf.engine.local import LocalExecutor
 
     return LocalExecutor(

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from scalenmf.engine.checkpoint import Checkpointer, LoopSnapshot
 from scalenmf.engine.executor import Executor
 
 
@@ -48,6 +49,9 @@ class AlternatingModel(Protocol):
     def advance(self, run: int, partials: Any, index: int) -> None:
         """Update the run's global factor from its summed partials."""
 
+    # Models that can be checkpointed also offer ``get_state() -> dict`` (arrays, lists of
+    # arrays, JSON values) and ``set_state(dict)``; the driver asks for them only then.
+
 
 @dataclass
 class LoopTrace:
@@ -70,6 +74,8 @@ def run_alternating(
     callback: Callable[[IterationInfo], Any] | None = None,
     progress: Any = None,
     validate_first: bool = False,
+    checkpoint: Checkpointer | None = None,
+    resume: LoopSnapshot | None = None,
 ) -> LoopTrace:
     """Iterate ``model`` on ``executor`` until every run converges or ``max_iter``.
 
@@ -84,6 +90,12 @@ def run_alternating(
         A run converges when ``(f_prev − f) / |f_prev| < tol`` (tol = 0: never).
     progress : tqdm-like or None
         An object with ``update(n)`` and ``set_postfix_str(s)``.
+    checkpoint : Checkpointer, optional
+        Saves a ``LoopSnapshot`` whenever ``checkpoint.due(iteration)`` (never after the
+        last iteration: the result itself is saved then).
+    resume : LoopSnapshot, optional
+        Continue from this snapshot: the model and the executor's block states are set
+        from it and iteration ``resume.iteration + 1`` comes next.
     """
     R = model.n_runs
     trace = LoopTrace([[] for _ in range(R)], [[] for _ in range(R)])
@@ -91,7 +103,18 @@ def run_alternating(
     converged = [False] * R
     active = list(range(R))
     t0 = time.perf_counter()
-    for it in range(1, max_iter + 1):
+    first_it = 1
+    if resume is not None:
+        _restore(model, executor, resume)
+        trace.objectives = [list(o) for o in resume.objectives]
+        trace.relative_errors = [list(e) for e in resume.relative_errors]
+        trace.iter_times = list(resume.iter_times)
+        n_iter, converged, active = list(resume.n_iter), list(resume.converged), list(resume.active)
+        t0 -= resume.elapsed_s
+        first_it = resume.iteration + 1
+        if progress is not None:
+            progress.update(resume.iteration)
+    for it in range(first_it, max_iter + 1):
         bc = model.broadcast(active, first=validate_first and it == 1)
         partials = executor.map_reduce(model.step, bc)
         objs = [math.nan] * R
@@ -120,6 +143,8 @@ def run_alternating(
         active = still
         if not active:
             break
+        if checkpoint is not None and it < max_iter and checkpoint.due(it):
+            checkpoint.save(_snapshot(model, executor, trace, it, n_iter, converged, active, t0))
     trace.n_iter = n_iter
     trace.converged = converged
     trace.total_s = time.perf_counter() - t0
@@ -131,3 +156,44 @@ def run_alternating(
             stacklevel=3,
         )
     return trace
+
+
+def _model_state(model: Any) -> dict[str, Any]:
+    get_state = getattr(model, "get_state", None)
+    if get_state is None:
+        raise TypeError(f"{type(model).__name__} cannot be checkpointed (it has no get_state)")
+    return dict(get_state())
+
+
+def _snapshot(
+    model: Any,
+    executor: Executor,
+    trace: LoopTrace,
+    it: int,
+    n_iter: list[int],
+    converged: list[bool],
+    active: list[int],
+    t0: float,
+) -> LoopSnapshot:
+    return LoopSnapshot(
+        iteration=it,
+        objectives=[list(o) for o in trace.objectives],
+        relative_errors=[list(e) for e in trace.relative_errors],
+        iter_times=list(trace.iter_times),
+        n_iter=list(n_iter),
+        converged=list(converged),
+        active=list(active),
+        model_state=_model_state(model),
+        block_states=list(executor.states()),
+        elapsed_s=time.perf_counter() - t0,
+    )
+
+
+def _restore(model: Any, executor: Executor, snap: LoopSnapshot) -> None:
+    set_state = getattr(model, "set_state", None)
+    if set_state is None:
+        raise TypeError(f"{type(model).__name__} cannot resume (it has no set_state)")
+    if len(snap.n_iter) != model.n_runs:
+        raise ValueError(f"the checkpoint has {len(snap.n_iter)} runs, the model {model.n_runs}")
+    set_state(snap.model_state)
+    executor.set_states(list(snap.block_states))

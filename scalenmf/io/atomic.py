@@ -9,6 +9,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from scalenmf.io import storage
+
 
 class OutputExistsError(FileExistsError):
     """The output path exists and overwriting was not asked for."""
@@ -34,6 +36,11 @@ def atomic_output(path: str | os.PathLike[str], overwrite: bool = False) -> Iter
         Replace an existing ``path``; otherwise an existing path is an error, raised before
         any work is done.
     """
+    path = storage.local_path(path)
+    if storage.is_url(path):
+        with _atomic_url(str(path), overwrite) as tmp_url:
+            yield tmp_url
+        return
     target = Path(path)
     if target.exists() and not overwrite:
         raise OutputExistsError(
@@ -68,3 +75,26 @@ def publish(tmp: Path, target: Path, overwrite: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, target)
+
+
+@contextlib.contextmanager
+def _atomic_url(url: str, overwrite: bool) -> Iterator[str]:
+    """``atomic_output`` for an fsspec URL: a temporary prefix beside it, then a move."""
+    if storage.exists(url) and not overwrite:
+        raise OutputExistsError(
+            f"output {url!r} already exists; remove it or pass overwrite=True "
+            "(--overwrite on the command line)"
+        )
+    tmp = storage.sibling(url, "tmp")
+    try:
+        yield tmp
+    except BaseException:
+        storage.remove(tmp)
+        raise
+    if storage.exists(url):
+        old = storage.sibling(url, "old")
+        storage.move(url, old)
+        storage.move(tmp, url)
+        storage.remove(old)
+    else:
+        storage.move(tmp, url)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scalenmf.io import storage
 from scalenmf.io.errors import InputError
 from scalenmf.io.source import DenseArraySource, MatrixSource
 
@@ -80,7 +81,21 @@ def _load_builtin() -> None:
 
 
 def open_path(path: str | os.PathLike[str]) -> MatrixSource:
-    """Open a file or store as a ``MatrixSource`` with the first reader that accepts it."""
+    """Open a file or store as a ``MatrixSource`` with the first reader that accepts it.
+
+    ``path`` may be a ``file://`` URL, or an fsspec URL (``s3://``, ``gs://``, ``memory://``)
+    of a Zarr store, which is read through fsspec without copying it.
+    """
+    path = storage.local_path(path)
+    if storage.is_url(path):
+        url = str(path)
+        if not storage.exists(url):
+            raise InputError(f"no such file or store: {url!r}")
+        if not storage.is_zarr(url):
+            raise InputError(f"{url!r} is not a Zarr store; only Zarr stores are read from URLs")
+        from scalenmf.io.zarr_store import open_zarr
+
+        return open_zarr(url)
     p = Path(path)
     if not p.exists():
         raise InputError(f"no such file or store: {str(p)!r}")

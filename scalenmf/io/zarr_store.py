@@ -24,6 +24,7 @@ import scipy.sparse as sp
 import zarr
 from zarr.codecs import BloscCodec
 
+from scalenmf.io import storage
 from scalenmf.io.atomic import atomic_output
 from scalenmf.io.errors import InputError
 from scalenmf.io.planning import (
@@ -44,21 +45,22 @@ def _codec() -> Any:
 
 
 def _open_group(path: str | os.PathLike[str]) -> zarr.Group:
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"no such store: {str(p)!r}")
+    p = str(storage.local_path(str(path)))
+    if not storage.exists(p):
+        raise InputError(f"no such store: {p!r}")
     try:
-        node = zarr.open(str(p), mode="r")
+        # Read-only: nothing scalenmf does may modify an input store.
+        node = zarr.open(storage.zarr_store(p, read_only=True), mode="r")
     except Exception as exc:  # zarr raises several types for unreadable metadata
-        raise InputError(f"{str(p)!r} is not a readable Zarr store: {exc}") from exc
+        raise InputError(f"{p!r} is not a readable Zarr store: {exc}") from exc
     if not isinstance(node, zarr.Group):
-        raise InputError(f"{str(p)!r} is a bare Zarr array; expected a matrix store (a group)")
+        raise InputError(f"{p!r} is a bare Zarr array; expected a matrix store (a group)")
     return node
 
 
 def _is_bare_array(path: str) -> bool:
     try:
-        node = zarr.open(path, mode="r")
+        node = zarr.open(storage.zarr_store(path, read_only=True), mode="r")
     except Exception:
         return False
     return isinstance(node, zarr.Array) and node.ndim == 2
@@ -77,11 +79,42 @@ def _child_array(group: zarr.Group, name: str) -> zarr.Array:
     return node
 
 
-def _chunk_error(path: str, name: str, start: int, stop: int, exc: Exception) -> InputError:
+def _chunk_error(
+    path: str,
+    name: str,
+    start: int,
+    stop: int,
+    exc: Exception,
+    bad: tuple[zarr.Array, tuple[int, ...]] | None = None,
+) -> InputError:
+    where = ""
+    if bad is not None:
+        arr, idx = bad
+        try:
+            key = arr.metadata.encode_chunk_key(idx)
+            where = f": chunk {idx} (key {name}/{key}) is corrupt or truncated"
+        except Exception:
+            where = f": chunk {idx} is corrupt or truncated"
+    else:
+        where = " (corrupt or truncated chunk?)"
     return InputError(
-        f"cannot read columns {start}:{stop} of array {name!r} in {path!r} "
-        f"(corrupt or truncated chunk?): {exc}"
+        f"cannot read columns {start}:{stop} of array {name!r} in {path!r}{where}: {exc}"
     )
+
+
+def find_bad_chunk(arr: zarr.Array, axis: int, lo: int, hi: int) -> tuple[int, ...] | None:
+    """The first chunk of ``arr`` touching ``lo:hi`` along ``axis`` that cannot be decoded."""
+    import itertools
+
+    width = int(arr.chunks[axis])
+    grid = [range(-(-int(s) // int(c))) for s, c in zip(arr.shape, arr.chunks, strict=True)]
+    grid[axis] = range(lo // width, max(lo, hi - 1) // width + 1)
+    for idx in itertools.product(*grid):
+        try:
+            arr.get_block_selection(idx)
+        except Exception:
+            return tuple(int(i) for i in idx)
+    return None
 
 
 class ZarrDenseSource(MatrixSource):
@@ -116,7 +149,8 @@ class ZarrDenseSource(MatrixSource):
     def _array(self) -> zarr.Array:
         arr = self.__dict__.get("_arr")
         if arr is None:
-            arr = zarr.open_array(self.path, path=self.array_name, mode="r")
+            store = storage.zarr_store(self.path, read_only=True)
+            arr = zarr.open_array(store, path=self.array_name, mode="r")
             self.__dict__["_arr"] = arr
         return arr
 
@@ -131,7 +165,10 @@ class ZarrDenseSource(MatrixSource):
         try:
             raw = arr[start:stop, :] if self.transposed else arr[:, start:stop]
         except Exception as exc:
-            raise _chunk_error(self.path, self.array_name, start, stop, exc) from exc
+            idx = find_bad_chunk(arr, 0 if self.transposed else 1, start, stop)
+            bad = (arr, idx) if idx is not None else None
+            name = self.array_name or "X"
+            raise _chunk_error(self.path, name, start, stop, exc, bad) from exc
         block: np.ndarray = np.asarray(raw)
         if self.transposed:
             block = block.T
@@ -181,7 +218,8 @@ class ZarrSparseSource(MatrixSource):
     def _group(self) -> zarr.Group:
         g = self.__dict__.get("_grp")
         if g is None:
-            g = zarr.open_group(self.path, path=self.group_name, mode="r")
+            store = storage.zarr_store(self.path, read_only=True)
+            g = zarr.open_group(store, path=self.group_name, mode="r")
             self.__dict__["_grp"] = g
         return g
 
@@ -206,11 +244,19 @@ class ZarrSparseSource(MatrixSource):
         g = self._group()
         ip = self.indptr
         lo, hi = int(ip[start]), int(ip[stop])
-        try:
-            data = np.asarray(_child_array(g, "data")[lo:hi])
-            indices = np.asarray(_child_array(g, "indices")[lo:hi])
-        except Exception as exc:
-            raise _chunk_error(self.path, f"{self.group_name}/data", start, stop, exc) from exc
+        for part in ("data", "indices"):
+            arr = _child_array(g, part)
+            try:
+                values = np.asarray(arr[lo:hi])
+            except Exception as exc:
+                idx = find_bad_chunk(arr, 0, lo, hi)
+                bad = (arr, idx) if idx is not None else None
+                name = f"{self.group_name}/{part}"
+                raise _chunk_error(self.path, name, start, stop, exc, bad) from exc
+            if part == "data":
+                data = values
+            else:
+                indices = values
         if data.dtype != self.dtype:
             data = data.astype(self.dtype)
         block = sp.csc_matrix(

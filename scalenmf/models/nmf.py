@@ -321,3 +321,12 @@ class NMFModel:
 
     def advance(self, run: int, partials: dict[str, Any], index: int) -> None:
         self.Ws[run] = update_w(self.config, self.Ws[run], partials["runs"][index])
+
+    def get_state(self) -> dict[str, Any]:
+        """The global factors, for a checkpoint (``set_state`` restores them)."""
+        return {"Ws": list(self.Ws), "h_start": list(self.h_start), "xx": float(self.xx)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.Ws = [np.ascontiguousarray(W) for W in state["Ws"]]
+        self.h_start = [float(v) for v in state["h_start"]]
+        self.xx = float(state["xx"])

@@ -1,0 +1,109 @@
+"""Cluster options shared by every command that can run on Dask.
+
+``@cluster_options`` adds ``--scheduler``, ``--scheduler-file``, ``--workers``,
+``--tls-ca-file``, ``--tls-cert``, ``--tls-key`` and ``--connect-timeout``; the command
+receives them as keyword arguments and turns them into executor arguments with
+``cluster_kwargs(...)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+CLUSTER_OPTIONS = (
+    "scheduler",
+    "scheduler_file",
+    "workers",
+    "tls_ca_file",
+    "tls_cert",
+    "tls_key",
+    "connect_timeout",
+)
+
+
+def cluster_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a click command with the Dask launcher options."""
+    options = [
+        click.option(
+            "--scheduler",
+            default=None,
+            metavar="ADDRESS",
+            help="Dask scheduler address (tcp://host:8786, tls://host:8786).",
+        ),
+        click.option(
+            "--scheduler-file",
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="JSON file written by `dask scheduler --scheduler-file` (shared file systems).",
+        ),
+        click.option(
+            "--workers",
+            type=int,
+            default=None,
+            help="Start a local Dask cluster with N worker processes (dashboard on 127.0.0.1).",
+        ),
+        click.option(
+            "--tls-ca-file",
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="CA certificate of a TLS cluster.",
+        ),
+        click.option(
+            "--tls-cert",
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="Client certificate (PEM) for a TLS cluster.",
+        ),
+        click.option(
+            "--tls-key",
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="Private key of --tls-cert, if a separate file.",
+        ),
+        click.option(
+            "--connect-timeout",
+            default="30s",
+            show_default=True,
+            help="How long to try reaching the scheduler.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def cluster_kwargs(
+    scheduler: str | None,
+    scheduler_file: str | None,
+    workers: int | None,
+    tls_ca_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    connect_timeout: str | None,
+) -> dict[str, Any]:
+    """Executor arguments from the launcher options (checked for contradictions)."""
+    from scalenmf.engine.dask_exec import tls_security
+
+    pairs = (
+        ("--scheduler", scheduler),
+        ("--scheduler-file", scheduler_file),
+        ("--workers", workers),
+    )
+    given = [name for name, value in pairs if value]
+    if len(given) > 1:
+        raise click.UsageError(f"give {' or '.join(given)}, not both")
+    if workers is not None and workers < 1:
+        raise click.BadParameter(f"must be at least 1; got {workers}", param_hint="--workers")
+    security = tls_security(tls_ca_file, tls_cert, tls_key)
+    if security is not None and not (scheduler or scheduler_file):
+        raise click.UsageError("--tls-* options need --scheduler tls://… or --scheduler-file")
+    return {
+        "scheduler": scheduler,
+        "scheduler_file": scheduler_file,
+        "workers": workers,
+        "security": security,
+        "connect_timeout": connect_timeout,
+    }

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from scalenmf.cli.main import user_errors
+from scalenmf.io.selection_store import SUMMARY_COLUMNS
 
 
 def _fit_options(func: Any) -> Any:
@@ -146,17 +147,7 @@ def rank(
     survey = _run(lambda: rank_survey(source, ks, n_runs, progress=progress, **opts))
     survey.save(output, overwrite=overwrite)
     wall = time.perf_counter() - start
-    cols = (
-        "k",
-        "error_best",
-        "error_mean",
-        "cophenetic",
-        "dispersion",
-        "silhouette",
-        "stability",
-        "cv_error",
-        "cv_error_sd",
-    )
+    cols = SUMMARY_COLUMNS
     click.echo("  ".join(f"{c:>11}" for c in cols))
     for row in survey.summary:
         click.echo("  ".join(f"{_fmt(row[c]):>11}" for c in cols))

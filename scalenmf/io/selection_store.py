@@ -42,6 +42,20 @@ from scalenmf.io.results import _jsonable
 from scalenmf.io.tables import write_csv, write_json
 from scalenmf.io.zarr_store import _codec, write_labels
 
+#: The columns every rank-survey ``summary.csv`` starts with, in order (the on-disk
+#: contract that the plots and the report read; more columns may follow).
+SUMMARY_COLUMNS = (
+    "k",
+    "error_best",
+    "error_mean",
+    "cophenetic",
+    "dispersion",
+    "silhouette",
+    "stability",
+    "cv_error",
+    "cv_error_sd",
+)
+
 RUN_COLUMNS = ("k", "run", "objective", "relative_error", "n_iter", "converged")
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from scalenmf.io.selection_store import SUMMARY_COLUMNS
 from scalenmf.models.consensus import (
     FactorConsensus,
     SampleConsensus,
@@ -19,18 +20,6 @@ from scalenmf.models.consensus import (
 )
 from scalenmf.models.multifit import FitSpec, MultiFitOutcome
 
-#: The columns every summary table has, in order (more may follow).
-SUMMARY_COLUMNS = (
-    "k",
-    "error_best",
-    "error_mean",
-    "cophenetic",
-    "dispersion",
-    "silhouette",
-    "stability",
-    "cv_error",
-    "cv_error_sd",
-)
 EXTRA_COLUMNS = (
     "objective_best",
     "n_runs",

@@ -20,6 +20,7 @@ import numpy as np
 import zarr
 
 from scalenmf.io.errors import InputError
+from scalenmf.io.selection_store import SUMMARY_COLUMNS
 from scalenmf.io.source import as_str_array
 from scalenmf.result import NMFResult
 
@@ -328,17 +329,7 @@ def predict_clusters(W: np.ndarray, H: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- rank survey
 
 #: Columns of ``summary.csv`` the rank panel shows (others are kept but not drawn).
-SURVEY_COLUMNS = (
-    "k",
-    "error_best",
-    "error_mean",
-    "cophenetic",
-    "dispersion",
-    "silhouette",
-    "stability",
-    "cv_error",
-    "cv_error_sd",
-)
+SURVEY_COLUMNS = SUMMARY_COLUMNS
 
 
 @dataclass

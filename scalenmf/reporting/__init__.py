@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from scalenmf._version import __version__
+from scalenmf.io.selection_store import SUMMARY_COLUMNS
 from scalenmf.plot import (
     basis_heatmap,
     coef_heatmap,
@@ -518,21 +519,7 @@ def _rank(survey: RankSurvey) -> Section:
             "Measures against k (blue) and on column-permuted data (grey, the null).",
         )
     )
-    columns = [
-        c
-        for c in (
-            "k",
-            "error_best",
-            "error_mean",
-            "cophenetic",
-            "dispersion",
-            "silhouette",
-            "stability",
-            "cv_error",
-            "cv_error_sd",
-        )
-        if c in survey.summary
-    ]
+    columns = [c for c in SUMMARY_COLUMNS if c in survey.summary]
     rows = [
         [int(v) if c == "k" else float(v) for c, v in zip(columns, vals, strict=True)]
         for vals in zip(*(survey.summary[c] for c in columns), strict=True)

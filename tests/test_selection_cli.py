@@ -247,3 +247,36 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing(tmp_path, args, message)
     assert len(lines) == 1 and message in lines[0], res.output
     assert not (tmp_path / "out").exists()
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", ["rank", "consensus", "lnmf", "inmf", "project"])
+def test_every_dask_command_takes_the_launcher_options(tmp_path, command):
+    """--scheduler-file / --tls-* / --connect-timeout are shared by every Dask command."""
+    from scalenmf.cli.main import main as cli
+
+    help_text = CliRunner().invoke(cli, [command, "--help"]).output
+    for option in ("--scheduler-file", "--tls-ca-file", "--tls-cert", "--connect-timeout"):
+        assert option in help_text, (command, option)
+    X = np.random.default_rng(0).poisson(3.0, (12, 20)).astype(float)
+    scalenmf.write_matrix(tmp_path / "x.zarr", X)
+    args = {
+        "rank": ["rank", tmp_path / "x.zarr", "--ks", "2-3"],
+        "consensus": ["consensus", tmp_path / "x.zarr", "-k", 2],
+        "lnmf": [
+            "lnmf",
+            tmp_path / "x.zarr",
+            tmp_path / "x.zarr",
+            "--k-shared",
+            1,
+            "--k-unique",
+            1,
+        ],
+        "inmf": ["inmf", tmp_path / "x.zarr", tmp_path / "x.zarr", "-k", 2],
+        "project": ["project", tmp_path / "x.zarr", tmp_path / "x.zarr"],
+    }[command]
+    missing = tmp_path / "nowhere" / "scheduler.json"
+    res = CliRunner().invoke(
+        cli, [str(a) for a in [*args, "-o", tmp_path / "out", "--scheduler-file", missing]]
+    )
+    assert res.exit_code == 1 and "scheduler file" in res.output, res.output
+    assert not (tmp_path / "out").exists()

@@ -8,7 +8,9 @@ receives them as keyword arguments and turns them into executor arguments with
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -107,3 +109,42 @@ def cluster_kwargs(
         "security": security,
         "connect_timeout": connect_timeout,
     }
+
+
+@contextlib.contextmanager
+def connected(cluster: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """``{"scheduler": Client | None, "workers": N | None}`` for APIs that take a
+    scheduler address or Client: an existing cluster (address or scheduler file, with its
+    TLS credentials) is connected here and closed when the command ends; ``--workers``
+    passes through (the API starts and stops its LocalCluster)."""
+    if not (cluster["scheduler"] or cluster["scheduler_file"]):
+        yield {"scheduler": None, "workers": cluster["workers"]}
+        return
+    from scalenmf.engine.dask_exec import connect
+
+    client, _, _ = connect(
+        cluster["scheduler"],
+        scheduler_file=cluster["scheduler_file"],
+        security=cluster["security"],
+        timeout=cluster["connect_timeout"] or "30s",
+    )
+    try:
+        yield {"scheduler": client, "workers": None}
+    finally:
+        client.close()
+
+
+def scheduler_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """:func:`cluster_options` for commands whose function takes ``scheduler`` and
+    ``workers`` only: the launcher options become a connected Client (or a worker count).
+
+    Place it below ``@user_errors`` so connection errors get the one-line treatment.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        launch = cluster_kwargs(*(kwargs.pop(name) for name in CLUSTER_OPTIONS))
+        with connected(launch) as target:
+            return func(*args, **target, **kwargs)
+
+    return cluster_options(wrapper)

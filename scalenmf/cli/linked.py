@@ -15,6 +15,7 @@ from typing import Any
 import click
 import numpy as np
 
+from scalenmf.cli.cluster import scheduler_options
 from scalenmf.cli.main import _input_source, user_errors
 
 # -- shared options ---------------------------------------------------------------------
@@ -46,11 +47,6 @@ def _check_output(output: str, overwrite: bool) -> None:
         raise click.ClickException(f"output directory {str(out.parent)!r} does not exist")
 
 
-def _cluster(scheduler: str | None, workers: int | None) -> None:
-    if scheduler and workers:
-        raise click.UsageError("give --scheduler or --workers, not both")
-
-
 def _echo_warnings(fn: Callable[[], Any]) -> Any:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -76,10 +72,6 @@ def fit_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--n-runs", type=click.IntRange(min=1), default=1, show_default=True, help="Restarts."
         ),
         click.option("--names", default=None, help="Dataset names, comma-separated."),
-        click.option("--scheduler", default=None, help="Dask scheduler address or file."),
-        click.option(
-            "--workers", type=click.IntRange(min=1), default=None, help="Local Dask cluster."
-        ),
         click.option("--memory-limit", default=None, help="Memory budget, e.g. 2GB."),
         click.option("--block-cols", type=click.IntRange(min=1), default=None),
         click.option("--nnls", type=click.Choice(["cd", "bpp"]), default="cd", show_default=True),
@@ -134,6 +126,7 @@ def _dataset_lines(result: Any) -> str:
 )
 @fit_options
 @user_errors
+@scheduler_options
 def lnmf_command(
     inputs: tuple[str, ...],
     k_shared: int,
@@ -149,7 +142,6 @@ def lnmf_command(
     """Linked NMF of datasets A.zarr B.zarr …: A_d ≈ W H_d + U_d V_d (k-unique 0: jNMF)."""
     from scalenmf import lnmf
 
-    _cluster(scheduler, workers)
     _check_output(output, overwrite)
     ku = _int_list(k_unique, "--k-unique")
     start = time.perf_counter()
@@ -185,6 +177,7 @@ def lnmf_command(
 @click.option("--lam", type=click.FloatRange(min=0), default=5.0, show_default=True, help="λ.")
 @fit_options
 @user_errors
+@scheduler_options
 def inmf_command(
     inputs: tuple[str, ...],
     k: int,
@@ -200,7 +193,6 @@ def inmf_command(
     """Integrative NMF (LIGER): X_d ≈ (W + V_d) H_d with λ‖V_d H_d‖²."""
     from scalenmf import inmf
 
-    _cluster(scheduler, workers)
     _check_output(output, overwrite)
     start = time.perf_counter()
     result = _echo_warnings(
@@ -245,10 +237,9 @@ def inmf_command(
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--n-runs", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--names", default=None, help="Dataset names, comma-separated.")
-@click.option("--scheduler", default=None)
-@click.option("--workers", type=click.IntRange(min=1), default=None)
 @click.option("--json", "json_path", type=click.Path(), default=None, help="Write the evidence.")
 @user_errors
+@scheduler_options
 def lnmf_ranks_command(
     inputs: tuple[str, ...],
     ks: str,
@@ -262,7 +253,6 @@ def lnmf_ranks_command(
     """Propose --k-shared / --k-unique from separate fits matched by cosine (Hungarian)."""
     from scalenmf import lnmf_ranks
 
-    _cluster(scheduler, workers)
     if json_path is not None and not Path(json_path).parent.exists():
         raise click.ClickException(f"directory of {json_path!r} does not exist")
     values = _int_list(ks, "--ks")
@@ -413,14 +403,13 @@ def _optional_float(text: str | None, what: str) -> float | None:
 @click.option("--transpose", is_flag=True, help="NEW_INPUT is samples × features.")
 @click.option("--qc", "qc_path", type=click.Path(), default=None, help="Per-sample QC as TSV.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--scheduler", default=None)
-@click.option("--workers", type=click.IntRange(min=1), default=None)
 @click.option("--memory-limit", default=None)
 @click.option("--block-cols", type=click.IntRange(min=1), default=None)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None)
 @click.option("--overwrite", is_flag=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
+@scheduler_options
 def project_command(
     basis: str,
     new_input: str,
@@ -437,7 +426,6 @@ def project_command(
     """H of NEW_INPUT's samples on the basis of RESULT (a result store or a matrix file)."""
     from scalenmf import project
 
-    _cluster(scheduler, workers)
     _check_output(output, overwrite)
     if qc_path is not None:
         _check_output(qc_path, overwrite)

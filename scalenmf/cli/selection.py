@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from scalenmf.cli.cluster import scheduler_options
 from scalenmf.cli.main import user_errors
 from scalenmf.io.selection_store import SUMMARY_COLUMNS
 
@@ -42,8 +43,6 @@ def _fit_options(func: Any) -> Any:
             help="Missing entries: a matrix file of X's shape (non-zero = missing), or "
             "'nan' (NaN in INPUT are missing).",
         ),
-        click.option("--scheduler", default=None, help="Dask scheduler address or file."),
-        click.option("--workers", type=int, default=None, help="Start a local Dask cluster."),
         click.option("--memory-limit", default=None, help="Memory budget, e.g. 2GB."),
         click.option("--block-cols", type=int, default=None, help="Columns per block."),
         click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None),
@@ -92,8 +91,7 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
 
 
 def _common(opts: dict[str, Any]) -> dict[str, Any]:
-    if opts.get("scheduler") and opts.get("workers"):
-        raise click.UsageError("give --scheduler or --workers, not both")
+    # the launcher options were checked and connected by @scheduler_options
     return opts
 
 
@@ -131,6 +129,7 @@ def _common(opts: dict[str, Any]) -> dict[str, Any]:
 )
 @_fit_options
 @user_errors
+@scheduler_options
 def rank(
     input_path: str, ks: str, n_runs: int, output: str, overwrite: bool, progress: bool, **opts: Any
 ) -> None:
@@ -183,6 +182,7 @@ def rank(
 )
 @_fit_options
 @user_errors
+@scheduler_options
 def consensus_cmd(
     input_path: str, k: int, n_runs: int, output: str, overwrite: bool, progress: bool, **opts: Any
 ) -> None:

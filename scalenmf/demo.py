@@ -73,7 +73,7 @@ def run_demo(
     echo(f"{'factor':>6}  {'best COSMIC match':<18} {'cosine':>7}   planted?")
     for m in matches:
         mark = "yes" if m.match in planted else "no"
-        echo(f"{m.factor:>6}  {m.match:<18} {m.cosine:>7.3f}   {mark}")
+        echo(f"{'F' + str(m.factor + 1):>6}  {m.match:<18} {m.cosine:>7.3f}   {mark}")
     recovered = sum(m.match in planted and m.cosine >= 0.9 for m in matches)
     echo("")
     best = np.round(truth.max(axis=1), 3).tolist()

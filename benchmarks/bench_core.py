@@ -64,8 +64,7 @@ def _scalenmf_nmf() -> Any:
     """``scalenmf.nmf`` or an error message string when it cannot be used yet.
 
     ``$SCALENMF_BENCH_ENGINE=module:function`` (set by ``--engine``) substitutes another
-    function with the same signature, e.g. ``benchmarks.naive_engine:nmf`` to exercise the
-    harness before the engine exists.
+    function with the same signature (another build of the engine, say) in its place.
     """
     target = os.environ.get(ENGINE_ENV)
     try:

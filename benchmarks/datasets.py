@@ -16,7 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-COSMIC_TSV = REPO_ROOT.parent / "shared" / "data" / "COSMIC_v3.4_SBS_GRCh37.tsv"
+#: The COSMIC v3.4 SBS reference shipped inside the package (scalenmf/data/README.md).
+COSMIC_TSV = REPO_ROOT / "scalenmf" / "data" / "COSMIC_v3.4_SBS_GRCh37.tsv"
 
 
 def _gamma_factors(

@@ -2,35 +2,59 @@
 
 Convention: ``X`` has shape ``(m features, n samples)``; ``X ≈ W @ H`` with ``W`` of shape
 ``(m, k)`` (the basis) and ``H`` of shape ``(k, n)`` (the coefficients).
+
+The package imports lazily: ``import scalenmf`` loads nothing but this file, and
+``scalenmf.nmf`` (or any name in ``__all__``) imports its module on first use, so that
+``import scalenmf.kernels`` or ``scalenmf --help`` do not pay for zarr, dask or scipy.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from scalenmf._version import __version__
-from scalenmf.api import consensus, inmf, jnmf, lnmf, lnmf_ranks, nmf, project, rank_survey
-from scalenmf.engine.loop import ConvergenceWarning, IterationInfo
-from scalenmf.interpret import (
-    extract_features,
-    feature_scores,
-    match,
-    predict,
-    sparseness,
-    top_features,
-)
-from scalenmf.io import InputError, MatrixSource, open_matrix, write_matrix
-from scalenmf.results import (
-    ConsensusResult,
-    INMFResult,
-    LinkedNMFResult,
-    NMFResult,
-    ProjectionResult,
-    RankSurvey,
-    load,
-    load_linked,
-    load_projection,
-)
+
+#: Public name -> the module that defines it (imported on first access).
+_EXPORTS: dict[str, str] = {
+    "ConsensusResult": "scalenmf.results",
+    "ConvergenceWarning": "scalenmf.engine.loop",
+    "INMFResult": "scalenmf.results",
+    "InputError": "scalenmf.io.errors",
+    "IterationInfo": "scalenmf.engine.loop",
+    "LinkedNMFResult": "scalenmf.results",
+    "MatrixSource": "scalenmf.io.source",
+    "NMFResult": "scalenmf.results",
+    "ProjectionResult": "scalenmf.results",
+    "RankSurvey": "scalenmf.results",
+    "consensus": "scalenmf.api",
+    "extract_features": "scalenmf.interpret",
+    "feature_scores": "scalenmf.interpret",
+    "inmf": "scalenmf.api",
+    "jnmf": "scalenmf.api",
+    "lnmf": "scalenmf.api",
+    "lnmf_ranks": "scalenmf.api",
+    "load": "scalenmf.results",
+    "load_linked": "scalenmf.results",
+    "load_projection": "scalenmf.results",
+    "match": "scalenmf.interpret",
+    "nmf": "scalenmf.api",
+    "open_matrix": "scalenmf.io",
+    "predict": "scalenmf.interpret",
+    "project": "scalenmf.api",
+    "rank_survey": "scalenmf.api",
+    "sparseness": "scalenmf.interpret",
+    "top_features": "scalenmf.interpret",
+    "write_matrix": "scalenmf.io",
+}
+
+#: Names that need an optional extra: not in ``__all__`` (a star import must not fail
+#: without torch or matplotlib), but ``scalenmf.DNMF`` and friends work when it is there.
+_OPTIONAL: dict[str, str] = {
+    "DNMF": "scalenmf.models.deep",  # the torch extra
+    "NMF": "scalenmf.estimators",
+    "report": "scalenmf.reporting",  # the plot extra (matplotlib)
+}
 
 __all__ = [
     "ConsensusResult",
@@ -67,6 +91,41 @@ __all__ = [
     "write_matrix",
 ]
 
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
+    from scalenmf.api import (
+        consensus,
+        inmf,
+        jnmf,
+        lnmf,
+        lnmf_ranks,
+        nmf,
+        project,
+        rank_survey,
+    )
+    from scalenmf.engine.loop import ConvergenceWarning, IterationInfo
+    from scalenmf.interpret import (
+        extract_features,
+        feature_scores,
+        match,
+        predict,
+        sparseness,
+        top_features,
+    )
+    from scalenmf.io import open_matrix, write_matrix
+    from scalenmf.io.errors import InputError
+    from scalenmf.io.source import MatrixSource
+    from scalenmf.results import (
+        ConsensusResult,
+        INMFResult,
+        LinkedNMFResult,
+        NMFResult,
+        ProjectionResult,
+        RankSurvey,
+        load,
+        load_linked,
+        load_projection,
+    )
+
 
 def convert(src: Any, dst: Any, **kwargs: Any) -> str:
     """Stream any supported input into a Zarr matrix store (see ``scalenmf.io.convert``)."""
@@ -83,17 +142,13 @@ def plan(X: Any, k: int, **kwargs: Any) -> Any:
 
 
 def __getattr__(name: str) -> Any:
-    # Optional-extra features are imported only when asked for.
-    if name == "DNMF":
-        from scalenmf.models.deep import DNMF
+    module = _EXPORTS.get(name) or _OPTIONAL.get(name)
+    if module is None:
+        raise AttributeError(f"module 'scalenmf' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
 
-        return DNMF
-    if name == "NMF":
-        from scalenmf.estimators import NMF
 
-        return NMF
-    if name == "report":  # needs the plot extra (matplotlib)
-        from scalenmf.reporting import report
-
-        return report
-    raise AttributeError(f"module 'scalenmf' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, *_OPTIONAL})

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 pytest.importorskip("torch")
 
+import scalenmf.data
 from scalenmf.cli.dnmf import dnmf
-from scalenmf.data_paths import shared_data_dir
 from scalenmf.experiments import dnmf_eval as ev
 
-DATA = shared_data_dir()
+#: Small real data shipped with the tests: the first 200 samples of one synthetic set and
+#: the first 120 BRCA-560 genomes (tests/data/README.md).
+DATA = Path(__file__).parent / "data"
+COSMIC = Path(scalenmf.data.__file__).parent / "COSMIC_v3.4_SBS_GRCh37.tsv"
 SET = "syn.2.7a.7b.abst_sp.sp"
 
 
@@ -34,14 +39,14 @@ def test_the_papers_split_leaks_training_columns():
 
 def test_synsig_is_aligned_by_label_and_consistent():
     d = ev.load_synsig(DATA / "synsig" / SET)
-    assert d.V.shape == (96, 1000) and d.H is not None and d.W is not None
+    assert d.V.shape == (96, 200) and d.H is not None and d.W is not None
     # the catalog is the product of signatures and exposures up to rounding
     rel = np.abs(d.W @ d.H - d.V).sum() / d.V.sum()
     assert rel < 0.05
     # COSMIC's file uses another channel order; aligned by label the signatures agree
     import csv
 
-    with open(DATA / "COSMIC_v3.4_SBS_GRCh37.tsv") as f:
+    with open(COSMIC) as f:
         rows = list(csv.reader(f, delimiter="\t"))
     col = rows[0].index("SBS2")
     cosmic = ev.align_rows(
@@ -52,9 +57,15 @@ def test_synsig_is_aligned_by_label_and_consistent():
         ev.align_rows([f"x{i}" for i in range(96)], d.V, "bad")
 
 
-def test_brca_loads_in_canonical_order():
-    d = ev.load_brca(DATA / "icgc_brca560_sbs96_counts.npy")
-    assert d.V.shape == (96, 560) and d.V.min() >= 0 and d.k == 12
+def test_brca_loads_in_canonical_order(tmp_path):
+    d = ev.load_brca(DATA / "icgc_brca560_sbs96_counts_first120.npy")
+    assert d.V.shape == (96, 120) and d.V.min() >= 0 and d.k == 12
+    raw = np.load(DATA / "icgc_brca560_sbs96_counts_first120.npy")
+    # the file is substitution-major with the 5' then the 3' base: A[C>A]C is column 1
+    assert d.V[ev.CHANNELS.index("A[C>A]C"), 7] == raw[7, 1]
+    np.save(tmp_path / "bad.npy", raw[:, :95])
+    with pytest.raises(ValueError, match=r"expected shape \(n, 96\)"):
+        ev.load_brca(tmp_path / "bad.npy")
 
 
 def test_reduced_evaluation_writes_the_table(tmp_path):

@@ -18,14 +18,14 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scalenmf.data_paths import shared_data_dir
 from scalenmf.io import InputError, OutputExistsError, open_matrix, write_matrix
 from scalenmf.io.convert import convert, parse_bytes
 from scalenmf.io.info import describe, format_description
 from scalenmf.io.zarr_store import ZarrDenseSource, ZarrSparseSource
 
-DATA = shared_data_dir()
-CATALOG = DATA / "synsig" / "syn.pancreas_sa.sa.96" / "ground.truth.syn.catalog.csv"
+#: Small real data shipped with the tests (tests/data/README.md says where it comes from).
+DATA = Path(__file__).parent / "data"
+CATALOG = DATA / "synsig" / "syn.2.7a.7b.abst_sp.sp" / "ground.truth.syn.catalog.csv"
 
 
 def dense(src) -> np.ndarray:
@@ -200,7 +200,6 @@ def test_convert_gene_major_anndata(tmp_path, rng, fmt):
     assert out.row_labels[3] == "g3" and out.col_labels[59] == "c59"
 
 
-@pytest.mark.skipif(not CATALOG.exists(), reason="shared data not present")
 def test_convert_real_catalog(tmp_path):
     out = convert(CATALOG, tmp_path / "cat.zarr", memory_limit="256KB")
     src = open_matrix(out)

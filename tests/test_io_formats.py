@@ -17,14 +17,15 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scalenmf.data_paths import shared_data_dir
+import scalenmf.data
 from scalenmf.io import InputError, open_matrix
 from scalenmf.io.formats.delimited import combine_labels
 from scalenmf.io.formats.h5ad import H5adSource
 
-DATA = shared_data_dir()
-CATALOG = DATA / "synsig" / "syn.pancreas_sa.sa.96" / "ground.truth.syn.catalog.csv"
-COSMIC = DATA / "COSMIC_v3.4_SBS_GRCh37.tsv"
+#: Small real data shipped with the tests (tests/data/README.md says where it comes from).
+DATA = Path(__file__).parent / "data"
+CATALOG = DATA / "synsig" / "syn.2.7a.7b.abst_sp.sp" / "ground.truth.syn.catalog.csv"
+COSMIC = Path(scalenmf.data.__file__).parent / "COSMIC_v3.4_SBS_GRCh37.tsv"
 
 
 def dense(src) -> np.ndarray:
@@ -42,7 +43,6 @@ def write_text(path: Path, text: str) -> Path:
 
 
 # -- CSV: real data ------------------------------------------------------------------------------
-@pytest.mark.skipif(not CATALOG.exists(), reason="shared data not present")
 def test_sigprofiler_catalog_two_label_columns():
     src = open_matrix(CATALOG)
     with open(CATALOG, newline="") as fh:
@@ -52,10 +52,9 @@ def test_sigprofiler_catalog_two_label_columns():
     assert src.col_labels[0] == rows[0][2]
     expect = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
     np.testing.assert_array_equal(dense(src), expect)
-    if COSMIC.exists():
-        cosmic = open_matrix(COSMIC)
-        assert cosmic.shape == (96, 86)
-        assert set(cosmic.row_labels) == set(src.row_labels)  # channels align by label
+    cosmic = open_matrix(COSMIC)
+    assert cosmic.shape == (96, 86)
+    assert set(cosmic.row_labels) == set(src.row_labels)  # channels align by label
 
 
 # -- CSV: layouts --------------------------------------------------------------------------------

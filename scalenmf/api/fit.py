@@ -10,17 +10,24 @@ from typing import Any
 
 import numpy as np
 
-from scalenmf.api._common import HALS_SWEEPS, check_rank, checked_params, progress_bar, work_dtype
+from scalenmf.api._common import (
+    HALS_SWEEPS,
+    check_rank,
+    checked_params,
+    cluster_options,
+    progress_bar,
+    work_dtype,
+)
 from scalenmf.engine.checkpoint import Checkpointer
 from scalenmf.engine.checksum import input_checksum
-from scalenmf.engine.executor import Executor, make_executor
+from scalenmf.engine.executor import Executor
 from scalenmf.engine.loop import IterationInfo, run_alternating
 from scalenmf.io.errors import InputError
 from scalenmf.io.source import MatrixSource, as_source
 from scalenmf.models.init import initialize
 from scalenmf.models.nmf import NMFConfig, NMFModel
 from scalenmf.results.nmf import NMFResult
-from scalenmf.validation import NMF_RULES, parse_memory
+from scalenmf.validation import NMF_RULES
 
 log = logging.getLogger("scalenmf")
 
@@ -157,7 +164,15 @@ def nmf(
         n_runs=n_runs,
         workers=workers,
     )
-    budget = parse_memory(memory_limit)
+    cluster = cluster_options(
+        scheduler=scheduler,
+        workers=workers,
+        memory_limit=memory_limit,
+        threads=threads,
+        scheduler_file=scheduler_file,
+        security=security,
+        connect_timeout=connect_timeout,
+    )
     source = as_source(X, block_cols=block_cols)
     check_rank(p["k"], source.shape)
     dtype_ = work_dtype(dtype, source)
@@ -169,18 +184,7 @@ def nmf(
                 "checkpoints and resume are not available for fits with a mask; "
                 "run without --mask, or without --resume / --checkpoint-every"
             )
-        executor_args = {
-            "scheduler": scheduler,
-            "workers": p["workers"],
-            "memory_limit": budget,
-            "threads": threads,
-            "scheduler_file": scheduler_file,
-            "security": security,
-            "connect_timeout": connect_timeout,
-        }
-        return fit_masked(
-            source, executor_args, p, mask, dtype_, progress=progress, callback=callback
-        )
+        return fit_masked(source, cluster, p, mask, dtype_, progress=progress, callback=callback)
     config = NMFConfig(
         k=p["k"],
         solver=p["solver"],
@@ -196,16 +200,7 @@ def nmf(
         checkpoint_every is not None or checkpoint_seconds is not None or resume
     ) and not checkpoint:
         raise ValueError("checkpoint_every, checkpoint_seconds and resume need checkpoint=PATH")
-    executor = make_executor(
-        source,
-        scheduler=scheduler,
-        workers=p["workers"],
-        memory_limit=budget,
-        threads=threads,
-        scheduler_file=scheduler_file,
-        security=security,
-        connect_timeout=connect_timeout,
-    )
+    executor = cluster.open(source)
     try:
         started = time.time()
         checksum = input_checksum(executor)

@@ -13,8 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from scalenmf.api._common import HALS_SWEEPS, check_rank, checked_params, progress_bar, work_dtype
-from scalenmf.engine.executor import Executor, make_executor
+from scalenmf.api._common import (
+    HALS_SWEEPS,
+    check_rank,
+    checked_params,
+    cluster_options,
+    progress_bar,
+    work_dtype,
+)
+from scalenmf.engine.executor import Executor
 from scalenmf.engine.loop import IterationInfo, LoopTrace, run_alternating
 from scalenmf.io.combine import ChainedSource
 from scalenmf.io.errors import InputError
@@ -30,7 +37,7 @@ from scalenmf.models.linked import (
 )
 from scalenmf.models.nmf import NMFConfig
 from scalenmf.results.linked import DatasetInfo, INMFResult, LinkedNMFResult
-from scalenmf.validation import NMF_RULES, Number, OneOf, parse_memory
+from scalenmf.validation import NMF_RULES, Number, OneOf
 
 log = logging.getLogger("scalenmf")
 
@@ -216,6 +223,9 @@ def lnmf(
     dtype: Any = None,
     threads: int | None = None,
     callback: Callable[[IterationInfo], Any] | None = None,
+    scheduler_file: str | None = None,
+    security: Any = None,
+    connect_timeout: str | float | None = None,
 ) -> LinkedNMFResult:
     """Linked NMF: ``A_d ≈ W H_d + U_d V_d`` for datasets sharing their features.
 
@@ -246,7 +256,8 @@ def lnmf(
     init_iter : int, default 50
         Iterations of the jNMF start.
     solver, loss, l1_w, l1_h, l2_w, l2_h, max_iter, tol, n_runs, scheduler, workers,
-    memory_limit, progress, nnls, dtype, threads, callback
+    memory_limit, progress, nnls, dtype, threads, callback, scheduler_file, security,
+    connect_timeout
         As in ``scalenmf.nmf``.
     seed : int or None
         Seeds the random start of W and every U_d.
@@ -287,16 +298,22 @@ def lnmf(
     p["init"] = LINKED_INITS.check("init", init)
     p["init_iter"] = int(NMF_RULES["max_iter"].check("init_iter", init_iter))
     p["k_shared"] = int(RANK.check("k_shared", k_shared))
-    budget = parse_memory(memory_limit)
+    cluster = cluster_options(
+        scheduler=scheduler,
+        workers=workers,
+        memory_limit=memory_limit,
+        threads=threads,
+        scheduler_file=scheduler_file,
+        security=security,
+        connect_timeout=connect_timeout,
+    )
     source = chain_datasets(datasets, names, block_cols=block_cols)
     p["k_unique"] = list(_k_unique(k_unique, source.n_datasets))
     layout = LinkedLayout(p["k_shared"], tuple(p["k_unique"]))
     _check_ranks(source, layout)
     dtype_ = work_dtype(dtype, source)
     config = _config(p, layout.total)
-    executor = make_executor(
-        source, scheduler=scheduler, workers=p["workers"], memory_limit=budget, threads=threads
-    )
+    executor = cluster.open(source)
     try:
         return _fit_linked(source, executor, config, layout, p, dtype_, progress, callback)
     finally:
@@ -447,6 +464,9 @@ def inmf(
     dtype: Any = None,
     threads: int | None = None,
     callback: Callable[[IterationInfo], Any] | None = None,
+    scheduler_file: str | None = None,
+    security: Any = None,
+    connect_timeout: str | float | None = None,
 ) -> INMFResult:
     """Integrative NMF (LIGER): ``X_d ≈ (W + V_d) H_d`` with a penalty on ``V_d H_d``.
 
@@ -466,7 +486,7 @@ def inmf(
     solver : {"als", "hals"}, optional
         Default ``"als"`` (exact NNLS every step).
     names, max_iter, tol, seed, n_runs, scheduler, workers, memory_limit, progress,
-    block_cols, nnls, dtype, threads, callback
+    block_cols, nnls, dtype, threads, callback, scheduler_file, security, connect_timeout
         As in ``lnmf``.
 
     Returns
@@ -489,14 +509,20 @@ def inmf(
         raise ValueError("inmf is solved by block coordinate descent: use solver='als' or 'hals'")
     p["k"] = int(Number(1, math.inf, integer=True).check("k", k))
     p["lam"] = float(Number(0.0).check("lam", lam))
-    budget = parse_memory(memory_limit)
+    cluster = cluster_options(
+        scheduler=scheduler,
+        workers=workers,
+        memory_limit=memory_limit,
+        threads=threads,
+        scheduler_file=scheduler_file,
+        security=security,
+        connect_timeout=connect_timeout,
+    )
     source = chain_datasets(datasets, names, block_cols=block_cols, what="iNMF")
     _check_ranks(source, LinkedLayout(p["k"], (0,) * source.n_datasets))
     dtype_ = work_dtype(dtype, source)
     config = _config(p, p["k"])
-    executor = make_executor(
-        source, scheduler=scheduler, workers=p["workers"], memory_limit=budget, threads=threads
-    )
+    executor = cluster.open(source)
     try:
         t0 = time.perf_counter()
         R = p["n_runs"]

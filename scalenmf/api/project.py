@@ -11,8 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from scalenmf.api._common import HALS_SWEEPS, check_rank, checked_params, progress_bar, work_dtype
-from scalenmf.engine.executor import Executor, make_executor
+from scalenmf.api._common import (
+    HALS_SWEEPS,
+    check_rank,
+    checked_params,
+    cluster_options,
+    progress_bar,
+    work_dtype,
+)
+from scalenmf.engine.executor import Executor
 from scalenmf.engine.loop import IterationInfo, run_alternating
 from scalenmf.io.combine import RowOrderedSource, row_order
 from scalenmf.io.errors import InputError
@@ -21,7 +28,7 @@ from scalenmf.models.linked import LinkedLayout, LinkedModel, initial_states, ra
 from scalenmf.models.nmf import NMFConfig
 from scalenmf.models.transfer import ProjectedBlock, ProjectionPlan, project_step
 from scalenmf.results.linked import ProjectionResult
-from scalenmf.validation import NMF_RULES, Number, OneOf, parse_memory
+from scalenmf.validation import NMF_RULES, Number, OneOf
 
 log = logging.getLogger("scalenmf")
 
@@ -158,6 +165,9 @@ def project(
     threads: int | None = None,
     progress: Any = None,
     callback: Callable[[IterationInfo], Any] | None = None,
+    scheduler_file: str | None = None,
+    security: Any = None,
+    connect_timeout: str | float | None = None,
 ) -> ProjectionResult:
     """Coefficients H of new samples for a fixed basis W, with per-sample quality control.
 
@@ -218,7 +228,8 @@ def project(
         Seeds the bootstrap and the start of U.
     n_runs : int
         Restarts of transfer learning.
-    scheduler, workers, memory_limit, block_cols, dtype, threads, progress, callback
+    scheduler, workers, memory_limit, block_cols, dtype, threads, progress, callback,
+    scheduler_file, security, connect_timeout
         As in ``scalenmf.nmf``.
 
     Returns
@@ -268,7 +279,15 @@ def project(
     )
     p["transfer_tol"] = float(NMF_RULES["tol"].check("transfer_tol", transfer_tol))
     p["seed"] = 0 if p["seed"] is None else p["seed"]
-    budget = parse_memory(memory_limit)
+    cluster = cluster_options(
+        scheduler=scheduler,
+        workers=workers,
+        memory_limit=memory_limit,
+        threads=threads,
+        scheduler_file=scheduler_file,
+        security=security,
+        connect_timeout=connect_timeout,
+    )
     source = align_to_basis(
         as_source(X_new, block_cols=block_cols), W_labels, basis.shape[0], drop_extra_features
     )
@@ -277,9 +296,7 @@ def project(
         check_rank(basis.shape[1] + p["k_new"], source.shape)
     dtype_ = work_dtype(dtype, source)
     basis = np.ascontiguousarray(basis, dtype=dtype_)
-    executor = make_executor(
-        source, scheduler=scheduler, workers=p["workers"], memory_limit=budget, threads=threads
-    )
+    executor = cluster.open(source)
     try:
         return _project_on(
             executor, source, basis, p, dtype_, W_labels, factor_labels, progress, callback, t0

@@ -18,8 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from scalenmf.api._common import check_rank, checked_params, progress_bar, work_dtype
-from scalenmf.engine.executor import Executor, make_executor
+from scalenmf.api._common import (
+    ClusterOptions,
+    check_rank,
+    checked_params,
+    cluster_options,
+    progress_bar,
+    work_dtype,
+)
+from scalenmf.engine.executor import Executor
 from scalenmf.engine.loop import IterationInfo
 from scalenmf.io.source import MatrixSource, as_source
 from scalenmf.models.consensus import factor_consensus
@@ -39,7 +46,7 @@ from scalenmf.models.survey import (
 )
 from scalenmf.results.nmf import NMFResult
 from scalenmf.results.selection import ConsensusResult, RankSurvey
-from scalenmf.validation import NMF_RULES, Number, parse_memory
+from scalenmf.validation import NMF_RULES, Number
 
 log = logging.getLogger("scalenmf")
 
@@ -136,19 +143,6 @@ def _setup(
     return _Setup(source, config, p, work)
 
 
-def _executor(
-    source: MatrixSource, scheduler: Any, workers: Any, memory_limit: Any, threads: Any
-) -> Executor:
-    w = NMF_RULES["workers"].check("workers", workers)
-    return make_executor(
-        source,
-        scheduler=scheduler,
-        workers=w,
-        memory_limit=parse_memory(memory_limit),
-        threads=threads,
-    )
-
-
 def _fit_result(
     outcome: MultiFitOutcome, f: int, setup: _Setup, source: MatrixSource, info: dict[str, Any]
 ) -> NMFResult:
@@ -227,6 +221,9 @@ def rank_survey(
     dtype: Any = None,
     threads: int | None = None,
     callback: Callable[[IterationInfo], Any] | None = None,
+    scheduler_file: str | None = None,
+    security: Any = None,
+    connect_timeout: str | float | None = None,
 ) -> RankSurvey:
     """Fit every rank in ``ks`` ``n_runs`` times and measure how well each rank holds up.
 
@@ -264,7 +261,9 @@ def rank_survey(
         uses only the observed entries.
     consensus_samples : int
         Samples used for the consensus matrix of each rank (a random subsample above it).
-    scheduler, workers, memory_limit, threads, block_cols, dtype, progress, callback :
+    scheduler, workers, memory_limit, threads, scheduler_file, security, connect_timeout :
+        The cluster options, as in ``scalenmf.nmf``.
+    block_cols, dtype, progress, callback :
         As in ``scalenmf.nmf``.
 
     Returns
@@ -302,9 +301,18 @@ def rank_survey(
         cv_reps=cv_reps,
         consensus_samples=consensus_samples,
     )
+    cluster = cluster_options(
+        scheduler=scheduler,
+        workers=workers,
+        memory_limit=memory_limit,
+        threads=threads,
+        scheduler_file=scheduler_file,
+        security=security,
+        connect_timeout=connect_timeout,
+    )
     p = setup.params
     fits = survey_fits(k_list, p["n_runs"], p["cv_reps"], bool(null))
-    executor = _executor(setup.source, scheduler, workers, memory_limit, threads)
+    executor = cluster.open(setup.source)
     bar = progress_bar(progress, p["max_iter"], f"rank survey ({len(fits)} fits)")
     try:
         outcome = run_multifit(
@@ -394,6 +402,9 @@ def consensus(
     dtype: Any = None,
     threads: int | None = None,
     callback: Callable[[IterationInfo], Any] | None = None,
+    scheduler_file: str | None = None,
+    security: Any = None,
+    connect_timeout: str | float | None = None,
 ) -> ConsensusResult:
     """Consensus clustering and factor-level consensus of ``n_runs`` fits at rank k.
 
@@ -451,10 +462,19 @@ def consensus(
         n_runs=n_runs,
         max_samples=max_samples,
     )
+    cluster = cluster_options(
+        scheduler=scheduler,
+        workers=workers,
+        memory_limit=memory_limit,
+        threads=threads,
+        scheduler_file=scheduler_file,
+        security=security,
+        connect_timeout=connect_timeout,
+    )
     p = setup.params
     k = int(k)
     fits = [FitSpec(k, "data", -1, r) for r in range(p["n_runs"])]
-    executor = _executor(setup.source, scheduler, workers, memory_limit, threads)
+    executor = cluster.open(setup.source)
     bar = progress_bar(progress, p["max_iter"], f"consensus k={k} ({len(fits)} runs)")
     try:
         outcome = run_multifit(
@@ -544,7 +564,7 @@ def _refit_h(executor: Executor, setup: _Setup, k: int, W: np.ndarray) -> MultiF
 
 def fit_masked(
     source: MatrixSource,
-    executor_args: dict[str, Any],
+    cluster: ClusterOptions,
     p: dict[str, Any],
     mask: Any,
     dtype: np.dtype,
@@ -566,7 +586,7 @@ def fit_masked(
     )
     setup = _Setup(masked, config, {**p, "mask": True}, dtype)
     fits = [FitSpec(p["k"], "data", -1, r) for r in range(p["n_runs"])]
-    executor = make_executor(masked, **executor_args)
+    executor = cluster.open(masked)
     bar = progress_bar(progress, p["max_iter"], f"nmf k={p['k']} (masked)")
     try:
         outcome = run_multifit(

@@ -7,6 +7,8 @@ their commands.
 from __future__ import annotations
 
 import functools
+import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,3 +63,15 @@ def input_source(path: str, transpose: bool, workdir: Path | None) -> Any:
     tmp = workdir / "transposed.zarr"
     convert(src, tmp, transpose=True)
     return open_matrix(tmp)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` under a temporary name beside it, then rename: a reader
+    (or a crash) never sees half a file."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -267,8 +267,7 @@ def transform(
     "data_dir",
     type=click.Path(exists=True, file_okay=False),
     default=None,
-    help="Folder with synsig/ and icgc_brca560_sbs96_counts.npy "
-    "(default: ../shared/data beside the repository).",
+    help="Folder with synsig/ and icgc_brca560_sbs96_counts.npy (default: $SCALENMF_SHARED_DATA).",
 )
 @click.option("--sets", default=None, help="Comma-separated synsig set names (default: all 12).")
 @click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True)
@@ -333,7 +332,10 @@ def evaluate(
         raise click.BadParameter(
             f"not a list of numbers: {lambdas!r}", param_hint="--lambdas"
         ) from exc
-    root = Path(data_dir) if data_dir else ev.default_data_dir()
+    try:
+        root = Path(data_dir) if data_dir else ev.default_data_dir()
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     if not (root / "synsig").exists():
         raise click.BadParameter(f"{str(root)!r} has no synsig/ folder", param_hint="--data")
     names = sets.split(",") if sets else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -13,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
-from scalenmf.cli._common import input_source, user_errors
+from scalenmf.cli._common import input_source, user_errors, write_text_atomic
 from scalenmf.cli.cluster import scheduler_options
 
 # -- shared options ---------------------------------------------------------------------
@@ -269,12 +267,7 @@ def lnmf_ranks_command(
     )
     click.echo(format_proposal(proposal, list(inputs)))
     if json_path is not None:
-        from scalenmf.io.atomic import _tmp_name
-
-        target = Path(json_path)
-        tmp = _tmp_name(target)
-        tmp.write_text(json.dumps(proposal.as_dict(), indent=2))
-        os.replace(tmp, target)
+        write_text_atomic(json_path, json.dumps(proposal.as_dict(), indent=2))
 
 
 def format_proposal(proposal: Any, inputs: list[str]) -> str:
@@ -320,6 +313,8 @@ def _open_basis(path: str) -> Any:
         from scalenmf.results.nmf import load
 
         return load(path)
+    import numpy as np
+
     from scalenmf.io import open_matrix
 
     src = open_matrix(path)
@@ -333,7 +328,7 @@ def _open_basis(path: str) -> Any:
 class _Basis:
     """A basis read from a matrix file: W with its feature and factor labels."""
 
-    def __init__(self, W: np.ndarray, rows: Any, cols: Any):
+    def __init__(self, W: Any, rows: Any, cols: Any):
         self.W = W
         self.row_labels = rows
         self.factor_labels = cols
@@ -342,8 +337,6 @@ class _Basis:
 
 def _qc_table(path: str, result: Any) -> None:
     """Per-sample QC as TSV, written under a temporary name and renamed."""
-    from scalenmf.io.atomic import _tmp_name
-
     n = result.H.shape[1]
     names = result.col_labels if result.col_labels is not None else [str(i) for i in range(n)]
     header = ["sample", "cosine", "relative_error", "novel"]
@@ -351,13 +344,10 @@ def _qc_table(path: str, result: Any) -> None:
     if result.k_new:
         header += ["basis_cosine", "basis_relative_error", "new_share"]
         columns += [result.basis_cosine, result.basis_relative_error, result.new_share]
-    target = Path(path)
-    tmp = _tmp_name(target)
-    with open(tmp, "w") as fh:
-        fh.write("\t".join(header) + "\n")
-        for i in range(n):
-            fh.write("\t".join([str(names[i])] + [f"{c[i]:.6g}" for c in columns]) + "\n")
-    os.replace(tmp, target)
+    lines = ["\t".join(header)]
+    for i in range(n):
+        lines.append("\t".join([str(names[i])] + [f"{c[i]:.6g}" for c in columns]))
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def _optional_float(text: str | None, what: str) -> float | None:

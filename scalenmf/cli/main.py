@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -31,10 +32,14 @@ def main(verbose: int) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     # distributed logs connection churn at INFO (with tracebacks); show it only with -vv.
-    # It sets its loggers' levels from dask's config when first imported, so say it there.
-    import dask
-
-    dask.config.set({"logging.distributed": "warning" if verbose < 2 else "debug"})
+    # It sets its loggers' levels from dask's config when first imported, so say it there:
+    # through the environment when dask is not imported yet (most commands never need
+    # it, and importing it costs a second of start-up), else in its live config.
+    dask_level = "warning" if verbose < 2 else "debug"
+    if "dask" in sys.modules:
+        sys.modules["dask"].config.set({"logging.distributed": dask_level})
+    else:
+        os.environ["DASK_LOGGING__DISTRIBUTED"] = dask_level
     logging.getLogger("distributed").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
 
 

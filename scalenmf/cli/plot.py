@@ -159,10 +159,10 @@ def report(
       scalenmf report result.zarr -o report.html
       scalenmf report result.zarr -o report.html --rank survey/ --consensus consensus/
     """
-    from scalenmf.reporting import _check_html_path
+    from scalenmf.reporting import check_html_path
     from scalenmf.reporting import report as write_report
 
-    _check_html_path(output)
+    check_html_path(output)
     for what, path in (
         ("result store", source),
         ("rank survey directory", rank),

@@ -12,7 +12,6 @@ import click
 
 from scalenmf.cli._common import user_errors
 from scalenmf.cli.cluster import scheduler_options
-from scalenmf.io.selection_store import SUMMARY_COLUMNS
 
 
 def _fit_options(func: Any) -> Any:
@@ -146,6 +145,8 @@ def rank(
     survey = _run(lambda: rank_survey(source, ks, n_runs, progress=progress, **opts))
     survey.save(output, overwrite=overwrite)
     wall = time.perf_counter() - start
+    from scalenmf.io.selection_store import SUMMARY_COLUMNS
+
     cols = SUMMARY_COLUMNS
     click.echo("  ".join(f"{c:>11}" for c in cols))
     for row in survey.summary:

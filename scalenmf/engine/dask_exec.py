@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import CancelledError
 from typing import Any
 
-from scalenmf.engine.executor import BlockFn, BlockRef, apply_block, realign
+from scalenmf.engine.base import BlockFn, BlockRef, apply_block, realign
 from scalenmf.engine.reduce import TreeReducer, add_partials
 from scalenmf.io.source import MatrixSource
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from scalenmf.engine.executor import BlockFn, BlockRef, apply_block
+from scalenmf.engine.base import BlockFn, BlockRef, apply_block
 from scalenmf.engine.reduce import TreeReducer, add_partials
 from scalenmf.io.source import MatrixSource
 

@@ -78,12 +78,27 @@ BRCA_K = 12
 # ----------------------------------------------------------------------------- data
 
 
-def default_data_dir() -> Path:
-    """The shared data folder (``../shared/data`` beside the repository, or the nearest
-    ancestor's ``shared/data``; ``$SCALENMF_SHARED_DATA`` overrides)."""
-    from scalenmf.data_paths import shared_data_dir
+#: Environment variable naming the data folder when ``--data`` is not given.
+DATA_ENV = "SCALENMF_SHARED_DATA"
 
-    return shared_data_dir()
+
+def default_data_dir() -> Path:
+    """The data folder from ``$SCALENMF_SHARED_DATA``; without it ``--data`` is needed.
+
+    Raises
+    ------
+    ValueError
+        When the variable is not set.
+    """
+    import os
+
+    folder = os.environ.get(DATA_ENV)
+    if not folder:
+        raise ValueError(
+            "give the folder with synsig/ and icgc_brca560_sbs96_counts.npy as --data DIR "
+            f"(or set {DATA_ENV})"
+        )
+    return Path(folder)
 
 
 def channel_label(mutation: str, trinucleotide: str) -> str:
@@ -155,10 +170,11 @@ def load_synsig(folder: Path) -> SigData:
 
 
 def load_brca(path: Path) -> SigData:
-    """The 560 ICGC breast genomes: ``.npy`` of shape (560, 96), substitution-major order."""
+    """The ICGC breast genomes (560 in the full set): ``.npy`` of shape (n, 96), samples by
+    SBS channels in substitution-major order."""
     X = np.load(path)
-    if X.shape != (560, 96):
-        raise ValueError(f"{path}: expected shape (560, 96), got {X.shape}")
+    if X.ndim != 2 or X.shape[1] != len(CHANNELS) or X.shape[0] == 0:
+        raise ValueError(f"{path}: expected shape (n, 96), got {X.shape}")
     # documented order of this file: substitution, then 5' base, then 3' base
     labels = [f"{a}[{s}]{b}" for s in SUBSTITUTIONS for a in BASES for b in BASES]
     return SigData(

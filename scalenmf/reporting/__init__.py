@@ -76,7 +76,7 @@ SECTION_IDS = (
 )
 
 
-def _check_html_path(output: str | os.PathLike[str]) -> None:
+def check_html_path(output: str | os.PathLike[str]) -> None:
     if Path(output).suffix.lower() not in (".html", ".htm"):
         raise ValueError(
             f"the report is an HTML file: give a name ending in .html, not {str(output)!r}"
@@ -127,7 +127,7 @@ def report(
     >>> import scalenmf                                                       # doctest: +SKIP
     >>> scalenmf.report("result.zarr", "report.html", rank="survey/")         # doctest: +SKIP
     """
-    _check_html_path(output)
+    check_html_path(output)
     check_output_file(output)  # before the work, not after it
     if discover and isinstance(result, (str, os.PathLike)):
         found_rank, found_consensus = find_companions(result)

@@ -305,3 +305,27 @@ def test_basis_from_a_result_and_store_round_trip(tmp_path: Path):
 def test_bad_input(W, X, kwargs, error, match):
     with pytest.raises(error, match=match):
         scalenmf.project(W, X, **kwargs)
+
+
+def _conditioned_basis(seed: int, cond: float, m: int = 96, k: int = 8) -> np.ndarray:
+    """A non-negative m×k basis of the given condition number (a shared offset on random
+    columns makes them alike; the offset is solved for)."""
+    from scipy.optimize import brentq
+
+    A = np.random.default_rng(seed).random((m, k))
+    c = brentq(lambda c: np.linalg.cond(A + c) - cond, 0.0, 1e6)
+    return A + c
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"nnls": "cd"}, {"solver": "hals"}, {}], ids=["cd", "hals", "bpp"]
+)
+def test_projection_is_exact_on_an_ill_conditioned_basis(kwargs):
+    """96×8, condition number 236: coordinate descent used to stop on a small last step
+    (H off by more than half its size) while the fit reported converged."""
+    W = _conditioned_basis(0, 236.0)
+    X = np.random.default_rng(1).random((96, 40)) * 2
+    ref = scipy_nnls(W, X)
+    res = scalenmf.project(W, X, **kwargs)
+    assert res.converged
+    np.testing.assert_allclose(res.H, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())

@@ -57,8 +57,16 @@ def x_ht(X: Block, H: np.ndarray) -> np.ndarray:
     -------
     ndarray, shape (m, k), float64
     """
-    out = X @ H.T
-    return np.asarray(out, dtype=np.float64)
+    H64 = np.asarray(H, dtype=np.float64)
+    if sp.issparse(X) or X.dtype == np.float64:
+        return np.asarray(X @ H64.T, dtype=np.float64)
+    # The sum runs over the block's n columns: accumulate it in float64 also for float32
+    # blocks, converting X a column chunk at a time to bound the temporary.
+    out = np.zeros((X.shape[0], H64.shape[0]))
+    step = max(1, (1 << 23) // max(1, X.shape[0]))
+    for a in range(0, X.shape[1], step):
+        out += np.asarray(X[:, a : a + step], dtype=np.float64) @ H64[:, a : a + step].T
+    return out
 
 
 def sq_norm(X: Block) -> float:

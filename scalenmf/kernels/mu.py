@@ -2,16 +2,32 @@
 
 Each update multiplies the current factor by a ratio of non-negative terms, so factors stay
 non-negative and the objective never rises. L1 and L2 penalties enter the denominators.
+Frobenius steps take the batch shapes of :mod:`.penalty` (``G`` (k, k), (R, k, k) or per
+column (R, n, k, k); ``B``, ``X`` (k, n) or (R, k, n)). KL steps look at X itself, and on a
+sparse X only at its non-zeros: ``W·H`` is never formed there.
+
+Every returned statistic and loss (KL divergence, ``Σ x·wh``, sums) accumulates in
+float64, also for float32 factors; the factors themselves keep their dtype.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
 
 from scalenmf._typing import Block
+from scalenmf.kernels.nnls import NNLSInfo
 
-#: Guards every division; small enough not to bias counts, large enough for float32.
+#: The one guard of every division in the package's updates (denominators and ``W·H``).
+#: It only has to keep 0/0 away and never bias a meaningful value. In float64 it is 1e-6
+#: of float32's resolution at 1, so it vanishes against any denominator above ~1e-6.
+#: In float32 it is representable (the smallest normal is 1.2e-38), its reciprocal (1e10)
+#: is far from overflow (3.4e38), and it is below one ulp of every denominator above
+#: ~1e-3, so it changes no result there either. The float32 machine epsilon (1.19e-7,
+#: once used by the DNMF code) would instead bias data of small scale, such as
+#: proportions, where denominators of 1e-6 are ordinary.
 EPS = 1e-10
 
 
@@ -24,74 +40,110 @@ def mu_frobenius(
 
     Parameters
     ----------
-    G : ndarray, shape (k, k)
-    B : ndarray, shape (k, n)
-    X : ndarray, shape (k, n)
+    G : ndarray, shape (k, k), (R, k, k) or (R, n, k, k)
+    B : ndarray, shape (k, n) or (R, k, n)
+    X : ndarray, shape of B
         Current factor (not modified).
 
     Returns
     -------
-    ndarray, shape (k, n)
+    ndarray, shape of X, dtype of X
     """
     dtype = X.dtype
-    denom = np.asarray(G, dtype=dtype) @ X
+    Gd = np.asarray(G, dtype=dtype)
+    denom = np.einsum("rnkl,rln->rkn", Gd, X) if Gd.ndim == 4 else Gd @ X
     if l2:
         denom += dtype.type(l2) * X
     denom += dtype.type(l1 + EPS)
     return X * np.maximum(np.asarray(B, dtype=dtype), 0) / denom
 
 
-def _wh_at(W: np.ndarray, H: np.ndarray, X: sp.csc_matrix) -> np.ndarray:
-    """Values of ``W·H`` at the non-zeros of the CSC matrix X, without forming W·H."""
-    rows = X.indices
-    cols = np.repeat(np.arange(X.shape[1]), np.diff(X.indptr))
-    out = np.empty(rows.size, dtype=np.result_type(W.dtype, H.dtype))
-    step = 1 << 18  # bound the (nnz × k) temporaries
-    Ht = H.T
-    for start in range(0, rows.size, step):
-        stop = min(start + step, rows.size)
-        out[start:stop] = np.einsum("ij,ij->i", W[rows[start:stop]], Ht[cols[start:stop]])
+def wh_at(W: np.ndarray, H: np.ndarray, pattern: sp.spmatrix) -> np.ndarray:
+    """Values of ``W H`` at the stored entries of a CSC pattern, in storage order, float64.
+
+    Parameters
+    ----------
+    W : ndarray, shape (m, k)
+    H : ndarray, shape (k, n)
+    pattern : sparse matrix, shape (m, n)
+
+    Returns
+    -------
+    ndarray, shape (nnz,)
+        Costs ``nnz·k``; the (nnz × k) temporaries are bounded.
+    """
+    csc = sp.csc_matrix(pattern)
+    rows = csc.indices
+    cols = np.repeat(np.arange(csc.shape[1]), np.diff(csc.indptr))
+    out = np.empty(rows.size, dtype=np.float64)
+    W64 = np.asarray(W, dtype=np.float64)
+    Ht = np.asarray(H, dtype=np.float64).T
+    step = 1 << 18
+    for a in range(0, rows.size, step):
+        b = min(a + step, rows.size)
+        out[a:b] = np.einsum("ij,ij->i", W64[rows[a:b]], Ht[cols[a:b]])
     return out
 
 
-def _ratio(X: Block, W: np.ndarray, H: np.ndarray) -> tuple[Block, np.ndarray | None]:
-    """``X ⊘ (W H)``: dense, or sparse with the pattern of X (KL needs only its non-zeros)."""
+def _ratio(X: Block, W: np.ndarray, H: np.ndarray) -> tuple[Block, np.ndarray]:
+    """``X ⊘ (W H)``: dense, or sparse with the pattern of X (KL needs only its non-zeros).
+
+    Returns the ratio in the dtype of the factors and ``W H`` (float64 at the non-zeros of
+    a sparse X; dense in the factors' dtype otherwise).
+    """
+    dtype = np.result_type(W.dtype, H.dtype)
     if sp.issparse(X):
         X = sp.csc_matrix(X)
-        wh = _wh_at(W, H, X)
-        ratio = sp.csc_matrix((X.data / np.maximum(wh, EPS), X.indices, X.indptr), shape=X.shape)
-        return ratio, wh
+        wh = wh_at(W, H, X)
+        data = (X.data / np.maximum(wh, EPS)).astype(dtype, copy=False)
+        return sp.csc_matrix((data, X.indices, X.indptr), shape=X.shape), wh
     wh = W @ H
-    return X / np.maximum(wh, EPS), wh
+    return (X / np.maximum(wh, EPS)).astype(dtype, copy=False), wh
+
+
+def _observed_sums(W: np.ndarray, missing: sp.spmatrix | None) -> np.ndarray:
+    """``Σ_{i observed in j} w_i`` per column: ``Wᵀ·1`` less the missing rows, (k, n) or (k, 1)."""
+    total = W.sum(axis=0, dtype=np.float64)[:, None]
+    if missing is None or missing.nnz == 0:
+        return total
+    return total - np.asarray(missing.T @ W.astype(np.float64)).T
 
 
 def mu_kl_h(
-    W: np.ndarray, X: Block, H: np.ndarray, *, l1: float = 0.0, l2: float = 0.0
+    W: np.ndarray,
+    X: Block,
+    H: np.ndarray,
+    *,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    missing: sp.spmatrix | None = None,
 ) -> np.ndarray:
     """One multiplicative step on H for the generalized KL divergence ``D(X ‖ W H)``.
 
-    ``H ← H ⊙ Wᵀ(X ⊘ W H) / (Wᵀ1 + l1 + l2·H)``; on sparse X only the non-zeros are visited.
+    ``H ← H ⊙ Wᵀ(X ⊘ W H) / (Wᵀo + l1 + l2·H)``, o the observed pattern of each column
+    (all ones without ``missing``); on sparse X only the non-zeros are visited.
 
     Parameters
     ----------
     W : ndarray, shape (m, k)
     X : ndarray or sparse, shape (m, n)
+        Missing entries must hold 0 (they then add nothing to the numerator).
     H : ndarray, shape (k, n)
         Not modified.
+    missing : sparse matrix, shape (m, n), optional
+        Pattern of entries that are not observed (masked or held out): their share of the
+        denominator is removed, so they do not pull H towards 0.
 
     Returns
     -------
-    ndarray, shape (k, n)
+    ndarray, shape (k, n), dtype of H
     """
     ratio, _ = _ratio(X, W, H)
-    if sp.issparse(ratio):
-        numer = np.asarray((ratio.T @ W).T)
-    else:
-        numer = W.T @ ratio
-    denom = W.sum(axis=0)[:, None] + (l1 + EPS)
+    numer = np.asarray((ratio.T @ W).T) if sp.issparse(ratio) else W.T @ ratio
+    denom = _observed_sums(W, missing) + (l1 + EPS)
     if l2:
         denom = denom + l2 * H
-    return (H * numer / denom).astype(H.dtype, copy=False)
+    return (H * numer / np.maximum(denom, EPS)).astype(H.dtype, copy=False)
 
 
 def kl_block(W: np.ndarray, X: Block, H: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -115,21 +167,23 @@ def kl_block(W: np.ndarray, X: Block, H: np.ndarray) -> tuple[np.ndarray, np.nda
         ``Σ x·(WH)``, so the Frobenius error can be reported from the same look at X.
     """
     ratio, wh = _ratio(X, W, H)
-    numer = np.asarray(ratio @ H.T, dtype=np.float64)
-    h_sum = H.sum(axis=1, dtype=np.float64)
+    H64 = np.asarray(H, dtype=np.float64)
+    if sp.issparse(ratio):
+        numer = np.asarray(ratio.astype(np.float64) @ H64.T)
+    else:
+        numer = np.asarray(ratio, dtype=np.float64) @ H64.T
+    h_sum = H64.sum(axis=1)
     if sp.issparse(X):
         x = np.asarray(sp.csc_matrix(X).data, dtype=np.float64)
         # Σ WH over all entries = (column sums of W)·(row sums of H): no dense product.
         total_wh = float(W.sum(axis=0, dtype=np.float64) @ h_sum)
-        wh64 = np.asarray(wh, dtype=np.float64)
-        div = _x_log_ratio(x, wh64) - float(x.sum()) + total_wh
-        x_wh = float(x @ wh64)
+        whf = np.asarray(wh, dtype=np.float64)
     else:
         x = np.asarray(X, dtype=np.float64).ravel()
         whf = np.asarray(wh, dtype=np.float64).ravel()
-        div = _x_log_ratio(x, whf) - float(x.sum()) + float(whf.sum())
-        x_wh = float(x @ whf)
-    return numer, h_sum, div, x_wh
+        total_wh = float(whf.sum())
+    div = _x_log_ratio(x, whf) - float(x.sum()) + total_wh
+    return numer, h_sum, div, float(x @ whf)
 
 
 def _x_log_ratio(x: np.ndarray, wh: np.ndarray) -> float:
@@ -142,3 +196,57 @@ def _x_log_ratio(x: np.ndarray, wh: np.ndarray) -> float:
 def kl_divergence(X: Block, W: np.ndarray, H: np.ndarray) -> float:
     """Generalized KL divergence ``Σ x log(x / wh) − x + wh`` of one block (float64)."""
     return kl_block(W, X, H)[2]
+
+
+# -- to convergence -----------------------------------------------------------------------
+
+
+def mu_to_convergence(
+    make_step: Callable[[np.ndarray | None], Callable[[np.ndarray], np.ndarray]],
+    H: np.ndarray,
+    *,
+    max_iter: int,
+    tol: float,
+) -> tuple[np.ndarray, NNLSInfo]:
+    """Iterate a multiplicative step, every column until its own step is small.
+
+    A multiplicative step moves ``h_i`` by ``h_i·|∇_i| / denominator_i``, so a small step
+    is the complementarity condition of the KKT system; a column is done when no entry
+    moved more than ``tol`` times the column's largest. Done columns leave the iteration
+    (the sub-problem is re-cut when fewer than half remain).
+
+    Parameters
+    ----------
+    make_step : callable
+        ``make_step(cols)`` returns the step for the columns ``cols`` (None: all), a
+        function ``H_cols → new H_cols``.
+    H : ndarray, shape (k, n)
+        Start (not modified).
+
+    Returns
+    -------
+    H : ndarray, shape (k, n)
+    info : NNLSInfo
+        ``unconverged``: columns still moving after ``max_iter`` steps.
+    """
+    H = np.array(H, copy=True)
+    n = H.shape[1]
+    work = np.arange(n)
+    Hw, step = H, make_step(None)
+    left = np.ones(n, dtype=bool)
+    it = 0
+    for it in range(1, max_iter + 1):  # noqa: B007 - the count is returned
+        new = step(Hw)
+        change = np.abs(new - Hw).max(axis=0, initial=0.0)
+        scale = np.maximum(new.max(axis=0, initial=0.0), 1e-300)
+        Hw = new
+        left = change > tol * scale
+        n_left = int(left.sum())
+        if n_left == 0:
+            break
+        if n_left < work.size // 2:
+            H[:, work] = Hw
+            work, Hw, left = work[left], Hw[:, left], left[left]
+            step = make_step(work)
+    H[:, work] = Hw
+    return H, NNLSInfo(it, int(left.sum()))

@@ -1,36 +1,520 @@
-"""Batched non-negative least squares in Gram form.
+"""Non-negative least squares in Gram form: one coordinate descent, one block pivoting.
 
-Every solver here minimises, column by column and independently,
+Both solvers minimise, for every column b of B (and every fit) independently,
 
     f(x) = ½ xᵀ G x − bᵀ x + l1·Σx + ½ l2·‖x‖²   subject to x ≥ 0,
 
-taking only the Gram statistics ``G`` (k×k) and ``B`` (k×n), never the big matrix. For the H
-sub-problem ``G = WᵀW`` and ``B = WᵀX``; for the W sub-problem (row-wise) ``G = HHᵀ`` and
-``B = (XHᵀ)ᵀ``. The penalties fold into the statistics: ``G + l2·I`` and ``B − l1``.
+from the Gram statistics alone (for the H step ``G = WᵀW``, ``B = WᵀX``; for the W step,
+row-wise, ``G = HHᵀ``, ``B = (XHᵀ)ᵀ``), in every batch shape of :mod:`.penalty`:
+``B`` (k, n) or (R, k, n) and ``G`` (k, k), (R, k, k) or per column (R, n, k, k).
+
+- :func:`nnls_cd` — coordinate descent (HALS). With ``tol = 0`` it runs a fixed number of
+  sweeps (the HALS update); with ``tol > 0`` every column stops on the projected-gradient
+  (KKT) condition, converged columns leave the sweep, and a column that does not meet the
+  condition within ``max_sweeps`` is finished exactly by :func:`nnls_bpp`
+  (``finish=True``) or counted in ``NNLSInfo.unconverged``.
+- :func:`nnls_bpp` — exact block principal pivoting (Kim & Park 2011), vectorised over all
+  columns of all fits, starting from the passive set of ``X0`` or of the clipped
+  unconstrained solution, columns with equal passive sets sharing one factorisation.
+
+Both return ``(X, NNLSInfo)``. Coordinates whose Gram diagonal is 0 (a zero basis vector,
+such as padding) are 0 in every result. The names used before this module existed
+(``cd_nnls``, ``hals_sweep``, ``bpp_nnls``, and in :mod:`.columns` / :mod:`.batched`)
+are thin wrappers over these two.
 """
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg.lapack import dposv
+
+from scalenmf.kernels.penalty import as_batch, float_dtype, fold_penalties
+
+#: Relative feasibility tolerance of the pivoting (of ``max|b|`` for the gradient, of
+#: ``max|x|`` for the solution, per column): far above round-off (1e-16·cond-free, since
+#: the solves are exact in the passive variables) and far below any meaningful violation.
+BPP_TOL = 1e-12
+#: Columns of one fit with one passive set are solved with one factorisation when at least
+#: this many share it; the others go through one stacked (batched LAPACK) solve.
+GROUP_MIN = 16
+#: Bytes of the (c, k, k) temporaries of a stacked solve.
+STACK_BYTES = 1 << 24
 
 
-def _penalized(G: np.ndarray, B: np.ndarray, l1: float, l2: float, dtype: np.dtype):
-    Gp = np.array(G, dtype=dtype, copy=True)
-    if l2:
-        Gp[np.diag_indices_from(Gp)] += l2
-    Bp = np.asarray(B, dtype=dtype)
-    if l1:
-        Bp = Bp - dtype.type(l1)
-    return Gp, Bp
+@dataclass(frozen=True)
+class NNLSInfo:
+    """What an NNLS call did.
+
+    Attributes
+    ----------
+    iterations : int
+        Sweeps (coordinate descent, multiplicative updates) or pivoting rounds run, the
+        most any column needed.
+    unconverged : int or None
+        Columns (over all fits) whose optimality test failed at the end; 0 when every
+        column is optimal to tolerance. None when nothing was tested (fixed sweeps,
+        ``tol = 0``).
+    finished : int
+        Columns coordinate descent handed to block pivoting (``finish=True``).
+    """
+
+    iterations: int
+    unconverged: int | None = 0
+    finished: int = 0
+
+    @property
+    def converged(self) -> bool:
+        """Every column met its optimality test (False when none was tested)."""
+        return self.unconverged == 0
+
+
+# -- coordinate descent -----------------------------------------------------------------
+
+
+def _row_times(G: np.ndarray, i: int, X: np.ndarray) -> np.ndarray:
+    """``(G X)_i`` for every fit and column, shape (R, n)."""
+    if G.ndim == 3:
+        if G.shape[0] == 1:
+            return (G[0, i] @ X[0])[None]  # one gemv beats a batched matmul of one
+        return np.matmul(G[:, i : i + 1, :], X)[:, 0, :]
+    return np.einsum("rnl,rln->rn", G[:, :, i, :], X)
+
+
+def _times(G: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """``G X`` for every fit and column, shape (R, k, n)."""
+    return np.matmul(G, X) if G.ndim == 3 else np.einsum("rnkl,rln->rkn", G, X)
+
+
+def _diagonal(G: np.ndarray) -> np.ndarray:
+    """Gram diagonals as (R, k, 1) (shared) or (R, k, n) (per column)."""
+    d = np.diagonal(G, axis1=-2, axis2=-1)
+    return d[:, :, None] if G.ndim == 3 else np.ascontiguousarray(d.transpose(0, 2, 1))
+
+
+def _sweep(
+    G: np.ndarray, B: np.ndarray, X: np.ndarray, inv: np.ndarray, weight: np.ndarray | None
+) -> np.ndarray | None:
+    """One coordinate sweep over the k rows, in place; vectorised over fits and columns.
+
+    Row i gets its exact minimiser with the others fixed, ``x_i ← max(0, x_i − (G_i·X −
+    b_i) / G_ii)`` (``inv`` holds ``1/G_ii``, 0 for a dead row, which then stays as it is).
+    With ``weight`` given, returns ``max_i weight_i·|Δx_i|`` per fit and column (R, n).
+    """
+    moved = None if weight is None else np.zeros((X.shape[0], X.shape[2]), dtype=X.dtype)
+    for i in range(X.shape[1]):
+        step = _row_times(G, i, X)
+        step -= B[:, i, :]
+        step *= inv[:, i, :]
+        new = np.maximum(X[:, i, :] - step, 0)
+        if moved is not None and weight is not None:
+            np.subtract(new, X[:, i, :], out=step)
+            np.abs(step, out=step)
+            step *= weight[:, i, :]
+            np.maximum(moved, step, out=moved)
+        X[:, i, :] = new
+    return moved
+
+
+def _kkt_residual(G: np.ndarray, B: np.ndarray, X: np.ndarray, alive: np.ndarray) -> np.ndarray:
+    """Largest projected-gradient entry per fit and column, (R, n).
+
+    ``∇ = G x − b``; where ``x > 0`` it must vanish, where ``x = 0`` it must not be
+    negative: ``|min(∇, 0)|`` there. Dead coordinates do not count.
+    """
+    grad = _times(G, X) - B
+    pg = np.where(X > 0, np.abs(grad), np.maximum(-grad, 0))
+    pg *= alive
+    return pg.max(axis=1)
+
+
+def nnls_cd(
+    G: np.ndarray,
+    B: np.ndarray,
+    X0: np.ndarray | None = None,
+    *,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    max_sweeps: int = 100,
+    tol: float = 1e-6,
+    finish: bool = False,
+) -> tuple[np.ndarray, NNLSInfo]:
+    """NNLS by coordinate descent (HALS sweeps), batched; KKT stop per column.
+
+    Parameters
+    ----------
+    G : ndarray, shape (k, k), (R, k, k) or (R, n, k, k)
+        Gram matrices (unpenalised).
+    B : ndarray, shape (k, n) or (R, k, n)
+        Right-hand sides (unpenalised); their float dtype is the working dtype (float64
+        with ``finish``, whose result must be exact).
+    X0 : ndarray, shape of B, optional
+        Warm start (not modified); zeros when omitted.
+    l1, l2 : float
+        Penalties.
+    max_sweeps : int
+        Sweep budget. With ``tol = 0`` exactly this many sweeps run (HALS).
+    tol : float
+        A column is optimal when its projected gradient is at most ``tol·max|b − l1|``
+        (the KKT conditions to relative tolerance). 0: no test, fixed sweeps.
+    finish : bool
+        Solve the columns that are not optimal after ``max_sweeps`` exactly by block
+        principal pivoting, warm-started at their current passive set.
+
+    Returns
+    -------
+    X : ndarray, shape of B, dtype of B (float64 for integer B)
+    info : NNLSInfo
+        ``unconverged``: columns not optimal to ``tol`` at the end (0 with ``finish``
+        unless pivoting itself failed); None for fixed sweeps.
+    """
+    out_dtype = float_dtype(B)
+    work_dtype = np.dtype(np.float64) if finish else out_dtype
+    Gp, Bp = fold_penalties(G, B, l1, l2, work_dtype)
+    Gb, Bb, single = as_batch(Gp, Bp)
+    X = np.zeros(Bb.shape, dtype=work_dtype)
+    if X0 is not None:
+        X[...] = X0
+    diag = _diagonal(Gb)
+    alive = diag > 0
+    inv = np.where(alive, 1.0 / np.where(alive, diag, 1.0), 0.0).astype(work_dtype)
+    X *= alive  # a dead coordinate is 0 and stays 0 (its step is x − ∇·0)
+    sweeps = 0
+    if tol <= 0:
+        for sweeps in range(1, max_sweeps + 1):  # noqa: B007 - the count is returned
+            _sweep(Gb, Bb, X, inv, None)
+        out = X[0] if single else X
+        return out.astype(out_dtype, copy=False), NNLSInfo(sweeps, None)
+    R, n = Bb.shape[0], Bb.shape[2]
+    per_column = Gb.ndim == 4
+    limit = tol * np.maximum(np.abs(Bb).max(axis=1), np.finfo(work_dtype).tiny)  # (R, n)
+    done = np.zeros((R, n), dtype=bool)
+    # The sweep runs on a working copy of the unfinished columns, re-cut only when fewer
+    # than half of them are left (a copy per sweep would cost more than it saves).
+    work = np.arange(n)
+    Gw, Bw, Xw, inv_w, diag_w, alive_w, lim_w = Gb, Bb, X, inv, diag, alive, limit
+    for sweeps in range(1, max_sweeps + 1):  # noqa: B007
+        moved = _sweep(Gw, Bw, Xw, inv_w, diag_w)
+        assert moved is not None
+        # A column whose last steps were large is not optimal; test the others exactly.
+        cand = np.flatnonzero(((moved <= lim_w) & ~done[:, work]).any(axis=0))
+        if cand.size:
+            Gc = Gw[:, cand] if per_column else Gw
+            ac = alive_w[:, :, cand] if per_column else alive_w
+            res = _kkt_residual(Gc, Bw[:, :, cand], Xw[:, :, cand], ac)
+            done[:, work[cand]] |= res <= lim_w[:, cand]
+        left = ~done[:, work].all(axis=0)
+        n_left = int(left.sum())
+        if n_left == 0:
+            break
+        if n_left < work.size // 2:
+            if Xw is not X:
+                X[:, :, work] = Xw
+            work = work[left]
+            Xw, Bw, lim_w = Xw[:, :, left], Bw[:, :, left], lim_w[:, left]
+            if per_column:
+                Gw, inv_w, diag_w, alive_w = (
+                    Gw[:, left],
+                    inv_w[:, :, left],
+                    diag_w[:, :, left],
+                    alive_w[:, :, left],
+                )
+    if Xw is not X:
+        X[:, :, work] = Xw
+    finished = 0
+    if finish and not done.all():
+        finished = int((~done).sum())
+        unconverged = 0
+        for r in np.flatnonzero(~done.all(axis=1)):
+            cols = np.flatnonzero(~done[r])
+            Gr = Gb[r, cols][None] if per_column else Gb[r]
+            Xr, info = nnls_bpp(Gr, Bb[r][None][:, :, cols], X[r][None][:, :, cols])
+            X[r][:, cols] = Xr[0]
+            unconverged += info.unconverged or 0
+    else:
+        unconverged = int((~done).sum())
+    out = X[0] if single else X
+    return out.astype(out_dtype, copy=False), NNLSInfo(sweeps, unconverged, finished)
+
+
+# -- block principal pivoting -------------------------------------------------------------
+
+
+def _masked_identity(G: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """G restricted to each system's set P, identity outside: (T, k, k) from (T, k, k)."""
+    k = G.shape[-1]
+    M = G * (P[:, :, None] & P[:, None, :])
+    M[:, np.arange(k), np.arange(k)] += ~P
+    return M
+
+
+def _stack_solve(M: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Solve a stack of systems (T, k, k) x = (T, k); least squares where one is singular."""
+    try:
+        return np.linalg.solve(M, rhs[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        return np.stack([np.linalg.lstsq(A, r, rcond=None)[0] for A, r in zip(M, rhs, strict=True)])
+
+
+def _spd_solve(G: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``G⁻¹ B`` by Cholesky (LAPACK ``posv``: half the overhead of ``numpy.linalg.solve``
+    for the small systems here); least squares when G is not positive definite."""
+    _, X, info = dposv(G, B)
+    return X if info == 0 else np.linalg.lstsq(G, B, rcond=None)[0]
+
+
+def _unconstrained(G: np.ndarray, B: np.ndarray, alive: np.ndarray) -> np.ndarray | None:
+    """``G⁻¹ b`` for every fit and column on the live coordinates (dead ones 0), (R, k, n).
+
+    None when some G is singular or the result is not finite (the caller starts from an
+    empty passive set instead).
+    """
+    try:
+        if G.ndim == 3:
+            P = alive[:, :, 0]
+            X = (
+                np.linalg.solve(G, B)
+                if P.all()
+                else np.linalg.solve(_masked_identity(G, P), B * alive)
+            )
+        else:
+            R, k, n = B.shape
+            P = alive.transpose(0, 2, 1).reshape(R * n, k)
+            Bt = B.transpose(0, 2, 1).reshape(R * n, k) * P
+            X = np.linalg.solve(_masked_identity(G.reshape(R * n, k, k), P), Bt[..., None])
+            X = X[..., 0].reshape(R, n, k).transpose(0, 2, 1)
+    except np.linalg.LinAlgError:
+        return None
+    return X if np.isfinite(X).all() else None
+
+
+def unconstrained_start(
+    G: np.ndarray, B: np.ndarray, *, l1: float = 0.0, l2: float = 0.0
+) -> np.ndarray:
+    """The clipped unconstrained solution ``max(0, (G + l2·I)⁻¹ (b − l1))``, float64.
+
+    Already the answer for every column whose solution has no active bound, and close for
+    the others: the start of exact solvers. Zeros where G is singular.
+
+    Parameters
+    ----------
+    G : ndarray, shape (k, k), (R, k, k) or (R, n, k, k)
+    B : ndarray, shape (k, n) or (R, k, n)
+
+    Returns
+    -------
+    ndarray, shape of B, float64
+    """
+    Gp, Bp = fold_penalties(G, B, l1, l2, np.dtype(np.float64))
+    Gb, Bb, single = as_batch(Gp, Bp)
+    X = _unconstrained(Gb, Bb, _diagonal(Gb) > 0)
+    X = np.zeros(Bb.shape) if X is None else np.maximum(X, 0)
+    return X[0] if single else X
+
+
+class _Pivoting:
+    """State of block principal pivoting over T = R·n columns, laid out (k, T).
+
+    Column t is column ``t % n`` of fit ``t // n``. ``x`` is 0 outside the passive set F
+    and ``y = G x − b`` is 0 on F, so a variable is infeasible exactly where ``x < 0`` or
+    ``y < −tol``. A dead coordinate (zero Gram row) gets ``b ≤ 0``, hence ``y ≥ 0``: it is
+    never infeasible and stays 0 (its row and column of G are 0, so nothing else moves).
+    """
+
+    def __init__(self, G: np.ndarray, B: np.ndarray):
+        R, k, n = B.shape
+        self.k, self.n, self.R = k, n, R
+        self.shared = G.ndim == 3
+        self.G = G if self.shared else G.reshape(R * n, k, k)
+        b = B[0] if R == 1 else np.ascontiguousarray(B.transpose(1, 0, 2)).reshape(k, R * n)
+        d = np.diagonal(G, axis1=-2, axis2=-1)  # (R, k) or (R, n, k)
+        alive = np.repeat(d.T > 0, n, axis=1) if self.shared else d.reshape(R * n, k).T > 0
+        self.alive = alive
+        self.b = b if alive.all() else np.where(alive, b, np.minimum(b, 0.0))
+        self.x = np.zeros((k, R * n))
+        self.y = -self.b
+        self.F = np.zeros((k, R * n), dtype=bool)
+        self.tol_y = BPP_TOL * np.abs(self.b).max(axis=0)
+        self.pack = k <= 56 and k + max(1, R).bit_length() <= 62
+
+    def solve(self, cols: np.ndarray) -> None:
+        """x_F = G_FF⁻¹ b_F, y = G x − b (0 on F) for the given columns (ascending)."""
+        if cols.size == 0:
+            return
+        if not self.shared:
+            F = self.F[:, cols]
+            G = self.G[cols]
+            x = _stacked_solve(G, F, self.b[:, cols])
+            self.x[:, cols] = x
+            self.y[:, cols] = (np.einsum("tkl,lt->kt", G, x) - self.b[:, cols]) * ~F
+            return
+        # Sort by (fit, passive set): each group is then a contiguous slice of one copy.
+        F = self.F[:, cols]
+        fits = cols // self.n
+        if self.pack:
+            packed = np.packbits(F, axis=0, bitorder="little").astype(np.int64)
+            keys = fits << self.k
+            for byte in range(packed.shape[0]):
+                keys |= packed[byte] << (8 * byte)
+        else:
+            rows = np.vstack([fits, np.packbits(F, axis=0)]).T
+            keys = np.unique(rows, axis=0, return_inverse=True)[1].ravel()
+        order = np.argsort(keys, kind="stable")
+        perm, sk, fits = cols[order], keys[order], fits[order]
+        F, b = F[:, order], self.b[:, perm]
+        x = np.zeros_like(b)
+        starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
+        ends = np.r_[starts[1:], sk.size]
+        big = ends - starts >= GROUP_MIN
+        for a, e in zip(starts[big], ends[big], strict=True):
+            pas = np.flatnonzero(F[:, a])
+            if pas.size:
+                x[pas, a:e] = _spd_solve(self.G[fits[a]][np.ix_(pas, pas)], b[pas, a:e])
+        if not big.all():
+            rare = np.flatnonzero(np.repeat(~big, ends - starts))
+            x[:, rare] = _stacked_solve(self.G[fits[rare]], F[:, rare], b[:, rare])
+        # The residual: one product per fit (the fits are contiguous in this order).
+        y = np.empty_like(b)
+        bounds = np.flatnonzero(np.r_[True, fits[1:] != fits[:-1], True])
+        for a, e in itertools.pairwise(bounds):
+            np.matmul(self.G[fits[a]], x[:, a:e], out=y[:, a:e])
+        y -= b
+        y[F] = 0.0
+        self.x[:, perm] = x
+        self.y[:, perm] = y
+
+    def infeasible(self, cols: np.ndarray) -> np.ndarray:
+        """(k, c) mask of the infeasible variables of the given columns."""
+        return (self.x[:, cols] < 0) | (self.y[:, cols] < -self.tol_y[cols])
+
+
+def _stacked_solve(G: np.ndarray, F: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``x_F = G_FF⁻¹ b_F`` (0 elsewhere) per system: G (c, k, k), F and b (k, c) → (k, c).
+
+    One batched LAPACK call per chunk, every system's G restricted to its set F.
+    """
+    k, c = b.shape
+    x = np.empty((k, c))
+    chunk = max(1, STACK_BYTES // (8 * k * k))
+    for a in range(0, c, chunk):
+        P = F[:, a : a + chunk].T
+        rhs = np.where(P, b[:, a : a + chunk].T, 0.0)
+        x[:, a : a + chunk] = np.where(
+            P, _stack_solve(_masked_identity(G[a : a + chunk], P), rhs), 0.0
+        ).T
+    return x
+
+
+def nnls_bpp(
+    G: np.ndarray,
+    B: np.ndarray,
+    X0: np.ndarray | None = None,
+    *,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    max_rounds: int | None = None,
+) -> tuple[np.ndarray, NNLSInfo]:
+    """Exact NNLS by block principal pivoting (Kim & Park 2011), batched.
+
+    Every (fit, column) is one KKT system ``x_F = G_FF⁻¹ b_F, y = G x − b, x ≥ 0, y ≥ 0,
+    xᵀy = 0``; infeasible variables move between the passive set F and the active set in
+    blocks, with the single-exchange backup rule that guarantees termination. Work follows
+    the infeasible columns only. The start is the passive set of ``X0`` (an alternating
+    fit's previous factor: most columns are optimal at once) or, without ``X0``, of the
+    unconstrained solution, whose columns without an active bound are final as they are.
+    Columns of one fit that share a passive set share one factorisation. All arithmetic
+    is float64.
+
+    Parameters
+    ----------
+    G : ndarray, shape (k, k), (R, k, k) or (R, n, k, k)
+    B : ndarray, shape (k, n) or (R, k, n)
+    X0 : ndarray, shape of B, optional
+        Warm start (only its passive set, ``X0 > 0``, is used).
+    l1, l2 : float
+        Penalties.
+    max_rounds : int, optional
+        Safety bound on pivoting rounds (default ``5·k + 10``). Columns still infeasible
+        then (cycling on a near-degenerate G) are finished by coordinate descent to the
+        KKT tolerance and counted in ``unconverged`` if even that fails.
+
+    Returns
+    -------
+    X : ndarray, shape of B, dtype of B (float64 for integer B)
+    info : NNLSInfo
+        ``iterations``: pivoting rounds; ``unconverged``: columns not optimal at the end.
+    """
+    out_dtype = float_dtype(B)
+    Gp, Bp = fold_penalties(G, B, l1, l2, np.dtype(np.float64))
+    Gb, Bb, single = as_batch(Gp, Bp)
+    R, k, n = Bb.shape
+    st = _Pivoting(Gb, Bb)
+    T = R * n
+    live = np.arange(T)
+    if X0 is not None:
+        X0b = np.asarray(X0)
+        X0b = (X0b[None] if single else X0b).transpose(1, 0, 2).reshape(k, T)
+        st.F = (X0b > 0) & st.alive
+        st.solve(np.flatnonzero(st.F.any(axis=0)))
+    else:
+        xu = _unconstrained(Gb, Bb, _diagonal(Gb) > 0)
+        if xu is not None:
+            xu = xu[0] if R == 1 else xu.transpose(1, 0, 2).reshape(k, T)
+            st.F = (xu > 0) & st.alive
+            final = (st.F | ~st.alive).all(axis=0)
+            # No active bound: the unconstrained solution is the answer (y = 0 on F).
+            st.x[:, final] = xu[:, final]
+            st.y[:, final] = 0.0
+            live = np.flatnonzero(~final)
+            st.solve(live[st.F[:, live].any(axis=0)])
+    rounds = 5 * k + 10 if max_rounds is None else max_rounds
+    alpha = np.full(T, 3, dtype=np.int64)  # block exchanges left per column
+    best = np.full(T, k + 1, dtype=np.int64)  # fewest infeasibilities seen per column
+    done_rounds = 0
+    for done_rounds in range(rounds + 1):
+        bad = st.infeasible(live)
+        count = bad.sum(axis=0)
+        keep = count > 0
+        if not keep.all():
+            live, bad, count = live[keep], bad[:, keep], count[keep]
+        if live.size == 0 or done_rounds == rounds:
+            break
+        better = count < best[live]
+        best[live[better]] = count[better]
+        alpha[live[better]] = 3
+        spend = ~better & (alpha[live] > 0)
+        alpha[live[spend]] -= 1
+        block = better | spend
+        # Backup rule: flip only the last infeasible variable of the other columns.
+        if not block.all():
+            last = k - 1 - np.argmax(bad[::-1], axis=0)
+            bad = np.where(block[None, :], bad, np.arange(k)[:, None] == last[None, :])
+        st.F[:, live] ^= bad
+        st.solve(live)
+    X = np.maximum(st.x, 0)
+    X = X[None] if R == 1 else np.ascontiguousarray(X.reshape(k, R, n).transpose(1, 0, 2))
+    unconverged = 0
+    if live.size:
+        # Cycling past the safety bound (rare, near-degenerate G): finish by descent.
+        for r in np.unique(live // n):
+            cols = live[live // n == r] % n
+            Gr = Gb[r, cols][None] if Gb.ndim == 4 else Gb[r]
+            Xr, info = nnls_cd(
+                Gr, Bb[r][None][:, :, cols], X[r][None][:, :, cols], max_sweeps=10_000, tol=1e-12
+            )
+            X[r][:, cols] = Xr[0]
+            unconverged += info.unconverged or 0
+    out = X[0] if single else X
+    return out.astype(out_dtype, copy=False), NNLSInfo(done_rounds, unconverged)
+
+
+# -- the names of the first kernels (thin wrappers) -------------------------------------------
 
 
 def hals_sweep(G: np.ndarray, B: np.ndarray, X: np.ndarray) -> float:
     """One coordinate-descent (HALS) sweep over the k rows of X, in place.
-
-    Row i gets its exact minimiser with the other rows fixed:
-    ``x_i ← max(0, x_i − (G_i·X − b_i) / G_ii)``. Vectorised over all n columns.
 
     Parameters
     ----------
@@ -39,28 +523,21 @@ def hals_sweep(G: np.ndarray, B: np.ndarray, X: np.ndarray) -> float:
     B : ndarray, shape (k, n)
         Penalised right-hand side.
     X : ndarray, shape (k, n)
-        Current solution, updated in place.
+        Current solution, updated in place; rows of a zero basis vector become 0.
 
     Returns
     -------
     float
         The largest absolute change of any entry in this sweep.
     """
-    largest = 0.0
-    for i in range(G.shape[0]):
-        gii = G[i, i]
-        row = X[i]
-        if gii <= 0:
-            # A zero basis vector explains nothing: its coefficients carry no information.
-            change = float(np.max(row, initial=0.0))
-            row[:] = 0
-        else:
-            grad = G[i] @ X - B[i]
-            new = np.maximum(row - grad / gii, 0, dtype=X.dtype)
-            change = float(np.max(np.abs(new - row), initial=0.0))
-            row[:] = new
-        largest = max(largest, change)
-    return largest
+    d = np.diagonal(G)[None, :, None]
+    dead = (d <= 0)[0, :, 0]
+    largest = float(np.abs(X[dead]).max(initial=0.0))
+    X[dead] = 0
+    inv = np.where(d > 0, 1.0 / np.where(d > 0, d, 1.0), 0.0).astype(X.dtype)
+    moved = _sweep(G[None], B[None], X[None], inv, np.ones_like(inv))
+    assert moved is not None
+    return max(largest, float(np.max(moved, initial=0.0)))
 
 
 def cd_nnls(
@@ -73,69 +550,14 @@ def cd_nnls(
     max_sweeps: int = 100,
     tol: float = 1e-6,
 ) -> tuple[np.ndarray, int]:
-    """Column-wise NNLS by coordinate descent with warm start.
+    """Column-wise NNLS by coordinate descent with warm start (:func:`nnls_cd`).
 
-    Parameters
-    ----------
-    G : ndarray, shape (k, k)
-        Gram matrix (unpenalised).
-    B : ndarray, shape (k, n)
-        Right-hand side (unpenalised); its dtype sets the working dtype.
-    X0 : ndarray, shape (k, n), optional
-        Warm start (not modified). Zeros when omitted.
-    l1, l2 : float
-        L1 and L2 penalties on X.
-    max_sweeps : int
-        At most this many sweeps; 1 gives a plain HALS update.
-    tol : float
-        Stop when the largest change in a sweep is at most ``tol`` times the largest entry.
-
-    Returns
-    -------
-    X : ndarray, shape (k, n)
-    n_sweeps : int
+    ``G`` (k, k), ``B`` (k, n), ``X0`` (k, n) or None (zeros). Columns stop on the KKT
+    test to ``tol`` (0: ``max_sweeps`` fixed sweeps). Returns ``X`` (k, n), dtype of B,
+    and the sweeps run.
     """
-    dtype = np.dtype(B.dtype) if np.issubdtype(B.dtype, np.floating) else np.dtype(np.float64)
-    Gp, Bp = _penalized(G, B, l1, l2, dtype)
-    if X0 is None:
-        X = np.zeros(Bp.shape, dtype=dtype)
-    else:
-        X = np.array(X0, dtype=dtype, copy=True)
-    sweeps = 0
-    for sweeps in range(1, max_sweeps + 1):  # noqa: B007 - the count is returned
-        change = hals_sweep(Gp, Bp, X)
-        scale = float(np.max(X, initial=0.0))
-        if change <= tol * max(scale, np.finfo(dtype).tiny):
-            break
-    return X, sweeps
-
-
-def _solve_passive(G: np.ndarray, B: np.ndarray, passive: np.ndarray) -> np.ndarray:
-    """Unconstrained least squares restricted to each column's passive set.
-
-    Columns that share a passive set are solved together with one factorisation.
-    """
-    k, n = B.shape
-    X = np.zeros((k, n), dtype=np.float64)
-    if n == 0:
-        return X
-    # Group columns by their passive-set pattern (bit-packed rows make a cheap key).
-    keys = np.packbits(passive, axis=0)
-    _, inverse = np.unique(keys, axis=1, return_inverse=True)
-    inverse = np.asarray(inverse).ravel()
-    for group in range(int(inverse.max()) + 1):
-        cols = np.flatnonzero(inverse == group)
-        idx = np.flatnonzero(passive[:, cols[0]])
-        if idx.size == 0:
-            continue
-        sub = G[np.ix_(idx, idx)]
-        rhs = B[np.ix_(idx, cols)]
-        try:
-            sol = np.linalg.solve(sub, rhs)
-        except np.linalg.LinAlgError:
-            sol = np.linalg.lstsq(sub, rhs, rcond=None)[0]
-        X[np.ix_(idx, cols)] = sol
-    return X
+    X, info = nnls_cd(G, B, X0, l1=l1, l2=l2, max_sweeps=max_sweeps, tol=tol)
+    return X, info.iterations
 
 
 def bpp_nnls(
@@ -146,59 +568,8 @@ def bpp_nnls(
     l2: float = 0.0,
     max_iter: int | None = None,
 ) -> np.ndarray:
-    """Exact column-wise NNLS by block principal pivoting (Kim & Park, 2011).
+    """Exact column-wise NNLS by block principal pivoting (:func:`nnls_bpp`).
 
-    Solves the KKT system ``x_F = G_FF⁻¹ b_F``, ``y = Gx − b``, ``x ≥ 0``, ``y ≥ 0``,
-    ``xᵀy = 0`` by exchanging infeasible variables between the passive set F and the active
-    set in blocks, with the standard backup rule (single exchanges) that guarantees
-    termination. Exact up to round-off, unlike coordinate descent.
-
-    Parameters
-    ----------
-    G : ndarray, shape (k, k)
-        Gram matrix, symmetric positive (semi-)definite.
-    B : ndarray, shape (k, n)
-    l1, l2 : float
-        Penalties (folded into G and B).
-    max_iter : int, optional
-        Safety bound on pivoting rounds (default ``5·k + 10``).
-
-    Returns
-    -------
-    ndarray, shape (k, n), dtype of B when floating, else float64
+    ``G`` (k, k), ``B`` (k, n); returns ``X`` (k, n), dtype of B when floating.
     """
-    out_dtype = np.dtype(B.dtype) if np.issubdtype(B.dtype, np.floating) else np.float64
-    Gp, Bp = _penalized(G, B, l1, l2, np.dtype(np.float64))
-    k, n = Bp.shape
-    max_iter = 5 * k + 10 if max_iter is None else max_iter
-    passive = np.zeros((k, n), dtype=bool)
-    X = np.zeros((k, n))
-    Y = -Bp.copy()
-    alpha = np.full(n, 3, dtype=np.int64)  # block exchanges still allowed per column
-    best = np.full(n, k + 1, dtype=np.int64)  # fewest infeasibilities seen per column
-    todo = np.ones(n, dtype=bool)
-    for rounds in itertools.count():
-        tol = 1e-12 * max(1.0, float(np.abs(Bp).max(initial=0.0)))
-        infeasible = (passive & (X < -tol)) | (~passive & (Y < -tol))
-        n_bad = infeasible.sum(axis=0)
-        todo = n_bad > 0
-        if not todo.any() or rounds >= max_iter:
-            break
-        cols = np.flatnonzero(todo)
-        for c in cols:
-            if n_bad[c] < best[c]:
-                best[c] = n_bad[c]
-                alpha[c] = 3
-                passive[infeasible[:, c], c] ^= True
-            elif alpha[c] > 0:
-                alpha[c] -= 1
-                passive[infeasible[:, c], c] ^= True
-            else:
-                # Backup rule: flip only the largest-index infeasible variable.
-                last = np.flatnonzero(infeasible[:, c])[-1]
-                passive[last, c] ^= True
-        Xc = _solve_passive(Gp, Bp[:, cols], passive[:, cols])
-        X[:, cols] = Xc
-        Y[:, cols] = Gp @ Xc - Bp[:, cols]
-        Y[:, cols] = np.where(passive[:, cols], 0.0, Y[:, cols])
-    return np.maximum(X, 0).astype(out_dtype, copy=False)
+    return nnls_bpp(G, B, l1=l1, l2=l2, max_rounds=max_iter)[0]

@@ -28,9 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from scalenmf._typing import Block
-from scalenmf.kernels import gram, mu_frobenius, mu_kl_h, rhs
-from scalenmf.kernels.columns import bpp_columns, nnls_columns
-from scalenmf.kernels.mu import kl_block
+from scalenmf.kernels import gram, kl_block, rhs, solve_fixed_basis, solve_fixed_basis_kl
 from scalenmf.models.linked import DatasetBlock
 from scalenmf.models.nmf import check_block
 
@@ -103,32 +101,29 @@ def solve_h(
     B: np.ndarray | None = None,
 ) -> np.ndarray:
     """``argmin_{H ≥ 0}`` of the configured loss for one block, W fixed (to convergence)."""
-    k, n = W.shape[1], X.shape[1]
     if plan.loss == "kl":
-        H = np.full((k, n), _kl_start(X, W), dtype=W.dtype) if H0 is None else H0.copy()
-        for _ in range(plan.max_iter):
-            new = mu_kl_h(W, X, H, l1=plan.l1, l2=plan.l2)
-            change = float(np.max(np.abs(new - H), initial=0.0))
-            H = new
-            if change <= plan.tol * max(float(np.max(H, initial=0.0)), 1e-300):
-                break
+        start = np.full((W.shape[1], X.shape[1]), _kl_start(X, W), dtype=W.dtype)
+        H, _ = solve_fixed_basis_kl(
+            W,
+            X,
+            start if H0 is None else H0,
+            l1=plan.l1,
+            l2=plan.l2,
+            max_iter=plan.max_iter,
+            tol=plan.tol,
+        )
         return H
-    if B is None:
-        B = rhs(W, X)
-    if plan.solver == "als" and plan.nnls == "bpp":
-        return bpp_columns(G, B, l1=plan.l1, l2=plan.l2).astype(W.dtype, copy=False)
-    if plan.solver == "mu":
-        H = np.full((k, n), 1.0, dtype=W.dtype) if H0 is None else H0.copy()
-        for _ in range(plan.max_iter):
-            new = mu_frobenius(G, B, H, l1=plan.l1, l2=plan.l2)
-            change = float(np.max(np.abs(new - H), initial=0.0))
-            H = new
-            if change <= plan.tol * max(float(np.max(H, initial=0.0)), 1e-300):
-                break
-        return H
-    if plan.solver == "hals" and H0 is None:
-        H0 = np.zeros((k, n))  # plain HALS sweeps from zero, not the clipped LS start
-    H = nnls_columns(G, B, H0, l1=plan.l1, l2=plan.l2, max_sweeps=plan.max_iter, tol=plan.tol)
+    solver = plan.nnls if plan.solver == "als" else plan.solver
+    H, _ = solve_fixed_basis(
+        G,
+        rhs(W, X) if B is None else B,
+        solver=solver,
+        H0=H0,
+        l1=plan.l1,
+        l2=plan.l2,
+        max_iter=plan.max_iter,
+        tol=plan.tol,
+    )
     return H.astype(W.dtype, copy=False)
 
 

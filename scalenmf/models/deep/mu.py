@@ -20,8 +20,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-#: Guard against division by zero in the updates (float32 machine epsilon, as in the paper).
-EPS = 1.1920929e-07
+from scalenmf.kernels import EPS as KERNEL_EPS
+from scalenmf.kernels import nnls_bpp, nnls_cd
+
+#: The package's one guard value (see :data:`scalenmf.kernels.mu.EPS` for why 1e-10).
+EPS = KERNEL_EPS
 
 
 def frobenius_cost(
@@ -193,44 +196,6 @@ def kl_w_update(
     return W * num / (den[None, :] + eps)
 
 
-def _cd_sweeps(
-    G: torch.Tensor, B: torch.Tensor, X: torch.Tensor, max_sweeps: int, tol: float
-) -> torch.Tensor:
-    """Exact coordinate descent on ``½ xᵀGx − bᵀx, x ≥ 0`` for all columns at once."""
-    if X.device.type == "cpu":
-        # The problems are tiny (k × m): numpy's per-operation cost is a fraction of
-        # torch's, and this refit runs after every training step on every rank.
-        _cd_sweeps_numpy(G.detach().numpy(), B.detach().numpy(), X.numpy(), max_sweeps, tol)
-        return X
-    diag = torch.diagonal(G).clamp(min=torch.finfo(G.dtype).tiny)
-    for _ in range(max_sweeps):
-        change = torch.zeros((), dtype=X.dtype)
-        for i in range(G.shape[0]):
-            new = torch.clamp(X[i] - (G[i] @ X - B[i]) / diag[i], min=0.0)
-            change += ((new - X[i]) ** 2).sum()
-            X[i] = new
-        # one host sync per sweep, not per coordinate
-        if float(change) <= tol * max(float((X * X).sum()), 1e-30):
-            break
-    return X
-
-
-def _cd_sweeps_numpy(
-    G: np.ndarray, B: np.ndarray, X: np.ndarray, max_sweeps: int, tol: float
-) -> None:
-    """:func:`_cd_sweeps` on CPU arrays, updating ``X`` in place (same steps, same stop)."""
-    diag = np.maximum(np.diagonal(G), np.finfo(G.dtype).tiny)
-    for _ in range(max_sweeps):
-        change = 0.0
-        for i in range(G.shape[0]):
-            new = np.maximum(X[i] - (G[i] @ X - B[i]) / diag[i], 0.0)
-            step = new - X[i]
-            change += float(step @ step)
-            X[i] = new
-        if change <= tol * max(float(np.einsum("ij,ij->", X, X)), 1e-30):
-            break
-
-
 def nnls_gram(
     G: torch.Tensor,
     B: torch.Tensor,
@@ -239,19 +204,21 @@ def nnls_gram(
     max_sweeps: int = 300,
     tol: float = 1e-14,
 ) -> torch.Tensor:
-    """Solve many NNLS problems from Gram statistics.
+    """Solve many NNLS problems from Gram statistics (the package's one NNLS kernel).
 
     Minimizes ``½ xᵀ G x − bᵀ x`` subject to ``x ≥ 0`` for every column ``b`` of ``B``. With
     ``G = HHᵀ`` and ``B = HVᵀ`` the columns of the solution are the rows of the NNLS ``W``
     (``min_W ‖V − WH‖²``); with ``G = WᵀW + λ2 I`` and ``B = WᵀV − λ1`` they are the
     regularized NNLS ``H``. Only ``k × k`` and ``k × p`` statistics are needed, never ``V``.
+    The problems are tiny (k × p), so they are solved in numpy on the CPU in float64:
+    numpy's per-operation cost is a fraction of torch's, and the W refit runs after every
+    training step on every rank.
 
-    Without a warm start the exact block-principal-pivoting solver of
-    :mod:`scalenmf.kernels.nnls` does the work and coordinate descent polishes it (which
-    only matters when ``G`` is nearly singular). With a warm start ``X0`` (the W refit of
-    every training step, whose solution moves little between steps) exact coordinate
-    descent from ``X0`` runs until a sweep changes ``x`` by less than ``tol`` (relative,
-    squared): a few vectorized sweeps instead of a per-column pivoting loop.
+    Without a warm start the exact block-principal-pivoting solver
+    (:func:`scalenmf.kernels.nnls_bpp`) does the work. With a warm start ``X0`` (the W refit
+    of every training step, whose solution moves little between steps) coordinate descent
+    (:func:`scalenmf.kernels.nnls_cd`) runs from ``X0`` until every column meets the KKT
+    conditions to ``tol`` (relative) or ``max_sweeps`` sweeps are spent.
 
     Parameters
     ----------
@@ -269,18 +236,14 @@ def nnls_gram(
     Tensor, shape (k, p)
         Non-negative solution, dtype and device of ``B``.
     """
-    G64 = G.detach().to("cpu", torch.float64)
-    B64 = B.detach().to("cpu", torch.float64)
-    if X0 is not None:
-        X = X0.detach().to("cpu", torch.float64).clone().clamp_(min=0.0)
-        return _cd_sweeps(G64, B64, X, max_sweeps, tol).to(B.device, B.dtype)
-    from scalenmf.kernels.nnls import bpp_nnls
-
-    X = torch.from_numpy(bpp_nnls(G64.numpy(), B64.numpy()))
-    if not torch.isfinite(X).all():
-        X = torch.zeros_like(B64)
-    X = _cd_sweeps(G64, B64, X.clamp(min=0.0), 20, tol)
-    return X.to(B.device, B.dtype)
+    G64 = G.detach().to("cpu", torch.float64).numpy()
+    B64 = B.detach().to("cpu", torch.float64).numpy()
+    if X0 is None:
+        X, _ = nnls_bpp(G64, B64)
+    else:
+        start = X0.detach().to("cpu", torch.float64).numpy()
+        X, _ = nnls_cd(G64, B64, np.maximum(start, 0.0), max_sweeps=max_sweeps, tol=tol)
+    return torch.from_numpy(X).to(B.device, B.dtype)
 
 
 def nnls_w_from_gram(

@@ -16,8 +16,10 @@ from scalenmf.engine.executor import Executor, make_executor
 from scalenmf.engine.loop import IterationInfo, run_alternating
 from scalenmf.io.errors import InputError
 from scalenmf.io.source import MatrixSource, as_source
+from scalenmf.models.fits import collect
 from scalenmf.models.init import initialize
 from scalenmf.models.nmf import NMFConfig, NMFModel
+from scalenmf.models.step import fit_stats_step
 from scalenmf.result import NMFResult
 from scalenmf.validation import NMF_RULES, check_params, parse_memory
 
@@ -200,25 +202,14 @@ def nmf(
     if work_dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64; got {work_dtype}")
     if mask is not None:
-        from scalenmf.selection import fit_masked
+        from scalenmf.models.masking import fit_source
 
         if resume or checkpoint_every is not None:
             raise ValueError(
                 "checkpoints and resume are not available for fits with a mask; "
                 "run without --mask, or without --resume / --checkpoint-every"
             )
-        executor_args = {
-            "scheduler": scheduler,
-            "workers": p["workers"],
-            "memory_limit": budget,
-            "threads": threads,
-            "scheduler_file": scheduler_file,
-            "security": security,
-            "connect_timeout": connect_timeout,
-        }
-        return fit_masked(
-            source, executor_args, p, mask, work_dtype, progress=progress, callback=callback
-        )
+        source = fit_source(source, mask)
     config = NMFConfig(
         k=p["k"],
         solver=p["solver"],
@@ -229,6 +220,7 @@ def nmf(
         l2_h=p["l2_h"],
         nnls=p["nnls"],
         inner_sweeps=HALS_SWEEPS if p["solver"] == "hals" else 50,
+        masked_data=mask is not None,
     )
     if (
         checkpoint_every is not None or checkpoint_seconds is not None or resume
@@ -246,7 +238,7 @@ def nmf(
     )
     try:
         started = time.time()
-        checksum = input_checksum(executor)
+        checksum = input_checksum(executor) if mask is None else "masked"
         ckpt = None
         if checkpoint:
             ckpt = Checkpointer(
@@ -266,10 +258,19 @@ def nmf(
             checkpoint=ckpt,
             resume=resume,
         )
+        if mask is not None:
+            result.params["mask"] = True
+            result.info["n_missing"] = int(model_missing(executor))
         result.manifest = run_manifest(source, p, checksum, result, started)
         return result
     finally:
         executor.close()
+
+
+def model_missing(executor: Executor) -> float:
+    """How many entries of X are hidden (one pass over the masked source's blocks)."""
+    stats = executor.map_reduce(fit_stats_step, None, read_x=True)
+    return float(sum(d["n_missing"] for d in stats["datasets"].values()))
 
 
 def fit_fingerprint(
@@ -378,7 +379,8 @@ def fit_on_executor(
             bar.close()
     finals = [hist[-1] for hist in trace.objectives]
     best = int(np.nanargmin(finals))
-    H = np.hstack([state[best] for state in executor.states()]).astype(dtype, copy=False)
+    H_kept, _ = collect(executor, model, [best], labels=False)
+    H = H_kept[best].astype(dtype, copy=False)
     params = dict(p)
     params["memory_limit"] = None
     runs = [

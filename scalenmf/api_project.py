@@ -18,8 +18,8 @@ from scalenmf.io.combine import RowOrderedSource, row_order
 from scalenmf.io.errors import InputError
 from scalenmf.io.source import MatrixSource, as_source, as_str_array
 from scalenmf.linked_result import ProjectionResult
-from scalenmf.models.linked import LinkedLayout, LinkedModel, initial_states, random_basis
-from scalenmf.models.nmf import NMFConfig
+from scalenmf.models.linked import LinkedLayout, LinkedModel, random_basis
+from scalenmf.models.step import NMFConfig, dataset_totals, fit_stats_step, initial_states
 from scalenmf.models.transfer import ProjectedBlock, ProjectionPlan, project_step
 from scalenmf.validation import NMF_RULES, Number, OneOf, check_params, parse_memory
 
@@ -423,8 +423,6 @@ def _transfer(
     callback: Callable[[IterationInfo], Any] | None,
 ) -> tuple[np.ndarray, int, list[float], int, bool]:
     """Linked transfer learning: learn U (and H, V) with W held fixed (seed eq. 7)."""
-    from scalenmf.models.linked import dataset_stats_step
-
     k, r, R = basis.shape[1], p["k_new"], p["n_runs"]
     layout = LinkedLayout(k, (r,), n_fixed=k)
     config = NMFConfig(
@@ -435,8 +433,8 @@ def _transfer(
         l2_h=p["l2_h"],
         inner_sweeps=HALS_SWEEPS if p["solver"] == "hals" else 50,
     )
-    executor.set_states(initial_states([0] * source.n_blocks, R))
-    stats = executor.map_reduce(dataset_stats_step, 1)
+    executor.set_states(initial_states([0] * source.n_blocks))
+    stats = dataset_totals(executor.map_reduce(fit_stats_step, None), 1)
     if stats["xx"][0] == 0:
         raise InputError("the new data is all zeros; there is nothing to project")
     m, n = source.shape

@@ -24,14 +24,9 @@ from scalenmf.engine.executor import Executor, make_executor
 from scalenmf.engine.loop import IterationInfo
 from scalenmf.io.source import MatrixSource, as_source
 from scalenmf.models.consensus import FactorConsensus, SampleConsensus, factor_consensus
+from scalenmf.models.fits import FitSpec, MultiFitOutcome, run_multifit
 from scalenmf.models.masking import MaskedSource, fit_source
-from scalenmf.models.multifit import (
-    FitSpec,
-    MultiConfig,
-    MultiFitOutcome,
-    check_supported,
-    run_multifit,
-)
+from scalenmf.models.step import NMFConfig, check_supported
 from scalenmf.models.survey import (
     EXTRA_COLUMNS,
     SUMMARY_COLUMNS,
@@ -95,7 +90,7 @@ def parse_ks(spec: Any) -> list[int]:
 @dataclass
 class _Setup:
     source: MaskedSource
-    config: MultiConfig
+    config: NMFConfig
     params: dict[str, Any]
     dtype: np.dtype
 
@@ -126,9 +121,10 @@ def _setup(
     if work not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64; got {work}")
     seed_int = 0 if p["seed"] is None else int(p["seed"])
-    config = MultiConfig(
+    config = NMFConfig(
         solver=p["solver"],
         loss=p["loss"],
+        nnls="bpp",
         l1_w=p.get("l1_w", 0.0),
         l1_h=p.get("l1_h", 0.0),
         l2_w=p.get("l2_w", 0.0),
@@ -670,6 +666,14 @@ def consensus(
 
 def _refit_h(executor: Executor, setup: _Setup, k: int, W: np.ndarray) -> MultiFitOutcome:
     """H on X for a fixed W (exact NNLS for Frobenius, MU to convergence for KL)."""
+    if not setup.config.masked_data:
+        from scalenmf.models.transfer import project_blocks
+
+        H, objs, errs = project_blocks(executor, W, setup.config)
+        return MultiFitOutcome(
+            [FitSpec(k)], [W], [objs], [errs], [1], [True], [np.nan], {}, {0: H},
+            xx=np.nan, n_obs=np.nan, n_missing=0.0, total_s=0.0,
+        )
     executor.set_states([None] * executor.source.n_blocks)
     solver = "als" if setup.config.loss == "frobenius" else "mu"
     from dataclasses import replace
@@ -686,57 +690,3 @@ def _refit_h(executor: Executor, setup: _Setup, k: int, W: np.ndarray) -> MultiF
         Ws=[W],
         keep=[0],
     )
-
-
-def fit_masked(
-    source: MatrixSource,
-    executor_args: dict[str, Any],
-    p: dict[str, Any],
-    mask: Any,
-    dtype: np.dtype,
-    *,
-    progress: Any = None,
-    callback: Any = None,
-) -> NMFResult:
-    """``nmf`` with missing entries: restarts run together, the best is kept."""
-    masked = fit_source(source, mask)
-    check_supported(p["loss"], p["solver"])
-    config = MultiConfig(
-        solver=p["solver"],
-        loss=p["loss"],
-        l1_w=p["l1_w"],
-        l1_h=p["l1_h"],
-        l2_w=p["l2_w"],
-        l2_h=p["l2_h"],
-        masked_data=True,
-    )
-    setup = _Setup(masked, config, {**p, "mask": True}, dtype)
-    fits = [FitSpec(p["k"], "data", -1, r) for r in range(p["n_runs"])]
-    executor = make_executor(masked, **executor_args)
-    bar = _progress_bar(progress, p["max_iter"], f"nmf k={p['k']} (masked)")
-    try:
-        outcome = run_multifit(
-            executor,
-            fits,
-            config,
-            dtype=dtype,
-            max_iter=p["max_iter"],
-            tol=p["tol"],
-            seed=p["seed"],
-            progress=bar,
-            callback=callback,
-        )
-        info = {"input": masked.describe(), **executor.describe()}
-    finally:
-        if bar is not None:
-            bar.close()
-        executor.close()
-    best = next(iter(outcome.H))
-    info["n_missing"] = int(outcome.n_missing)
-    result = _fit_result(outcome, best, setup, masked, info)
-    result.runs = [
-        {k: v for k, v in r.items() if k not in ("cv_error", "kind", "variant")}
-        for r in _run_rows(outcome)
-    ]
-    result.info["best_run"] = outcome.fits[best].run
-    return result

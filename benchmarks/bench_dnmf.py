@@ -146,8 +146,8 @@ def bench_depth(quick: bool) -> list[str]:
     with L iterations from the same least-squares basis, first fold of 5, two sets."""
     import torch
 
+    from scalenmf.experiments import dnmf_eval as ev
     from scalenmf.models.deep import DNMF
-    from scalenmf.models.deep import evaluate as ev
     from scalenmf.models.deep.mu import nnls_w_from_gram
 
     torch.set_num_threads(1)
@@ -178,7 +178,7 @@ def bench_depth(quick: bool) -> list[str]:
 
 def bench_eval(quick: bool, full: bool, out_dir: Path) -> list[str]:
     """The evaluation's ratio table, claims and wall time."""
-    from scalenmf.models.deep import evaluate as ev
+    from scalenmf.experiments import dnmf_eval as ev
 
     if full:
         cfg = ev.EvalConfig(jobs=2)

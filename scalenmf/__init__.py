@@ -9,9 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from scalenmf._version import __version__
-from scalenmf.api import nmf
-from scalenmf.api_linked import inmf, jnmf, lnmf, lnmf_ranks
-from scalenmf.api_project import project
+from scalenmf.api import consensus, inmf, jnmf, lnmf, lnmf_ranks, nmf, project, rank_survey
 from scalenmf.engine.loop import ConvergenceWarning, IterationInfo
 from scalenmf.interpret import (
     extract_features,
@@ -22,15 +20,17 @@ from scalenmf.interpret import (
     top_features,
 )
 from scalenmf.io import InputError, MatrixSource, open_matrix, write_matrix
-from scalenmf.linked_result import (
+from scalenmf.results import (
+    ConsensusResult,
     INMFResult,
     LinkedNMFResult,
+    NMFResult,
     ProjectionResult,
+    RankSurvey,
+    load,
     load_linked,
     load_projection,
 )
-from scalenmf.result import NMFResult, load
-from scalenmf.selection import ConsensusResult, RankSurvey, consensus, rank_survey
 
 __all__ = [
     "ConsensusResult",

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from scalenmf.result import NMFResult
+from scalenmf.results.nmf import NMFResult
 from scalenmf.signatures import Match, Reference, load_reference, match_signatures
 
 

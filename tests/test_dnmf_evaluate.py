@@ -10,7 +10,7 @@ pytest.importorskip("torch")
 
 from scalenmf.cli.dnmf import dnmf
 from scalenmf.data_paths import shared_data_dir
-from scalenmf.models.deep import evaluate as ev
+from scalenmf.experiments import dnmf_eval as ev
 
 DATA = shared_data_dir()
 SET = "syn.2.7a.7b.abst_sp.sp"

@@ -16,7 +16,7 @@ from scalenmf.interpret import (
     top_features,
 )
 from scalenmf.io.errors import InputError
-from scalenmf.result import NMFResult
+from scalenmf.results.nmf import NMFResult
 from scalenmf.signatures import cosmic_reference, load_reference, simulate_catalogue
 
 

@@ -11,9 +11,9 @@ import pytest
 import scipy.sparse as sp
 
 import scalenmf
+from scalenmf.api.selection import parse_ks
 from scalenmf.io.tables import read_csv
 from scalenmf.models.survey import SUMMARY_COLUMNS
-from scalenmf.selection import parse_ks
 
 
 def planted(k: int, m: int = 40, n: int = 90, seed: int = 0) -> np.ndarray:

@@ -1,7 +1,7 @@
 """``scalenmf dnmf``: train, transform and evaluate deep unrolled NMF models.
 
 Thin click commands over :class:`scalenmf.models.deep.DNMF` and
-:mod:`scalenmf.models.deep.evaluate`. torch is imported only when a command runs, so the
+:mod:`scalenmf.experiments.dnmf_eval`. torch is imported only when a command runs, so the
 main CLI works without the torch extra.
 """
 
@@ -325,7 +325,7 @@ def evaluate(
 ) -> None:
     """Re-run the paper's comparison with disjoint folds and fair baselines."""
     _deep()
-    from scalenmf.models.deep import evaluate as ev
+    from scalenmf.experiments import dnmf_eval as ev
 
     try:
         lam = tuple(float(x) for x in lambdas.split(","))

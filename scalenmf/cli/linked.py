@@ -15,8 +15,8 @@ from typing import Any
 import click
 import numpy as np
 
+from scalenmf.cli._common import input_source, user_errors
 from scalenmf.cli.cluster import scheduler_options
-from scalenmf.cli.main import _input_source, user_errors
 
 # -- shared options ---------------------------------------------------------------------
 
@@ -317,7 +317,7 @@ def _open_basis(path: str) -> Any:
 
     kind = describe(path).get("kind")
     if kind == "result":
-        from scalenmf.result import load
+        from scalenmf.results.nmf import load
 
         return load(path)
     from scalenmf.io import open_matrix
@@ -434,7 +434,7 @@ def project_command(
     out = Path(output)
     workdir = Path(tempfile.mkdtemp(prefix=".scalenmf-", dir=out.parent)) if transpose else None
     try:
-        source = _input_source(new_input, transpose, workdir)
+        source = input_source(new_input, transpose, workdir)
         result = _echo_warnings(
             lambda: project(
                 W,

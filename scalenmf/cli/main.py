@@ -2,48 +2,22 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import shutil
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from scalenmf._version import __version__
+from scalenmf.cli._common import input_source, user_errors
 from scalenmf.cli.cluster import CLUSTER_OPTIONS, cluster_kwargs, cluster_options
 
 log = logging.getLogger("scalenmf")
-
-#: Exceptions that mean "the user's input or options are wrong", not "scalenmf is broken".
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
-    TypeError,
-    FileNotFoundError,
-    FileExistsError,
-)
-
-
-def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn bad-input exceptions into a one-line error and exit status 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except click.ClickException:
-            raise
-        except USER_ERRORS as exc:
-            raise click.ClickException(str(exc)) from exc
-        except ImportError as exc:
-            raise click.ClickException(f"a dependency is missing: {exc}") from exc
-
-    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,30 +36,6 @@ def main(verbose: int) -> None:
 
     dask.config.set({"logging.distributed": "warning" if verbose < 2 else "debug"})
     logging.getLogger("distributed").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
-
-
-def _input_source(path: str, transpose: bool, workdir: Path | None) -> Any:
-    """Open INPUT; with --transpose read a samples × features file the other way round."""
-    import scipy.sparse as sp
-
-    from scalenmf.io import open_matrix
-    from scalenmf.io.source import DenseArraySource, as_source
-
-    src = open_matrix(path)
-    if not transpose:
-        return src
-    if src.in_memory or isinstance(src, DenseArraySource):
-        # In memory or memory-mapped: the transpose is a view (or one cheap sparse copy).
-        block = src.read_columns(0, src.shape[1])
-        flipped = as_source(sp.csc_matrix(block.T) if sp.issparse(block) else block.T)
-        return flipped.set_labels(src.col_labels, src.row_labels)
-    if workdir is None:
-        raise click.ClickException("--transpose of an on-disk store needs a working directory")
-    from scalenmf import convert
-
-    tmp = workdir / "transposed.zarr"
-    convert(src, tmp, transpose=True)
-    return open_matrix(tmp)
 
 
 @main.command()
@@ -199,7 +149,7 @@ def fit(
         base = Path(storage.local_path(output)).parent if local_out else None
         workdir = Path(tempfile.mkdtemp(prefix=".scalenmf-", dir=base))
     try:
-        source = _input_source(input_path, transpose, workdir)
+        source = input_source(input_path, transpose, workdir)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = nmf(source, k, progress=progress, **cluster, **ckpt_kwargs, **opts)
@@ -318,6 +268,9 @@ def _register_optional() -> None:
     from scalenmf.cli.plan import plan
 
     main.add_command(plan)
+    from scalenmf.cli.linked import register as register_linked
+
+    register_linked(main)
     try:
         from scalenmf.cli.dnmf import dnmf
     except ImportError:  # the DNMF commands arrive with their module
@@ -326,10 +279,6 @@ def _register_optional() -> None:
 
 
 _register_optional()
-
-from scalenmf.cli.linked import register as _register_linked  # noqa: E402 - needs main
-
-_register_linked(main)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from scalenmf.cli._common import user_errors
+
 
 @click.command(name="plan")
 @click.argument("input_path", metavar="INPUT")
@@ -35,7 +37,6 @@ def plan(
     Reads a few blocks and runs the real block step on them (a short measured probe);
     nothing is written.
     """
-    from scalenmf.cli.main import user_errors
     from scalenmf.io import storage
     from scalenmf.planner import format_plan
     from scalenmf.planner import plan as make_plan

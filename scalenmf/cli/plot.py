@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from scalenmf.cli.main import user_errors
+from scalenmf.cli._common import user_errors
 
 #: Plot kinds, listed here so that ``--help`` works without importing matplotlib.
 PLOT_KINDS = (

@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
+from scalenmf.cli._common import user_errors
 from scalenmf.cli.cluster import scheduler_options
-from scalenmf.cli.main import user_errors
 from scalenmf.io.selection_store import SUMMARY_COLUMNS
 
 
@@ -137,7 +137,7 @@ def rank(
 
     Writes DIR/summary.csv, null_summary.csv, suggestion.json, runs.csv (and more).
     """
-    from scalenmf.selection import rank_survey
+    from scalenmf.api.selection import rank_survey
 
     _check_output(output, overwrite)
     opts = _common(opts)
@@ -190,7 +190,7 @@ def consensus_cmd(
 
     Writes DIR/clusters.csv, consensus.zarr, result.zarr, summary.json.
     """
-    from scalenmf.selection import consensus
+    from scalenmf.api.selection import consensus
 
     _check_output(output, overwrite)
     opts = _common(opts)
@@ -238,7 +238,7 @@ def match(result_path: str, reference: str, output: str | None) -> None:
     """Name every factor of RESULT.zarr by its best reference signature (cosine)."""
     from scalenmf.interpret import match as match_api
     from scalenmf.io.tables import write_csv
-    from scalenmf.result import load
+    from scalenmf.results.nmf import load
 
     res = load(result_path)
     matches = match_api(res, reference)
@@ -271,7 +271,7 @@ def interpret(result_path: str, output: str, top: int, overwrite: bool) -> None:
     Writes DIR/clusters.csv, top_features.csv, feature_scores.csv, sparseness.csv.
     """
     from scalenmf.interpret import write_interpretation
-    from scalenmf.result import load
+    from scalenmf.results.nmf import load
 
     _check_output(output, overwrite)
     res = load(result_path)

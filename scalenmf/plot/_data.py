@@ -22,7 +22,7 @@ import zarr
 from scalenmf.io.errors import InputError
 from scalenmf.io.selection_store import SUMMARY_COLUMNS
 from scalenmf.io.source import as_str_array
-from scalenmf.result import NMFResult
+from scalenmf.results.nmf import NMFResult
 
 #: Samples drawn by default for sample-level plots (coefficients, exposures, scatter).
 DEFAULT_MAX_SAMPLES = 2000

@@ -13,16 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from scalenmf.api import HALS_SWEEPS, _progress_bar, check_rank, resolve_solver
+from scalenmf.api._common import HALS_SWEEPS, check_rank, checked_params, progress_bar, work_dtype
 from scalenmf.engine.executor import Executor, make_executor
 from scalenmf.engine.loop import IterationInfo, LoopTrace, run_alternating
 from scalenmf.io.combine import ChainedSource
 from scalenmf.io.errors import InputError
-from scalenmf.io.source import MatrixSource, as_source
-from scalenmf.linked_result import DatasetInfo, INMFResult, LinkedNMFResult
+from scalenmf.io.source import as_source
 from scalenmf.models.linked import INMFModel, LinkedLayout, LinkedModel, random_basis
 from scalenmf.models.step import NMFConfig, dataset_totals, fit_stats_step, initial_states
-from scalenmf.validation import NMF_RULES, Number, OneOf, check_params, parse_memory
+from scalenmf.results.linked import DatasetInfo, INMFResult, LinkedNMFResult
+from scalenmf.validation import NMF_RULES, Number, OneOf, parse_memory
 
 log = logging.getLogger("scalenmf")
 
@@ -81,13 +81,6 @@ def chain_datasets(
     return chained
 
 
-def _work_dtype(dtype: Any, source: MatrixSource) -> np.dtype:
-    out = np.dtype(dtype) if dtype is not None else np.dtype(source.dtype)
-    if out not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be float32 or float64; got {out}")
-    return out
-
-
 def dataset_stats(executor: Executor, source: ChainedSource, n_runs: int) -> dict[str, Any]:
     """Set the block states and run the validating pass: ‖A_d‖² and ΣA_d per dataset."""
     executor.set_states(initial_states(source.block_dataset))
@@ -106,7 +99,7 @@ def _iterate(
     progress: Any,
     callback: Callable[[IterationInfo], Any] | None,
 ) -> LoopTrace:
-    bar = _progress_bar(progress, p["max_iter"], desc)
+    bar = progress_bar(progress, p["max_iter"], desc)
     try:
         return run_alternating(
             model, executor, max_iter=p["max_iter"], tol=p["tol"], callback=callback, progress=bar
@@ -157,15 +150,6 @@ def _k_unique(k_unique: Any, n_datasets: int, name: str = "k_unique") -> tuple[i
     if len(values) != n_datasets:
         raise ValueError(f"{name} has {len(values)} entries for {n_datasets} datasets")
     return tuple(int(RANK.check(f"{name}[{d}]", v)) for d, v in enumerate(values))
-
-
-def _common_params(**kwargs: Any) -> dict[str, Any]:
-    solver = kwargs.pop("solver", None)
-    p = check_params(NMF_RULES, **kwargs)
-    p["solver"] = resolve_solver(
-        None if solver is None else NMF_RULES["solver"].check("solver", solver), p["loss"]
-    )
-    return p
 
 
 def _config(p: dict[str, Any], k: int) -> NMFConfig:
@@ -276,9 +260,10 @@ def lnmf(
     >>> res.W.shape, [H.shape for H in res.H], [U.shape for U in res.U]
     ((40, 2), [(2, 60), (2, 80)], [(40, 1), (40, 2)])
     """
-    p = _common_params(
+    p = checked_params(
+        NMF_RULES,
+        solver,
         loss=loss,
-        solver=solver,
         nnls=nnls,
         l1_w=l1_w,
         l1_h=l1_h,
@@ -298,13 +283,13 @@ def lnmf(
     p["k_unique"] = list(_k_unique(k_unique, source.n_datasets))
     layout = LinkedLayout(p["k_shared"], tuple(p["k_unique"]))
     _check_ranks(source, layout)
-    work_dtype = _work_dtype(dtype, source)
+    dtype_ = work_dtype(dtype, source)
     config = _config(p, layout.total)
     executor = make_executor(
         source, scheduler=scheduler, workers=p["workers"], memory_limit=budget, threads=threads
     )
     try:
-        return _fit_linked(source, executor, config, layout, p, work_dtype, progress, callback)
+        return _fit_linked(source, executor, config, layout, p, dtype_, progress, callback)
     finally:
         executor.close()
 
@@ -480,9 +465,10 @@ def inmf(
     INMFResult
         ``W`` (m, k), ``V`` (list of m × k), ``H`` (list of k × n_d).
     """
-    p = _common_params(
+    p = checked_params(
+        NMF_RULES,
+        solver,
         loss="frobenius",
-        solver=solver,
         nnls=nnls,
         max_iter=max_iter,
         tol=tol,
@@ -497,7 +483,7 @@ def inmf(
     budget = parse_memory(memory_limit)
     source = chain_datasets(datasets, names, block_cols=block_cols, what="iNMF")
     _check_ranks(source, LinkedLayout(p["k"], (0,) * source.n_datasets))
-    work_dtype = _work_dtype(dtype, source)
+    dtype_ = work_dtype(dtype, source)
     config = _config(p, p["k"])
     executor = make_executor(
         source, scheduler=scheduler, workers=p["workers"], memory_limit=budget, threads=threads
@@ -511,15 +497,15 @@ def inmf(
         rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(p["seed"]).spawn(R)]
         Ws, Vs = [], []
         for rng in rngs:
-            Ws.append(random_basis(m, p["k"], mean, rng, work_dtype))
+            Ws.append(random_basis(m, p["k"], mean, rng, dtype_))
             Vs.append(
-                [random_basis(m, p["k"], mean, rng, work_dtype) for _ in range(source.n_datasets)]
+                [random_basis(m, p["k"], mean, rng, dtype_) for _ in range(source.n_datasets)]
             )
         model = INMFModel(config, p["lam"], Ws, Vs, stats["xx"])
         t_init = time.perf_counter() - t0
         trace = _iterate(model, executor, p, f"inmf k={p['k']}", progress, callback)
         best = int(np.nanargmin([hist[-1] for hist in trace.objectives]))
-        H = [Hd.astype(work_dtype, copy=False) for Hd in _gather_h(executor, source, model, best)]
+        H = [Hd.astype(dtype_, copy=False) for Hd in _gather_h(executor, source, model, best)]
         return INMFResult(
             W=model.Ws[best],
             V=model.Vs[best],
@@ -633,7 +619,7 @@ def lnmf_ranks(
     -------
     RankProposal
     """
-    from scalenmf.api import nmf
+    from scalenmf.api.fit import nmf
     from scalenmf.signatures import cosine_matrix
 
     min_cos = float(Number(-1.0, 1.0).check("min_cosine", min_cosine))

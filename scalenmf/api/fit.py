@@ -1,4 +1,4 @@
-"""Public functions: ``nmf`` and the building blocks behind the estimator and CLI."""
+"""``nmf``: one factorization, and the building blocks behind the estimator and CLI."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from scalenmf.api._common import HALS_SWEEPS, check_rank, checked_params, progress_bar, work_dtype
 from scalenmf.engine.checkpoint import Checkpointer
 from scalenmf.engine.checksum import input_checksum
 from scalenmf.engine.executor import Executor, make_executor
@@ -20,45 +21,10 @@ from scalenmf.models.fits import collect
 from scalenmf.models.init import initialize
 from scalenmf.models.nmf import NMFConfig, NMFModel
 from scalenmf.models.step import fit_stats_step
-from scalenmf.result import NMFResult
-from scalenmf.validation import NMF_RULES, check_params, parse_memory
+from scalenmf.results.nmf import NMFResult
+from scalenmf.validation import NMF_RULES, parse_memory
 
 log = logging.getLogger("scalenmf")
-
-#: Inner coordinate sweeps per HALS half-step: a few cheap sweeps on the k×n_j block
-#: (no new look at X) cut the number of passes over X (accelerated HALS, Gillis & Glineur).
-HALS_SWEEPS = 3
-
-
-def _progress_bar(progress: Any, total: int, desc: str) -> Any:
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="it", leave=False, file=sys.stderr)
-
-
-def resolve_solver(solver: str | None, loss: str) -> str:
-    """Default solver per loss: exact ALS for Frobenius, multiplicative updates for KL."""
-    if solver is None:
-        return "mu" if loss == "kl" else "als"
-    if loss == "kl" and solver != "mu":
-        raise ValueError(
-            f"loss='kl' is solved by multiplicative updates: use solver='mu', not {solver!r}"
-        )
-    return solver
-
-
-def check_rank(k: int, shape: tuple[int, int]) -> None:
-    m, n = shape
-    if m == 0 or n == 0:
-        raise InputError(f"X is empty (shape {m}×{n})")
-    if k > min(m, n):
-        raise ValueError(
-            f"k must be between 1 and min(m, n) = {min(m, n)} for X of shape {m}×{n}; got {k}"
-        )
 
 
 def nmf(
@@ -176,8 +142,9 @@ def nmf(
     >>> res.W.shape, res.H.shape
     ((50, 4), (4, 200))
     """
-    p = check_params(
+    p = checked_params(
         NMF_RULES,
+        solver,
         k=k,
         loss=loss,
         init=init,
@@ -192,15 +159,10 @@ def nmf(
         n_runs=n_runs,
         workers=workers,
     )
-    p["solver"] = resolve_solver(
-        None if solver is None else NMF_RULES["solver"].check("solver", solver), p["loss"]
-    )
     budget = parse_memory(memory_limit)
     source = as_source(X, block_cols=block_cols)
     check_rank(p["k"], source.shape)
-    work_dtype = np.dtype(dtype) if dtype is not None else np.dtype(source.dtype)
-    if work_dtype not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be float32 or float64; got {work_dtype}")
+    dtype_ = work_dtype(dtype, source)
     if mask is not None:
         from scalenmf.models.masking import fit_source
 
@@ -245,14 +207,14 @@ def nmf(
                 checkpoint,
                 every=checkpoint_every,
                 seconds=checkpoint_seconds,
-                fingerprint=fit_fingerprint(source, config, p, work_dtype, checksum),
+                fingerprint=fit_fingerprint(source, config, p, dtype_, checksum),
             )
         result = fit_on_executor(
             source,
             executor,
             config,
             p,
-            work_dtype,
+            dtype_,
             progress=progress,
             callback=callback,
             checkpoint=ckpt,
@@ -362,7 +324,7 @@ def fit_on_executor(
             raise InputError("X is all zeros; there is nothing to factorize")
         model = NMFModel(config, start.Ws, start.h_start, start.xx)
     t_init = time.perf_counter() - t0
-    bar = _progress_bar(progress, p["max_iter"], f"nmf k={config.k}")
+    bar = progress_bar(progress, p["max_iter"], f"nmf k={config.k}")
     try:
         trace = run_alternating(
             model,

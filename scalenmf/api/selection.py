@@ -13,30 +13,28 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from scalenmf.api import _progress_bar, check_rank, resolve_solver
+from scalenmf.api._common import check_rank, checked_params, progress_bar, work_dtype
 from scalenmf.engine.executor import Executor, make_executor
 from scalenmf.engine.loop import IterationInfo
 from scalenmf.io.source import MatrixSource, as_source
-from scalenmf.models.consensus import FactorConsensus, SampleConsensus, factor_consensus
+from scalenmf.models.consensus import factor_consensus
 from scalenmf.models.fits import FitSpec, MultiFitOutcome, run_multifit
 from scalenmf.models.masking import MaskedSource, fit_source
 from scalenmf.models.step import NMFConfig, check_supported
 from scalenmf.models.survey import (
-    EXTRA_COLUMNS,
-    SUMMARY_COLUMNS,
     RankMeasures,
     measure_rank,
     suggest_rank,
     survey_fits,
 )
-from scalenmf.result import NMFResult
-from scalenmf.validation import NMF_RULES, Number, check_params, parse_memory
+from scalenmf.results.nmf import NMFResult
+from scalenmf.results.selection import ConsensusResult, RankSurvey
+from scalenmf.validation import NMF_RULES, Number, parse_memory
 
 log = logging.getLogger("scalenmf")
 
@@ -108,18 +106,15 @@ def _setup(
     seed: int | None,
     **rules: Any,
 ) -> _Setup:
-    p = check_params(SELECTION_RULES, loss=loss, seed=seed, cv_fraction=cv_fraction, **rules)
-    p["solver"] = resolve_solver(
-        None if solver is None else NMF_RULES["solver"].check("solver", solver), p["loss"]
+    p = checked_params(
+        SELECTION_RULES, solver, loss=loss, seed=seed, cv_fraction=cv_fraction, **rules
     )
     check_supported(p["loss"], p["solver"])
     base = as_source(X, block_cols=block_cols)
     for k in ks:
         check_rank(k, base.shape)
     source = fit_source(base, mask)
-    work = np.dtype(dtype) if dtype is not None else np.dtype(base.dtype)
-    if work not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be float32 or float64; got {work}")
+    work = work_dtype(dtype, base)
     seed_int = 0 if p["seed"] is None else int(p["seed"])
     config = NMFConfig(
         solver=p["solver"],
@@ -199,61 +194,6 @@ def sample_names(source: MatrixSource) -> np.ndarray:
 
 
 # -- rank survey ------------------------------------------------------------------------
-
-
-@dataclass
-class RankSurvey:
-    """The result of ``rank_survey``.
-
-    Attributes
-    ----------
-    ks : list of int
-    summary : list of dict
-        One row per k: ``k, error_best, error_mean, cophenetic, dispersion, silhouette,
-        stability, cv_error, cv_error_sd`` and more (see ``SUMMARY_COLUMNS``).
-    null_summary : list of dict or None
-        The same on a copy of X with every column's entries permuted (None: not run).
-    suggestion : dict
-        ``k``, ``reason``, ``criterion`` and the measures at that k.
-    runs : list of dict
-        One row per fit: ``k, run, variant, kind, objective, relative_error, n_iter, ...``.
-    best : dict of int to NMFResult
-        The lowest-objective fit of every k (on X).
-    consensus : dict of int to SampleConsensus
-        Consensus matrix, tree and clusters per k (on X).
-    factors : dict of int to FactorConsensus
-        Factor-level consensus per k (on X), when n_runs > 1.
-    """
-
-    ks: list[int]
-    summary: list[dict[str, Any]]
-    null_summary: list[dict[str, Any]] | None
-    suggestion: dict[str, Any]
-    runs: list[dict[str, Any]]
-    best: dict[int, NMFResult]
-    consensus: dict[int, SampleConsensus]
-    factors: dict[int, FactorConsensus]
-    params: dict[str, Any] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-    sample_labels: np.ndarray | None = None
-
-    def table(self, null: bool = False) -> list[dict[str, Any]]:
-        rows = self.null_summary if null else self.summary
-        return list(rows or [])
-
-    def save(self, directory: str | Path, *, overwrite: bool = False) -> str:
-        """Write ``summary.csv``, ``null_summary.csv``, ``suggestion.json``, ``runs.csv``,
-        ``survey.json``, ``best/k{K}.zarr`` and ``consensus/k{K}.zarr`` atomically."""
-        from scalenmf.io.selection_store import write_survey
-
-        columns = list(SUMMARY_COLUMNS) + list(EXTRA_COLUMNS)
-        return write_survey(self, directory, columns, overwrite=overwrite)
-
-    def __repr__(self) -> str:
-        return (
-            f"RankSurvey(ks={self.ks}, suggested k={self.suggestion.get('k')}, "
-            f"n_fits={len(self.runs)})"
-        )
 
 
 def rank_survey(
@@ -361,7 +301,7 @@ def rank_survey(
     p = setup.params
     fits = survey_fits(k_list, p["n_runs"], p["cv_reps"], bool(null))
     executor = _executor(setup.source, scheduler, workers, memory_limit, threads)
-    bar = _progress_bar(progress, p["max_iter"], f"rank survey ({len(fits)} fits)")
+    bar = progress_bar(progress, p["max_iter"], f"rank survey ({len(fits)} fits)")
     try:
         outcome = run_multifit(
             executor,
@@ -423,92 +363,6 @@ def rank_survey(
 
 
 # -- consensus --------------------------------------------------------------------------
-
-
-@dataclass
-class ConsensusResult:
-    """The result of ``consensus``.
-
-    Attributes
-    ----------
-    k, n_runs : int
-    samples : SampleConsensus
-        Consensus matrix (of a subsample above ``max_samples``), its average-linkage tree,
-        leaf order, cophenetic correlation, dispersion, and a cluster for every sample.
-    factors : FactorConsensus
-        Factor-level consensus (medians of clustered factors); its silhouette is the
-        stability.
-    result : NMFResult
-        The consensus factorization: W from the factor consensus, H refitted on X.
-    runs : list of dict
-        One row per run: ``k, run, objective, relative_error, n_iter, converged``.
-    sample_labels : ndarray of str, shape (n,)
-    """
-
-    k: int
-    n_runs: int
-    samples: SampleConsensus
-    factors: FactorConsensus | None
-    result: NMFResult
-    runs: list[dict[str, Any]]
-    sample_labels: np.ndarray
-    params: dict[str, Any] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def clusters(self) -> np.ndarray:
-        """Consensus cluster (1..k) of every sample, in input order."""
-        return self.samples.clusters
-
-    @property
-    def cophenetic(self) -> float:
-        return self.samples.cophenetic
-
-    @property
-    def dispersion(self) -> float:
-        return self.samples.dispersion
-
-    @property
-    def stability(self) -> float:
-        return self.factors.silhouette if self.factors is not None else math.nan
-
-    @property
-    def subsampled(self) -> bool:
-        return self.samples.subsampled
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "k": self.k,
-            "n_runs": self.n_runs,
-            "cophenetic": self.cophenetic,
-            "dispersion": self.dispersion,
-            "silhouette": self.samples.silhouette,
-            "stability": self.stability,
-            "subsampled": self.subsampled,
-            "consensus_samples": int(self.samples.samples.size),
-            "n_total": self.samples.n_total,
-            "relative_error": self.result.relative_error,
-            "cluster_sizes": {
-                str(c): int(n)
-                for c, n in zip(*np.unique(self.clusters, return_counts=True), strict=True)
-            },
-            "outliers_dropped": int((~self.factors.kept).sum()) if self.factors else 0,
-        }
-
-    def save(self, directory: str | Path, *, overwrite: bool = False) -> str:
-        """Write ``clusters.csv``, ``consensus.zarr``, ``result.zarr``, ``summary.json``,
-        ``runs.csv`` atomically."""
-        from scalenmf.interpret import predict
-        from scalenmf.io.selection_store import write_consensus
-
-        return write_consensus(self, directory, predict(self.result), overwrite=overwrite)
-
-    def __repr__(self) -> str:
-        sub = ", subsampled" if self.subsampled else ""
-        return (
-            f"ConsensusResult(k={self.k}, n_runs={self.n_runs}, cophenetic={self.cophenetic:.4g},"
-            f" dispersion={self.dispersion:.4g}, stability={self.stability:.4g}{sub})"
-        )
 
 
 def consensus(
@@ -597,7 +451,7 @@ def consensus(
     k = int(k)
     fits = [FitSpec(k, "data", -1, r) for r in range(p["n_runs"])]
     executor = _executor(setup.source, scheduler, workers, memory_limit, threads)
-    bar = _progress_bar(progress, p["max_iter"], f"consensus k={k} ({len(fits)} runs)")
+    bar = progress_bar(progress, p["max_iter"], f"consensus k={k} ({len(fits)} runs)")
     try:
         outcome = run_multifit(
             executor,

@@ -11,17 +11,17 @@ from typing import Any
 
 import numpy as np
 
-from scalenmf.api import HALS_SWEEPS, _progress_bar, check_rank, resolve_solver
+from scalenmf.api._common import HALS_SWEEPS, check_rank, checked_params, progress_bar, work_dtype
 from scalenmf.engine.executor import Executor, make_executor
 from scalenmf.engine.loop import IterationInfo, run_alternating
 from scalenmf.io.combine import RowOrderedSource, row_order
 from scalenmf.io.errors import InputError
 from scalenmf.io.source import MatrixSource, as_source, as_str_array
-from scalenmf.linked_result import ProjectionResult
 from scalenmf.models.linked import LinkedLayout, LinkedModel, random_basis
 from scalenmf.models.step import NMFConfig, dataset_totals, fit_stats_step, initial_states
 from scalenmf.models.transfer import ProjectedBlock, ProjectionPlan, project_step
-from scalenmf.validation import NMF_RULES, Number, OneOf, check_params, parse_memory
+from scalenmf.results.linked import ProjectionResult
+from scalenmf.validation import NMF_RULES, Number, OneOf, parse_memory
 
 log = logging.getLogger("scalenmf")
 
@@ -42,7 +42,7 @@ def _basis(W: Any, row_labels: Any) -> tuple[np.ndarray, np.ndarray | None, Any,
     params: dict[str, Any] = {}
     factor_labels = None
     if isinstance(W, (str, os.PathLike)):
-        from scalenmf.result import load
+        from scalenmf.results.nmf import load
 
         W = load(W)
     if hasattr(W, "W") and not isinstance(W, np.ndarray):
@@ -242,8 +242,9 @@ def project(
     basis, W_labels, factor_labels, fit_params = _basis(W, row_labels)
     if loss is None:
         loss = str(fit_params.get("loss") or "frobenius")
-    p = check_params(
+    p = checked_params(
         PROJECT_RULES,
+        solver,
         loss=loss,
         nnls=nnls,
         l1_h=l1_h,
@@ -257,9 +258,6 @@ def project(
         seed=seed,
         n_runs=n_runs,
         workers=workers,
-    )
-    p["solver"] = resolve_solver(
-        None if solver is None else NMF_RULES["solver"].check("solver", solver), p["loss"]
     )
     for name, value in (("novelty_cosine", novelty_cosine), ("novelty_z", novelty_z)):
         if value is not None:
@@ -277,16 +275,14 @@ def project(
     check_rank(1, source.shape)
     if p["k_new"]:
         check_rank(basis.shape[1] + p["k_new"], source.shape)
-    work_dtype = np.dtype(dtype) if dtype is not None else np.dtype(source.dtype)
-    if work_dtype not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be float32 or float64; got {work_dtype}")
-    basis = np.ascontiguousarray(basis, dtype=work_dtype)
+    dtype_ = work_dtype(dtype, source)
+    basis = np.ascontiguousarray(basis, dtype=dtype_)
     executor = make_executor(
         source, scheduler=scheduler, workers=p["workers"], memory_limit=budget, threads=threads
     )
     try:
         return _project_on(
-            executor, source, basis, p, work_dtype, W_labels, factor_labels, progress, callback, t0
+            executor, source, basis, p, dtype_, W_labels, factor_labels, progress, callback, t0
         )
     finally:
         executor.close()
@@ -443,7 +439,7 @@ def _transfer(
     Ws = [np.hstack([basis, random_basis(m, r, mean, rng, dtype)]) for rng in rngs]
     start = float(np.sqrt(mean / (k + r))) or 1.0
     model = LinkedModel(config, layout, Ws, [start] * R, stats["xx"])
-    bar = _progress_bar(progress, p["transfer_max_iter"], f"transfer k={k}+{r}")
+    bar = progress_bar(progress, p["transfer_max_iter"], f"transfer k={k}+{r}")
     try:
         trace = run_alternating(
             model,

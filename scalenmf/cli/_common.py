@@ -1,0 +1,63 @@
+"""What the CLI modules share: the one-line treatment of user errors and INPUT opening.
+
+No CLI module imports ``cli.main`` (the group); ``main`` imports them and registers
+their commands.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+#: Exceptions that mean "the user's input or options are wrong", not "scalenmf is broken".
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    FileNotFoundError,
+    FileExistsError,
+)
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn bad-input exceptions into a one-line error and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except USER_ERRORS as exc:
+            raise click.ClickException(str(exc)) from exc
+        except ImportError as exc:
+            raise click.ClickException(f"a dependency is missing: {exc}") from exc
+
+    return wrapper
+
+
+def input_source(path: str, transpose: bool, workdir: Path | None) -> Any:
+    """Open INPUT; with --transpose read a samples × features file the other way round."""
+    import scipy.sparse as sp
+
+    from scalenmf.io import open_matrix
+    from scalenmf.io.source import DenseArraySource, as_source
+
+    src = open_matrix(path)
+    if not transpose:
+        return src
+    if src.in_memory or isinstance(src, DenseArraySource):
+        # In memory or memory-mapped: the transpose is a view (or one cheap sparse copy).
+        block = src.read_columns(0, src.shape[1])
+        flipped = as_source(sp.csc_matrix(block.T) if sp.issparse(block) else block.T)
+        return flipped.set_labels(src.col_labels, src.row_labels)
+    if workdir is None:
+        raise click.ClickException("--transpose of an on-disk store needs a working directory")
+    from scalenmf import convert
+
+    tmp = workdir / "transposed.zarr"
+    convert(src, tmp, transpose=True)
+    return open_matrix(tmp)

@@ -110,9 +110,9 @@ def nmf(
     mask : array, sparse matrix, path or "nan", optional
         Missing entries: non-zero entries of ``mask`` (same shape as X), and NaN in X, are
         left out of the loss, so their values never change the fit. ``"nan"``: only the
-        NaN entries. Masked fits run ``als`` (exact, batched block principal pivoting),
-        ``hals`` or ``mu`` (Frobenius) and ``mu`` (KL), start at random, and keep the best
-        of ``n_runs`` (see docs/selection.md).
+        NaN entries. A masked fit is the same fit as an unmasked one (start, solver,
+        restarts) over the observed entries only; a mask that hides nothing gives the
+        unmasked result bit for bit (see docs/selection.md).
     scheduler_file : path, optional
         Connect to the cluster whose scheduler wrote this file (``--scheduler-file``).
     security : distributed.security.Security, optional
@@ -164,7 +164,7 @@ def nmf(
     check_rank(p["k"], source.shape)
     dtype_ = work_dtype(dtype, source)
     if mask is not None:
-        from scalenmf.models.masking import fit_source
+        from scalenmf.io.masked import fit_source
 
         if resume or checkpoint_every is not None:
             raise ValueError(

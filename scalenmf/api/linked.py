@@ -19,7 +19,8 @@ from scalenmf.engine.loop import IterationInfo, LoopTrace, run_alternating
 from scalenmf.io.combine import ChainedSource
 from scalenmf.io.errors import InputError
 from scalenmf.io.source import as_source
-from scalenmf.models.linked import INMFModel, LinkedLayout, LinkedModel, random_basis
+from scalenmf.models.init import random_w
+from scalenmf.models.linked import INMFModel, LinkedLayout, LinkedModel
 from scalenmf.models.step import NMFConfig, dataset_totals, fit_stats_step, initial_states
 from scalenmf.results.linked import DatasetInfo, INMFResult, LinkedNMFResult
 from scalenmf.validation import NMF_RULES, Number, OneOf, parse_memory
@@ -324,7 +325,7 @@ def _fit_linked(
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(p["seed"]).spawn(R)]
     stats = dataset_stats(executor, source, R)
     mean = float(stats["xsum"].sum()) / max(1, m * n)
-    Ws = [random_basis(m, layout.total, mean, rng, dtype) for rng in rngs]
+    Ws = [random_w(m, layout.total, mean, rng, dtype) for rng in rngs]
     if p["init"] == "jnmf":
         Ws[0] = _joint_start(executor, source, layout, config, p, dtype)
         executor.set_states(initial_states(source.block_dataset))
@@ -497,9 +498,9 @@ def inmf(
         rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(p["seed"]).spawn(R)]
         Ws, Vs = [], []
         for rng in rngs:
-            Ws.append(random_basis(m, p["k"], mean, rng, dtype_))
+            Ws.append(random_w(m, p["k"], mean, rng, dtype_))
             Vs.append(
-                [random_basis(m, p["k"], mean, rng, dtype_) for _ in range(source.n_datasets)]
+                [random_w(m, p["k"], mean, rng, dtype_) for _ in range(source.n_datasets)]
             )
         model = INMFModel(config, p["lam"], Ws, Vs, stats["xx"])
         t_init = time.perf_counter() - t0

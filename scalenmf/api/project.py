@@ -17,7 +17,8 @@ from scalenmf.engine.loop import IterationInfo, run_alternating
 from scalenmf.io.combine import RowOrderedSource, row_order
 from scalenmf.io.errors import InputError
 from scalenmf.io.source import MatrixSource, as_source, as_str_array
-from scalenmf.models.linked import LinkedLayout, LinkedModel, random_basis
+from scalenmf.models.init import random_w
+from scalenmf.models.linked import LinkedLayout, LinkedModel
 from scalenmf.models.step import NMFConfig, dataset_totals, fit_stats_step, initial_states
 from scalenmf.models.transfer import ProjectedBlock, ProjectionPlan, project_step
 from scalenmf.results.linked import ProjectionResult
@@ -436,7 +437,7 @@ def _transfer(
     m, n = source.shape
     mean = float(stats["xsum"][0]) / max(1, m * n)
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(p["seed"]).spawn(R)]
-    Ws = [np.hstack([basis, random_basis(m, r, mean, rng, dtype)]) for rng in rngs]
+    Ws = [np.hstack([basis, random_w(m, r, mean, rng, dtype)]) for rng in rngs]
     start = float(np.sqrt(mean / (k + r))) or 1.0
     model = LinkedModel(config, layout, Ws, [start] * R, stats["xx"])
     bar = progress_bar(progress, p["transfer_max_iter"], f"transfer k={k}+{r}")

@@ -21,10 +21,10 @@ import numpy as np
 from scalenmf.api._common import check_rank, checked_params, progress_bar, work_dtype
 from scalenmf.engine.executor import Executor, make_executor
 from scalenmf.engine.loop import IterationInfo
+from scalenmf.io.masked import MaskedSource, fit_source
 from scalenmf.io.source import MatrixSource, as_source
 from scalenmf.models.consensus import factor_consensus
 from scalenmf.models.fits import FitSpec, MultiFitOutcome, run_multifit
-from scalenmf.models.masking import MaskedSource, fit_source
 from scalenmf.models.step import NMFConfig, check_supported
 from scalenmf.models.survey import (
     RankMeasures,

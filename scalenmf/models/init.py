@@ -19,7 +19,7 @@ import numpy as np
 
 from scalenmf.engine.executor import Executor
 from scalenmf.kernels import rhs
-from scalenmf.models.masking import block_matrix, check_block, stats_step
+from scalenmf.models.step import block_matrix, check_block, stats_step
 
 OVERSAMPLE = 10
 

@@ -355,11 +355,3 @@ def assign_factors(usage: np.ndarray, layout: LinkedLayout) -> np.ndarray:
         picked = dict(zip(cols.tolist(), rest[rows].tolist(), strict=True))
         order += [picked[c] for c in range(owners.size)]
     return np.asarray(order, dtype=np.int64)
-
-
-def random_basis(
-    m: int, k: int, mean: float, rng: np.random.Generator, dtype: np.dtype
-) -> np.ndarray:
-    """A seeded half-normal basis scaled to the data's mean (as ``init="random"``)."""
-    scale = np.sqrt(max(mean, 0.0) / max(k, 1)) or 1.0
-    return (np.abs(rng.standard_normal((m, k))) * scale).astype(dtype)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from scalenmf.models.fits import FitsModel, FitSpec, objective, update_w
-from scalenmf.models.masking import check_block, stats_step
-from scalenmf.models.step import INITS, LOSSES, SOLVERS, NMFConfig
+from scalenmf.models.step import INITS, LOSSES, SOLVERS, NMFConfig, check_block, stats_step
 
 __all__ = [
     "INITS",

@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from scalenmf._typing import Block
 from scalenmf.io.errors import InputError
+from scalenmf.io.masked import FitBlock, block_matrix
 from scalenmf.kernels import kl_block, rhs, x_ht
 from scalenmf.kernels.batched import (
     bpp_nnls_batched,
@@ -44,7 +46,6 @@ from scalenmf.kernels.batched import (
 )
 from scalenmf.kernels.hashing import heldout_pattern, permute_columns_dense, permute_columns_sparse
 from scalenmf.kernels.mu import EPS, mu_kl_h
-from scalenmf.models.masking import FitBlock, check_block
 
 VARIANTS = ("data", "null")
 SOLVERS = ("als", "hals", "mu")
@@ -182,6 +183,36 @@ class BlockState:
     null: Any = None
     cv: dict[str, Any] = field(default_factory=dict)
     index: int = 0
+
+
+def check_block(X: Block) -> dict[str, float]:
+    """Check one block for the values NMF cannot take; return its sum statistics.
+
+    Raises
+    ------
+    InputError
+        On NaN/Inf or negative entries.
+    """
+    data: np.ndarray = np.asarray(X.data) if sp.issparse(X) else np.asarray(X)
+    if data.size and not np.isfinite(data).all():
+        raise InputError(
+            "X contains NaN or infinite values (to treat NaN as missing entries, pass "
+            "mask='nan' or --mask nan)"
+        )
+    if data.size and data.min() < 0:
+        raise InputError("X contains negative values; NMF needs non-negative data")
+    if sp.issparse(X):
+        d64 = np.asarray(data, dtype=np.float64)
+        return {"xx": float(d64 @ d64), "xsum": float(d64.sum())}
+    return {
+        "xx": float(np.einsum("ij,ij->", X, X, dtype=np.float64)),
+        "xsum": float(X.sum(dtype=np.float64)),
+    }
+
+
+def stats_step(X: Any, state: Any, bc: Any) -> tuple[Any, dict[str, float]]:
+    """Block function for the statistics pass (validation, ‖X‖², ΣX); state untouched."""
+    return state, check_block(block_matrix(X))
 
 
 # -- data variants and held-out patterns ---------------------------------------------------

@@ -31,8 +31,7 @@ from scalenmf._typing import Block
 from scalenmf.kernels import gram, mu_frobenius, mu_kl_h, rhs
 from scalenmf.kernels.columns import bpp_columns, nnls_columns
 from scalenmf.kernels.mu import kl_block
-from scalenmf.models.masking import block_matrix, check_block
-from scalenmf.models.step import BlockState
+from scalenmf.models.step import BlockState, block_matrix, check_block
 
 #: Bootstrap draws are solved in column chunks so draws × k × chunk floats stay this small.
 BOOTSTRAP_BYTES = 64 * 2**20

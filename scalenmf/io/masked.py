@@ -41,36 +41,6 @@ class FitBlock:
     start: int
 
 
-def check_block(X: Block) -> dict[str, float]:
-    """Check one block for the values NMF cannot take; return its sum statistics.
-
-    Raises
-    ------
-    InputError
-        On NaN/Inf or negative entries.
-    """
-    data: np.ndarray = np.asarray(X.data) if sp.issparse(X) else np.asarray(X)
-    if data.size and not np.isfinite(data).all():
-        raise InputError(
-            "X contains NaN or infinite values (to treat NaN as missing entries, pass "
-            "mask='nan' or --mask nan)"
-        )
-    if data.size and data.min() < 0:
-        raise InputError("X contains negative values; NMF needs non-negative data")
-    if sp.issparse(X):
-        d64 = np.asarray(data, dtype=np.float64)
-        return {"xx": float(d64 @ d64), "xsum": float(d64.sum())}
-    return {
-        "xx": float(np.einsum("ij,ij->", X, X, dtype=np.float64)),
-        "xsum": float(X.sum(dtype=np.float64)),
-    }
-
-
-def stats_step(X: Any, state: Any, bc: Any) -> tuple[Any, dict[str, float]]:
-    """Block function for the statistics pass (validation, ‖X‖², ΣX); state untouched."""
-    return state, check_block(block_matrix(X))
-
-
 def block_matrix(block: Any) -> Block:
     """The matrix of a block, whether it comes as a ``FitBlock`` or bare."""
     return block.X if isinstance(block, FitBlock) else block

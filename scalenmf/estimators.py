@@ -18,7 +18,7 @@ from scalenmf.engine.executor import make_executor
 from scalenmf.io.source import as_source
 from scalenmf.kernels import sq_norm
 from scalenmf.models.nmf import NMFConfig
-from scalenmf.models.projection import project_blocks
+from scalenmf.models.transfer import project_blocks
 
 
 def _transpose(X: Any) -> Any:

@@ -153,7 +153,7 @@ def _measure(
     from scalenmf.api import HALS_SWEEPS, resolve_solver
     from scalenmf.engine.reduce import TreeReducer, add_partials
     from scalenmf.models.init import random_w
-    from scalenmf.models.nmf import NMFConfig, make_broadcast, nmf_step, update_w
+    from scalenmf.models.nmf import NMFConfig, NMFModel
 
     solver = resolve_solver(solver, loss)
     config = NMFConfig(
@@ -168,15 +168,16 @@ def _measure(
     reducer: TreeReducer[Any] = TreeReducer(add_partials)
     mean = 1.0
     Ws = [random_w(m, k, mean, rng, dtype) for _ in range(n_runs)]
-    bc = make_broadcast(config, Ws, list(range(n_runs)), [1.0] * n_runs)
+    model = NMFModel(config, Ws, [1.0] * n_runs, 1.0)
+    bc = model.broadcast(list(range(n_runs)), False)
     for j in sorted(set(picks.tolist())):
         t0 = time.perf_counter()
         block = source.read_block(int(j))
         t1 = time.perf_counter()
         # Two steps: the second, warm-started one is what a typical iteration costs.
-        state, _ = nmf_step(block, None, bc)
+        state, _ = model.step(block, None, bc)
         t2 = time.perf_counter()
-        state, parts = nmf_step(block, state, bc)
+        state, parts = model.step(block, state, bc)
         t3 = time.perf_counter()
         t_read += t1 - t0
         t_step += t3 - t2
@@ -185,7 +186,9 @@ def _measure(
     total = reducer.result()
     t0 = time.perf_counter()
     for r in range(n_runs):
-        update_w(config, Ws[r], total["runs"][r])
+        model.score(r, total, r)
+        model.advance(r, total, r)
+    model.flush()
     w_update = time.perf_counter() - t0
     cols = max(1, cols)
     return {

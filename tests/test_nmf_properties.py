@@ -138,6 +138,24 @@ def test_float32_close_to_float64(counts_dense, counts_sparse, method, sparse):
         assert r.relative_error == pytest.approx(a.relative_error, rel=1e-4)
 
 
+@pytest.mark.parametrize("method", METHODS, ids=method_id)
+def test_float32_fits_keep_their_books_in_float64(method):
+    # A near-exact factorization: the Gram trick subtracts numbers of the size of ‖X‖², so
+    # float32 sums would report 0 or noise here; the figures must match a direct float64
+    # computation from the returned factors.
+    rng = np.random.default_rng(0)
+    X = (rng.random((50, 3)) @ rng.random((3, 400))).astype(np.float32)
+    res = fit(X, 3, method, max_iter=60, tol=0)
+    W, H = res.W.astype(np.float64), res.H.astype(np.float64)
+    X64 = X.astype(np.float64)
+    truth = np.linalg.norm(X64 - W @ H) / np.linalg.norm(X64)
+    assert res.W.dtype == np.float32
+    assert truth < 0.05
+    assert res.relative_error == pytest.approx(truth, rel=1e-4)
+    if method[1] == "frobenius":
+        assert res.loss_history[-1] == pytest.approx(0.5 * np.sum((X64 - W @ H) ** 2), rel=1e-4)
+
+
 # -- seeds and restarts ---------------------------------------------------------------------
 
 

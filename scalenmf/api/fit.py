@@ -24,8 +24,10 @@ from scalenmf.engine.executor import Executor
 from scalenmf.engine.loop import IterationInfo, run_alternating
 from scalenmf.io.errors import InputError
 from scalenmf.io.source import MatrixSource, as_source
+from scalenmf.models.fits import collect
 from scalenmf.models.init import initialize
 from scalenmf.models.nmf import NMFConfig, NMFModel
+from scalenmf.models.step import fit_stats_step
 from scalenmf.results.nmf import NMFResult
 from scalenmf.validation import NMF_RULES
 
@@ -115,9 +117,9 @@ def nmf(
     mask : array, sparse matrix, path or "nan", optional
         Missing entries: non-zero entries of ``mask`` (same shape as X), and NaN in X, are
         left out of the loss, so their values never change the fit. ``"nan"``: only the
-        NaN entries. Masked fits run ``als`` (exact, batched block principal pivoting),
-        ``hals`` or ``mu`` (Frobenius) and ``mu`` (KL), start at random, and keep the best
-        of ``n_runs`` (see docs/selection.md).
+        NaN entries. A masked fit is the same fit as an unmasked one (start, solver,
+        restarts) over the observed entries only; a mask that hides nothing gives the
+        unmasked result bit for bit (see docs/selection.md).
     scheduler_file : path, optional
         Connect to the cluster whose scheduler wrote this file (``--scheduler-file``).
     security : distributed.security.Security, optional
@@ -177,14 +179,14 @@ def nmf(
     check_rank(p["k"], source.shape)
     dtype_ = work_dtype(dtype, source)
     if mask is not None:
-        from scalenmf.api.selection import fit_masked
+        from scalenmf.io.masked import fit_source
 
         if resume or checkpoint_every is not None:
             raise ValueError(
                 "checkpoints and resume are not available for fits with a mask; "
                 "run without --mask, or without --resume / --checkpoint-every"
             )
-        return fit_masked(source, cluster, p, mask, dtype_, progress=progress, callback=callback)
+        source = fit_source(source, mask)
     config = NMFConfig(
         k=p["k"],
         solver=p["solver"],
@@ -195,6 +197,7 @@ def nmf(
         l2_h=p["l2_h"],
         nnls=p["nnls"],
         inner_sweeps=HALS_SWEEPS if p["solver"] == "hals" else 50,
+        masked_data=mask is not None,
     )
     if (
         checkpoint_every is not None or checkpoint_seconds is not None or resume
@@ -203,7 +206,7 @@ def nmf(
     executor = cluster.open(source)
     try:
         started = time.time()
-        checksum = input_checksum(executor)
+        checksum = input_checksum(executor) if mask is None else "masked"
         ckpt = None
         if checkpoint:
             ckpt = Checkpointer(
@@ -223,10 +226,19 @@ def nmf(
             checkpoint=ckpt,
             resume=resume,
         )
+        if mask is not None:
+            result.params["mask"] = True
+            result.info["n_missing"] = int(model_missing(executor))
         result.manifest = run_manifest(source, p, checksum, result, started)
         return result
     finally:
         executor.close()
+
+
+def model_missing(executor: Executor) -> float:
+    """How many entries of X are hidden (one pass over the masked source's blocks)."""
+    stats = executor.map_reduce(fit_stats_step, None, read_x=True)
+    return float(sum(d["n_missing"] for d in stats["datasets"].values()))
 
 
 def fit_fingerprint(
@@ -335,7 +347,8 @@ def fit_on_executor(
             bar.close()
     finals = [hist[-1] for hist in trace.objectives]
     best = int(np.nanargmin(finals))
-    H = np.hstack([state[best] for state in executor.states()]).astype(dtype, copy=False)
+    H_kept, _ = collect(executor, model, [best], labels=False)
+    H = H_kept[best].astype(dtype, copy=False)
     params = dict(p)
     params["memory_limit"] = None
     runs = [

@@ -26,16 +26,9 @@ from scalenmf.engine.loop import IterationInfo, LoopTrace, run_alternating
 from scalenmf.io.combine import ChainedSource
 from scalenmf.io.errors import InputError
 from scalenmf.io.source import as_source
-from scalenmf.models.inmf import INMFModel
-from scalenmf.models.linked import (
-    DatasetBlock,
-    LinkedLayout,
-    LinkedModel,
-    dataset_stats_step,
-    initial_states,
-    random_basis,
-)
-from scalenmf.models.nmf import NMFConfig
+from scalenmf.models.init import random_w
+from scalenmf.models.linked import INMFModel, LinkedLayout, LinkedModel
+from scalenmf.models.step import NMFConfig, dataset_totals, fit_stats_step, initial_states
 from scalenmf.results.linked import DatasetInfo, INMFResult, LinkedNMFResult
 from scalenmf.validation import NMF_RULES, Number, OneOf
 
@@ -98,8 +91,8 @@ def chain_datasets(
 
 def dataset_stats(executor: Executor, source: ChainedSource, n_runs: int) -> dict[str, Any]:
     """Set the block states and run the validating pass: ‖A_d‖² and ΣA_d per dataset."""
-    executor.set_states(initial_states(source.block_dataset, n_runs))
-    stats = executor.map_reduce(dataset_stats_step, source.n_datasets)
+    executor.set_states(initial_states(source.block_dataset))
+    stats = dataset_totals(executor.map_reduce(fit_stats_step, None), source.n_datasets)
     for d, name in enumerate(source.names):
         if stats["xx"][d] == 0:
             raise InputError(f"dataset {name!r} is all zeros; there is nothing to factorize")
@@ -124,14 +117,13 @@ def _iterate(
             bar.close()
 
 
-def _gather_h(executor: Executor, source: ChainedSource, run: int) -> list[np.ndarray]:
+def _gather_h(
+    executor: Executor, source: ChainedSource, model: LinkedModel, run: int
+) -> list[np.ndarray]:
     """Every dataset's compact H (k_d × n_d) of run ``run``, from the block states."""
     per: list[list[np.ndarray]] = [[] for _ in range(source.n_datasets)]
     for state in executor.states():
-        assert isinstance(state, DatasetBlock)
-        H = state.H[run]
-        assert H is not None
-        per[state.dataset].append(H)
+        per[state.dataset].append(model.block_h(state, run))
     return [np.hstack(hs) for hs in per]
 
 
@@ -350,10 +342,10 @@ def _fit_linked(
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(p["seed"]).spawn(R)]
     stats = dataset_stats(executor, source, R)
     mean = float(stats["xsum"].sum()) / max(1, m * n)
-    Ws = [random_basis(m, layout.total, mean, rng, dtype) for rng in rngs]
+    Ws = [random_w(m, layout.total, mean, rng, dtype) for rng in rngs]
     if p["init"] == "jnmf":
         Ws[0] = _joint_start(executor, source, layout, config, p, dtype)
-        executor.set_states(initial_states(source.block_dataset, R))
+        executor.set_states(initial_states(source.block_dataset))
     start = float(np.sqrt(mean / layout.total)) or 1.0
     model = LinkedModel(config, layout, Ws, [start] * R, stats["xx"])
     t_init = time.perf_counter() - t0
@@ -361,7 +353,7 @@ def _fit_linked(
     trace = _iterate(model, executor, p, f"lnmf k={layout.k_shared}+({ks})", progress, callback)
     finals = [hist[-1] for hist in trace.objectives]
     best = int(np.nanargmin(finals))
-    compact = _gather_h(executor, source, best)
+    compact = _gather_h(executor, source, model, best)
     W_full = model.Ws[best]
     ks_ = layout.k_shared
     H = [Hd[:ks_].astype(dtype, copy=False) for Hd in compact]
@@ -417,7 +409,7 @@ def _joint_start(
     from scalenmf.models.nmf import NMFModel
 
     K = layout.total
-    executor.set_states([None] * source.n_blocks)
+    executor.set_states([None] * source.n_blocks)  # one dataset's view: plain NMF
     start = initialize(executor, K, "nndsvda", p["seed"], 1, dtype)
     joint = NMFModel(config, start.Ws, start.h_start, start.xx)
     with warnings.catch_warnings():
@@ -426,7 +418,7 @@ def _joint_start(
     W = joint.Ws[0]
     usage = np.zeros((K, source.n_datasets))
     for d, state in zip(source.block_dataset, executor.states(), strict=True):
-        usage[:, d] += state[0].sum(axis=1, dtype=np.float64)
+        usage[:, d] += joint.block_h(state, 0).sum(axis=1, dtype=np.float64)
     usage *= W.sum(axis=0, dtype=np.float64)[:, None]
     usage /= np.maximum(usage.sum(axis=0, keepdims=True), 1e-300)
     return np.ascontiguousarray(W[:, assign_factors(usage, layout)])
@@ -532,15 +524,15 @@ def inmf(
         rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(p["seed"]).spawn(R)]
         Ws, Vs = [], []
         for rng in rngs:
-            Ws.append(random_basis(m, p["k"], mean, rng, dtype_))
+            Ws.append(random_w(m, p["k"], mean, rng, dtype_))
             Vs.append(
-                [random_basis(m, p["k"], mean, rng, dtype_) for _ in range(source.n_datasets)]
+                [random_w(m, p["k"], mean, rng, dtype_) for _ in range(source.n_datasets)]
             )
         model = INMFModel(config, p["lam"], Ws, Vs, stats["xx"])
         t_init = time.perf_counter() - t0
         trace = _iterate(model, executor, p, f"inmf k={p['k']}", progress, callback)
         best = int(np.nanargmin([hist[-1] for hist in trace.objectives]))
-        H = [Hd.astype(dtype_, copy=False) for Hd in _gather_h(executor, source, best)]
+        H = [Hd.astype(dtype_, copy=False) for Hd in _gather_h(executor, source, model, best)]
         return INMFResult(
             W=model.Ws[best],
             V=model.Vs[best],

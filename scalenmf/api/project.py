@@ -24,8 +24,9 @@ from scalenmf.engine.loop import IterationInfo, run_alternating
 from scalenmf.io.combine import RowOrderedSource, row_order
 from scalenmf.io.errors import InputError
 from scalenmf.io.source import MatrixSource, as_source, as_str_array
-from scalenmf.models.linked import LinkedLayout, LinkedModel, initial_states, random_basis
-from scalenmf.models.nmf import NMFConfig
+from scalenmf.models.init import random_w
+from scalenmf.models.linked import LinkedLayout, LinkedModel
+from scalenmf.models.step import NMFConfig, dataset_totals, fit_stats_step, initial_states
 from scalenmf.models.transfer import ProjectedBlock, ProjectionPlan, project_step
 from scalenmf.results.linked import ProjectionResult
 from scalenmf.validation import NMF_RULES, Number, OneOf
@@ -436,8 +437,6 @@ def _transfer(
     callback: Callable[[IterationInfo], Any] | None,
 ) -> tuple[np.ndarray, int, list[float], int, bool]:
     """Linked transfer learning: learn U (and H, V) with W held fixed (seed eq. 7)."""
-    from scalenmf.models.linked import dataset_stats_step
-
     k, r, R = basis.shape[1], p["k_new"], p["n_runs"]
     layout = LinkedLayout(k, (r,), n_fixed=k)
     config = NMFConfig(
@@ -448,14 +447,14 @@ def _transfer(
         l2_h=p["l2_h"],
         inner_sweeps=HALS_SWEEPS if p["solver"] == "hals" else 50,
     )
-    executor.set_states(initial_states([0] * source.n_blocks, R))
-    stats = executor.map_reduce(dataset_stats_step, 1)
+    executor.set_states(initial_states([0] * source.n_blocks))
+    stats = dataset_totals(executor.map_reduce(fit_stats_step, None), 1)
     if stats["xx"][0] == 0:
         raise InputError("the new data is all zeros; there is nothing to project")
     m, n = source.shape
     mean = float(stats["xsum"][0]) / max(1, m * n)
     rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(p["seed"]).spawn(R)]
-    Ws = [np.hstack([basis, random_basis(m, r, mean, rng, dtype)]) for rng in rngs]
+    Ws = [np.hstack([basis, random_w(m, r, mean, rng, dtype)]) for rng in rngs]
     start = float(np.sqrt(mean / (k + r))) or 1.0
     model = LinkedModel(config, layout, Ws, [start] * R, stats["xx"])
     bar = progress_bar(progress, p["transfer_max_iter"], f"transfer k={k}+{r}")

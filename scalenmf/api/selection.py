@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from scalenmf.api._common import (
-    ClusterOptions,
     check_rank,
     checked_params,
     cluster_options,
@@ -28,16 +27,11 @@ from scalenmf.api._common import (
 )
 from scalenmf.engine.executor import Executor
 from scalenmf.engine.loop import IterationInfo
+from scalenmf.io.masked import MaskedSource, fit_source
 from scalenmf.io.source import MatrixSource, as_source
 from scalenmf.models.consensus import factor_consensus
-from scalenmf.models.masking import MaskedSource, fit_source
-from scalenmf.models.multifit import (
-    FitSpec,
-    MultiConfig,
-    MultiFitOutcome,
-    check_supported,
-    run_multifit,
-)
+from scalenmf.models.fits import FitSpec, MultiFitOutcome, run_multifit
+from scalenmf.models.step import NMFConfig, check_supported
 from scalenmf.models.survey import (
     RankMeasures,
     measure_rank,
@@ -100,7 +94,7 @@ def parse_ks(spec: Any) -> list[int]:
 @dataclass
 class _Setup:
     source: MaskedSource
-    config: MultiConfig
+    config: NMFConfig
     params: dict[str, Any]
     dtype: np.dtype
 
@@ -128,9 +122,10 @@ def _setup(
     source = fit_source(base, mask)
     work = work_dtype(dtype, base)
     seed_int = 0 if p["seed"] is None else int(p["seed"])
-    config = MultiConfig(
+    config = NMFConfig(
         solver=p["solver"],
         loss=p["loss"],
+        nnls="bpp",
         l1_w=p.get("l1_w", 0.0),
         l1_h=p.get("l1_h", 0.0),
         l2_w=p.get("l2_w", 0.0),
@@ -544,6 +539,14 @@ def consensus(
 
 def _refit_h(executor: Executor, setup: _Setup, k: int, W: np.ndarray) -> MultiFitOutcome:
     """H on X for a fixed W (exact NNLS for Frobenius, MU to convergence for KL)."""
+    if not setup.config.masked_data:
+        from scalenmf.models.transfer import project_blocks
+
+        H, objs, errs = project_blocks(executor, W, setup.config)
+        return MultiFitOutcome(
+            [FitSpec(k)], [W], [objs], [errs], [1], [True], [np.nan], {}, {0: H},
+            xx=np.nan, n_obs=np.nan, n_missing=0.0, total_s=0.0,
+        )
     executor.set_states([None] * executor.source.n_blocks)
     solver = "als" if setup.config.loss == "frobenius" else "mu"
     from dataclasses import replace
@@ -560,57 +563,3 @@ def _refit_h(executor: Executor, setup: _Setup, k: int, W: np.ndarray) -> MultiF
         Ws=[W],
         keep=[0],
     )
-
-
-def fit_masked(
-    source: MatrixSource,
-    cluster: ClusterOptions,
-    p: dict[str, Any],
-    mask: Any,
-    dtype: np.dtype,
-    *,
-    progress: Any = None,
-    callback: Any = None,
-) -> NMFResult:
-    """``nmf`` with missing entries: restarts run together, the best is kept."""
-    masked = fit_source(source, mask)
-    check_supported(p["loss"], p["solver"])
-    config = MultiConfig(
-        solver=p["solver"],
-        loss=p["loss"],
-        l1_w=p["l1_w"],
-        l1_h=p["l1_h"],
-        l2_w=p["l2_w"],
-        l2_h=p["l2_h"],
-        masked_data=True,
-    )
-    setup = _Setup(masked, config, {**p, "mask": True}, dtype)
-    fits = [FitSpec(p["k"], "data", -1, r) for r in range(p["n_runs"])]
-    executor = cluster.open(masked)
-    bar = progress_bar(progress, p["max_iter"], f"nmf k={p['k']} (masked)")
-    try:
-        outcome = run_multifit(
-            executor,
-            fits,
-            config,
-            dtype=dtype,
-            max_iter=p["max_iter"],
-            tol=p["tol"],
-            seed=p["seed"],
-            progress=bar,
-            callback=callback,
-        )
-        info = {"input": masked.describe(), **executor.describe()}
-    finally:
-        if bar is not None:
-            bar.close()
-        executor.close()
-    best = next(iter(outcome.H))
-    info["n_missing"] = int(outcome.n_missing)
-    result = _fit_result(outcome, best, setup, masked, info)
-    result.runs = [
-        {k: v for k, v in r.items() if k not in ("cv_error", "kind", "variant")}
-        for r in _run_rows(outcome)
-    ]
-    result.info["best_run"] = outcome.fits[best].run
-    return result

@@ -175,6 +175,13 @@ def _snapshot(
     active: list[int],
     t0: float,
 ) -> LoopSnapshot:
+    model_state = _model_state(model)
+    block_states = list(executor.states())
+    pack = getattr(model, "pack_states", None)
+    if pack is not None:
+        # States the checkpoint format cannot hold as they are travel as lists of arrays,
+        # with the model's description of how to rebuild them.
+        block_states, model_state["_block_layout"] = pack(block_states)
     return LoopSnapshot(
         iteration=it,
         objectives=[list(o) for o in trace.objectives],
@@ -183,8 +190,8 @@ def _snapshot(
         n_iter=list(n_iter),
         converged=list(converged),
         active=list(active),
-        model_state=_model_state(model),
-        block_states=list(executor.states()),
+        model_state=model_state,
+        block_states=block_states,
         elapsed_s=time.perf_counter() - t0,
     )
 
@@ -195,5 +202,10 @@ def _restore(model: Any, executor: Executor, snap: LoopSnapshot) -> None:
         raise TypeError(f"{type(model).__name__} cannot resume (it has no set_state)")
     if len(snap.n_iter) != model.n_runs:
         raise ValueError(f"the checkpoint has {len(snap.n_iter)} runs, the model {model.n_runs}")
-    set_state(snap.model_state)
-    executor.set_states(list(snap.block_states))
+    state = dict(snap.model_state)
+    layout = state.pop("_block_layout", None)
+    set_state(state)
+    blocks = list(snap.block_states)
+    if layout is not None:
+        blocks = model.unpack_states(blocks, layout)
+    executor.set_states(blocks)

@@ -18,13 +18,20 @@ T = TypeVar("T")
 
 
 def add_partials(a: Any, b: Any) -> Any:
-    """Sum two partial-statistics structures (nested dicts / lists / arrays / numbers)."""
+    """Sum two partial-statistics structures (nested dicts / lists / arrays / numbers).
+
+    Dicts are summed key by key over the union of their keys, a key missing on one side
+    counting as zero: blocks may contribute to different entries (blocks of different
+    datasets, or correction terms that only blocks with hidden entries have). The result
+    lists ``a``'s keys first, then ``b``'s others, so a fixed pairing gives a fixed order.
+    """
     if a is None:
         return b
     if b is None:
         return a
     if isinstance(a, dict):
-        return {key: add_partials(a[key], b[key]) for key in a}
+        keys = list(a) + [key for key in b if key not in a]
+        return {key: add_partials(a.get(key), b.get(key)) for key in keys}
     if isinstance(a, (list, tuple)):
         return type(a)(add_partials(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, np.ndarray):

@@ -19,7 +19,7 @@ import numpy as np
 
 from scalenmf.engine.executor import Executor
 from scalenmf.kernels import rhs
-from scalenmf.models.nmf import check_block, stats_step
+from scalenmf.models.step import block_matrix, check_block, stats_step
 
 OVERSAMPLE = 10
 
@@ -41,6 +41,7 @@ def data_stats(executor: Executor) -> dict[str, float]:
 
 
 def _range_step(X: Any, state: Any, omega: np.ndarray):
+    X = block_matrix(X)
     stats = check_block(X)
     # X_j (X_jᵀ Ω): the block's share of X Xᵀ Ω, the sample-side power step.
     XtO = rhs(omega, X).T  # (n_j, l)
@@ -49,6 +50,7 @@ def _range_step(X: Any, state: Any, omega: np.ndarray):
 
 
 def _project_step(X: Any, state: Any, Q: np.ndarray):
+    X = block_matrix(X)
     T = rhs(Q, X).astype(np.float64)  # (l, n_j)
     return T, {"TTt": T @ T.T}
 

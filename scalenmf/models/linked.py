@@ -17,22 +17,22 @@ the unique updates of every U_d at once, each from the samples that use it.
 jNMF is the case ``k_unique = 0``. Linked transfer learning (eq. 7) is one dataset whose
 shared basis W is given and held fixed: only U (and H, V) are learned.
 
-The block step here is written for any model whose H-step, per dataset, is an NNLS (or
-MU) problem with a dataset-specific basis and Gram matrix: iNMF (``models/inmf.py``)
-reuses it with ``W + V_d`` as the basis.
+Both run the one block step (``models/step.py``): a block of dataset d is solved with that
+dataset's basis, so the models differ from plain NMF only in how the bases are formed and
+in the W step. iNMF (``INMFModel``, below) uses ``W + V_d`` as the basis of dataset d.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from scalenmf._typing import Block
-from scalenmf.kernels import gram, kl_block, mu_kl_h, rhs, x_ht
+from scalenmf.kernels import gram
 from scalenmf.kernels.mu import EPS
-from scalenmf.models.nmf import NMFConfig, _update_h, check_block, objective, update_w
+from scalenmf.models.fits import FitsModel, FitSpec, objective, update_w
+from scalenmf.models.step import GroupKey, NMFConfig
 
 # -- which factors every dataset uses ---------------------------------------------------
 
@@ -82,199 +82,120 @@ class LinkedLayout:
         return out
 
 
-# -- block state, broadcast and the step ------------------------------------------------
+# -- lNMF / jNMF / transfer and iNMF as models for the driver -------------------------------
 
 
-@dataclass
-class DatasetBlock:
-    """State of one column block: its dataset, its index and the H-block of every run.
-
-    ``H[run]`` holds only the rows of the factors the dataset uses (``k_d × n_j``).
-    """
-
-    dataset: int
-    index: int
-    H: list[np.ndarray | None] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class StatPlan:
-    """Where the per-dataset statistics of a block go.
-
-    ``slot[d]`` is the slab of the ``XHt`` partial that dataset d writes (0 for lNMF, where
-    every dataset writes the same m × total matrix; d for iNMF, which needs them apart),
-    ``cols[d]`` the columns of that slab it fills, ``width`` the slab width.
-    """
-
-    n_datasets: int
-    n_slots: int
-    width: int
-    slot: tuple[int, ...]
-    cols: tuple[tuple[int, ...], ...]
-
-
-@dataclass
-class DatasetBroadcast:
-    """What travels to every block: per dataset, the stacked bases and Grams of the runs."""
-
-    config: NMFConfig
-    plan: StatPlan
-    bases: list[np.ndarray]  # per dataset: (m, len(active) * k_d)
-    grams: list[list[np.ndarray]]  # per dataset, per active run: (k_d, k_d) float64
-    active: tuple[int, ...]
-    n_runs: int
-    h_start: list[float]
-
-
-def dataset_stats_step(X: Block, state: DatasetBlock, n_datasets: int):
-    """Statistics pass: validate the block, ‖X_d‖² and ΣX_d per dataset; state untouched."""
-    stats = check_block(X)
-    xx = np.zeros(n_datasets)
-    xsum = np.zeros(n_datasets)
-    xx[state.dataset] = stats["xx"]
-    xsum[state.dataset] = stats["xsum"]
-    return state, {"xx": xx, "xsum": xsum}
-
-
-def _start_h(config: NMFConfig, start: float, k: int, n: int, dtype: np.dtype) -> np.ndarray:
-    if config.solver == "mu" or config.loss == "kl":
-        return np.full((k, n), start, dtype=dtype)
-    return np.zeros((k, n), dtype=dtype)
-
-
-def _empty_parts(plan: StatPlan) -> dict[str, Any]:
-    n, w = plan.n_datasets, plan.width
-    return {
-        "HHt": np.zeros((n, w, w)),
-        "cross": np.zeros(n),
-        "hsum": np.zeros((n, w)),
+def _scatter(part: dict[str, Any], a: int, cols: np.ndarray, total: int) -> dict[str, Any]:
+    """One dataset's compact statistics of slot ``a`` placed in the full basis' columns."""
+    m = part["XHt" if "XHt" in part else "numer"].shape[1]
+    out: dict[str, Any] = {
+        "HHt": np.zeros((total, total)),
+        "hsum": np.zeros(total),
+        "cross": np.zeros(1),
+        "div": np.zeros(1),
     }
+    out["HHt"][np.ix_(cols, cols)] = part["HHt"][a]
+    out["hsum"][cols] = part["hsum"][a]
+    out["cross"][0] = part["cross"][a]
+    for key in ("XHt", "numer"):
+        if key in part:
+            out[key] = np.zeros((m, total))
+            out[key][:, cols] = part[key][a]
+    if "div" in part:
+        out["div"][0] = part["div"][a]
+    return out
 
 
-def dataset_step(X: Block, state: DatasetBlock, bc: DatasetBroadcast):
-    """One iteration on one column block: the H-step of its dataset, then the partials.
+class LinkedModel(FitsModel):
+    """lNMF (and jNMF, and transfer learning) for ``run_alternating``.
 
     Parameters
     ----------
-    X : ndarray or csc_matrix, shape (m, n_j)
-    state : DatasetBlock
-    bc : DatasetBroadcast
-
-    Returns
-    -------
-    new_state : DatasetBlock
-    partials : dict
-        ``runs``: per active run ``XHt`` (n_slots, m, width), ``HHt`` (n_datasets, width,
-        width), ``cross`` (n_datasets,), ``hsum`` (n_datasets, width), and for KL
-        ``numer`` (n_slots, m, width) and ``div`` (n_datasets,).
+    config : NMFConfig
+        Solver, loss and penalties as for NMF.
+    layout : LinkedLayout
+    Ws : list of ndarray, shape (m, total)
+        The starting full basis of every run.
+    h_start : list of float
+        Constant start of H per run (MU and KL need a positive H).
+    xx : ndarray, shape (n_datasets,)
+        ‖A_d‖² of every dataset.
     """
-    config, plan = bc.config, bc.plan
-    d = state.dataset
-    slot, cols = plan.slot[d], list(plan.cols[d])
-    basis = bc.bases[d]
-    k_d = len(cols)
-    m, n_j = X.shape
-    dtype = basis.dtype
-    H_state: list[np.ndarray | None] = list(state.H) if state.H else [None] * bc.n_runs
-    runs: list[dict[str, Any]] = []
-    hs: list[np.ndarray] = []
-    if config.loss == "kl":
-        for idx, run in enumerate(bc.active):
-            Wd = basis[:, idx * k_d : (idx + 1) * k_d]
-            H = H_state[run]
-            if H is None:
-                H = _start_h(config, bc.h_start[run], k_d, n_j, dtype)
-            H = mu_kl_h(Wd, X, H, l1=config.l1_h, l2=config.l2_h)
-            numer, hsum, div, x_wh = kl_block(Wd, X, H)
-            H_state[run] = H
-            part = _empty_parts(plan)
-            part["numer"] = _scatter_cols(numer, plan, slot, cols, m)
-            part["div"] = _at(plan.n_datasets, d, div)
-            _fill(part, d, cols, H, x_wh, hsum)
-            runs.append(part)
-    else:
-        B_all = rhs(basis, X)
-        for idx, run in enumerate(bc.active):
-            B = B_all[idx * k_d : (idx + 1) * k_d]
-            H = H_state[run]
-            if H is None:
-                H = _start_h(config, bc.h_start[run], k_d, n_j, dtype)
-            H = _update_h(config, bc.grams[d][idx], B, H).astype(dtype, copy=False)
-            H_state[run] = H
-            hs.append(H)
-        H_all = np.vstack(hs) if len(hs) > 1 else hs[0]
-        XHt_all = x_ht(X, H_all)
-        for idx, H in enumerate(hs):
-            H64 = H.astype(np.float64, copy=False)
-            B64 = B_all[idx * k_d : (idx + 1) * k_d].astype(np.float64, copy=False)
-            part = _empty_parts(plan)
-            part["XHt"] = _scatter_cols(
-                XHt_all[:, idx * k_d : (idx + 1) * k_d], plan, slot, cols, m
-            )
-            _fill(part, d, cols, H64, float(np.einsum("ij,ij->", B64, H64)), H64.sum(axis=1))
-            runs.append(part)
-    return DatasetBlock(d, state.index, H_state), {"runs": runs}
 
+    def __init__(
+        self,
+        config: NMFConfig,
+        layout: LinkedLayout,
+        Ws: list[np.ndarray],
+        h_start: list[float],
+        xx: np.ndarray,
+    ):
+        self.layout = layout
+        self.n_datasets = layout.n_datasets
+        self.xx_d = np.asarray(xx, dtype=np.float64)
+        fits = [FitSpec(layout.total, run=r) for r in range(len(Ws))]
+        super().__init__(config, fits, Ws, float(self.xx_d.sum()), h_start=h_start)
+        self.dataset_errors: list[np.ndarray] = [np.full(self.n_datasets, np.nan)] * len(Ws)
 
-def _at(n: int, d: int, value: float) -> np.ndarray:
-    out = np.zeros(n)
-    out[d] = value
-    return out
+    def group_key(self, spec: FitSpec) -> GroupKey:
+        widths = tuple(len(self.layout.factors(d)) for d in range(self.layout.n_datasets))
+        return ("data", widths, False)
 
+    def dataset_basis(self, f: int, d: int) -> tuple[np.ndarray, np.ndarray]:
+        """Fit f's basis for dataset d and its Gram (the one the H step solves with)."""
+        cols = self.layout.factors(d)
+        W = self.Ws[f][:, cols]
+        return W, gram(W)
 
-def _scatter_cols(
-    block: np.ndarray, plan: StatPlan, slot: int, cols: list[int], m: int
-) -> np.ndarray:
-    out = np.zeros((plan.n_slots, m, plan.width))
-    out[slot][:, cols] = block
-    return out
+    def bases(self, key: GroupKey, fits: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        Ws, grams = [], []
+        for d in range(self.n_datasets):
+            pairs = [self.dataset_basis(f, d) for f in fits]
+            Ws.append(np.ascontiguousarray(np.hstack([W for W, _ in pairs])))
+            grams.append(np.stack([G for _, G in pairs]))
+        return Ws, grams
 
+    def _dataset_parts(self, partials: Any, f: int) -> list[tuple[dict[str, Any], int]]:
+        ci, a = self._where[f]
+        per = partials["groups"][ci]
+        return [(per[d], a) for d in range(self.n_datasets)]
 
-def _fill(
-    part: dict[str, Any], d: int, cols: list[int], H: np.ndarray, cross: float, hsum: np.ndarray
-) -> None:
-    H64 = np.asarray(H, dtype=np.float64)
-    part["HHt"][d][np.ix_(cols, cols)] = H64 @ H64.T
-    part["cross"][d] = cross
-    part["hsum"][d][cols] = hsum
+    def _score_all(self, partials: Any) -> dict[int, tuple[float, float]]:
+        from scalenmf.models.fits import squared_error
 
+        scores = {}
+        for f, (ci, _) in self._where.items():
+            parts = self._dataset_parts(partials, f)
+            grams = self._casts[ci].grams
+            errs = np.zeros(self.n_datasets)
+            for d, (part, a) in enumerate(parts):
+                sq = squared_error(float(self.xx_d[d]), part, a, grams[d][a])
+                errs[d] = np.sqrt(sq / self.xx_d[d]) if self.xx_d[d] > 0 else 0.0
+            self.dataset_errors[f] = errs
+            full = self.full_part(partials, f)
+            scores[f] = self._objective(f, full)
+        return scores
 
-# -- lNMF / jNMF / transfer as a model for the driver -----------------------------------
+    def _objective(self, f: int, full: dict[str, Any]) -> tuple[float, float]:
+        one = {key: np.asarray(v)[None] for key, v in full.items()}
+        return objective(self.config, self.xx, one, 0, gram(self.Ws[f]), self.Ws[f])
 
+    def full_part(self, partials: Any, f: int) -> dict[str, Any]:
+        """Fit f's statistics summed over the datasets, in the full basis' columns."""
+        total = self.layout.total
+        out: dict[str, Any] | None = None
+        for d, (part, a) in enumerate(self._dataset_parts(partials, f)):
+            piece = _scatter(part, a, self.layout.factors(d), total)
+            out = piece if out is None else {key: out[key] + piece[key] for key in out}
+        assert out is not None
+        return {key: (v[0] if key in ("cross", "div") else v) for key, v in out.items()}
 
-def linked_plan(layout: LinkedLayout) -> StatPlan:
-    """Every dataset writes into one m × total slab, at the columns it uses."""
-    return StatPlan(
-        n_datasets=layout.n_datasets,
-        n_slots=1,
-        width=layout.total,
-        slot=(0,) * layout.n_datasets,
-        cols=tuple(tuple(int(c) for c in layout.factors(d)) for d in range(layout.n_datasets)),
-    )
+    def advance(self, run: int, partials: Any, index: int) -> None:
+        part = self.full_part(partials, run)
+        self.Ws[run] = update_free_columns(self.config, self.Ws[run], part, self.layout.n_fixed)
 
-
-def summed(part: dict[str, Any]) -> dict[str, Any]:
-    """A run's per-dataset partials summed over the datasets (the plain-NMF statistics)."""
-    out: dict[str, Any] = {
-        "HHt": part["HHt"].sum(axis=0),
-        "cross": float(part["cross"].sum()),
-        "hsum": part["hsum"].sum(axis=0),
-    }
-    if "XHt" in part:
-        out["XHt"] = part["XHt"].sum(axis=0)
-    if "numer" in part:
-        out["numer"] = part["numer"].sum(axis=0)
-        out["div"] = float(part["div"].sum())
-    return out
-
-
-def dataset_errors(G: np.ndarray, part: dict[str, Any], xx: np.ndarray) -> np.ndarray:
-    """Relative Frobenius error per dataset, from the Gram trick on its own statistics."""
-    out = np.zeros(xx.shape[0])
-    for d in range(xx.shape[0]):
-        sq = xx[d] - 2.0 * part["cross"][d] + float(np.einsum("ij,ij->", G, part["HHt"][d]))
-        out[d] = np.sqrt(max(sq, 0.0) / xx[d]) if xx[d] > 0 else 0.0
-    return out
+    def flush(self) -> None:
+        return None  # W steps are taken at once (one per run)
 
 
 def update_free_columns(
@@ -310,68 +231,85 @@ def update_free_columns(
     return out
 
 
-class LinkedModel:
-    """lNMF (and jNMF, and transfer learning) for ``run_alternating``.
+class INMFModel(LinkedModel):
+    """Integrative NMF (iNMF) as LIGER formulates it, for ``run_alternating``.
+
+    For datasets X_1 … X_K it minimises ``½ Σ_d ‖X_d − (W + V_d) H_d‖² + ½ λ Σ_d ‖V_d
+    H_d‖²`` (Welch et al. 2019; Yang & Michailidis 2016). Each iteration is block
+    coordinate descent in LIGER's order, H then V then W, every step an NNLS in Gram form:
+
+    - H_d: basis ``W + V_d`` with Gram ``(W+V_d)ᵀ(W+V_d) + λ V_dᵀV_d`` (the block step);
+    - V_d: Gram ``(1+λ) H_d H_dᵀ``, right-hand side ``X_d H_dᵀ − W H_d H_dᵀ``;
+    - W: Gram ``Σ_d H_d H_dᵀ``, right-hand side ``Σ_d (X_d H_dᵀ − V_d H_d H_dᵀ)``.
 
     Parameters
     ----------
     config : NMFConfig
-        ``k`` is the total number of factors; solver, loss and penalties as for NMF.
-    layout : LinkedLayout
-    Ws : list of ndarray, shape (m, total)
-        The starting full basis of every run.
-    h_start : list of float
-        Constant start of H per run (MU and KL need a positive H).
+    lam : float
+        λ.
+    Ws : list of ndarray, shape (m, k)
+        Starting shared basis per run.
+    Vs : list of list of ndarray, shape (m, k)
+        Starting dataset bases per run.
     xx : ndarray, shape (n_datasets,)
-        ‖A_d‖² of every dataset.
     """
-
-    step = staticmethod(dataset_step)
 
     def __init__(
         self,
         config: NMFConfig,
-        layout: LinkedLayout,
+        lam: float,
         Ws: list[np.ndarray],
-        h_start: list[float],
+        Vs: list[list[np.ndarray]],
         xx: np.ndarray,
     ):
-        self.config = config
-        self.layout = layout
-        self.plan = linked_plan(layout)
-        self.Ws = [np.ascontiguousarray(W) for W in Ws]
-        self.h_start = h_start
-        self.xx = np.asarray(xx, dtype=np.float64)
-        self.n_runs = len(Ws)
-        self.dataset_errors: list[np.ndarray] = [np.full(layout.n_datasets, np.nan)] * len(Ws)
-        self._grams: dict[int, np.ndarray] = {}
+        self.lam = float(lam)
+        self.Vs = [[np.ascontiguousarray(V) for V in per] for per in Vs]
+        k = Ws[0].shape[1]
+        n = len(self.Vs[0])
+        layout = LinkedLayout(k, (0,) * n)
+        super().__init__(config, layout, Ws, [0.0] * len(Ws), xx)
 
-    def broadcast(self, active: list[int], first: bool) -> DatasetBroadcast:
-        self._grams = {run: gram(self.Ws[run]) for run in active}
-        bases, grams = [], []
-        for d in range(self.layout.n_datasets):
-            f = self.layout.factors(d)
-            subs = [self.Ws[run][:, f] for run in active]
-            bases.append(np.ascontiguousarray(np.hstack(subs) if len(subs) > 1 else subs[0]))
-            grams.append([self._grams[run][np.ix_(f, f)] for run in active])
-        return DatasetBroadcast(
-            self.config, self.plan, bases, grams, tuple(active), self.n_runs, self.h_start
+    def dataset_basis(self, f: int, d: int) -> tuple[np.ndarray, np.ndarray]:
+        V = self.Vs[f][d]
+        basis = self.Ws[f] + V
+        return basis, gram(basis) + self.lam * gram(V)
+
+    def _score_all(self, partials: Any) -> dict[int, tuple[float, float]]:
+        scores = {}
+        for f in self._where:
+            fit = np.zeros(self.n_datasets)
+            pen = 0.0
+            for d, (part, a) in enumerate(self._dataset_parts(partials, f)):
+                V = self.Vs[f][d]
+                HHt = part["HHt"][a]
+                basis = self.Ws[f] + V
+                quad = float(np.einsum("ij,ij->", gram(basis), HHt))
+                fit[d] = max(self.xx_d[d] - 2.0 * float(part["cross"][a]) + quad, 0.0)
+                pen += self.lam * float(np.einsum("ij,ij->", gram(V), HHt))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                self.dataset_errors[f] = np.where(self.xx_d > 0, np.sqrt(fit / self.xx_d), 0.0)
+            total = float(self.xx_d.sum())
+            rel = float(np.sqrt(fit.sum() / total)) if total > 0 else 0.0
+            scores[f] = (0.5 * float(fit.sum() + pen), rel)
+        return scores
+
+    def advance(self, run: int, partials: Any, index: int) -> None:
+        W = self.Ws[run]
+        W64 = W.astype(np.float64)
+        parts = self._dataset_parts(partials, run)
+        Vs = []
+        for d, (part, a) in enumerate(parts):
+            HHt = part["HHt"][a]
+            rhs = part["XHt"][a] - W64 @ HHt
+            V = self.Vs[run][d]
+            Vs.append(update_w(self.config, V, {"XHt": rhs, "HHt": (1.0 + self.lam) * HHt}))
+        HHt_sum = sum(part["HHt"][a] for part, a in parts)
+        rhs_w = sum(
+            part["XHt"][a] - V.astype(np.float64) @ part["HHt"][a]
+            for (part, a), V in zip(parts, Vs, strict=True)
         )
-
-    def score(self, run: int, partials: dict[str, Any], index: int) -> tuple[float, float]:
-        part = partials["runs"][index]
-        G = self._grams[run]
-        self.dataset_errors[run] = dataset_errors(G, part, self.xx)
-        return objective(self.config, self.Ws[run], G, summed(part), float(self.xx.sum()))
-
-    def advance(self, run: int, partials: dict[str, Any], index: int) -> None:
-        part = summed(partials["runs"][index])
-        self.Ws[run] = update_free_columns(self.config, self.Ws[run], part, self.layout.n_fixed)
-
-
-def initial_states(block_dataset: list[int], n_runs: int) -> list[DatasetBlock]:
-    """One empty ``DatasetBlock`` per column block."""
-    return [DatasetBlock(d, j, [None] * n_runs) for j, d in enumerate(block_dataset)]
+        self.Ws[run] = update_w(self.config, W, {"XHt": rhs_w, "HHt": HHt_sum})
+        self.Vs[run] = Vs
 
 
 def full_h(layout: LinkedLayout, d: int, H: np.ndarray) -> np.ndarray:
@@ -417,11 +355,3 @@ def assign_factors(usage: np.ndarray, layout: LinkedLayout) -> np.ndarray:
         picked = dict(zip(cols.tolist(), rest[rows].tolist(), strict=True))
         order += [picked[c] for c in range(owners.size)]
     return np.asarray(order, dtype=np.int64)
-
-
-def random_basis(
-    m: int, k: int, mean: float, rng: np.random.Generator, dtype: np.dtype
-) -> np.ndarray:
-    """A seeded half-normal basis scaled to the data's mean (as ``init="random"``)."""
-    scale = np.sqrt(max(mean, 0.0) / max(k, 1)) or 1.0
-    return (np.abs(rng.standard_normal((m, k))) * scale).astype(dtype)

@@ -18,7 +18,7 @@ from scalenmf.models.consensus import (
     factor_consensus,
     sample_consensus,
 )
-from scalenmf.models.multifit import FitSpec, MultiFitOutcome
+from scalenmf.models.fits import FitSpec, MultiFitOutcome
 
 EXTRA_COLUMNS = (
     "objective_best",

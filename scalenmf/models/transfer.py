@@ -29,8 +29,7 @@ import scipy.sparse as sp
 
 from scalenmf._typing import Block
 from scalenmf.kernels import gram, kl_block, rhs, solve_fixed_basis, solve_fixed_basis_kl
-from scalenmf.models.linked import DatasetBlock
-from scalenmf.models.nmf import check_block
+from scalenmf.models.step import BlockState, block_matrix, check_block
 
 #: Bootstrap draws are solved in column chunks so draws × k × chunk floats stay this small.
 BOOTSTRAP_BYTES = 64 * 2**20
@@ -202,8 +201,8 @@ def project_step(X: Block, state: Any, plan: ProjectionPlan):
     Parameters
     ----------
     X : ndarray or csc_matrix, shape (m, n_j)
-    state : ProjectedBlock or DatasetBlock
-        ``DatasetBlock`` after a transfer-learning loop (its H of ``plan.run`` is used).
+    state : ProjectedBlock, BlockState or None
+        ``BlockState`` after a transfer-learning loop (its H of ``plan.run`` is used).
 
     Returns
     -------
@@ -213,6 +212,7 @@ def project_step(X: Block, state: Any, plan: ProjectionPlan):
         ``recon_sum`` and ``new_sum`` (reconstructed counts, all and from U V), ``div``
         (KL), ``h_l1``, ``h_l2`` (penalty sums).
     """
+    X = block_matrix(X)
     stats = check_block(X)
     W = plan.W
     G = gram(W)
@@ -221,10 +221,8 @@ def project_step(X: Block, state: Any, plan: ProjectionPlan):
         H = solve_h(plan, W, G, X, B=B)
         index = state.index
     else:
-        assert isinstance(state, DatasetBlock)
-        stored = state.H[plan.run]
-        assert stored is not None
-        H, index = stored, state.index
+        assert isinstance(state, BlockState) and len(state.H) == 1
+        H, index = next(iter(state.H.values()))[plan.run], state.index
     xx = _column_sq_norms(X)
     cos, rel, sq = _quality(xx, B, G, H)
     out = ProjectedBlock(index=index, H=H, cosine=cos, relative_error=rel)
@@ -253,3 +251,52 @@ def project_step(X: Block, state: Any, plan: ProjectionPlan):
         "div": kl_block(W, X, H)[2] if plan.loss == "kl" else 0.0,
     }
     return out, parts
+
+
+def project_blocks(
+    executor: Any,
+    W: np.ndarray,
+    config: Any,
+    *,
+    max_iter: int = 1000,
+    tol: float = 1e-10,
+    progress: Any = None,
+) -> tuple[np.ndarray, list[float], list[float]]:
+    """H of every block for a fixed basis W, in one pass: exact NNLS, or MU for KL.
+
+    The fixed-basis solve behind ``NMF.transform`` and consensus refits (``project`` runs
+    the same step with its quality figures).
+
+    Parameters
+    ----------
+    executor : Executor
+    W : ndarray, shape (m, k)
+    config : NMFConfig
+        Its loss and H penalties are used.
+
+    Returns
+    -------
+    H : ndarray, shape (k, n)
+    objectives, relative_errors : list of one float
+        Of the projection (data term plus the H penalties).
+    """
+    plan = ProjectionPlan(
+        W=np.ascontiguousarray(W),
+        n_basis=W.shape[1],
+        loss=config.loss,
+        solver="als" if config.loss == "frobenius" else "mu",
+        nnls="bpp",
+        l1=config.l1_h,
+        l2=config.l2_h,
+        max_iter=max_iter,
+        tol=tol,
+    )
+    executor.set_states([ProjectedBlock(index=j) for j in range(executor.source.n_blocks)])
+    totals = executor.map_reduce(project_step, plan)
+    if progress is not None:
+        progress.update(1)
+    H = np.hstack([state.H for state in executor.states()])
+    data = totals["div"] if config.loss == "kl" else 0.5 * totals["sq_err"]
+    obj = data + config.l1_h * totals["h_l1"] + 0.5 * config.l2_h * totals["h_l2"]
+    rel = float(np.sqrt(totals["sq_err"] / totals["xx"])) if totals["xx"] > 0 else 0.0
+    return H, [float(obj)], [rel]

@@ -41,6 +41,11 @@ class FitBlock:
     start: int
 
 
+def block_matrix(block: Any) -> Block:
+    """The matrix of a block, whether it comes as a ``FitBlock`` or bare."""
+    return block.X if isinstance(block, FitBlock) else block
+
+
 def _nan_pattern(X: Block) -> tuple[Block, sp.csc_matrix | None]:
     """Split NaN entries out of a block: (block with NaN → 0, pattern of the NaN)."""
     if sp.issparse(X):

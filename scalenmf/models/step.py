@@ -1,0 +1,606 @@
+"""The one block step: every alternating model's iteration on one column block.
+
+Plain NMF, restarts, masked fits, many fits of different ranks (rank survey, permuted null,
+held-out replicates), linked NMF, jNMF, iNMF and linked transfer learning all run this
+step. A *fit* is one factorization the driver tracks (one "run" of ``engine.loop``); the
+broadcast groups the active fits that can share work::
+
+    group key = (variant, ranks per dataset, masked)
+
+- ``variant``: the data itself or its column-permuted null (made next to the block once);
+- ranks per dataset: the width of the basis a block of dataset d is solved with (one entry
+  for plain NMF; ``shared + unique_d`` for lNMF). Fits of nearby ranks are padded with zero
+  columns into one group, so one vectorised solve serves all of them;
+- masked: fits that may have missing or held-out entries.
+
+For every variant one ``WᵀX_j`` GEMM serves every group and one ``X_j Hᵀ`` GEMM gives the
+W-step statistics of every fit. Masks are *corrections*: a block with no missing entry
+takes exactly the unmasked path and emits no correction terms, so a mask that hides nothing
+gives bit for bit the unmasked fit. A block with missing entries solves with per-column
+Grams ``G − Σ_missing w_i w_iᵀ`` and emits the per-row removals for the W step; their cost
+follows the number of missing entries.
+
+Partials are ``{"groups": {group index: {dataset: statistics}}}``; blocks of different
+datasets fill different keys and the reduction takes the union (``engine.reduce``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from scalenmf._typing import Block
+from scalenmf.io.errors import InputError
+from scalenmf.io.masked import FitBlock, block_matrix
+from scalenmf.kernels import kl_block, mu_frobenius, mu_kl_h, nnls_bpp, nnls_cd, rhs, x_ht
+from scalenmf.kernels.batched import outer_rows, quad_form
+from scalenmf.kernels.hashing import heldout_pattern, permute_columns_dense, permute_columns_sparse
+from scalenmf.kernels.mu import wh_at
+
+VARIANTS = ("data", "null")
+SOLVERS = ("als", "hals", "mu")
+LOSSES = ("frobenius", "kl")
+INITS = ("nndsvda", "nndsvd", "random")
+#: (loss, solver) pairs that run with masks and many ranks (every pair that exists).
+SUPPORTED = {("frobenius", "als"), ("frobenius", "hals"), ("frobenius", "mu"), ("kl", "mu")}
+#: Coordinate sweeps at most per exact (``nnls="cd"``) ALS half-step.
+ALS_SWEEPS = 50
+
+GroupKey = tuple[str, tuple[int, ...], bool]  # (variant, rank per dataset, masked)
+
+
+@dataclass(frozen=True)
+class NMFConfig:
+    """Everything a block step and a W step need to know about the model (pickles).
+
+    Attributes
+    ----------
+    k : int
+        Rank (plain NMF; 0 where every fit has its own).
+    solver : {"als", "hals", "mu"}
+        ``als``: exact column-wise NNLS each half-step (``nnls``); ``hals``:
+        ``inner_sweeps`` coordinate sweeps; ``mu``: one multiplicative step.
+    loss : {"frobenius", "kl"}
+    l1_w, l1_h, l2_w, l2_h : float
+        Penalties ``l1·Σ + ½ l2·‖·‖²``.
+    nnls : {"cd", "bpp"}
+        The exact NNLS of ``als``: coordinate descent to ``inner_tol`` or block principal
+        pivoting.
+    inner_sweeps : int
+        Sweeps per ``hals`` half-step.
+    inner_tol : float
+        Stopping tolerance of ``nnls="cd"``.
+    cv_fraction, cv_seed, null_seed : float, int, int
+        Held-out share and the seeds of held-out patterns and of the permuted null.
+    masked_data : bool
+        X has missing entries: every fit may see masks.
+    fixed_w : bool
+        Solve H only (W never moves).
+    """
+
+    k: int = 0
+    solver: str = "als"
+    loss: str = "frobenius"
+    l1_w: float = 0.0
+    l1_h: float = 0.0
+    l2_w: float = 0.0
+    l2_h: float = 0.0
+    nnls: str = "cd"
+    inner_sweeps: int = 3
+    inner_tol: float = 1e-4
+    cv_fraction: float = 0.05
+    cv_seed: int = 0
+    null_seed: int = 0
+    masked_data: bool = False
+    fixed_w: bool = False
+
+
+def check_supported(loss: str, solver: str) -> None:
+    """Raise a clear error for a (loss, solver) pair that does not exist."""
+    if (loss, solver) not in SUPPORTED:
+        pairs = ", ".join(f"{s} ({lo})" for lo, s in sorted(SUPPORTED))
+        raise ValueError(f"the solvers are {pairs}; got solver={solver!r} with loss={loss!r}")
+
+
+def solve_nnls(
+    config: NMFConfig, G: np.ndarray, B: np.ndarray, X0: np.ndarray, l1: float, l2: float
+) -> np.ndarray:
+    """One half-step of a batch of fits: the solver dispatch, written once.
+
+    Parameters
+    ----------
+    G : ndarray, shape (A, k, k) or (A, n, k, k)
+        Gram matrices, shared by the columns of a fit or one per column.
+    B, X0 : ndarray, shape (A, k, n)
+        Right-hand sides and the current factor (warm start; not modified).
+    """
+    if config.solver == "mu":
+        return mu_frobenius(G, B, X0, l1=l1, l2=l2)
+    if config.solver == "als" and config.nnls == "bpp":
+        return nnls_bpp(G, B, X0, l1=l1, l2=l2)[0]
+    # Exact CD: every column meets the KKT test to inner_tol or is finished by pivoting.
+    sweeps, tol = (
+        (ALS_SWEEPS, config.inner_tol) if config.solver == "als" else (config.inner_sweeps, 0.0)
+    )
+    return nnls_cd(G, B, X0, l1=l1, l2=l2, max_sweeps=sweeps, tol=tol, finish=tol > 0)[0]
+
+
+# -- what travels to the blocks ----------------------------------------------------------
+
+
+@dataclass
+class GroupCast:
+    """One group of the broadcast: the active fits' bases and Grams, per dataset."""
+
+    key: GroupKey
+    members: tuple[int, ...]  # fit index of every slot of the group's H stack
+    slots: np.ndarray  # (A,) the active slots
+    reps: tuple[int, ...]  # held-out replicate of each active slot (−1: none)
+    W: list[np.ndarray]  # per dataset: (m, A·k_d), data dtype
+    grams: list[np.ndarray]  # per dataset: (A, k_d, k_d) float64
+    h_start: np.ndarray  # (n_slots,) constant start of H (MU and KL need H > 0)
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.members)
+
+
+@dataclass
+class StepCast:
+    config: NMFConfig
+    groups: list[GroupCast]
+    validate: bool = False
+
+
+@dataclass
+class BlockState:
+    """What a column block keeps between iterations.
+
+    Attributes
+    ----------
+    dataset : int
+        The dataset the block belongs to (0 for one dataset).
+    H : dict
+        Per group key an (n_slots, k_d, n_j) stack of H blocks.
+    null : tuple or None
+        The permuted block and its missing pattern (made once).
+    cv : dict
+        Cached held-out patterns per (variant, replicate).
+    index : int
+        The block's number (seeds per-block randomness after the loop, e.g. bootstraps).
+    """
+
+    dataset: int = 0
+    H: dict[GroupKey, np.ndarray] = field(default_factory=dict)
+    null: Any = None
+    cv: dict[str, Any] = field(default_factory=dict)
+    index: int = 0
+
+
+def check_block(X: Block) -> dict[str, float]:
+    """Check one block for the values NMF cannot take; return its sum statistics.
+
+    Raises
+    ------
+    InputError
+        On NaN/Inf or negative entries.
+    """
+    data: np.ndarray = np.asarray(X.data) if sp.issparse(X) else np.asarray(X)
+    if data.size and not np.isfinite(data).all():
+        raise InputError(
+            "X contains NaN or infinite values (to treat NaN as missing entries, pass "
+            "mask='nan' or --mask nan)"
+        )
+    if data.size and data.min() < 0:
+        raise InputError("X contains negative values; NMF needs non-negative data")
+    if sp.issparse(X):
+        d64 = np.asarray(data, dtype=np.float64)
+        return {"xx": float(d64 @ d64), "xsum": float(d64.sum())}
+    return {
+        "xx": float(np.einsum("ij,ij->", X, X, dtype=np.float64)),
+        "xsum": float(X.sum(dtype=np.float64)),
+    }
+
+
+def stats_step(X: Any, state: Any, bc: Any) -> tuple[Any, dict[str, float]]:
+    """Block function for the statistics pass (validation, ‖X‖², ΣX); state untouched."""
+    return state, check_block(block_matrix(X))
+
+
+# -- data variants and held-out patterns ---------------------------------------------------
+
+
+def _rep_seed(seed: int, rep: int) -> int:
+    return int(seed) * 1_000_003 + int(rep) + 1
+
+
+def permuted_block(block: FitBlock, seed: int) -> tuple[Any, sp.csc_matrix | None]:
+    """The randomized null of a block: every column's entries (and missing marks) permuted."""
+    if sp.issparse(block.X):
+        Xp: Any = permute_columns_sparse(block.X, seed, block.start)
+    else:
+        Xp = permute_columns_dense(np.asarray(block.X), seed, block.start)
+    miss = block.missing
+    if miss is not None:
+        miss = permute_columns_sparse(miss, seed, block.start)
+    return Xp, miss
+
+
+@dataclass
+class MaskParts:
+    """A fit's hidden entries in one block: all it may not see, and the held-out test set."""
+
+    missing: sp.csc_matrix | None  # float 1.0 at every hidden entry
+    heldout: sp.csc_matrix | None  # float 1.0 at the held-out entries
+    heldout_x: sp.csc_matrix | None  # X at the held-out entries (non-zeros only)
+
+    @property
+    def empty(self) -> bool:
+        return self.missing is None or self.missing.nnz == 0
+
+
+def _values_at(X: Any, pattern: sp.csc_matrix) -> sp.csc_matrix:
+    """X at the entries of ``pattern`` (only the non-zero values stored), CSC float64."""
+    if sp.issparse(X):
+        out = sp.csc_matrix(sp.csc_matrix(X).multiply(pattern), dtype=np.float64)
+    else:
+        rows = pattern.indices
+        cols = np.repeat(np.arange(pattern.shape[1]), np.diff(pattern.indptr))
+        vals = np.asarray(X)[rows, cols].astype(np.float64)
+        out = sp.csc_matrix((vals, rows.copy(), pattern.indptr.copy()), shape=pattern.shape)
+    out.eliminate_zeros()
+    return out
+
+
+def mask_parts(
+    X: Any, user_missing: sp.csc_matrix | None, rep: int, config: NMFConfig, start: int
+) -> MaskParts:
+    """Hidden and held-out entries of a block for replicate ``rep`` (−1: none held out)."""
+    user = None if user_missing is None else sp.csc_matrix(user_missing, dtype=np.float64)
+    if rep < 0:
+        return MaskParts(user, None, None)
+    m, n = X.shape
+    ho = sp.csc_matrix(
+        heldout_pattern(_rep_seed(config.cv_seed, rep), config.cv_fraction, m, start, start + n),
+        dtype=np.float64,
+    )
+    if user is not None and user.nnz:
+        ho = sp.csc_matrix(ho - ho.multiply(user))
+        ho.eliminate_zeros()
+    missing = ho if user is None else sp.csc_matrix((ho + user) != 0, dtype=np.float64)
+    return MaskParts(missing, ho, _values_at(X, ho))
+
+
+def removed_grams(missing: sp.csc_matrix, A: np.ndarray) -> np.ndarray:
+    """``Σ_{i hidden in column j} a_i a_iᵀ`` for every column j of the pattern.
+
+    Parameters
+    ----------
+    missing : sparse, shape (p, n)
+    A : ndarray, shape (p, k)
+
+    Returns
+    -------
+    ndarray, shape (n, k, k), float64
+    """
+    k = A.shape[1]
+    ones = sp.csc_matrix(missing, dtype=np.float64, copy=True)
+    ones.data[:] = 1.0
+    return np.asarray(ones.T @ outer_rows(A)).reshape(-1, k, k)
+
+
+def _heldout_sse(W: np.ndarray, H64: np.ndarray, mp: MaskParts) -> tuple[float, float]:
+    """(‖X‖², ‖X − WH‖²) on the held-out entries."""
+    x = mp.heldout_x
+    if mp.heldout is None or not mp.heldout.nnz:
+        return 0.0, 0.0
+    xx = float(x.data @ x.data) if x is not None else 0.0
+    wh = wh_at(W, H64, mp.heldout)
+    xwh = float(wh_at(W, H64, x) @ x.data) if x is not None and x.nnz else 0.0
+    return xx, max(float(wh @ wh) - 2.0 * xwh + xx, 0.0)
+
+
+def _observed(X: Any, mp: MaskParts | None) -> Any:
+    """X with the held-out entries set to 0 (the fit must not see them)."""
+    if mp is None or mp.heldout_x is None or not mp.heldout_x.nnz:
+        return X
+    hx = mp.heldout_x
+    if sp.issparse(X):
+        out = sp.csc_matrix(X - hx.astype(X.dtype))
+        out.eliminate_zeros()
+        return out
+    out = np.array(X, copy=True)
+    out[hx.indices, np.repeat(np.arange(hx.shape[1]), np.diff(hx.indptr))] = 0
+    return out
+
+
+# -- the step ------------------------------------------------------------------------------
+
+
+#: Entries per float64 product of a float32 dense block (bounds its float64 copy to 32 MB).
+RHS_CHUNK = 1 << 22
+
+
+def rhs64(W: np.ndarray, X: Any) -> np.ndarray:
+    """``WᵀX`` in float64 whatever the factors' dtype.
+
+    The loss needs ``Σ x·wh = Σ (WᵀX) ⊙ H`` to float64 accuracy: the Gram trick subtracts
+    numbers of the size of ‖X‖², so a float32 product would set the floor of the reported
+    error near 1e-4 and let ``tol`` fire on round-off. The H step then solves from the same
+    right-hand side. A float32 dense block is converted in column chunks, so its float64
+    copy stays small.
+    """
+    W64 = np.ascontiguousarray(W, dtype=np.float64)
+    step = max(1, RHS_CHUNK // max(1, X.shape[0]))
+    if sp.issparse(X) or X.dtype == np.float64 or X.shape[1] <= step:
+        return rhs(W64, X)
+    out = np.empty((W64.shape[1], X.shape[1]))
+    for a in range(0, X.shape[1], step):
+        out[:, a : a + step] = rhs(W64, X[:, a : a + step])
+    return out
+
+
+def _stack_start(config: NMFConfig, g: GroupCast, k: int, n_j: int, dtype: np.dtype, legacy: Any):
+    """The group's H stack before its first update (from an init's per-fit H if given)."""
+    const = config.solver == "mu" or config.loss == "kl"
+    out = np.empty((g.n_slots, k, n_j), dtype=dtype)
+    for s, f in enumerate(g.members):
+        given = legacy[f] if isinstance(legacy, list) and f < len(legacy) else None
+        if given is not None:
+            out[s] = 0
+            out[s, : given.shape[0]] = given
+        else:
+            out[s] = g.h_start[s] if const else 0
+    return out
+
+
+def _masks(st: BlockState, variant: str, Xv: Any, miss: Any, g: GroupCast, config, start):
+    """Per active slot its ``MaskParts``, or None when no slot hides anything here."""
+    if not g.key[2]:
+        return None
+    out = []
+    for rep in g.reps:
+        key = f"{variant}:{rep}"
+        if key not in st.cv:
+            st.cv[key] = mask_parts(Xv, miss, rep, config, start)
+        out.append(st.cv[key])
+    return None if all(mp.empty for mp in out) else out
+
+
+def fit_step(block: Any, state: Any, bc: StepCast):
+    """One iteration of every active fit on one column block.
+
+    Parameters
+    ----------
+    block : FitBlock or ndarray / csc_matrix, shape (m, n_j)
+    state : BlockState, or None / a list of per-fit H blocks (from an initialisation)
+    bc : StepCast
+
+    Returns
+    -------
+    new_state : BlockState
+    partials : dict
+        ``groups``: ``{group index: {dataset: statistics}}`` with, per active slot,
+        ``XHt`` (A, m, k) or KL's ``numer``; ``HHt`` (A, k, k); ``cross`` (A,) = Σ x·wh;
+        ``hsum`` (A, k); KL ``div`` (A,); and from blocks with hidden entries the
+        corrections ``rowG_removed`` (A, m, k, k), ``denomW_removed`` (A, m, k),
+        ``quad_removed``, ``xx_ho``, ``sse_test`` (A,). Plus ``xx``/``xsum`` when validating.
+    """
+    fb = block if isinstance(block, FitBlock) else FitBlock(block, None, 0)
+    legacy = state if isinstance(state, list) else None
+    st = state if isinstance(state, BlockState) else BlockState()
+    st = BlockState(st.dataset, dict(st.H), st.null, dict(st.cv), st.index)
+    config, d = bc.config, st.dataset
+    out: dict[str, Any] = {}
+    if bc.validate:
+        out.update(check_block(fb.X))
+    groups: dict[int, Any] = {}
+    for variant in VARIANTS:
+        idx = [i for i, g in enumerate(bc.groups) if g.key[0] == variant]
+        if not idx:
+            continue
+        if variant == "data":
+            Xv, miss = fb.X, fb.missing
+        else:
+            if st.null is None:
+                st.null = permuted_block(fb, config.null_seed)
+            Xv, miss = st.null
+        n_j = Xv.shape[1]
+        dtype = bc.groups[idx[0]].W[d].dtype
+        stacks = {}
+        for i in idx:
+            g = bc.groups[i]
+            H = st.H.get(g.key)
+            stacks[i] = (
+                H if H is not None else _stack_start(config, g, g.key[1][d], n_j, dtype, legacy)
+            )
+        masks = {i: _masks(st, variant, Xv, miss, bc.groups[i], config, fb.start) for i in idx}
+        if config.loss == "kl":
+            for i in idx:
+                stacks[i], groups[i] = _kl_group(config, bc.groups[i], d, Xv, stacks[i], masks[i])
+        else:
+            groups.update(_frobenius_groups(config, bc.groups, idx, d, Xv, stacks, masks))
+        for i in idx:
+            st.H[bc.groups[i].key] = stacks[i]
+    out["groups"] = {i: {d: part} for i, part in groups.items()}
+    return st, out
+
+
+def _frobenius_groups(config, casts, idx, d, Xv, stacks, masks) -> dict[int, Any]:
+    """H steps of the Frobenius groups of one variant; their partials per group index."""
+    n_j = Xv.shape[1]
+    W_cat = np.hstack([casts[i].W[d] for i in idx]) if len(idx) > 1 else casts[idx[0]].W[d]
+    B_all = rhs64(W_cat, Xv)
+    offsets = np.cumsum([0] + [casts[i].W[d].shape[1] for i in idx])
+    solved = []
+    for pos, i in enumerate(idx):
+        g = casts[i]
+        k, A = g.key[1][d], len(g.slots)
+        B = B_all[offsets[pos] : offsets[pos + 1]].reshape(A, k, n_j)
+        whole = A == g.n_slots and bool(np.all(np.diff(g.slots) > 0))
+        H0 = stacks[i] if whole else stacks[i][g.slots]
+        G = g.grams[d]
+        removed = None
+        if masks[i] is not None:
+            B = B.copy()
+            removed = np.zeros((A, n_j, k, k))
+            for a, mp in enumerate(masks[i]):
+                Wa = g.W[d][:, a * k : (a + 1) * k]
+                if mp.heldout_x is not None and mp.heldout_x.nnz:
+                    B[a] -= np.asarray(mp.heldout_x.T @ Wa, dtype=np.float64).T
+                if not mp.empty:
+                    removed[a] = removed_grams(mp.missing, Wa)
+            G = G[:, None] - removed
+        H = solve_nnls(config, G, B, H0, config.l1_h, config.l2_h).astype(H0.dtype, copy=False)
+        if whole:
+            stacks[i] = H
+        else:
+            stacks[i] = np.array(stacks[i], copy=True)
+            stacks[i][g.slots] = H
+        solved.append((i, H, B, removed))
+    XHt_all = x_ht(Xv, np.vstack([H.reshape(-1, n_j) for _, H, _, _ in solved]))
+    m = XHt_all.shape[0]
+    out = {}
+    for pos, (i, H, B, removed) in enumerate(solved):
+        g = casts[i]
+        k, A = g.key[1][d], len(g.slots)
+        XHt = XHt_all[:, offsets[pos] : offsets[pos + 1]].reshape(m, A, k).transpose(1, 0, 2)
+        H64 = H.astype(np.float64, copy=False)
+        HHt = np.matmul(H64, H64.transpose(0, 2, 1))
+        part: dict[str, Any] = {
+            "XHt": np.ascontiguousarray(XHt),
+            "HHt": HHt,
+            "cross": np.einsum("akn,akn->a", B, H64),
+            "hsum": H64.sum(axis=2),
+        }
+        if removed is not None:
+            _mask_terms(part, g, d, H64, masks[i], removed)
+        out[i] = part
+    return out
+
+
+def _mask_terms(part, g: GroupCast, d: int, H64, masks: list[MaskParts], removed) -> None:
+    """The corrections a block with hidden entries adds to a group's partials."""
+    A, k = H64.shape[0], H64.shape[1]
+    m = part["XHt"].shape[1]
+    part["rowG_removed"] = np.zeros((A, m, k, k))
+    part["xx_ho"] = np.zeros(A)
+    part["sse_test"] = np.zeros(A)
+    part["quad_removed"] = quad_form(removed, H64)
+    for a, mp in enumerate(masks):
+        Wa = g.W[d][:, a * k : (a + 1) * k]
+        if mp.heldout_x is not None and mp.heldout_x.nnz:
+            part["XHt"][a] -= np.asarray(mp.heldout_x @ H64[a].T)
+        if not mp.empty:
+            part["rowG_removed"][a] = removed_grams(sp.csr_matrix(mp.missing).T, H64[a].T)
+        part["xx_ho"][a], part["sse_test"][a] = _heldout_sse(Wa, H64[a], mp)
+
+
+def _kl_group(config, g: GroupCast, d: int, Xv, stack, masks):
+    """KL multiplicative H steps of one group (slot by slot) and its W-step statistics."""
+    k = g.key[1][d]
+    stack = np.array(stack, copy=True)
+    parts = []
+    for a, slot in enumerate(g.slots):
+        W = g.W[d][:, a * k : (a + 1) * k]
+        mp = None if masks is None else masks[a]
+        Xobs = _observed(Xv, mp)
+        missing = None if mp is None or mp.empty else mp.missing
+        H = mu_kl_h(W, Xobs, stack[slot], l1=config.l1_h, l2=config.l2_h, missing=missing)
+        stack[slot] = H
+        numer, hsum, div, x_wh = kl_block(W, Xobs, H)
+        H64 = H.astype(np.float64, copy=False)
+        part: dict[str, Any] = {
+            "numer": numer,
+            "hsum": hsum,
+            "div": div,
+            "cross": x_wh,
+            "HHt": H64 @ H64.T,
+        }
+        if masks is not None:
+            removed = np.zeros((H.shape[1], k, k))
+            part["denomW_removed"] = np.zeros(W.shape)
+            if missing is not None:
+                part["div"] = div - float(wh_at(W, H64, missing).sum())
+                part["denomW_removed"] = np.asarray(missing @ H64.T)
+                removed = removed_grams(missing, W)
+            part["quad_removed"] = float(quad_form(removed[None], H64[None])[0])
+            part["xx_ho"], part["sse_test"] = _heldout_sse(W, H64, mp) if mp else (0.0, 0.0)
+        parts.append(part)
+    return stack, {key: np.stack([np.asarray(p[key]) for p in parts]) for key in parts[0]}
+
+
+# -- passes other than the iteration ----------------------------------------------------
+
+
+def fit_stats_step(block: Any, state: Any, bc: Any) -> tuple[Any, dict[str, Any]]:
+    """Validation and sums over the observed entries, per dataset: ‖X‖², ΣX, counts."""
+    fb = block if isinstance(block, FitBlock) else FitBlock(block, None, 0)
+    stats = check_block(fb.X)
+    m, n = fb.X.shape
+    missing = 0 if fb.missing is None else int(fb.missing.nnz)
+    d = state.dataset if isinstance(state, BlockState) else 0
+    obs = {"n_obs": float(m * n - missing), "n_missing": float(missing)}
+    return state, {"datasets": {d: {**stats, **obs}}}
+
+
+def dataset_totals(stats: dict[str, Any], n_datasets: int) -> dict[str, np.ndarray]:
+    """The per-dataset sums of ``fit_stats_step`` as arrays of length ``n_datasets``."""
+    keys = ("xx", "xsum", "n_obs", "n_missing")
+    per = stats["datasets"]
+    return {
+        key: np.array([per.get(d, {}).get(key, 0.0) for d in range(n_datasets)]) for key in keys
+    }
+
+
+def require_entries(xx: float) -> None:
+    if xx == 0:
+        raise InputError("X is all zeros (on its observed entries); there is nothing to fit")
+
+
+@dataclass
+class Extract:
+    """What the last pass keeps of every block: sample labels of some fits, H of others."""
+
+    wsum: dict[GroupKey, np.ndarray]  # (n_slots, k): column sums of every fit's W
+    keep: dict[GroupKey, list[int]]  # slots whose H is brought back
+    labels: bool = True
+
+
+def extract_step(block: Any, state: BlockState, req: Extract):
+    """Replace a block's state by the labels of every fit and the kept H blocks.
+
+    A sample's label is the factor with the largest coefficient once W's columns are
+    scaled to unit sum (R NMF's ``predict``), as int16.
+    """
+    labels = {}
+    kept = {}
+    for key, H in state.H.items():
+        if req.labels and key in req.wsum:
+            scaled = H.astype(np.float64) * req.wsum[key][:, :, None]
+            labels[key] = np.argmax(scaled, axis=1).astype(np.int16)
+        kept[key] = {slot: H[slot] for slot in req.keep.get(key, [])}
+    return {"dataset": state.dataset, "labels": labels, "H": kept}, {}
+
+
+def initial_states(block_dataset: list[int]) -> list[BlockState]:
+    """One empty state per column block, each knowing its dataset."""
+    return [BlockState(int(d), index=j) for j, d in enumerate(block_dataset)]
+
+
+__all__ = [
+    "BlockState",
+    "Extract",
+    "GroupCast",
+    "NMFConfig",
+    "StepCast",
+    "check_supported",
+    "extract_step",
+    "fit_stats_step",
+    "fit_step",
+    "initial_states",
+    "solve_nnls",
+]

@@ -68,7 +68,7 @@ class NMF:
         scheduler: Any = None,
         workers: int | None = None,
         memory_limit: Any = None,
-        nnls: str = "cd",
+        nnls: str = "bpp",
         dtype: Any = None,
     ):
         self.n_components = n_components

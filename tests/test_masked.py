@@ -108,12 +108,12 @@ def test_bad_masks_are_clear_errors(data, tmp_path):
         scalenmf.nmf(X, 3, mask=M, solver="hals", loss="kl")
 
 
-def test_masked_als_is_exact_whatever_nnls_says(data):
-    # Both exact NNLS solve every half-step to optimality, so they follow the same path.
+def test_masked_als_reaches_the_same_fit_with_either_nnls(data):
+    # Pivoting is exact; coordinate descent meets the KKT conditions to 1e-4 per column.
     X, M = data
-    a = _fit(X, M, "als", "frobenius", nnls="bpp", max_iter=5)
-    b = _fit(X, M, "als", "frobenius", nnls="cd", max_iter=5)
-    np.testing.assert_allclose(a.W, b.W, rtol=1e-5, atol=1e-8)
+    a = _fit(X, M, "als", "frobenius", nnls="bpp", max_iter=200, tol=1e-9)
+    b = _fit(X, M, "als", "frobenius", nnls="cd", max_iter=200, tol=1e-9)
+    assert b.loss_history[-1] == pytest.approx(a.loss_history[-1], rel=1e-4)
 
 
 def test_a_mask_that_hides_nothing_gives_the_unmasked_fit_bit_for_bit():

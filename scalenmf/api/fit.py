@@ -54,7 +54,7 @@ def nmf(
     memory_limit: int | str | None = None,
     progress: Any = None,
     block_cols: Any = None,
-    nnls: str = "cd",
+    nnls: str = "bpp",
     dtype: Any = None,
     threads: int | None = None,
     callback: Callable[[IterationInfo], Any] | None = None,
@@ -105,9 +105,10 @@ def nmf(
         Progress bar on stderr (default: when stderr is a terminal).
     block_cols : int, list of int or list of (int, int), optional
         Override the column blocking.
-    nnls : {"cd", "bpp"}
-        Exact NNLS for ``solver="als"``: coordinate descent (default) or block principal
-        pivoting.
+    nnls : {"bpp", "cd"}
+        Exact NNLS for ``solver="als"``: block principal pivoting (default; exact and the
+        fastest) or coordinate descent, which stops per column on the KKT conditions to
+        1e-4 and finishes the columns that miss them by pivoting.
     dtype : {None, "float32", "float64"}
         Working precision (default: that of X; integer counts become float64).
     threads : int, optional

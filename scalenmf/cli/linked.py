@@ -72,7 +72,7 @@ def fit_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--names", default=None, help="Dataset names, comma-separated."),
         click.option("--memory-limit", default=None, help="Memory budget, e.g. 2GB."),
         click.option("--block-cols", type=click.IntRange(min=1), default=None),
-        click.option("--nnls", type=click.Choice(["cd", "bpp"]), default="cd", show_default=True),
+        click.option("--nnls", type=click.Choice(["cd", "bpp"]), default="bpp", show_default=True),
         click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None),
         click.option("--overwrite", is_flag=True, help="Replace OUT if it exists."),
         click.option("--progress/--no-progress", default=True, show_default=True),

@@ -78,7 +78,7 @@ def main(verbose: int) -> None:
 @click.option("--memory-limit", default=None, help="Memory budget, e.g. 2GB.")
 @click.option("--transpose", is_flag=True, help="INPUT is samples × features.")
 @click.option("--block-cols", type=int, default=None, help="Columns per block (default: planned).")
-@click.option("--nnls", type=click.Choice(["cd", "bpp"]), default="cd", show_default=True)
+@click.option("--nnls", type=click.Choice(["cd", "bpp"]), default="bpp", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None)
 @click.option(
     "--mask", default=None, help="Missing entries: a matrix file (non-zero = missing) or 'nan'."

@@ -88,7 +88,7 @@ class NMFConfig:
     l1_h: float = 0.0
     l2_w: float = 0.0
     l2_h: float = 0.0
-    nnls: str = "cd"
+    nnls: str = "bpp"
     inner_sweeps: int = 3
     inner_tol: float = 1e-4
     cv_fraction: float = 0.05

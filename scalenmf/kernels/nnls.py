@@ -54,7 +54,7 @@ class NNLSInfo:
         Sweeps (coordinate descent, multiplicative updates) or pivoting rounds run, the
         most any column needed.
     unconverged : int or None
-        Columns (over all fits) whose optimality test failed at the end; 0 when every
+        Columns (over all fits) that fail their optimality test at the end; 0 when every
         column is optimal to tolerance. None when nothing was tested (fixed sweeps,
         ``tol = 0``).
     finished : int
@@ -223,6 +223,12 @@ def nnls_cd(
                 )
     if Xw is not X:
         X[:, :, work] = Xw
+    if not done.all():
+        # The last sweep's large steps only suggested these were not optimal: test them.
+        cols = np.flatnonzero(~done.all(axis=0))
+        Gc = Gb[:, cols] if per_column else Gb
+        ac = alive[:, :, cols] if per_column else alive
+        done[:, cols] |= _kkt_residual(Gc, Bb[:, :, cols], X[:, :, cols], ac) <= limit[:, cols]
     finished = 0
     if finish and not done.all():
         finished = int((~done).sum())

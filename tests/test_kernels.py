@@ -582,6 +582,7 @@ def test_masked_kl_h_step_equals_the_observed_entries_problem(sparse):
     # A pattern that hides nothing gives the unmasked step bit for bit.
     empty = sp.csc_matrix(V.shape)
     assert np.array_equal(mu_kl_h(W, Xin, H, missing=empty), mu_kl_h(W, Xin, H))
+
     # And the observed-entries cost never rises.
     def observed_cost(Hc):
         x, y = V[~miss], (W @ Hc)[~miss]

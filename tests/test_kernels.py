@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import tracemalloc
 
 import numpy as np
@@ -316,3 +317,302 @@ def test_float32_in_float32_out(sparse):
     # And float32 agrees with float64 to float32 precision.
     np.testing.assert_allclose(bpp_nnls(G32, B32), bpp_nnls(W.T @ W, W.T @ V), rtol=1e-3, atol=1e-4)
     assert div == pytest.approx(kl_divergence(V, W, H), rel=1e-5)
+
+
+# -- the canonical batched kernels ------------------------------------------------------------
+
+from scalenmf.kernels import (  # noqa: E402
+    NNLSInfo,
+    nnls_bpp,
+    nnls_cd,
+    solve_fixed_basis,
+    solve_fixed_basis_kl,
+    unconstrained_start,
+)
+from scalenmf.kernels.columns import nnls_columns  # noqa: E402
+from scalenmf.kernels.penalty import fold_penalties  # noqa: E402
+
+
+def conditioned(seed: int, cond: float, m: int = 40, k: int = 6) -> np.ndarray:
+    """An m×k basis with singular values log-spaced from 1 to 1/cond (mixed signs)."""
+    rng = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(rng.standard_normal((m, k)))
+    V, _ = np.linalg.qr(rng.standard_normal((k, k)))
+    return U @ np.diag(np.logspace(0, -np.log10(cond), k)) @ V.T
+
+
+def batch_problem(shape: str, seed: int = 0, R: int = 3, k: int = 5, n: int = 12):
+    """Bases A (R, m, k), targets Y (R, m, n), and (G, B) in the asked batch shape.
+
+    ``single``: G (k, k), B (k, n); ``shared``: G (R, k, k); ``one-gram``: one (k, k) G
+    for R fits; ``per-column``: G (R, n, k, k), every column with its own basis (rows of
+    A dropped at random, as a mask does).
+    """
+    rng = np.random.default_rng(seed)
+    R = 1 if shape == "single" else R
+    m = 25
+    A = rng.standard_normal((R, m, k))
+    if shape == "one-gram":
+        A[:] = A[0]
+    Y = rng.standard_normal((R, m, n)) + np.einsum(
+        "rmk,rkn->rmn", A, rng.standard_normal((R, k, n))
+    )
+    if shape == "per-column":
+        keep = rng.random((R, n, m)) < 0.8
+        Acols = A[:, None] * keep[..., None]  # (R, n, m, k)
+        G = np.einsum("rnmk,rnml->rnkl", Acols, Acols)
+        B = np.einsum("rnmk,rmn->rkn", Acols, Y)
+        bases = [[Acols[r, j] for j in range(n)] for r in range(R)]
+    else:
+        G = np.einsum("rmk,rml->rkl", A, A)
+        B = np.einsum("rmk,rmn->rkn", A, Y)
+        bases = [[A[r]] * n for r in range(R)]
+    if shape == "single":
+        G, B = G[0], B[0]
+    elif shape == "one-gram":
+        G = G[0]
+    return G, B, bases, Y
+
+
+def batch_reference(bases, Y, l1, l2) -> np.ndarray:
+    R, _, n = Y.shape
+    return np.stack(
+        [
+            np.column_stack(
+                [nnls_reference(bases[r][j], Y[r][:, j : j + 1], l1, l2)[:, 0] for j in range(n)]
+            )
+            for r in range(R)
+        ]
+    )
+
+
+SHAPES = ["single", "shared", "one-gram", "per-column"]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("l1,l2", [(0.0, 0.0), (0.7, 1.5)])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("solver", ["bpp", "cd"])
+def test_batched_kernels_equal_scipy_nnls(solver, shape, l1, l2, dtype):
+    G, B, bases, Y = batch_problem(shape)
+    ref = batch_reference(bases, Y, l1, l2)
+    ref = ref[0] if shape == "single" else ref
+    assert (ref == 0).any() and (ref > 0).any()
+    B_in = B.astype(dtype)
+    if solver == "bpp":
+        X, info = nnls_bpp(G, B_in, l1=l1, l2=l2)
+    else:
+        X, info = nnls_cd(G, B_in, l1=l1, l2=l2, max_sweeps=5000, tol=1e-12, finish=True)
+    assert isinstance(info, NNLSInfo) and info.converged
+    assert X.dtype == dtype and X.shape == B.shape
+    # float32 only rounds B (and the result): the solve itself runs in float64.
+    ref32 = batch_reference(bases, Y, l1, l2) if dtype == np.float64 else None
+    if ref32 is None:
+        Xr = nnls_bpp(G, B_in.astype(np.float64), l1=l1, l2=l2)[0]
+        np.testing.assert_allclose(X, Xr, rtol=1e-6, atol=1e-6 * np.abs(Xr).max())
+    else:
+        np.testing.assert_allclose(X, ref, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_warm_start_and_fixed_sweeps_in_every_shape(shape):
+    G, B, _, _ = batch_problem(shape, seed=1)
+    exact, _ = nnls_bpp(G, B)
+    warm, info = nnls_bpp(G, B, exact + 0.3)  # a wrong passive set to pivot away from
+    np.testing.assert_allclose(warm, exact, rtol=1e-10, atol=1e-12)
+    assert nnls_bpp(G, B, exact)[1].iterations == 0  # the right passive set: no pivoting
+    # tol = 0 is HALS: exactly max_sweeps sweeps, nothing tested, objective never rises.
+    X = np.zeros_like(B)
+    for _ in range(4):
+        new, info = nnls_cd(G, B, X, max_sweeps=1, tol=0.0)
+        assert info.iterations == 1 and info.unconverged is None and not info.converged
+        f_old = _batch_objective(G, B, X)
+        f_new = _batch_objective(G, B, new)
+        assert np.all(f_new <= f_old + 1e-12 * np.abs(f_old))
+        X = new
+
+
+def _batch_objective(G, B, X) -> np.ndarray:
+    """Per fit and column ½ xᵀGx − bᵀx (any batch shape), (R, n)."""
+    Gb = G if G.ndim != 2 else np.broadcast_to(G, (1 if B.ndim == 2 else B.shape[0], *G.shape))
+    Bb, Xb = (B[None], X[None]) if B.ndim == 2 else (B, X)
+    if Gb.ndim == 3 and Gb.shape[0] != Bb.shape[0]:
+        Gb = np.broadcast_to(Gb[0], (Bb.shape[0], *Gb.shape[1:]))
+    GX = np.matmul(Gb, Xb) if Gb.ndim == 3 else np.einsum("rnkl,rln->rkn", Gb, Xb)
+    return 0.5 * np.sum(Xb * GX, axis=1) - np.sum(Bb * Xb, axis=1)
+
+
+@pytest.mark.parametrize("cond", [1e2, 1e3, 1e4])
+@pytest.mark.parametrize("solver", ["bpp", "cd"])
+def test_exact_on_bases_of_condition_number_up_to_1e4(solver, cond):
+    A = conditioned(3, cond)
+    Y = np.random.default_rng(4).standard_normal((40, 30))
+    ref = nnls_reference(A, Y)
+    G, B = A.T @ A, A.T @ Y
+    if solver == "bpp":
+        X, info = nnls_bpp(G, B)
+    else:
+        X, info = nnls_cd(G, B, max_sweeps=200, tol=1e-10, finish=True)
+    assert info.converged
+    np.testing.assert_allclose(X, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+
+
+def test_coordinate_descent_stops_on_kkt_not_on_a_small_step():
+    """On a basis of condition number 236 the last step of coordinate descent is tiny long
+    before the solution is reached: the old step rule stopped there, H off by half."""
+    A = conditioned(5, 236.0, m=96, k=8) + 0.0
+    Y = np.random.default_rng(6).standard_normal((96, 40))
+    ref = nnls_reference(A, Y)
+    G, B = A.T @ A, A.T @ Y
+    X = nnls_columns(G, B)  # the projection kernel: 1000 sweeps, tol 1e-10, finished exactly
+    np.testing.assert_allclose(X, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+    # Without finishing, the columns that miss the test are reported, not passed off.
+    Xc, info = nnls_cd(G, B, np.zeros_like(B), max_sweeps=20, tol=1e-10)
+    assert info.unconverged is not None and info.unconverged > 0 and not info.converged
+    bad = np.abs(Xc - ref).max(axis=0) > 1e-6 * np.abs(ref).max()
+    assert bad.sum() <= info.unconverged  # every column off the optimum is counted
+    Xf, info_f = nnls_cd(G, B, np.zeros_like(B), max_sweeps=20, tol=1e-10, finish=True)
+    assert info_f.converged and info_f.finished == info.unconverged
+    np.testing.assert_allclose(Xf, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
+
+
+def test_unconverged_columns_are_counted_over_fits():
+    G, B, _, _ = batch_problem("shared", seed=7, R=4, n=20)
+    _, info = nnls_cd(G, B, max_sweeps=1, tol=1e-14)
+    assert info.unconverged == 4 * 20 - _optimal_after_one_sweep(G, B)
+    _, info = nnls_cd(G, B, max_sweeps=5000, tol=1e-12)
+    assert info.converged and info.iterations < 5000
+
+
+def _optimal_after_one_sweep(G, B) -> int:
+    X, _ = nnls_cd(G, B, max_sweeps=1, tol=0.0)
+    grad = np.matmul(G, X) - B
+    pg = np.where(X > 0, np.abs(grad), np.maximum(-grad, 0)).max(axis=1)
+    return int((pg <= 1e-14 * np.abs(B).max(axis=1)).sum())
+
+
+@pytest.mark.parametrize("shape", ["single", "shared", "per-column"])
+@pytest.mark.parametrize("solver", ["bpp", "cd", "hals"])
+def test_zero_columns_of_the_gram_stay_zero(shape, solver):
+    """A zero basis vector (padding of a smaller rank) keeps its coefficients at 0."""
+    G, B, _, _ = batch_problem(shape, seed=8)
+    G = G.copy()
+    B = B.copy()
+    G[..., 2, :] = 0.0
+    G[..., :, 2] = 0.0
+    B[..., 2, :] = 0.0
+    X0 = np.ones(B.shape)
+    for l1 in (0.0, 0.4):
+        if solver == "bpp":
+            X, _ = nnls_bpp(G, B, X0, l1=l1)
+        elif solver == "cd":
+            X, _ = nnls_cd(G, B, X0, l1=l1, tol=1e-10, max_sweeps=3000, finish=True)
+        else:
+            X, _ = nnls_cd(G, B, X0, l1=l1, tol=0.0, max_sweeps=3)
+        assert np.all(X[..., 2, :] == 0) and np.isfinite(X).all() and (X >= 0).all()
+    keep = [0, 1, 3, 4]
+    sub_G = G[..., keep, :][..., :, keep]
+    np.testing.assert_allclose(
+        nnls_bpp(G, B)[0][..., keep, :], nnls_bpp(sub_G, B[..., keep, :])[0], atol=1e-10
+    )
+
+
+def test_penalty_folding_in_every_shape():
+    rng = np.random.default_rng(9)
+    for gshape in [(4, 4), (2, 4, 4), (2, 6, 4, 4)]:
+        G = rng.random(gshape)
+        B = rng.random((2, 4, 6))
+        Gp, Bp = fold_penalties(G, B, 0.5, 2.0)
+        np.testing.assert_allclose(Gp, G + 2.0 * np.eye(4))
+        np.testing.assert_allclose(Bp, B - 0.5)
+        assert Gp is not G
+    Gp, Bp = fold_penalties(G, B.astype(np.float32), 0.0, 0.0)
+    assert Gp.dtype == np.float32 and Bp.dtype == np.float32
+    assert unconstrained_start(np.eye(2), -np.ones((2, 3))).max() == 0.0
+
+
+# -- fixed basis --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("solver", ["bpp", "cd", "hals", "mu"])
+def test_fixed_basis_solve_equals_scipy(solver):
+    V, W, _ = positive_problem(13, m=30, n=25, k=4)
+    ref = nnls_reference(W, V)
+    kw = {"max_iter": 20000, "tol": 1e-13} if solver == "mu" else {}
+    H, info = solve_fixed_basis(gram(W), rhs(W, V), solver=solver, **kw)
+    rtol = 1e-3 if solver == "mu" else 1e-8
+    np.testing.assert_allclose(H, ref, rtol=rtol, atol=rtol * np.abs(ref).max())
+    if solver != "mu":
+        assert info.converged
+    with pytest.raises(ValueError, match="solver must be one of"):
+        solve_fixed_basis(gram(W), rhs(W, V), solver="lbfgs")
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_fixed_basis_kl_meets_kkt_and_reports(sparse):
+    V, W, _ = positive_problem(14, m=30, n=20, k=3)
+    Xin = sp.csc_matrix(V) if sparse else V
+    H, info = solve_fixed_basis_kl(W, Xin, max_iter=20000, tol=1e-10)
+    assert info.converged and info.iterations < 20000
+    grad = W.T @ (1.0 - V / (W @ H))
+    assert np.abs(grad[H > 1e-3]).max() < 1e-4
+    assert grad[H <= 1e-3].min() > -1e-3
+    _, short = solve_fixed_basis_kl(W, Xin, max_iter=3, tol=1e-10)
+    assert short.unconverged == 20 and not short.converged
+
+
+# -- masked KL and float64 bookkeeping ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_masked_kl_h_step_equals_the_observed_entries_problem(sparse):
+    """With entries missing, the step is that of the KL problem on the observed entries:
+    column by column it equals the unmasked step on the observed rows only."""
+    V, W, H = positive_problem(15)
+    rng = np.random.default_rng(16)
+    miss = rng.random(V.shape) < 0.3
+    Vobs = np.where(miss, 0.0, V)
+    M = sp.csc_matrix(miss)
+    Xin = sp.csc_matrix(Vobs) if sparse else Vobs
+    new = mu_kl_h(W, Xin, H, l1=0.1, l2=0.2, missing=M)
+    for j in range(V.shape[1]):
+        o = ~miss[:, j]
+        ref = mu_kl_h(W[o], V[o, j : j + 1], H[:, j : j + 1], l1=0.1, l2=0.2)
+        np.testing.assert_allclose(new[:, j : j + 1], ref, rtol=1e-12)
+    # A pattern that hides nothing gives the unmasked step bit for bit.
+    empty = sp.csc_matrix(V.shape)
+    assert np.array_equal(mu_kl_h(W, Xin, H, missing=empty), mu_kl_h(W, Xin, H))
+
+    # And the observed-entries cost never rises.
+    def observed_cost(Hc):
+        x, y = V[~miss], (W @ Hc)[~miss]
+        pos = x > 0
+        return float(np.sum(x[pos] * np.log(x[pos] / y[pos])) - x.sum() + y.sum())
+
+    cost = [observed_cost(H)]
+    Hc = H
+    for _ in range(30):
+        Hc = mu_kl_h(W, Xin, Hc, missing=M)
+        cost.append(observed_cost(Hc))
+    assert all(b <= a + 1e-12 * abs(a) for a, b in itertools.pairwise(cost))
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_float32_statistics_accumulate_in_float64(sparse):
+    """float32 inputs are exact in float64: the reduced statistics must be the float64
+    results of those inputs, not float32 sums (which are off by ~1e-6 relative)."""
+    rng = np.random.default_rng(17)
+    m, n, k = 50, 20_000, 4
+    V = rng.poisson(rng.gamma(1.0, 1.0, (m, n)) * 3).astype(np.float32)
+    W = (rng.random((m, k)) + 0.1).astype(np.float32)
+    H = (rng.random((k, n)) + 0.1).astype(np.float32)
+    Xin = sp.csc_matrix(V) if sparse else V
+    X64 = sp.csc_matrix(V.astype(np.float64)) if sparse else V.astype(np.float64)
+    W64, H64 = W.astype(np.float64), H.astype(np.float64)
+    np.testing.assert_allclose(x_ht(Xin, H), x_ht(X64, H64), rtol=1e-12)
+    n32, s32, d32, c32 = kl_block(W, Xin, H)
+    n64, s64, d64, c64 = kl_block(W64, X64, H64)
+    assert n32.dtype == s32.dtype == np.float64
+    np.testing.assert_allclose(s32, s64, rtol=1e-12)
+    np.testing.assert_allclose(n32, n64, rtol=1e-6)  # the ratio itself is float32
+    assert d32 == pytest.approx(d64, rel=1e-5) and c32 == pytest.approx(c64, rel=1e-6)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scalenmf.kernels.nnls import GROUP_MIN, nnls_bpp, nnls_cd, unconstrained_start
+from scalenmf.kernels.nnls import GROUP_MIN, bpp_nnls, nnls_cd, unconstrained_start
 
 __all__ = ["GROUP_MIN", "bpp_columns", "nnls_columns"]
 
@@ -37,16 +37,5 @@ def nnls_columns(
     return X
 
 
-def bpp_columns(
-    G: np.ndarray,
-    B: np.ndarray,
-    *,
-    l1: float = 0.0,
-    l2: float = 0.0,
-    max_iter: int | None = None,
-) -> np.ndarray:
-    """Exact column-wise NNLS by block principal pivoting (:func:`~.nnls.nnls_bpp`).
-
-    ``G`` (k, k), ``B`` (k, n); returns ``X`` (k, n) in the dtype of B when floating.
-    """
-    return nnls_bpp(G, B, l1=l1, l2=l2, max_rounds=max_iter)[0]
+#: Exact column-wise NNLS by block principal pivoting: the same function as ``bpp_nnls``.
+bpp_columns = bpp_nnls

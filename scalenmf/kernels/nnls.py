@@ -38,8 +38,9 @@ from scalenmf.kernels.penalty import as_batch, float_dtype, fold_penalties
 #: the solves are exact in the passive variables) and far below any meaningful violation.
 BPP_TOL = 1e-12
 #: Columns of one fit with one passive set are solved with one factorisation when at least
-#: this many share it; the others go through one stacked (batched LAPACK) solve.
-GROUP_MIN = 16
+#: ``max(GROUP_MIN, 256 // k)`` share it; the others go through one stacked (batched
+#: LAPACK) solve, whose cost per column grows like k³ while a group's overhead is fixed.
+GROUP_MIN = 8
 #: Bytes of the (c, k, k) temporaries of a stacked solve.
 STACK_BYTES = 1 << 24
 
@@ -54,7 +55,7 @@ class NNLSInfo:
         Sweeps (coordinate descent, multiplicative updates) or pivoting rounds run, the
         most any column needed.
     unconverged : int or None
-        Columns (over all fits) whose optimality test failed at the end; 0 when every
+        Columns (over all fits) that fail their optimality test at the end; 0 when every
         column is optimal to tolerance. None when nothing was tested (fixed sweeps,
         ``tol = 0``).
     finished : int
@@ -223,6 +224,12 @@ def nnls_cd(
                 )
     if Xw is not X:
         X[:, :, work] = Xw
+    if not done.all():
+        # The last sweep's large steps only suggested these were not optimal: test them.
+        cols = np.flatnonzero(~done.all(axis=0))
+        Gc = Gb[:, cols] if per_column else Gb
+        ac = alive[:, :, cols] if per_column else alive
+        done[:, cols] |= _kkt_residual(Gc, Bb[:, :, cols], X[:, :, cols], ac) <= limit[:, cols]
     finished = 0
     if finish and not done.all():
         finished = int((~done).sum())
@@ -365,9 +372,9 @@ class _Pivoting:
         perm, sk, fits = cols[order], keys[order], fits[order]
         F, b = F[:, order], self.b[:, perm]
         x = np.zeros_like(b)
-        starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
-        ends = np.r_[starts[1:], sk.size]
-        big = ends - starts >= GROUP_MIN
+        starts = np.flatnonzero(_changes(sk))
+        ends = np.append(starts[1:], sk.size)
+        big = ends - starts >= max(GROUP_MIN, 256 // self.k)
         for a, e in zip(starts[big], ends[big], strict=True):
             pas = np.flatnonzero(F[:, a])
             if pas.size:
@@ -376,10 +383,13 @@ class _Pivoting:
             rare = np.flatnonzero(np.repeat(~big, ends - starts))
             x[:, rare] = _stacked_solve(self.G[fits[rare]], F[:, rare], b[:, rare])
         # The residual: one product per fit (the fits are contiguous in this order).
-        y = np.empty_like(b)
-        bounds = np.flatnonzero(np.r_[True, fits[1:] != fits[:-1], True])
-        for a, e in itertools.pairwise(bounds):
-            np.matmul(self.G[fits[a]], x[:, a:e], out=y[:, a:e])
+        if self.R == 1:
+            y = self.G[0] @ x
+        else:
+            y = np.empty_like(b)
+            bounds = np.append(np.flatnonzero(_changes(fits)), fits.size)
+            for a, e in itertools.pairwise(bounds):
+                np.matmul(self.G[fits[a]], x[:, a:e], out=y[:, a:e])
         y -= b
         y[F] = 0.0
         self.x[:, perm] = x
@@ -388,6 +398,14 @@ class _Pivoting:
     def infeasible(self, cols: np.ndarray) -> np.ndarray:
         """(k, c) mask of the infeasible variables of the given columns."""
         return (self.x[:, cols] < 0) | (self.y[:, cols] < -self.tol_y[cols])
+
+
+def _changes(v: np.ndarray) -> np.ndarray:
+    """Where a sorted vector starts a new run: True at 0 and wherever v differs from before."""
+    out = np.empty(v.size, dtype=bool)
+    out[:1] = True
+    np.not_equal(v[1:], v[:-1], out=out[1:])
+    return out
 
 
 def _stacked_solve(G: np.ndarray, F: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -96,7 +96,7 @@ def test_missing_label_chunk_is_refused(tmp_path: Path) -> None:
     scalenmf.write_matrix(store, counts(), block_cols=10, row_labels=labels)
     for p in chunk_keys(store / "row_labels"):
         p.unlink()
-    with pytest.raises(InputError, match="row_labels.*missing"):
+    with pytest.raises(InputError, match=r"row_labels.*missing"):
         scalenmf.io.open_matrix(store)
 
 
@@ -204,3 +204,138 @@ def test_duplicate_sparse_entries_are_summed(tmp_path: Path) -> None:
     expected[idx[ip[0]], 0] *= 2
     assert block.has_canonical_format
     np.testing.assert_array_equal(block.toarray(), expected)
+
+
+# -- items 1, 2, 12: checkpoints are complete and sealed ---------------------------------
+
+
+class Interrupt(Exception):
+    pass
+
+
+FIT = {"max_iter": 12, "tol": 0, "block_cols": 10, "n_runs": 1}
+
+
+def interrupted_checkpoint(tmp_path: Path) -> tuple[np.ndarray, Path]:
+    X = np.random.default_rng(3).poisson(2.0, (12, 40)).astype(float)
+
+    def stop(info) -> None:
+        if info.iteration == 7:
+            raise Interrupt
+
+    ck = tmp_path / "ck"
+    with pytest.raises(Interrupt):
+        scalenmf.nmf(X, 3, checkpoint=str(ck), checkpoint_every=3, callback=stop, **FIT)
+    assert (ck / "LATEST").read_text().strip() == "it-000006"
+    return X, ck
+
+
+def resume(X: np.ndarray, ck: Path, **kw):
+    return scalenmf.nmf(X, 3, checkpoint=str(ck), resume=True, **{**FIT, **kw})
+
+
+def test_resumed_fit_still_equals_the_uninterrupted_one(tmp_path: Path) -> None:
+    X, ck = interrupted_checkpoint(tmp_path)
+    reference = scalenmf.nmf(X, 3, **FIT)
+    res = resume(X, ck)
+    assert res.info["resumed_from_iteration"] == 6
+    np.testing.assert_array_equal(res.W, reference.W)
+    np.testing.assert_array_equal(res.H, reference.H)
+
+
+@pytest.mark.parametrize("array", ["states/slot0", "model/Ws/0"])
+def test_missing_checkpoint_chunk_is_refused(tmp_path: Path, array: str) -> None:
+    X, ck = interrupted_checkpoint(tmp_path)
+    chunk_keys(ck / "it-000006" / array)[0].unlink()
+    with pytest.raises(InputError, match=rf"{array}.*missing"):
+        resume(X, ck)
+
+
+def flip_bit(path: Path, at: float = 0.6) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[int(len(raw) * at)] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("at", [0.3, 0.6, 0.95])
+def test_flipped_bit_in_a_checkpoint_chunk_is_refused(tmp_path: Path, at: float) -> None:
+    X, ck = interrupted_checkpoint(tmp_path)
+    flip_bit(chunk_keys(ck / "it-000006" / "states" / "slot0")[0], at)
+    with pytest.raises(InputError, match=r"states/slot0.*(checksum|corrupt)"):
+        resume(X, ck)
+
+
+def test_edited_checkpoint_attrs_are_refused(tmp_path: Path) -> None:
+    X, ck = interrupted_checkpoint(tmp_path)
+    meta_path = ck / "it-000006" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"]["loop"]["relative_errors"][0][-1] = 0.001
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"attrs.*checksum"):
+        resume(X, ck)
+
+
+def test_garbage_latest_names_the_file(tmp_path: Path) -> None:
+    X, ck = interrupted_checkpoint(tmp_path)
+    (ck / "LATEST").write_bytes(b"\xff\xfe\x00garbage\x80")
+    with pytest.raises(InputError, match="LATEST"):
+        resume(X, ck)
+
+
+def test_deleted_latest_resumes_from_the_newest_checkpoint_saying_so(tmp_path: Path) -> None:
+    X, ck = interrupted_checkpoint(tmp_path)
+    (ck / "LATEST").unlink()
+    with pytest.warns(UserWarning, match="LATEST.*missing.*it-000006"):
+        res = resume(X, ck)
+    assert res.info["resumed_from_iteration"] == 6
+
+
+def test_refusal_names_the_option_not_the_internal_key(tmp_path: Path) -> None:
+    X, ck = interrupted_checkpoint(tmp_path)
+    with pytest.raises(InputError, match=r"solver was 'als', now 'hals' \(--solver\)"):
+        resume(X, ck, solver="hals")
+
+
+# -- item 2: result stores are sealed too -------------------------------------------------
+
+
+def saved_result(tmp_path: Path) -> Path:
+    X = np.random.default_rng(3).poisson(2.0, (12, 40)).astype(float)
+    out = tmp_path / "r.zarr"
+    scalenmf.nmf(X, 3, max_iter=5, tol=0).save(out)
+    return out
+
+
+def test_result_store_round_trips(tmp_path: Path) -> None:
+    out = saved_result(tmp_path)
+    res = scalenmf.load(out)
+    assert res.W.shape == (12, 3) and res.H.shape == (3, 40)
+
+
+def test_flipped_value_in_a_result_is_refused_by_load_and_report(tmp_path: Path) -> None:
+    out = saved_result(tmp_path)
+    g = zarr.open_group(str(out), mode="r+")
+    W = np.asarray(g["W"][...])
+    W[0, 0] += 1.0
+    g["W"][...] = W
+    with pytest.raises(InputError, match=r"'W'.*checksum"):
+        scalenmf.load(out)
+    res = CliRunner().invoke(main, ["report", str(out), "-o", str(tmp_path / "r.html")])
+    line = one_line_error(res)
+    assert "'W'" in line and "checksum" in line
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_edited_result_attrs_are_refused(tmp_path: Path) -> None:
+    out = saved_result(tmp_path)
+    g = zarr.open_group(str(out), mode="r+")
+    g.attrs["relative_error"] = 0.0001
+    with pytest.raises(InputError, match=r"attrs.*checksum"):
+        scalenmf.load(out)
+
+
+def test_missing_result_chunk_is_refused(tmp_path: Path) -> None:
+    out = saved_result(tmp_path)
+    chunk_keys(out / "H")[0].unlink()
+    with pytest.raises(InputError, match=r"'H'.*missing"):
+        scalenmf.load(out)

@@ -417,9 +417,7 @@ def _anndata_csc_in_memory(path: str) -> MatrixSource:
 def write_labels(group: zarr.Group, name: str, labels: Any) -> None:
     arr = as_str_array(labels)
     chunk = max(1, min(arr.shape[0], 1 << 16))
-    out = group.create_array(
-        name, shape=arr.shape, dtype=str, chunks=(chunk,), config=WRITE_CONFIG
-    )
+    out = group.create_array(name, shape=arr.shape, dtype=str, chunks=(chunk,), config=WRITE_CONFIG)
     out[:] = arr.astype(object)
 
 

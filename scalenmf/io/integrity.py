@@ -188,13 +188,16 @@ def check_indptr(indptr: np.ndarray, nnz: int, n: int, what: str) -> None:
 
 def digest_array(arr: np.ndarray) -> str:
     """Hex BLAKE2b of an array's dtype, shape and values (C order)."""
-    a = np.ascontiguousarray(arr)
+    a = np.asarray(arr)
     h = hashlib.blake2b(digest_size=DIGEST_BYTES)
-    h.update(f"{a.dtype.str}{a.shape}".encode())
     if a.dtype.kind in "OUST":
-        h.update(json.dumps(a.astype(str).ravel().tolist()).encode())
-    else:
-        h.update(memoryview(a).cast("B"))  # type: ignore[arg-type]
+        # Strings by value, whatever their numpy type (fixed width, object, StringDType).
+        h.update(f"str{a.shape}".encode())
+        h.update(json.dumps([str(v) for v in a.astype(object).ravel().tolist()]).encode())
+        return h.hexdigest()
+    a = np.ascontiguousarray(a)
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(memoryview(a).cast("B"))  # type: ignore[arg-type]
     return h.hexdigest()
 
 

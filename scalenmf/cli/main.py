@@ -42,6 +42,20 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(str(exc)) from exc
         except ImportError as exc:
             raise click.ClickException(f"a dependency is missing: {exc}") from exc
+        except MemoryError as exc:
+            # A declared shape too large to allocate: numpy's message gives the size.
+            raise click.ClickException(
+                f"not enough memory: {exc or 'an allocation failed'} (is the input's declared "
+                "shape right? see --memory-limit and `scalenmf plan`)"
+            ) from exc
+        except Exception as exc:
+            if type(exc).__name__ in ("ClosedClientError", "CommClosedError"):
+                raise click.ClickException(
+                    f"lost the Dask scheduler ({type(exc).__name__}: {' '.join(str(exc).split())})"
+                    "; continue the fit from its last checkpoint with --resume once a scheduler "
+                    "is up"
+                ) from exc
+            raise
 
     return wrapper
 
@@ -172,10 +186,15 @@ def fit(
     from scalenmf import nmf
     from scalenmf.io import storage
     from scalenmf.io.checkpoint import remove_checkpoints
+    from scalenmf.io.lock import acquire as acquire_output
+    from scalenmf.io.lock import release as release_output
 
     cluster = cluster_kwargs(*(opts.pop(name) for name in CLUSTER_OPTIONS))
     if not storage.exists(input_path):
         raise click.ClickException(f"input {input_path!r} does not exist")
+    if resume and not overwrite and _finished(output, checkpoint_path, no_checkpoint):
+        click.echo(f"{output} is complete: the fit finished; nothing to resume")
+        return
     if storage.exists(output) and not overwrite:
         raise click.ClickException(
             f"output {output!r} already exists (use --overwrite to replace it)"
@@ -192,6 +211,9 @@ def fit(
             "checkpoint_seconds": checkpoint_seconds,
             "resume": resume,
         }
+    # Held for the whole fit (checkpoints included), and the first write: an unwritable
+    # directory is found here, before any work.
+    lock = acquire_output(output)
     start = time.perf_counter()
     local_out = not storage.is_url(storage.local_path(output))
     workdir = None
@@ -212,6 +234,7 @@ def fit(
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+        release_output(lock)
     wall = time.perf_counter() - start
     m, n = result.W.shape[0], result.H.shape[1]
     resumed = result.info.get("resumed_from_iteration")
@@ -221,6 +244,17 @@ def fit(
         f"{f' (resumed after {resumed})' if resumed else ''}  "
         f"relative error={result.relative_error:.5g}  wall time={wall:.2f}s  → {output}"
     )
+
+
+def _finished(output: str, checkpoint_path: str | None, no_checkpoint: bool) -> bool:
+    """True if OUT exists and no checkpoint is left: a ``--resume`` has nothing to do."""
+    from scalenmf.io import storage
+    from scalenmf.io.checkpoint import latest_checkpoint
+
+    if no_checkpoint or not storage.exists(output):
+        return False
+    location = checkpoint_path or f"{str(output).rstrip('/')}.checkpoint"
+    return latest_checkpoint(location) is None
 
 
 @main.command()

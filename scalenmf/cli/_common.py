@@ -37,6 +37,20 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(str(exc)) from exc
         except ImportError as exc:
             raise click.ClickException(f"a dependency is missing: {exc}") from exc
+        except MemoryError as exc:
+            # A declared shape too large to allocate: numpy's message gives the size.
+            raise click.ClickException(
+                f"not enough memory: {exc or 'an allocation failed'} (is the input's declared "
+                "shape right? see --memory-limit and `scalenmf plan`)"
+            ) from exc
+        except Exception as exc:
+            if type(exc).__name__ in ("ClosedClientError", "CommClosedError"):
+                raise click.ClickException(
+                    f"lost the Dask scheduler ({type(exc).__name__}: {' '.join(str(exc).split())})"
+                    "; continue the fit from its last checkpoint with --resume once a scheduler "
+                    "is up"
+                ) from exc
+            raise
 
     return wrapper
 

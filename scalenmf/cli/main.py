@@ -127,10 +127,15 @@ def fit(
     from scalenmf import nmf
     from scalenmf.io import storage
     from scalenmf.io.checkpoint import remove_checkpoints
+    from scalenmf.io.lock import acquire as acquire_output
+    from scalenmf.io.lock import release as release_output
 
     cluster = cluster_kwargs(*(opts.pop(name) for name in CLUSTER_OPTIONS))
     if not storage.exists(input_path):
         raise click.ClickException(f"input {input_path!r} does not exist")
+    if resume and not overwrite and _finished(output, checkpoint_path, no_checkpoint):
+        click.echo(f"{output} is complete: the fit finished; nothing to resume")
+        return
     if storage.exists(output) and not overwrite:
         raise click.ClickException(
             f"output {output!r} already exists (use --overwrite to replace it)"
@@ -147,6 +152,9 @@ def fit(
             "checkpoint_seconds": checkpoint_seconds,
             "resume": resume,
         }
+    # Held for the whole fit (checkpoints included), and the first write: an unwritable
+    # directory is found here, before any work.
+    lock = acquire_output(output)
     start = time.perf_counter()
     local_out = not storage.is_url(storage.local_path(output))
     workdir = None
@@ -167,6 +175,7 @@ def fit(
     finally:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+        release_output(lock)
     wall = time.perf_counter() - start
     m, n = result.W.shape[0], result.H.shape[1]
     resumed = result.info.get("resumed_from_iteration")
@@ -176,6 +185,17 @@ def fit(
         f"{f' (resumed after {resumed})' if resumed else ''}  "
         f"relative error={result.relative_error:.5g}  wall time={wall:.2f}s  → {output}"
     )
+
+
+def _finished(output: str, checkpoint_path: str | None, no_checkpoint: bool) -> bool:
+    """True if OUT exists and no checkpoint is left: a ``--resume`` has nothing to do."""
+    from scalenmf.io import storage
+    from scalenmf.io.checkpoint import latest_checkpoint
+
+    if no_checkpoint or not storage.exists(output):
+        return False
+    location = checkpoint_path or f"{str(output).rstrip('/')}.checkpoint"
+    return latest_checkpoint(location) is None
 
 
 @main.command()

@@ -38,7 +38,36 @@ class LoopSnapshot:
 
 def _describe(fingerprint: dict[str, Any], key: str) -> str:
     value = fingerprint.get(key)
-    return repr(value)
+    text = repr(value)
+    # Block bounds and the like can be long: the message stays one readable line.
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+#: What the user changes to change a fingerprint entry (command-line option, or cause).
+#: Entries derived from others come last, so that a refusal names the cause first.
+_FINGERPRINT_HINTS: dict[str, str] = {
+    "input_checksum": "another INPUT, or its content changed",
+    "shape": "another INPUT, or --transpose",
+    "dtype": "--dtype",
+    "k": "-k/--rank",
+    "solver": "--solver",
+    "loss": "--loss",
+    "init": "--init",
+    "seed": "--seed",
+    "n_runs": "--n-runs",
+    "nnls": "--nnls",
+    "l1_w": "--l1-w",
+    "l1_h": "--l1-h",
+    "l2_w": "--l2-w",
+    "l2_h": "--l2-h",
+    "block_bounds": "--block-cols, --transpose or another INPUT",
+    "inner_sweeps": "--solver",
+}
+
+
+def _ordered_keys(keys: set[str]) -> list[str]:
+    known = [k for k in _FINGERPRINT_HINTS if k in keys]
+    return known + sorted(keys - set(known))
 
 
 class Checkpointer:
@@ -114,12 +143,14 @@ class Checkpointer:
             return None
         attrs = raw["attrs"]
         stored = attrs.get("fingerprint", {})
-        for key in sorted(set(stored) | set(self.fingerprint)):
+        for key in _ordered_keys(set(stored) | set(self.fingerprint)):
             if stored.get(key) != self.fingerprint.get(key):
+                hint = _FINGERPRINT_HINTS.get(key)
                 raise CheckpointError(
                     f"the checkpoint in {self.location!r} belongs to another fit: {key} was "
-                    f"{_describe(stored, key)}, now {_describe(self.fingerprint, key)} "
-                    "(resume with the same input and parameters, or remove the checkpoint)"
+                    f"{_describe(stored, key)}, now {_describe(self.fingerprint, key)}"
+                    f"{f' ({hint})' if hint else ''}; resume with the same input and "
+                    "parameters, or remove the checkpoint"
                 )
         return LoopSnapshot(
             iteration=raw["iteration"],

@@ -44,6 +44,8 @@ ANCHOR_EVERY = 10
 MAX_RECOVERIES = 5
 #: Seconds between two checks for lost block states while a step runs.
 POLL_S = 0.5
+#: Deadline for fetching a finished future's value before checking for lost workers.
+FETCH_TIMEOUT_S = 30.0
 #: Attempts at scattering data while a dead worker is still listed by the scheduler.
 SCATTER_TRIES = 6
 #: First deadline of a scatter (doubled at every retry).
@@ -350,27 +352,60 @@ class DaskExecutor:
         return any(not holders.get(f.key) for f in finished)
 
     def _result(self, future: Any, watch: Sequence[Any]) -> Any:
-        """``future.result()``, raising ``_StateLost`` if an input it needs was lost."""
-        from distributed import TimeoutError as DaskTimeout
+        """``future.result()``, raising ``_StateLost`` if an input it needs was lost.
+
+        Watches ``future.status`` (kept up to date by the client's own thread; reading it
+        calls nothing in distributed) between checks for lost workers, and fetches the
+        value only once the future is done. ``future.result(timeout=...)`` would go through
+        ``sync(callback_timeout=...)``, which on a loaded machine can raise
+        ``UnboundLocalError`` from inside distributed (dask/distributed#8514); a timeout
+        raised at every poll also keeps the futures alive in its traceback's frames,
+        delaying their release on the scheduler; a done-callback holds the future in
+        another thread for a while after it fires.
+        """
+        import asyncio
+
+        from distributed.client import ClosedClientError
         from distributed.comm import CommClosedError
 
         finished_before: set[str] = set()
         while True:
-            try:
-                return future.result(timeout=POLL_S)
-            except (TimeoutError, DaskTimeout):
-                pass
-            except CancelledError as exc:
-                self._check_scheduler(exc)
-                raise _StateLost() from exc
-            except CommClosedError as exc:
-                raise self._scheduler_gone(exc) from exc
+            if _settled(future, POLL_S):
+                status = future.status
+                if status in ("cancelled", "lost"):
+                    self._check_scheduler(None)
+                    raise _StateLost()
+                if status in ("finished", "error"):
+                    try:
+                        # A task's own exception is raised here, as before.
+                        return self._fetch(future)
+                    except (TimeoutError, asyncio.TimeoutError):
+                        pass  # the value is being moved or recomputed: check for losses
+                    except CancelledError as exc:
+                        self._check_scheduler(exc)
+                        raise _StateLost() from exc
+                    except (CommClosedError, ClosedClientError) as exc:
+                        raise self._scheduler_gone(exc) from exc
+            if self.client.status in ("closing", "closed", "failed"):
+                raise self._scheduler_gone(ConnectionError(f"client {self.client.status}"))
             try:
                 lost = self._lost(watch, finished_before)
-            except (OSError, CommClosedError) as exc:
+            except (OSError, CommClosedError, ClosedClientError) as exc:
                 raise self._scheduler_gone(exc) from exc
             if lost:
                 raise _StateLost()
+
+    def _fetch(self, future: Any) -> Any:
+        """The value of a finished future, within ``FETCH_TIMEOUT_S`` (asyncio's timeout)."""
+        import asyncio
+
+        client = self.client
+
+        async def gather() -> Any:
+            return await asyncio.wait_for(client._gather([future]), FETCH_TIMEOUT_S)
+
+        [value] = client.sync(gather)
+        return value
 
     def _check_scheduler(self, exc: BaseException | None) -> None:
         """Raise ``ClusterError`` if the client lost its scheduler (waiting out a reconnect)."""
@@ -396,6 +431,7 @@ class DaskExecutor:
         import asyncio
 
         from distributed import Future
+        from distributed.client import ClosedClientError
         from distributed.comm import CommClosedError
 
         client = self.client
@@ -416,6 +452,8 @@ class DaskExecutor:
             try:
                 futures = client.sync(scatter)
                 return [futures[key] for key in keys]
+            except ClosedClientError as exc:
+                raise self._scheduler_gone(exc) from exc
             except (CommClosedError, OSError, TimeoutError, asyncio.TimeoutError, KeyError) as exc:
                 client.cancel([Future(key, client) for key in keys])
                 if attempt == SCATTER_TRIES - 1:
@@ -537,6 +575,19 @@ class DaskExecutor:
             "resident": self._resident is not None,
             "recoveries": self.recoveries,
         }
+
+
+def _settled(future: Any, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``future`` to leave the pending state."""
+    deadline = time.monotonic() + timeout
+    pause = 0.0005
+    while future.status == "pending":
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(pause, left))
+        pause = min(2 * pause, 0.02)
+    return True
 
 
 def _one_line(exc: BaseException) -> str:

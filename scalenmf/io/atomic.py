@@ -1,8 +1,19 @@
-"""Atomic publication of output stores: write under a temporary name, rename when complete."""
+"""Atomic publication of output stores: write under a temporary name, rename when complete.
+
+Every local output is written under the output's lock (``scalenmf.io.lock``), so the
+hidden temporaries beside it (``.OUT.tmp-*``, ``.OUT.old-*``) can only be leftovers of a
+killed writer: they are removed before a new write. Replacing an existing output swaps the
+two directories in one ``renameat2(RENAME_EXCHANGE)`` where the kernel has it (Linux), so
+at every instant the old or the new complete store is at ``OUT``; elsewhere the old store
+is renamed aside first, and the next writer puts it back if the process died between the
+two renames.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import shutil
 import uuid
@@ -10,14 +21,54 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from scalenmf.io import storage
+from scalenmf.io.errors import OutputError
+from scalenmf.io.lock import output_lock
 
 
 class OutputExistsError(FileExistsError):
     """The output path exists and overwriting was not asked for."""
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
+def _tmp_name(path: Path, kind: str = "tmp") -> Path:
+    return path.with_name(f".{path.name}.{kind}-{uuid.uuid4().hex[:12]}")
+
+
+def _leftovers(target: Path, kind: str) -> list[Path]:
+    prefix = f".{target.name}.{kind}-"
+    if not target.parent.is_dir():
+        return []
+    return sorted(p for p in target.parent.iterdir() if p.name.startswith(prefix))
+
+
+def clean_stale(target: Path) -> list[str]:
+    """Remove what killed writers left beside ``target``; call only under its lock.
+
+    An old store renamed aside just before a kill (``.OUT.old-*`` with no ``OUT``) is put
+    back first: it is complete. Returns the names removed.
+    """
+    olds = _leftovers(target, "old")
+    if olds and not target.exists():
+        newest = max(olds, key=lambda p: p.stat().st_mtime)
+        os.replace(newest, target)
+        olds.remove(newest)
+    removed = []
+    for p in [*_leftovers(target, "tmp"), *olds]:
+        shutil.rmtree(p, ignore_errors=True)
+        if p.is_file():
+            p.unlink(missing_ok=True)
+        removed.append(p.name)
+    return removed
+
+
+def write_error(target: str | os.PathLike[str], exc: OSError) -> OutputError | None:
+    """A one-line ``OutputError`` for the OS errors of a failed write (else None)."""
+    if exc.errno == errno.ENOSPC:
+        return OutputError(f"no space left on device writing {str(target)!r}")
+    if exc.errno == errno.EDQUOT:
+        return OutputError(f"disk quota exceeded writing {str(target)!r}")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputError(f"cannot write {str(target)!r}: {os.strerror(exc.errno).lower()}")
+    return None
 
 
 @contextlib.contextmanager
@@ -35,6 +86,15 @@ def atomic_output(path: str | os.PathLike[str], overwrite: bool = False) -> Iter
     overwrite : bool
         Replace an existing ``path``; otherwise an existing path is an error, raised before
         any work is done.
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is False.
+    OutputLockedError
+        Another live process is writing ``path``.
+    OutputError
+        The disk filled up, or the directory is not writable (one line naming ``path``).
     """
     path = storage.local_path(path)
     if storage.is_url(path):
@@ -49,27 +109,61 @@ def atomic_output(path: str | os.PathLike[str], overwrite: bool = False) -> Iter
         )
     if not target.parent.exists():
         raise FileNotFoundError(f"output directory {str(target.parent)!r} does not exist")
-    tmp = _tmp_name(target)
-    tmp.mkdir()
+    with output_lock(target):
+        clean_stale(target)
+        if target.exists() and not overwrite:
+            raise OutputExistsError(f"output {str(target)!r} already exists")
+        tmp = _tmp_name(target)
+        try:
+            tmp.mkdir()
+            yield str(tmp)
+            publish(tmp, target, overwrite=overwrite)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            one_line = write_error(target, exc)
+            if one_line is not None:
+                raise one_line from exc
+            raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2``); False where it is not available."""
     try:
-        yield str(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    publish(tmp, target, overwrite=overwrite)
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    renameat2.argtypes += [ctypes.c_uint]
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False  # the file system or kernel cannot: fall back to two renames
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def publish(tmp: Path, target: Path, overwrite: bool) -> None:
     """Move a finished temporary store to its final name.
 
-    Replacing an existing store is done by renaming the old one aside first, so at every
+    An existing store is swapped with the new one in one step where possible; otherwise
+    it is renamed aside first (see the module docstring for the recovery), so at every
     instant either the old or the new complete store is at ``target``.
     """
     if target.exists():
         if not overwrite:
             shutil.rmtree(tmp, ignore_errors=True)
             raise OutputExistsError(f"output {str(target)!r} already exists")
-        old = _tmp_name(target)
+        if _exchange(tmp, target):
+            # ``tmp`` now holds the old store; a kill here leaves it for the next writer.
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        old = _tmp_name(target, "old")
         os.replace(target, old)
         os.replace(tmp, target)
         shutil.rmtree(old, ignore_errors=True)

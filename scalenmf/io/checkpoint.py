@@ -28,10 +28,19 @@ import zarr
 
 from scalenmf.io import storage
 from scalenmf.io.errors import InputError
-from scalenmf.io.zarr_store import _codec
+from scalenmf.io.integrity import (
+    WRITE_CONFIG,
+    IntegrityError,
+    digest_array,
+    digest_json,
+    require_complete,
+)
+from scalenmf.io.zarr_store import _codec, find_bad_chunk
 
 POINTER = "LATEST"
-CHECKPOINT_FORMAT_VERSION = 1
+CHECKPOINT_FORMAT_VERSION = 2
+#: Root attr holding the digests of every array and of the other attrs.
+INTEGRITY = "integrity"
 #: Elements per chunk of the flat state arrays (~16 MB of float64).
 STATE_CHUNK = 1 << 21
 
@@ -40,7 +49,7 @@ class CheckpointError(InputError):
     """A checkpoint cannot be read, or does not belong to this fit."""
 
 
-def _encode_states(group: zarr.Group, states: list[Any]) -> dict[str, Any]:
+def _encode_states(group: zarr.Group, states: list[Any], digests: dict[str, str]) -> dict[str, Any]:
     kinds: list[str] = []
     slots: list[list[np.ndarray | None]] = []
     for s in states:
@@ -80,19 +89,19 @@ def _encode_states(group: zarr.Group, states: list[Any]) -> dict[str, Any]:
             if arrays
             else np.zeros(0, dtype=dtype)
         )
-        _write(group, f"states/slot{r}", flat, chunk=STATE_CHUNK)
-        _write(group, f"states/shape{r}", shapes)
-        _write(group, f"states/fortran{r}", fortran)
+        _write(group, f"states/slot{r}", flat, digests, chunk=STATE_CHUNK)
+        _write(group, f"states/shape{r}", shapes, digests)
+        _write(group, f"states/fortran{r}", fortran, digests)
     return {"kinds": kinds, "slots": n_slots, "lengths": [len(s) for s in slots]}
 
 
-def _decode_states(group: zarr.Group, meta: dict[str, Any]) -> list[Any]:
+def _decode_states(group: zarr.Group, meta: dict[str, Any], digests: dict[str, str]) -> list[Any]:
     kinds, lengths = meta["kinds"], meta["lengths"]
     per_slot: list[list[np.ndarray | None]] = []
     for r in range(int(meta["slots"])):
-        flat = _read(group, f"states/slot{r}")
-        shapes = _read(group, f"states/shape{r}")
-        fortran = _read(group, f"states/fortran{r}")
+        flat = _read(group, f"states/slot{r}", digests)
+        shapes = _read(group, f"states/shape{r}", digests)
+        fortran = _read(group, f"states/fortran{r}", digests)
         pos = 0
         blocks: list[np.ndarray | None] = []
         for shape, f in zip(shapes, fortran, strict=True):
@@ -119,48 +128,90 @@ def _decode_states(group: zarr.Group, meta: dict[str, Any]) -> list[Any]:
     return states
 
 
-def _read(group: zarr.Group, name: str) -> np.ndarray:
-    node = group[name]
+def _read(group: zarr.Group, name: str, digests: dict[str, str]) -> np.ndarray:
+    """Array ``name``, complete and matching its digest, else ``CheckpointError`` naming it."""
+    where = str(group.store_path)
+    try:
+        node = group[name]
+    except KeyError as exc:
+        raise CheckpointError(f"checkpoint {where!r} lacks array {name!r}") from exc
     if not isinstance(node, zarr.Array):
         raise CheckpointError(f"{name!r} in the checkpoint is not an array")
-    return np.asarray(node[...])
+    try:
+        require_complete(node, name, where)
+    except IntegrityError as exc:
+        raise CheckpointError(f"checkpoint {exc}") from exc
+    try:
+        values = np.asarray(node[...])
+    except Exception as exc:  # codecs raise their own types for damaged bytes
+        idx = find_bad_chunk(node, 0, 0, int(node.shape[0])) if node.ndim else None
+        chunk = f" chunk {idx} (key {name}/{node.metadata.encode_chunk_key(idx)})" if idx else ""
+        raise CheckpointError(
+            f"checkpoint {where!r}: array {name!r}{chunk} is corrupt or truncated "
+            f"({type(exc).__name__}: {exc}); remove the checkpoint to start afresh"
+        ) from exc
+    expected = digests.get(name)
+    if expected is None:
+        raise CheckpointError(f"checkpoint {where!r} records no checksum for array {name!r}")
+    if digest_array(values) != expected:
+        raise CheckpointError(
+            f"checkpoint {where!r}: array {name!r} does not match its recorded checksum "
+            "(damaged after it was written); remove the checkpoint to start afresh"
+        )
+    return values
 
 
-def _write(group: zarr.Group, name: str, arr: np.ndarray, chunk: int | None = None) -> None:
+def _write(
+    group: zarr.Group,
+    name: str,
+    arr: np.ndarray,
+    digests: dict[str, str],
+    chunk: int | None = None,
+) -> None:
     arr = np.ascontiguousarray(arr)
     if chunk is not None and arr.ndim == 1:
         chunks: tuple[int, ...] = (max(1, min(arr.shape[0], chunk)),)
     else:
         chunks = tuple(max(1, d) for d in arr.shape) or ()
     out = group.create_array(
-        name, shape=arr.shape, chunks=chunks, dtype=arr.dtype, compressors=[_codec()]
+        name,
+        shape=arr.shape,
+        chunks=chunks,
+        dtype=arr.dtype,
+        compressors=[_codec()],
+        config=WRITE_CONFIG,
     )
     if arr.size:
         out[...] = arr
+    digests[name] = digest_array(arr)
 
 
-def _encode_model(group: zarr.Group, state: dict[str, Any]) -> dict[str, Any]:
+def _encode_model(
+    group: zarr.Group, state: dict[str, Any], digests: dict[str, str]
+) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     for name, value in state.items():
         if isinstance(value, np.ndarray):
-            _write(group, f"model/{name}", value)
+            _write(group, f"model/{name}", value, digests)
             meta[name] = {"array": True}
         elif isinstance(value, (list, tuple)) and value and isinstance(value[0], np.ndarray):
             for i, arr in enumerate(value):
-                _write(group, f"model/{name}/{i}", arr)
+                _write(group, f"model/{name}/{i}", arr, digests)
             meta[name] = {"arrays": len(value)}
         else:
             meta[name] = {"value": json.loads(json.dumps(value))}
     return meta
 
 
-def _decode_model(group: zarr.Group, meta: dict[str, Any]) -> dict[str, Any]:
+def _decode_model(
+    group: zarr.Group, meta: dict[str, Any], digests: dict[str, str]
+) -> dict[str, Any]:
     state: dict[str, Any] = {}
     for name, how in meta.items():
         if how.get("array"):
-            state[name] = _read(group, f"model/{name}")
+            state[name] = _read(group, f"model/{name}", digests)
         elif "arrays" in how:
-            state[name] = [_read(group, f"model/{name}/{i}") for i in range(how["arrays"])]
+            state[name] = [_read(group, f"model/{name}/{i}", digests) for i in range(how["arrays"])]
         else:
             state[name] = how["value"]
     return state
@@ -195,15 +246,20 @@ def write_checkpoint(
     tmp = storage.sibling(final, "tmp")
     try:
         root = zarr.open_group(storage.zarr_store(tmp, read_only=False), mode="w")
-        state_meta = _encode_states(root, block_states)
-        model_meta = _encode_model(root, model_state)
+        digests: dict[str, str] = {}
+        state_meta = _encode_states(root, block_states, digests)
+        model_meta = _encode_model(root, model_state, digests)
+        body = {
+            "iteration": int(iteration),
+            "states": state_meta,
+            "model": model_meta,
+            "loop": json.loads(json.dumps(attrs)),
+        }
         root.attrs.update(
             {
                 "scalenmf": {"kind": "checkpoint", "format_version": CHECKPOINT_FORMAT_VERSION},
-                "iteration": int(iteration),
-                "states": state_meta,
-                "model": model_meta,
-                "loop": json.loads(json.dumps(attrs)),
+                **body,
+                INTEGRITY: {"arrays": digests, "attrs": digest_json(body)},
             }
         )
         if storage.exists(final):
@@ -227,13 +283,39 @@ def _prune(location: str, keep: str) -> None:
 
 
 def latest_checkpoint(location: str) -> str | None:
-    """Name of the newest complete checkpoint at ``location``, or None."""
-    text = storage.read_text(f"{location.rstrip('/')}/{POINTER}")
+    """Name of the newest complete checkpoint at ``location``, or None.
+
+    Without ``LATEST`` (deleted, or the process was killed between publishing the first
+    checkpoint and naming it), the newest ``it-*`` checkpoint is used, with a warning: its
+    digests are verified when it is read, so a complete one is as good as named.
+    """
+    pointer = f"{location.rstrip('/')}/{POINTER}"
+    try:
+        text = storage.read_text(pointer)
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(
+            f"{pointer!r} is not a text file naming a checkpoint ({exc.reason}); "
+            "remove the checkpoint directory to start afresh"
+        ) from exc
     if text is None:
-        return None
+        found = sorted(e for e in storage.listdir(location) if e.startswith("it-"))
+        if not found:
+            return None
+        import warnings
+
+        warnings.warn(
+            f"{pointer!r} is missing; resuming from the newest checkpoint found, {found[-1]}",
+            stacklevel=2,
+        )
+        return found[-1]
     name = text.strip()
-    if not name.startswith("it-"):
-        raise CheckpointError(f"{location!r}: {POINTER} names {name!r}, not a checkpoint")
+    if not name.startswith("it-") or "/" in name or len(name.splitlines()) != 1:
+        raise CheckpointError(
+            f"{pointer!r} names {name[:40]!r}, not a checkpoint; remove the checkpoint "
+            "directory to start afresh"
+        )
+    if not storage.exists(f"{location.rstrip('/')}/{name}"):
+        raise CheckpointError(f"{pointer!r} names {name!r}, which does not exist")
     return name
 
 
@@ -253,11 +335,25 @@ def read_checkpoint(location: str) -> dict[str, Any] | None:
         meta = root.attrs.get("scalenmf")
         if not isinstance(meta, dict) or meta.get("kind") != "checkpoint":
             raise CheckpointError(f"{path!r} is not a scalenmf checkpoint")
+        seal = root.attrs.get(INTEGRITY)
+        if not isinstance(seal, dict):
+            raise CheckpointError(
+                f"checkpoint {path!r} has no checksums (written by an older scalenmf, or "
+                "edited); remove it to start afresh"
+            )
+        body = {key: root.attrs.get(key) for key in ("iteration", "states", "model", "loop")}
+        if digest_json(body) != seal.get("attrs"):
+            raise CheckpointError(
+                f"the attrs of checkpoint {path!r} (iteration, loss history, state layout) "
+                "do not match their recorded checksum: it was edited or damaged; remove it "
+                "to start afresh"
+            )
+        digests = dict(seal.get("arrays") or {})
         return {
             "iteration": int(str(root.attrs["iteration"])),
-            "block_states": _decode_states(root, dict(root.attrs["states"])),  # type: ignore[arg-type]
-            "model_state": _decode_model(root, dict(root.attrs["model"])),  # type: ignore[arg-type]
-            "attrs": dict(root.attrs["loop"]),  # type: ignore[arg-type]
+            "block_states": _decode_states(root, dict(body["states"]), digests),  # type: ignore[arg-type]
+            "model_state": _decode_model(root, dict(body["model"]), digests),  # type: ignore[arg-type]
+            "attrs": dict(body["loop"]),  # type: ignore[arg-type]
         }
     except CheckpointError:
         raise

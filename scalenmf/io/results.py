@@ -20,10 +20,21 @@ import zarr
 
 from scalenmf.io.atomic import atomic_output
 from scalenmf.io.errors import InputError
+from scalenmf.io.integrity import (
+    WRITE_CONFIG,
+    IntegrityError,
+    digest_array,
+    digest_json,
+    digest_stored,
+    require_complete,
+)
 from scalenmf.io.source import as_str_array
-from scalenmf.io.zarr_store import _codec, _open_group, write_labels
+from scalenmf.io.zarr_store import _codec, _open_group, find_bad_chunk, write_labels
 
 RESULT_FORMAT_VERSION = 1
+#: Root attr with the digests of every array and of the other attrs (absent in stores
+#: written before it existed, which are read unverified).
+INTEGRITY = "integrity"
 
 
 def _jsonable(value: Any) -> Any:
@@ -60,6 +71,7 @@ def write_result(
     labels : dict of str to sequence, optional
         ``row_labels``, ``col_labels``, ``factor_labels``.
     """
+    digests: dict[str, str] = {}
     with atomic_output(path, overwrite=overwrite) as tmp:
         root = zarr.open_group(tmp, mode="w")
         for name, arr in arrays.items():
@@ -71,15 +83,24 @@ def write_result(
             else:
                 chunks = (max(1, min(arr.shape[0], 65536)),) if arr.ndim == 1 else arr.shape
             out = root.create_array(
-                name, shape=arr.shape, chunks=chunks, dtype=arr.dtype, compressors=[_codec()]
+                name,
+                shape=arr.shape,
+                chunks=chunks,
+                dtype=arr.dtype,
+                compressors=[_codec()],
+                config=WRITE_CONFIG,
             )
             out[...] = arr
+            digests[name] = digest_array(arr)
         for name, values in (labels or {}).items():
             if values is not None:
                 write_labels(root, name, values)
+                digests[name] = digest_array(as_str_array(values))
         meta: dict[str, Any] = {"kind": "result", "format_version": RESULT_FORMAT_VERSION}
+        body = _jsonable(attrs)
         root.attrs["scalenmf"] = meta
-        root.attrs.update(_jsonable(attrs))
+        root.attrs.update(body)
+        root.attrs[INTEGRITY] = {"arrays": digests, "attrs": digest_json(body)}
     return str(path)
 
 
@@ -91,14 +112,92 @@ def read_result(
     meta = g.attrs.get("scalenmf")
     if not isinstance(meta, dict) or meta.get("kind") != "result":
         raise InputError(f"{str(path)!r} is not a scalenmf result store")
+    where = str(path)
+    seal = g.attrs.get(INTEGRITY)
+    digests = dict(seal.get("arrays") or {}) if isinstance(seal, dict) else None
     arrays: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}
     for name, node in g.members():
         if not isinstance(node, zarr.Array):
             continue
+        require_complete(node, name, where)
+        values = _read_array(node, name, where)
         if name.endswith("labels"):
-            labels[name] = as_str_array(node[:])
+            values = as_str_array(values)
+            labels[name] = values
         else:
-            arrays[name] = np.asarray(node[...])
-    attrs = {key: value for key, value in g.attrs.items() if key != "scalenmf"}
+            arrays[name] = values
+        if digests is not None:
+            if name not in digests:
+                raise IntegrityError(
+                    f"result store {where!r} holds array {name!r}, which it records no "
+                    "checksum for (added after it was written)"
+                )
+            if digest_array(values) != digests.pop(name):
+                raise IntegrityError(
+                    f"array {name!r} of result store {where!r} does not match its recorded "
+                    "checksum (damaged or edited after it was written)"
+                )
+    if digests:
+        raise IntegrityError(f"result store {where!r} lacks array(s) {sorted(digests)}")
+    attrs = {key: value for key, value in g.attrs.items() if key not in ("scalenmf", INTEGRITY)}
+    if isinstance(seal, dict) and digest_json(attrs) != seal.get("attrs"):
+        raise IntegrityError(
+            f"the attrs of result store {where!r} (parameters, loss history, errors) do not "
+            "match their recorded checksum (edited or damaged after it was written)"
+        )
     return arrays, attrs, labels
+
+
+def _read_array(node: zarr.Array, name: str, where: str) -> np.ndarray:
+    try:
+        return np.asarray(node[...])
+    except Exception as exc:  # codecs raise their own types for damaged bytes
+        idx = find_bad_chunk(node, 0, 0, int(node.shape[0])) if node.ndim else None
+        chunk = f" chunk {idx} (key {name}/{node.metadata.encode_chunk_key(idx)})" if idx else ""
+        raise IntegrityError(
+            f"result store {where!r}: array {name!r}{chunk} is corrupt or truncated "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def verify_result_store(path: str | os.PathLike[str]) -> None:
+    """Check a result store without loading it: every chunk present, digests as recorded.
+
+    For readers that keep H on disk (plots, reports). Arrays are read in row slabs, so
+    memory stays bounded. A store written before digests were recorded is only checked
+    for completeness.
+
+    Raises
+    ------
+    IntegrityError
+        Naming the store and the array (or the attrs) that failed.
+    """
+    where = str(path)
+    g = _open_group(path)
+    seal = g.attrs.get(INTEGRITY)
+    digests = dict(seal.get("arrays") or {}) if isinstance(seal, dict) else None
+    for name, node in g.members():
+        if not isinstance(node, zarr.Array):
+            continue
+        require_complete(node, name, where)
+        if digests is None:
+            continue
+        try:
+            actual = digest_stored(node)
+        except Exception as exc:  # codecs raise their own types for damaged bytes
+            _read_array(node, name, where)  # names the bad chunk
+            raise IntegrityError(f"result store {where!r}: cannot read {name!r}: {exc}") from exc
+        if name not in digests or actual != digests.pop(name):
+            raise IntegrityError(
+                f"array {name!r} of result store {where!r} does not match its recorded "
+                "checksum (damaged or edited after it was written)"
+            )
+    if digests:
+        raise IntegrityError(f"result store {where!r} lacks array(s) {sorted(digests)}")
+    attrs = {key: value for key, value in g.attrs.items() if key not in ("scalenmf", INTEGRITY)}
+    if isinstance(seal, dict) and digest_json(attrs) != seal.get("attrs"):
+        raise IntegrityError(
+            f"the attrs of result store {where!r} (parameters, loss history, errors) do not "
+            "match their recorded checksum (edited or damaged after it was written)"
+        )

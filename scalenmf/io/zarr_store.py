@@ -27,6 +27,13 @@ from zarr.codecs import BloscCodec
 from scalenmf.io import storage
 from scalenmf.io.atomic import atomic_output
 from scalenmf.io.errors import InputError
+from scalenmf.io.integrity import (
+    WRITE_CONFIG,
+    IntegrityError,
+    check_csc,
+    check_indptr,
+    require_complete,
+)
 from scalenmf.io.planning import (
     DEFAULT_BLOCK_BYTES,
     align_bounds,
@@ -58,6 +65,11 @@ def _open_group(path: str | os.PathLike[str]) -> zarr.Group:
     return node
 
 
+def _absolute(path: str | os.PathLike[str]) -> str:
+    p = str(storage.local_path(str(path)))
+    return p if storage.is_url(p) else os.path.abspath(p)
+
+
 def _is_bare_array(path: str) -> bool:
     try:
         node = zarr.open(storage.zarr_store(path, read_only=True), mode="r")
@@ -68,7 +80,9 @@ def _is_bare_array(path: str) -> bool:
 
 def _labels(group: zarr.Group, name: str) -> np.ndarray | None:
     if name in group:
-        return as_str_array(_child_array(group, name)[:])
+        arr = _child_array(group, name)
+        require_complete(arr, name, str(group.store_path))
+        return as_str_array(arr[:])
     return None
 
 
@@ -129,12 +143,16 @@ class ZarrDenseSource(MatrixSource):
         block_bounds: Bounds | None = None,
     ):
         super().__init__()
-        self.path = str(path)
+        # Absolute, so that Dask workers started elsewhere read the same store.
+        self.path = _absolute(path)
         self.array_name = array
         self.transposed = transposed
         arr = self._array()
         if arr.ndim != 2:
             raise InputError(f"array {array!r} in {self.path!r} is {arr.ndim}-D; expected 2-D")
+        # One listing: a missing chunk (or a shape far larger than the data) is refused
+        # here, not read as zeros.
+        require_complete(arr, array or "X", self.path)
         shape = arr.shape[::-1] if transposed else arr.shape
         self.shape = (int(shape[0]), int(shape[1]))
         self.dtype = _float_dtype(arr.dtype)
@@ -180,7 +198,7 @@ class ZarrSparseSource(MatrixSource):
 
     def __init__(self, path: str, group: str = "X", *, block_bounds: Bounds | None = None):
         super().__init__()
-        self.path = str(path)
+        self.path = _absolute(path)
         self.group_name = group
         g = self._group()
         enc = g.attrs.get("encoding-type")
@@ -198,17 +216,37 @@ class ZarrSparseSource(MatrixSource):
                 f"sparse group {group!r} in {self.path!r} has encoding-type {enc!r}; "
                 "expected csc_matrix (or AnnData csr_matrix)"
             )
+        if min(self.shape) < 0:
+            raise InputError(f"sparse group {group!r} in {self.path!r} has shape {shape}")
+        parts = {}
         for name in ("data", "indices", "indptr"):
             if name not in g:
                 raise InputError(f"sparse group {group!r} in {self.path!r} lacks array {name!r}")
-        self.dtype = _float_dtype(_child_array(g, "data").dtype)
+            parts[name] = _child_array(g, name)
+            if parts[name].ndim != 1:
+                raise IntegrityError(
+                    f"{group}/{name} in {self.path!r} is {parts[name].ndim}-D; expected 1-D"
+                )
+            require_complete(parts[name], f"{group}/{name}", self.path)
+        self.dtype = _float_dtype(parts["data"].dtype)
+        if parts["indices"].dtype.kind not in "iu":
+            raise IntegrityError(
+                f"{group}/indices in {self.path!r} has dtype {parts['indices'].dtype}; "
+                "expected integers"
+            )
+        if parts["data"].shape != parts["indices"].shape:
+            raise IntegrityError(
+                f"sparse group {group!r} in {self.path!r}: data has {parts['data'].shape[0]} "
+                f"entries but indices {parts['indices'].shape[0]}"
+            )
         self.is_sparse = True
         indptr = self.indptr
-        if indptr.shape[0] != self.shape[1] + 1:
-            raise InputError(
-                f"indptr of {group!r} in {self.path!r} has length {indptr.shape[0]}, "
-                f"expected {self.shape[1] + 1}"
-            )
+        check_indptr(
+            indptr,
+            int(parts["data"].shape[0]),
+            self.shape[1],
+            f"sparse group {group!r} in {self.path!r}",
+        )
         if block_bounds is None:
             target = DEFAULT_BLOCK_BYTES // (self.dtype.itemsize + 4)
             spread = max(1, int(indptr[-1]) // max(1, os.cpu_count() or 1))
@@ -227,7 +265,13 @@ class ZarrSparseSource(MatrixSource):
     def indptr(self) -> np.ndarray:
         ip = self.__dict__.get("_indptr")
         if ip is None:
-            ip = np.asarray(_child_array(self._group(), "indptr")[:], dtype=np.int64)
+            raw = np.asarray(_child_array(self._group(), "indptr")[:])
+            if raw.dtype.kind not in "iu":
+                raise IntegrityError(
+                    f"{self.group_name}/indptr in {self.path!r} has dtype {raw.dtype}; "
+                    "expected integers"
+                )
+            ip = raw.astype(np.int64, copy=False)
             self.__dict__["_indptr"] = ip
         return ip
 
@@ -259,9 +303,20 @@ class ZarrSparseSource(MatrixSource):
                 indices = values
         if data.dtype != self.dtype:
             data = data.astype(self.dtype)
-        block = sp.csc_matrix(
-            (data, indices, ip[start : stop + 1] - lo), shape=(self.shape[0], stop - start)
+        local_ptr = ip[start : stop + 1] - lo
+        # Before any product: scipy trusts these arrays and would read out of bounds.
+        check_csc(
+            data,
+            indices,
+            local_ptr,
+            self.shape[0],
+            f"columns {start}:{stop} of sparse group {self.group_name!r} in {self.path!r}",
         )
+        block = sp.csc_matrix((data, indices, local_ptr), shape=(self.shape[0], stop - start))
+        if not block.has_canonical_format:
+            # Unsorted or duplicate row indices: duplicates are summed (scipy's meaning of
+            # a repeated entry), so every kernel sees one value per (row, column).
+            block.sum_duplicates()
         return block
 
 
@@ -362,7 +417,7 @@ def _anndata_csc_in_memory(path: str) -> MatrixSource:
 def write_labels(group: zarr.Group, name: str, labels: Any) -> None:
     arr = as_str_array(labels)
     chunk = max(1, min(arr.shape[0], 1 << 16))
-    out = group.create_array(name, shape=arr.shape, dtype=str, chunks=(chunk,))
+    out = group.create_array(name, shape=arr.shape, dtype=str, chunks=(chunk,), config=WRITE_CONFIG)
     out[:] = arr.astype(object)
 
 
@@ -422,6 +477,7 @@ def write_matrix(
                 dtype=out_dtype,
                 compressors=[_codec()],
                 fill_value=0,
+                config=WRITE_CONFIG,
             )
             for j in range(src.n_blocks):
                 a, b = src.block_bounds[j]
@@ -449,10 +505,20 @@ def _write_sparse(root: zarr.Group, src: MatrixSource, dtype: np.dtype) -> None:
     chunk = max(1, min(max(nnz, 1), 1 << 20))
     index_dtype = np.int32 if m < 2**31 else np.int64
     data = g.create_array(
-        "data", shape=(nnz,), chunks=(chunk,), dtype=dtype, compressors=[_codec()]
+        "data",
+        shape=(nnz,),
+        chunks=(chunk,),
+        dtype=dtype,
+        compressors=[_codec()],
+        config=WRITE_CONFIG,
     )
     indices = g.create_array(
-        "indices", shape=(nnz,), chunks=(chunk,), dtype=index_dtype, compressors=[_codec()]
+        "indices",
+        shape=(nnz,),
+        chunks=(chunk,),
+        dtype=index_dtype,
+        compressors=[_codec()],
+        config=WRITE_CONFIG,
     )
     indptr = np.zeros(n + 1, dtype=np.int64)
     pos = 0
@@ -473,6 +539,10 @@ def _write_sparse(root: zarr.Group, src: MatrixSource, dtype: np.dtype) -> None:
         data.resize((pos,))
         indices.resize((pos,))
     ip = g.create_array(
-        "indptr", shape=(n + 1,), chunks=(max(1, min(n + 1, 1 << 20)),), dtype=np.int64
+        "indptr",
+        shape=(n + 1,),
+        chunks=(max(1, min(n + 1, 1 << 20)),),
+        dtype=np.int64,
+        config=WRITE_CONFIG,
     )
     ip[:] = indptr

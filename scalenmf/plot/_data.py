@@ -102,9 +102,12 @@ class ResultView:
         self.chunk_cols = max(1, int(self._H.shape[1]))
 
     def _init_from_store(self, path: Path) -> None:
+        from scalenmf.io.results import INTEGRITY, verify_result_store
+
         self.path = str(path)
         g = open_result_group(path)
-        self.attrs = {key: value for key, value in g.attrs.items() if key != "scalenmf"}
+        verify_result_store(path)
+        self.attrs = {k: v for k, v in g.attrs.items() if k not in ("scalenmf", INTEGRITY)}
         self.W = np.asarray(_array(g, "W", path)[...], dtype=np.float64)
         H = _array(g, "H", path)
         if H.ndim != 2 or self.W.ndim != 2 or H.shape[0] != self.W.shape[1]:

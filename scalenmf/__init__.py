@@ -12,7 +12,7 @@ from scalenmf._version import __version__
 from scalenmf.api import nmf
 from scalenmf.api_linked import inmf, jnmf, lnmf, lnmf_ranks
 from scalenmf.api_project import project
-from scalenmf.engine.loop import ConvergenceWarning, IterationInfo
+from scalenmf.engine.loop import IterationInfo
 from scalenmf.interpret import (
     extract_features,
     feature_scores,
@@ -84,6 +84,10 @@ def plan(X: Any, k: int, **kwargs: Any) -> Any:
 
 def __getattr__(name: str) -> Any:
     # Optional-extra features are imported only when asked for.
+    if name == "ConvergenceWarning":  # built on first use (see engine.loop)
+        from scalenmf.engine.loop import convergence_warning
+
+        return convergence_warning()
     if name == "DNMF":
         from scalenmf.models.deep import DNMF
 

@@ -19,7 +19,6 @@ from typing import Any, Protocol
 from scalenmf.engine.checkpoint import Checkpointer, LoopSnapshot
 from scalenmf.engine.executor import Executor
 
-
 _CONVERGENCE_WARNING: type[UserWarning] | None = None
 
 
@@ -183,7 +182,9 @@ def run_alternating(
             if not active:
                 break
             if checkpoint is not None and it < max_iter and checkpoint.due(it):
-                checkpoint.save(_snapshot(model, executor, trace, it, n_iter, converged, active, t0))
+                checkpoint.save(
+                    _snapshot(model, executor, trace, it, n_iter, converged, active, t0)
+                )
     trace.n_iter = n_iter
     trace.converged = converged
     trace.total_s = time.perf_counter() - t0

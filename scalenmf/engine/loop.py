@@ -34,9 +34,10 @@ def convergence_warning() -> type[UserWarning]:
     """
     global _CONVERGENCE_WARNING
     if _CONVERGENCE_WARNING is None:
-        base: type[UserWarning]
         try:
-            from sklearn.exceptions import ConvergenceWarning as base
+            from sklearn.exceptions import ConvergenceWarning as sklearn_warning
+
+            base: type[UserWarning] = sklearn_warning
         except ImportError:
             base = UserWarning
 

@@ -1,6 +1,6 @@
 """scikit-learn's estimator base classes, or small stand-ins when it is not installed.
 
-scikit-learn is an optional extra of scalenmf (``pip install scalenmf[sklearn]``). The
+scikit-learn (≥ 1.6) is an optional extra of scalenmf (``pip install scalenmf[sklearn]``). The
 estimators in ``scalenmf.estimators`` derive from the names this module exports:
 
 - with scikit-learn installed, they *are* sklearn's ``BaseEstimator``, ``TransformerMixin``
@@ -11,7 +11,8 @@ estimators in ``scalenmf.estimators`` derive from the names this module exports:
   ``get_feature_names_out``, ``feature_names_in_`` from a pandas frame,
   ``NotFittedError``), so code written against the estimator runs unchanged.
 
-The choice is made once, at import; ``HAVE_SKLEARN`` says which it was.
+The choice is made once, at import; ``HAVE_SKLEARN`` says which it was (an older
+scikit-learn, without ``validate_data`` and tags, counts as absent).
 """
 
 from __future__ import annotations

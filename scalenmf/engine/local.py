@@ -24,6 +24,12 @@ CACHE_SHARE = 0.6
 #: benchmarks/bench_small.py: the crossover on 2–16 cores is near 2¹⁷ values).
 PARALLEL_MIN_VALUES = 1 << 17
 
+#: A problem of fewer stored values than this (about 8 MB of float64) runs its whole loop
+#: with BLAS pinned to one thread: its products take microseconds to a millisecond, and
+#: waking BLAS threads for them costs more than they save — on a busy machine up to a
+#: scheduler slice per call (a 96 × 500 KL fit ran 7× slower with two BLAS threads).
+SMALL_PROBLEM_VALUES = 1 << 20
+
 _CONTROLLER: Any = None
 
 
@@ -71,7 +77,8 @@ class LocalExecutor:
         Worker threads. Blocks run concurrently, each using single-threaded BLAS, when
         there are at least as many blocks as threads and blocks are large enough to be
         worth a thread (``PARALLEL_MIN_VALUES``); otherwise blocks run in line, one after
-        another, and BLAS uses the threads.
+        another, and BLAS uses the threads — except on small problems
+        (``SMALL_PROBLEM_VALUES``), where BLAS stays on one thread.
     memory_limit : int, optional
         Bytes available for X blocks and temporaries (None: cache when it fits in RAM).
     """
@@ -84,13 +91,14 @@ class LocalExecutor:
         self._cache: list[Any] | None = None
         self._cache_decided = False
         self._pool: ThreadPoolExecutor | None = None
-        #: Blocks too small to be worth a thread, or a BLAS thread: they run in line, with
-        #: BLAS pinned to one thread (waking BLAS threads for microsecond products costs
-        #: more than it saves, and on a busy machine up to a scheduler slice each time).
-        self.small_blocks = _block_values(source) < PARALLEL_MIN_VALUES
+        #: Blocks too small to be worth a thread of their own run in line, one after another.
         self.parallel_blocks = (
-            self.threads > 1 and source.n_blocks >= self.threads and not self.small_blocks
+            self.threads > 1
+            and source.n_blocks >= self.threads
+            and _block_values(source) >= PARALLEL_MIN_VALUES
         )
+        #: Small problems (see ``SMALL_PROBLEM_VALUES``) keep BLAS on one thread throughout.
+        self.small_problem = not self.parallel_blocks and source.nnz < SMALL_PROBLEM_VALUES
         self._scope_depth = 0
 
     def _should_cache(self) -> bool:
@@ -141,9 +149,9 @@ class LocalExecutor:
                 self._cache = [self.source.read_block(j) for j in range(self.source.n_blocks)]
                 log.debug("holding %d X blocks in memory", self.source.n_blocks)
         reducer: TreeReducer[Any] = TreeReducer(add_partials)
-        # Inside ``compute_scope`` small blocks already run with BLAS pinned; entering a
+        # Inside ``compute_scope`` a small problem already runs with BLAS pinned; entering a
         # limit costs tens of microseconds, as much as a small block step.
-        pin = self.parallel_blocks or (self.small_blocks and not self._scope_depth)
+        pin = self.parallel_blocks or (self.small_problem and not self._scope_depth)
         with _blas_threads(1 if pin else None):
             for j, (state, partial) in enumerate(self._map(fn, broadcast, read_x)):
                 self._states[j] = state
@@ -154,7 +162,7 @@ class LocalExecutor:
     def compute_scope(self) -> Iterator[None]:
         """Hold the BLAS setting of small problems for a whole loop (block steps and the
         global updates between them), instead of entering it on every ``map_reduce``."""
-        with _blas_threads(1 if self.small_blocks else None):
+        with _blas_threads(1 if self.small_problem else None):
             self._scope_depth += 1
             try:
                 yield
@@ -179,6 +187,6 @@ class LocalExecutor:
             "executor": "local",
             "threads": self.threads,
             "parallel_blocks": self.parallel_blocks,
-            "small_blocks": self.small_blocks,
+            "small_problem": self.small_problem,
             "cached": self._cache is not None,
         }

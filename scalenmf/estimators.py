@@ -1,58 +1,116 @@
-"""A scikit-learn-style estimator over the same code path as ``scalenmf.nmf``.
+"""A scikit-learn estimator over the same code path as ``scalenmf.nmf``.
 
 Orientation: like scikit-learn, ``fit(X)`` takes X as **samples × features** (n, m); it
-transposes at this edge only. ``components_`` (k, m) is Wᵀ; ``transform`` returns Hᵀ (n, k).
+transposes at this edge only, and every error it raises speaks of samples and features.
+``components_`` (k, m) is Wᵀ; ``transform`` returns Hᵀ (n, k).
+
+With scikit-learn installed (the optional ``sklearn`` extra) ``NMF`` derives from its
+``BaseEstimator``, ``TransformerMixin`` and ``ClassNamePrefixFeaturesOutMixin``: it
+clones, sits in pipelines (HTML repr included), honours ``set_output(transform="pandas")``
+and passes ``sklearn.utils.estimator_checks.check_estimator``. Without it the estimator
+still imports and fits, on the small stand-ins of ``scalenmf._sklearn``.
 """
 
 from __future__ import annotations
 
-import inspect
+import numbers
 import warnings
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from scalenmf.api import check_rank, nmf, resolve_solver
-from scalenmf.engine.executor import make_executor
-from scalenmf.io.source import as_source
+from scalenmf._sklearn import (
+    HAVE_SKLEARN,
+    BaseEstimator,
+    ClassNamePrefixFeaturesOutMixin,
+    TransformerMixin,
+    check_is_fitted,
+    check_non_negative,
+    validate_data,
+)
+from scalenmf.api import nmf
 from scalenmf.kernels import sq_norm
-from scalenmf.models.nmf import NMFConfig
-from scalenmf.models.transfer import project_blocks
+
+#: Solver names of scikit-learn's NMF accepted as aliases: its ``cd`` is one coordinate
+#: sweep per half-step, which is scalenmf's ``hals``.
+SOLVER_ALIASES = {"cd": "hals"}
 
 
-def _transpose(X: Any) -> Any:
+def _features_by_samples(X: Any) -> Any:
+    """The validated samples × features X as the engine's features × samples matrix."""
     if sp.issparse(X):
-        return sp.csc_matrix(X.T)
-    return np.asarray(X).T
+        return sp.csc_matrix(X.T)  # CSR (n, m) transposes to CSC (m, n) without copying
+    return X.T  # a transposed view: its columns (the samples) are contiguous
 
 
-class NMF:
+def _seed(random_state: Any) -> int | None:
+    """The integer seed behind scikit-learn's ``random_state`` conventions."""
+    if random_state is None:
+        return None
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        return int(random_state)
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(np.iinfo(np.int32).max))
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(np.iinfo(np.int32).max))
+    raise ValueError(
+        "random_state must be an int, None, a numpy RandomState or a numpy Generator; "
+        f"got {random_state!r}"
+    )
+
+
+class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """Non-negative matrix factorization, scikit-learn style (samples × features input).
+
+    Finds ``X ≈ transform(X) @ components_`` with both factors non-negative, on the
+    engine of ``scalenmf.nmf`` (so the same fit runs out of core or on Dask).
 
     Parameters
     ----------
-    n_components : int
-        Rank k.
-    solver, loss, init, l1_w, l1_h, l2_w, l2_h, max_iter, tol, n_runs, scheduler, workers,
-    memory_limit, nnls, dtype : see ``scalenmf.nmf``.
-    random_state : int or None
-        The seed.
+    n_components : int or None, default 2
+        Rank k; None uses all features (k = n_features). At most
+        ``min(n_samples, n_features)``.
+    solver : {"als", "hals", "mu", "cd"} or None
+        Default ``"als"`` for Frobenius and ``"mu"`` for KL; ``"cd"`` (scikit-learn's
+        name) is ``"hals"``.
+    loss : {"frobenius", "kl", "kullback-leibler"}
+    init : {"nndsvda", "nndsvd", "random"}
+    l1_w, l1_h, l2_w, l2_h : float
+        L1 / L2 penalties on the basis (``components_``) and on the coefficients. (W here
+        is scalenmf's basis, features × k, i.e. ``components_.T``.)
+    max_iter, tol, n_runs, scheduler, workers, memory_limit, nnls, dtype : see ``scalenmf.nmf``.
+    random_state : int, None, numpy RandomState or Generator, default 0
+        Seeds the fit; a RandomState or Generator is drawn from once per fit.
 
     Attributes
     ----------
-    components_ : ndarray, shape (k, n_features)
-        Wᵀ.
+    components_ : ndarray, shape (n_components, n_features)
+        Wᵀ, in the working dtype (float32 input stays float32).
+    n_components_ : int
     n_iter_ : int
     reconstruction_err_ : float
         ``‖X − WH‖_F`` (absolute, as scikit-learn reports it).
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        When X was a DataFrame with string column names.
     result_ : NMFResult
         The full result of the fit (features × samples orientation).
+
+    Examples
+    --------
+    >>> import numpy as np, scalenmf
+    >>> X = np.random.default_rng(0).poisson(4.0, size=(60, 12)).astype(float)
+    >>> model = scalenmf.NMF(n_components=3, random_state=0)
+    >>> model.fit_transform(X).shape, model.components_.shape
+    ((60, 3), (3, 12))
+    >>> list(model.get_feature_names_out())
+    ['nmf0', 'nmf1', 'nmf2']
     """
 
     def __init__(
         self,
-        n_components: int = 2,
+        n_components: int | None = 2,
         *,
         solver: str | None = None,
         loss: str = "frobenius",
@@ -63,7 +121,7 @@ class NMF:
         l2_h: float = 0.0,
         max_iter: int = 200,
         tol: float = 1e-4,
-        random_state: int | None = 0,
+        random_state: Any = 0,
         n_runs: int = 1,
         scheduler: Any = None,
         workers: int | None = None,
@@ -89,38 +147,51 @@ class NMF:
         self.nnls = nnls
         self.dtype = dtype
 
-    # -- scikit-learn protocol ----------------------------------------------------------
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p for p in sig.parameters if p != "self"]
+    if HAVE_SKLEARN:
 
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._param_names()}
+        def __sklearn_tags__(self) -> Any:
+            tags = super().__sklearn_tags__()
+            tags.input_tags.positive_only = True
+            tags.input_tags.sparse = True
+            tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+            return tags
 
-    def set_params(self, **params: Any) -> NMF:
-        valid = set(self._param_names())
-        for name, value in params.items():
-            if name not in valid:
-                raise ValueError(f"invalid parameter {name!r} for NMF; valid: {sorted(valid)}")
-            setattr(self, name, value)
-        return self
+    @property
+    def _n_features_out(self) -> int:
+        """Output features of ``transform``: one per component."""
+        return int(self.components_.shape[0])
 
-    def __repr__(self) -> str:
-        defaults = {
-            n: p.default for n, p in inspect.signature(type(self).__init__).parameters.items()
-        }
-        changed = [
-            f"{n}={v!r}"
-            for n, v in self.get_params().items()
-            if defaults.get(n) is not v and defaults.get(n) != v
-        ]
-        return f"NMF({', '.join(changed)})"
+    # -- validation ---------------------------------------------------------------------
+    def _check_X(self, X: Any, *, reset: bool) -> Any:
+        X = validate_data(
+            self, X, reset=reset, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32]
+        )
+        check_non_negative(X, f"{type(self).__name__} (input X)")
+        return X
+
+    def _rank(self, n_samples: int, n_features: int) -> int:
+        k = self.n_components
+        if k is None:
+            k = n_features
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise ValueError(
+                f"n_components must be a positive int or None (all features); got {k!r}"
+            )
+        limit = min(n_samples, n_features)
+        if k > limit:
+            raise ValueError(
+                f"n_components={k} must be at most min(n_samples, n_features) = {limit} for X "
+                f"with {n_samples} sample(s) and {n_features} feature(s)"
+            )
+        return int(k)
+
+    def _solver(self) -> str | None:
+        return SOLVER_ALIASES.get(self.solver, self.solver) if self.solver else None
 
     # -- fitting ------------------------------------------------------------------------
     def _fit_kwargs(self) -> dict[str, Any]:
         return {
-            "solver": self.solver,
+            "solver": self._solver(),
             "loss": self.loss,
             "init": self.init,
             "l1_w": self.l1_w,
@@ -129,7 +200,7 @@ class NMF:
             "l2_h": self.l2_h,
             "max_iter": self.max_iter,
             "tol": self.tol,
-            "seed": self.random_state,
+            "seed": _seed(self.random_state),
             "n_runs": self.n_runs,
             "scheduler": self.scheduler,
             "workers": self.workers,
@@ -140,58 +211,79 @@ class NMF:
         }
 
     def fit_transform(self, X: Any, y: Any = None) -> np.ndarray:
-        """Fit to X (n_samples, n_features) and return the coefficients (n_samples, k)."""
-        result = nmf(_transpose(X), self.n_components, **self._fit_kwargs())
+        """Fit to X (n_samples, n_features) and return the coefficients (n_samples, k).
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix, shape (n_samples, n_features)
+            Non-negative data; a pandas DataFrame (numbers of any dtype, object included)
+            records ``feature_names_in_``.
+        y : ignored
+
+        Returns
+        -------
+        ndarray, shape (n_samples, n_components)
+        """
+        X = self._check_X(X, reset=True)
+        k = self._rank(*X.shape)
+        result = nmf(_features_by_samples(X), k, **self._fit_kwargs())
         self.result_ = result
-        self.components_ = result.W.T.copy()
-        self.n_components_ = result.k
-        self.n_iter_ = result.n_iter
-        self.n_features_in_ = result.W.shape[0]
-        self.reconstruction_err_ = result.relative_error * float(np.sqrt(sq_norm(_transpose(X))))
-        return result.H.T.copy()
+        self.components_ = np.ascontiguousarray(result.W.T)
+        self.n_components_ = int(result.k)
+        self.n_iter_ = int(result.n_iter)
+        self.reconstruction_err_ = result.relative_error * float(np.sqrt(sq_norm(X)))
+        return np.ascontiguousarray(result.H.T)
 
     def fit(self, X: Any, y: Any = None) -> NMF:
-        """Fit to X (n_samples, n_features)."""
+        """Fit to X (n_samples, n_features); returns the estimator."""
         self.fit_transform(X)
         return self
 
     def transform(self, X: Any) -> np.ndarray:
-        """Coefficients of new samples X (n_samples, n_features) with the basis frozen.
+        """Coefficients of samples X (n_samples, n_features) with the basis held fixed.
 
-        The same H-step as fitting, iterated with W fixed (``fit`` with the basis frozen).
+        Each sample is solved exactly and independently (``scalenmf.project``: block
+        principal pivoting for Frobenius, multiplicative updates to convergence for KL), so
+        a sample's coefficients do not depend on the other samples passed with it.
+
+        Returns
+        -------
+        ndarray, shape (n_samples, n_components)
         """
-        if not hasattr(self, "components_"):
-            raise ValueError("this NMF instance is not fitted yet; call fit first")
-        source = as_source(_transpose(X))
-        if source.shape[0] != self.n_features_in_:
-            raise ValueError(
-                f"X has {source.shape[0]} features, but NMF was fitted with {self.n_features_in_}"
-            )
-        check_rank(1, source.shape)
-        loss = self.result_.params["loss"]
-        solver = resolve_solver(self.result_.params["solver"], loss)
-        config = NMFConfig(
-            k=self.n_components_,
-            solver=solver,
-            loss=loss,
-            l1_h=self.l1_h,
-            l2_h=self.l2_h,
-            nnls=self.nnls,
-            inner_sweeps=200,
-            inner_tol=1e-10,  # a projection is solved once: solve it tightly
-        )
-        W = self.components_.T.astype(source.dtype)
-        executor = make_executor(source, scheduler=self.scheduler, workers=self.workers)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", category=UserWarning)
-                H, _, _ = project_blocks(
-                    executor, W, config, max_iter=max(self.max_iter, 200), tol=1e-8
-                )
-        finally:
-            executor.close()
-        return H.T.copy()
+        check_is_fitted(self, "components_")
+        X = self._check_X(X, reset=False)
+        n_samples = X.shape[0]
+        dtype = self.components_.dtype
+        if (X.nnz if sp.issparse(X) else np.count_nonzero(X)) == 0:
+            return np.zeros((n_samples, self.n_components_), dtype=dtype)
+        from scalenmf.api_project import project
 
-    def inverse_transform(self, H: np.ndarray) -> np.ndarray:
-        """Samples × features reconstruction from coefficients (n_samples, k)."""
-        return np.asarray(H) @ self.components_
+        loss = self.result_.params["loss"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=UserWarning)
+            projected = project(
+                self.components_.T,
+                _features_by_samples(X),
+                loss=loss,
+                solver="mu" if loss == "kl" else "als",
+                nnls="bpp",
+                l1_h=self.l1_h,
+                l2_h=self.l2_h,
+                novelty_cosine=None,
+                novelty_z=None,
+                scheduler=self.scheduler,
+                workers=self.workers,
+                dtype=dtype,
+                progress=False,
+            )
+        return np.ascontiguousarray(projected.H.T, dtype=dtype)
+
+    def inverse_transform(self, X: Any) -> np.ndarray:
+        """Samples × features reconstruction ``X @ components_`` from coefficients (n, k)."""
+        check_is_fitted(self, "components_")
+        H = np.asarray(X)
+        if H.ndim != 2 or H.shape[1] != self.n_components_:
+            raise ValueError(
+                f"expected coefficients of shape (n_samples, {self.n_components_}); got {H.shape}"
+            )
+        return H @ self.components_

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from scalenmf.engine.base import BlockFn, BlockRef, apply_block
+from scalenmf.engine.base import BlockFn, BlockRef, realign, resolve_block
 from scalenmf.engine.reduce import TreeReducer, add_partials
 from scalenmf.io.source import MatrixSource
 
@@ -18,6 +18,35 @@ log = logging.getLogger(__name__)
 #: per-thread temporaries and the blocks in flight.
 CACHE_SHARE = 0.6
 
+#: Blocks run concurrently only when the average block holds at least this many stored
+#: values. Below it a block step takes tens of microseconds, less than handing it to a
+#: thread and back, so the blocks run in line, one after another (measured in
+#: benchmarks/bench_small.py: the crossover on 2–16 cores is near 2¹⁷ values).
+PARALLEL_MIN_VALUES = 1 << 17
+
+#: A problem of fewer stored values than this (about 8 MB of float64) runs its whole loop
+#: with BLAS pinned to one thread: its products take microseconds to a millisecond, and
+#: waking BLAS threads for them costs more than they save — on a busy machine up to a
+#: scheduler slice per call (a 96 × 500 KL fit ran 7× slower with two BLAS threads).
+SMALL_PROBLEM_VALUES = 1 << 20
+
+_CONTROLLER: Any = None
+
+
+def _blas_controller() -> Any:
+    """One ``ThreadpoolController`` for the process.
+
+    Building one scans the loaded shared libraries (``/proc/self/maps`` on Linux), which
+    costs milliseconds; ``threadpool_limits`` builds a new one on every call. The BLAS
+    libraries a fit uses are loaded long before the first fit, so one scan serves them all.
+    """
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER
+
 
 @contextlib.contextmanager
 def _blas_threads(limit: int | None) -> Iterator[None]:
@@ -25,10 +54,13 @@ def _blas_threads(limit: int | None) -> Iterator[None]:
     if limit is None:
         yield
         return
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=limit, user_api="blas"):
+    with _blas_controller().limit(limits=limit, user_api="blas"):
         yield
+
+
+def _block_values(source: MatrixSource) -> float:
+    """Average stored values per block (non-zeros for sparse sources)."""
+    return float(source.nnz) / max(1, source.n_blocks)
 
 
 class LocalExecutor:
@@ -43,8 +75,10 @@ class LocalExecutor:
     source : MatrixSource
     threads : int
         Worker threads. Blocks run concurrently, each using single-threaded BLAS, when
-        there are at least as many blocks as threads; otherwise blocks run one after
-        another and BLAS uses the threads.
+        there are at least as many blocks as threads and blocks are large enough to be
+        worth a thread (``PARALLEL_MIN_VALUES``); otherwise blocks run in line, one after
+        another, and BLAS uses the threads — except on small problems
+        (``SMALL_PROBLEM_VALUES``), where BLAS stays on one thread.
     memory_limit : int, optional
         Bytes available for X blocks and temporaries (None: cache when it fits in RAM).
     """
@@ -57,7 +91,15 @@ class LocalExecutor:
         self._cache: list[Any] | None = None
         self._cache_decided = False
         self._pool: ThreadPoolExecutor | None = None
-        self.parallel_blocks = self.threads > 1 and source.n_blocks >= self.threads
+        #: Blocks too small to be worth a thread of their own run in line, one after another.
+        self.parallel_blocks = (
+            self.threads > 1
+            and source.n_blocks >= self.threads
+            and _block_values(source) >= PARALLEL_MIN_VALUES
+        )
+        #: Small problems (see ``SMALL_PROBLEM_VALUES``) keep BLAS on one thread throughout.
+        self.small_problem = not self.parallel_blocks and source.nnz < SMALL_PROBLEM_VALUES
+        self._scope_depth = 0
 
     def _should_cache(self) -> bool:
         if self.source.in_memory:
@@ -72,6 +114,14 @@ class LocalExecutor:
                 budget = 2**31
         return self.source.nbytes <= CACHE_SHARE * budget
 
+    def _apply(self, fn: BlockFn, xref: Any, state: Any, broadcast: Any) -> tuple[Any, Any]:
+        # Unlike ``apply_block``, states and broadcasts are not walked for unaligned arrays:
+        # in this process they are numpy's own allocations, always aligned (restored
+        # states are realigned once, in ``set_states``). Only X, which the caller may hand
+        # over as any view, is checked.
+        X = realign(resolve_block(xref)) if xref is not None else None
+        return fn(X, state, broadcast)
+
     def _xref(self, j: int) -> Any:
         if self._cache is not None:
             return self._cache[j]
@@ -84,12 +134,12 @@ class LocalExecutor:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="scalenmf")
             pool = self._pool
-            futures = [pool.submit(apply_block, fn, x, s, broadcast) for x, s in args]
+            futures = [pool.submit(self._apply, fn, x, s, broadcast) for x, s in args]
             for fut in futures:
                 yield fut.result()
         else:
             for x, s in args:
-                yield apply_block(fn, x, s, broadcast)
+                yield self._apply(fn, x, s, broadcast)
 
     def map_reduce(self, fn: BlockFn, broadcast: Any, *, read_x: bool = True) -> Any:
         if read_x and not self._cache_decided:
@@ -99,11 +149,25 @@ class LocalExecutor:
                 self._cache = [self.source.read_block(j) for j in range(self.source.n_blocks)]
                 log.debug("holding %d X blocks in memory", self.source.n_blocks)
         reducer: TreeReducer[Any] = TreeReducer(add_partials)
-        with _blas_threads(1 if self.parallel_blocks else None):
+        # Inside ``compute_scope`` a small problem already runs with BLAS pinned; entering a
+        # limit costs tens of microseconds, as much as a small block step.
+        pin = self.parallel_blocks or (self.small_problem and not self._scope_depth)
+        with _blas_threads(1 if pin else None):
             for j, (state, partial) in enumerate(self._map(fn, broadcast, read_x)):
                 self._states[j] = state
                 reducer.push(partial)
         return reducer.result()
+
+    @contextlib.contextmanager
+    def compute_scope(self) -> Iterator[None]:
+        """Hold the BLAS setting of small problems for a whole loop (block steps and the
+        global updates between them), instead of entering it on every ``map_reduce``."""
+        with _blas_threads(1 if self.small_problem else None):
+            self._scope_depth += 1
+            try:
+                yield
+            finally:
+                self._scope_depth -= 1
 
     def states(self) -> Iterator[Any]:
         yield from self._states
@@ -111,7 +175,7 @@ class LocalExecutor:
     def set_states(self, states: list[Any]) -> None:
         if len(states) != self.source.n_blocks:
             raise ValueError(f"expected {self.source.n_blocks} block states, got {len(states)}")
-        self._states = list(states)
+        self._states = [realign(s) for s in states]
 
     def close(self) -> None:
         if self._pool is not None:
@@ -123,5 +187,6 @@ class LocalExecutor:
             "executor": "local",
             "threads": self.threads,
             "parallel_blocks": self.parallel_blocks,
+            "small_problem": self.small_problem,
             "cached": self._cache is not None,
         }

@@ -8,6 +8,7 @@ progress bar.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
@@ -18,9 +19,41 @@ from typing import Any, Protocol
 from scalenmf.engine.checkpoint import Checkpointer, LoopSnapshot
 from scalenmf.engine.executor import Executor
 
+_CONVERGENCE_WARNING: type[UserWarning] | None = None
 
-class ConvergenceWarning(UserWarning):
-    """A fit stopped at ``max_iter`` before meeting ``tol``."""
+
+def convergence_warning() -> type[UserWarning]:
+    """The class of the warning a fit gives when it stops at ``max_iter`` before ``tol``.
+
+    Built once, on first use: a subclass of scikit-learn's ``ConvergenceWarning`` when
+    scikit-learn is installed (so ``pytest.warns(sklearn.exceptions.ConvergenceWarning)``
+    and sklearn's own filters catch it), else of ``UserWarning``. It is built lazily
+    because importing scikit-learn takes about a second; a process pays that only when it
+    names ``ConvergenceWarning`` or a fit warns. Import it as
+    ``scalenmf.ConvergenceWarning`` or ``scalenmf.engine.loop.ConvergenceWarning``.
+    """
+    global _CONVERGENCE_WARNING
+    if _CONVERGENCE_WARNING is None:
+        try:
+            from sklearn.exceptions import ConvergenceWarning as sklearn_warning
+
+            base: type[UserWarning] = sklearn_warning
+        except ImportError:
+            base = UserWarning
+
+        class ConvergenceWarning(base):  # type: ignore[valid-type,misc]
+            """A fit stopped at ``max_iter`` before meeting ``tol``."""
+
+        ConvergenceWarning.__module__ = __name__
+        ConvergenceWarning.__qualname__ = "ConvergenceWarning"
+        _CONVERGENCE_WARNING = ConvergenceWarning
+    return _CONVERGENCE_WARNING
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ConvergenceWarning":
+        return convergence_warning()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -114,37 +147,45 @@ def run_alternating(
         first_it = resume.iteration + 1
         if progress is not None:
             progress.update(resume.iteration)
-    for it in range(first_it, max_iter + 1):
-        bc = model.broadcast(active, first=validate_first and it == 1)
-        partials = executor.map_reduce(model.step, bc)
-        objs = [math.nan] * R
-        errs = [math.nan] * R
-        still = []
-        for idx, run in enumerate(active):
-            f, rel = model.score(run, partials, idx)
-            prev = trace.objectives[run][-1] if trace.objectives[run] else None
-            trace.objectives[run].append(f)
-            trace.relative_errors[run].append(rel)
-            objs[run], errs[run] = f, rel
-            n_iter[run] = it
-            done = prev is not None and tol > 0 and (prev - f) <= tol * abs(prev)
-            if done:
-                converged[run] = True
-            elif it < max_iter:
-                model.advance(run, partials, idx)
-                still.append(run)
-        trace.iter_times.append(time.perf_counter() - t0)
-        if callback is not None:
-            callback(IterationInfo(it, objs, errs, trace.iter_times[-1], tuple(active)))
-        if progress is not None:
-            best = min((e for e in errs if not math.isnan(e)), default=math.nan)
-            progress.update(1)
-            progress.set_postfix_str(f"rel.err {best:.5g}")
-        active = still
-        if not active:
-            break
-        if checkpoint is not None and it < max_iter and checkpoint.due(it):
-            checkpoint.save(_snapshot(model, executor, trace, it, n_iter, converged, active, t0))
+    scope = getattr(executor, "compute_scope", None)
+    # An executor may hold a setting for the whole loop (the local one pins BLAS to one
+    # thread for small problems, W updates included).
+    with scope() if scope is not None else contextlib.nullcontext():
+        for it in range(first_it, max_iter + 1):
+            bc = model.broadcast(active, first=validate_first and it == 1)
+            partials = executor.map_reduce(model.step, bc)
+            objs = [math.nan] * R
+            errs = [math.nan] * R
+            still = []
+            for idx, run in enumerate(active):
+                f, rel = model.score(run, partials, idx)
+                prev = trace.objectives[run][-1] if trace.objectives[run] else None
+                trace.objectives[run].append(f)
+                trace.relative_errors[run].append(rel)
+                objs[run], errs[run] = f, rel
+                n_iter[run] = it
+                done = prev is not None and tol > 0 and (prev - f) <= tol * abs(prev)
+                if done:
+                    converged[run] = True
+                elif it < max_iter:
+                    model.advance(run, partials, idx)
+                    still.append(run)
+            trace.iter_times.append(time.perf_counter() - t0)
+            if callback is not None:
+                callback(IterationInfo(it, objs, errs, trace.iter_times[-1], tuple(active)))
+            if progress is not None:
+                best = min((e for e in errs if not math.isnan(e)), default=math.nan)
+                # refresh=False: the bar redraws at its own pace (tqdm's mininterval), not on
+                # every iteration of a fast fit.
+                progress.set_postfix_str(f"rel.err {best:.5g}", refresh=False)
+                progress.update(1)
+            active = still
+            if not active:
+                break
+            if checkpoint is not None and it < max_iter and checkpoint.due(it):
+                checkpoint.save(
+                    _snapshot(model, executor, trace, it, n_iter, converged, active, t0)
+                )
     trace.n_iter = n_iter
     trace.converged = converged
     trace.total_s = time.perf_counter() - t0
@@ -152,7 +193,7 @@ def run_alternating(
         warnings.warn(
             f"stopped at max_iter={max_iter} before the objective's relative change fell "
             f"below tol={tol:g} ({R - sum(converged)} of {R} runs); raise max_iter or tol",
-            ConvergenceWarning,
+            convergence_warning(),
             stacklevel=3,
         )
     return trace

@@ -20,6 +20,9 @@ from scalenmf.cli.cluster import CLUSTER_OPTIONS, cluster_kwargs, cluster_option
 
 log = logging.getLogger("scalenmf")
 
+#: dask reads its config from the environment when first imported.
+DASK_LOG_ENV = "DASK_LOGGING__DISTRIBUTED"
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="scalenmf")
@@ -38,8 +41,19 @@ def main(verbose: int) -> None:
     dask_level = "warning" if verbose < 2 else "debug"
     if "dask" in sys.modules:
         sys.modules["dask"].config.set({"logging.distributed": dask_level})
-    else:
-        os.environ["DASK_LOGGING__DISTRIBUTED"] = dask_level
+        return
+    # Only for this command (and the processes it starts): restored when it ends, so an
+    # in-process caller's later subprocesses do not inherit it.
+    previous = os.environ.get(DASK_LOG_ENV)
+    os.environ[DASK_LOG_ENV] = dask_level
+
+    def restore() -> None:
+        if previous is None:
+            os.environ.pop(DASK_LOG_ENV, None)
+        else:
+            os.environ[DASK_LOG_ENV] = previous
+
+    click.get_current_context().call_on_close(restore)
     logging.getLogger("distributed").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
 
 

@@ -92,18 +92,13 @@ def _pad(W: np.ndarray, k: int) -> np.ndarray:
 # -- the one objective and the one W step --------------------------------------------------
 
 
-def penalty(config: NMFConfig, W: np.ndarray, hsum: np.ndarray, HHt: np.ndarray) -> float:
-    """``l1_w·ΣW + ½ l2_w‖W‖² + l1_h·ΣH + ½ l2_h‖H‖²`` from W and H's statistics."""
-    total = 0.0
-    if config.l1_w or config.l2_w:
-        W64 = W.astype(np.float64, copy=False)
-        total += config.l1_w * float(W64.sum())
+def penalty(config: NMFConfig, W: np.ndarray, h_sum: float, h_sq: float) -> float:
+    """``l1_w·ΣW + ½ l2_w‖W‖² + l1_h·ΣH + ½ l2_h‖H‖²``, given ``ΣH`` and ``‖H‖²``."""
+    W64 = W.astype(np.float64, copy=False)
+    total = config.l1_w * float(W64.sum()) if config.l1_w else 0.0
+    if config.l2_w:
         total += 0.5 * config.l2_w * float(np.einsum("ij,ij->", W64, W64))
-    if config.l1_h:
-        total += config.l1_h * float(np.sum(hsum))
-    if config.l2_h:
-        total += 0.5 * config.l2_h * float(np.trace(HHt))
-    return total
+    return total + config.l1_h * h_sum + 0.5 * config.l2_h * h_sq
 
 
 def squared_error(xx: float, part: dict[str, Any], a: int, G: np.ndarray) -> float:
@@ -120,7 +115,7 @@ def objective(
     """(objective, relative Frobenius error) of slot ``a`` of a group's summed statistics."""
     sq = squared_error(xx, part, a, G)
     data = float(part["div"][a]) if config.loss == "kl" else 0.5 * sq
-    obj = data + penalty(config, W, part["hsum"][a], part["HHt"][a])
+    obj = data + penalty(config, W, float(part["hsum"][a].sum()), float(np.trace(part["HHt"][a])))
     return obj, (math.sqrt(sq / xx) if xx > 0 else 0.0)
 
 

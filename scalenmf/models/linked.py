@@ -31,7 +31,7 @@ import numpy as np
 
 from scalenmf.kernels import gram
 from scalenmf.kernels.mu import EPS
-from scalenmf.models.fits import FitsModel, FitSpec, objective, update_w
+from scalenmf.models.fits import FitsModel, FitSpec, penalty, squared_error, update_w
 from scalenmf.models.step import GroupKey, NMFConfig
 
 # -- which factors every dataset uses ---------------------------------------------------
@@ -83,27 +83,6 @@ class LinkedLayout:
 
 
 # -- lNMF / jNMF / transfer and iNMF as models for the driver -------------------------------
-
-
-def _scatter(part: dict[str, Any], a: int, cols: np.ndarray, total: int) -> dict[str, Any]:
-    """One dataset's compact statistics of slot ``a`` placed in the full basis' columns."""
-    m = part["XHt" if "XHt" in part else "numer"].shape[1]
-    out: dict[str, Any] = {
-        "HHt": np.zeros((total, total)),
-        "hsum": np.zeros(total),
-        "cross": np.zeros(1),
-        "div": np.zeros(1),
-    }
-    out["HHt"][np.ix_(cols, cols)] = part["HHt"][a]
-    out["hsum"][cols] = part["hsum"][a]
-    out["cross"][0] = part["cross"][a]
-    for key in ("XHt", "numer"):
-        if key in part:
-            out[key] = np.zeros((m, total))
-            out[key][:, cols] = part[key][a]
-    if "div" in part:
-        out["div"][0] = part["div"][a]
-    return out
 
 
 class LinkedModel(FitsModel):
@@ -160,35 +139,43 @@ class LinkedModel(FitsModel):
         per = partials["groups"][ci]
         return [(per[d], a) for d in range(self.n_datasets)]
 
-    def _score_all(self, partials: Any) -> dict[int, tuple[float, float]]:
-        from scalenmf.models.fits import squared_error
+    def fit_gram(self, f: int, d: int, G: np.ndarray) -> np.ndarray:
+        """The Gram of the model of dataset d (the H step's G may add a penalty: iNMF)."""
+        return G
 
+    def _score_all(self, partials: Any) -> dict[int, tuple[float, float]]:
         scores = {}
-        for f, (ci, _) in self._where.items():
-            parts = self._dataset_parts(partials, f)
-            grams = self._casts[ci].grams
-            errs = np.zeros(self.n_datasets)
-            for d, (part, a) in enumerate(parts):
-                sq = squared_error(float(self.xx_d[d]), part, a, grams[d][a])
-                errs[d] = np.sqrt(sq / self.xx_d[d]) if self.xx_d[d] > 0 else 0.0
-            self.dataset_errors[f] = errs
-            full = self.full_part(partials, f)
-            scores[f] = self._objective(f, full)
+        kl = self.config.loss == "kl"
+        for f, (ci, a) in self._where.items():
+            sq = np.zeros(self.n_datasets)
+            data = h_sum = h_sq = 0.0
+            for d, (part, _) in enumerate(self._dataset_parts(partials, f)):
+                G = self._casts[ci].grams[d][a]
+                G_fit = self.fit_gram(f, d, G)
+                sq[d] = squared_error(float(self.xx_d[d]), part, a, G_fit)
+                HHt = part["HHt"][a]
+                # The H step's Gram minus the model's: iNMF's ½λ‖V_d H_d‖², 0 for lNMF.
+                extra = 0.5 * float(np.einsum("ij,ij->", G - G_fit, HHt))
+                data += (float(part["div"][a]) if kl else 0.5 * sq[d]) + extra
+                h_sum += float(part["hsum"][a].sum())
+                h_sq += float(np.trace(HHt))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                self.dataset_errors[f] = np.where(self.xx_d > 0, np.sqrt(sq / self.xx_d), 0.0)
+            obj = data + penalty(self.config, self.Ws[f], h_sum, h_sq)
+            scores[f] = (obj, float(np.sqrt(sq.sum() / self.xx)) if self.xx > 0 else 0.0)
         return scores
 
-    def _objective(self, f: int, full: dict[str, Any]) -> tuple[float, float]:
-        one = {key: np.asarray(v)[None] for key, v in full.items()}
-        return objective(self.config, self.xx, one, 0, gram(self.Ws[f]), self.Ws[f])
-
     def full_part(self, partials: Any, f: int) -> dict[str, Any]:
-        """Fit f's statistics summed over the datasets, in the full basis' columns."""
+        """Fit f's W-step statistics summed over the datasets, in the full basis' columns."""
         total = self.layout.total
-        out: dict[str, Any] | None = None
+        key = "numer" if self.config.loss == "kl" else "XHt"
+        out: dict[str, Any] = {"HHt": np.zeros((total, total)), "hsum": np.zeros(total)}
         for d, (part, a) in enumerate(self._dataset_parts(partials, f)):
-            piece = _scatter(part, a, self.layout.factors(d), total)
-            out = piece if out is None else {key: out[key] + piece[key] for key in out}
-        assert out is not None
-        return {key: (v[0] if key in ("cross", "div") else v) for key, v in out.items()}
+            cols = self.layout.factors(d)
+            out.setdefault(key, np.zeros((part[key].shape[1], total)))[:, cols] += part[key][a]
+            out["HHt"][np.ix_(cols, cols)] += part["HHt"][a]
+            out["hsum"][cols] += part["hsum"][a]
+        return out
 
     def advance(self, run: int, partials: Any, index: int) -> None:
         part = self.full_part(partials, run)
@@ -274,24 +261,8 @@ class INMFModel(LinkedModel):
         basis = self.Ws[f] + V
         return basis, gram(basis) + self.lam * gram(V)
 
-    def _score_all(self, partials: Any) -> dict[int, tuple[float, float]]:
-        scores = {}
-        for f in self._where:
-            fit = np.zeros(self.n_datasets)
-            pen = 0.0
-            for d, (part, a) in enumerate(self._dataset_parts(partials, f)):
-                V = self.Vs[f][d]
-                HHt = part["HHt"][a]
-                basis = self.Ws[f] + V
-                quad = float(np.einsum("ij,ij->", gram(basis), HHt))
-                fit[d] = max(self.xx_d[d] - 2.0 * float(part["cross"][a]) + quad, 0.0)
-                pen += self.lam * float(np.einsum("ij,ij->", gram(V), HHt))
-            with np.errstate(divide="ignore", invalid="ignore"):
-                self.dataset_errors[f] = np.where(self.xx_d > 0, np.sqrt(fit / self.xx_d), 0.0)
-            total = float(self.xx_d.sum())
-            rel = float(np.sqrt(fit.sum() / total)) if total > 0 else 0.0
-            scores[f] = (0.5 * float(fit.sum() + pen), rel)
-        return scores
+    def fit_gram(self, f: int, d: int, G: np.ndarray) -> np.ndarray:
+        return gram(self.Ws[f] + self.Vs[f][d])
 
     def advance(self, run: int, partials: Any, index: int) -> None:
         W = self.Ws[run]

@@ -92,6 +92,10 @@ def __getattr__(name: str) -> Any:
         from scalenmf.models.deep import DNMF
 
         return DNMF
+    if name == "tl":  # scanpy-style tools (AnnData in, factors stored in it)
+        import scalenmf.tl as tl
+
+        return tl
     if name == "NMF":
         from scalenmf.estimators import NMF
 

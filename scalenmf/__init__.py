@@ -96,6 +96,10 @@ def __getattr__(name: str) -> Any:
         import scalenmf.tl as tl
 
         return tl
+    if name == "pp":  # preparation steps (normalise, scale), in memory or streamed
+        import scalenmf.pp as pp
+
+        return pp
     if name == "NMF":
         from scalenmf.estimators import NMF
 

@@ -48,6 +48,9 @@ _EXPORTS: dict[str, str] = {
     "write_matrix": "scalenmf.io",
 }
 
+#: Submodules reached as attributes: scanpy-style tools and preparation steps (AnnData).
+_SUBMODULES = ("pp", "tl")
+
 #: Names that need an optional extra: not in ``__all__`` (a star import must not fail
 #: without torch or matplotlib), but ``scalenmf.DNMF`` and friends work when it is there.
 _OPTIONAL: dict[str, str] = {
@@ -142,6 +145,8 @@ def plan(X: Any, k: int, **kwargs: Any) -> Any:
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"scalenmf.{name}")
     module = _EXPORTS.get(name) or _OPTIONAL.get(name)
     if module is None:
         raise AttributeError(f"module 'scalenmf' has no attribute {name!r}")

@@ -256,7 +256,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         dtype = self.components_.dtype
         if (X.nnz if sp.issparse(X) else np.count_nonzero(X)) == 0:
             return np.zeros((n_samples, self.n_components_), dtype=dtype)
-        from scalenmf.api_project import project
+        from scalenmf.api.project import project
 
         loss = self.result_.params["loss"]
         with warnings.catch_warnings():

@@ -23,6 +23,7 @@ from scalenmf.engine.checkpoint import Checkpointer
 from scalenmf.engine.checksum import input_checksum
 from scalenmf.engine.executor import Executor
 from scalenmf.engine.loop import IterationInfo, run_alternating
+from scalenmf.io.anndata import anndata_source, is_anndata
 from scalenmf.io.errors import InputError
 from scalenmf.io.source import MatrixSource, as_source
 from scalenmf.models.fits import collect
@@ -67,6 +68,7 @@ def nmf(
     checkpoint_every: int | None = None,
     checkpoint_seconds: float | None = None,
     resume: bool = False,
+    layer: str | None = None,
 ) -> NMFResult:
     """Factorize a non-negative matrix, ``X ≈ W H``, out of core.
 
@@ -76,9 +78,11 @@ def nmf(
 
     Parameters
     ----------
-    X : path, ndarray, scipy.sparse matrix, dask array or MatrixSource, shape (m, n)
+    X : path, ndarray, scipy.sparse matrix, dask array, MatrixSource or AnnData, shape (m, n)
         Features × samples. A path may name a scalenmf Zarr store, AnnData ``.zarr`` /
-        ``.h5ad``, CSV/TSV, Matrix Market or ``.npy``.
+        ``.h5ad``, CSV/TSV, Matrix Market or ``.npy``. An ``anndata.AnnData`` (cells ×
+        genes, in memory or ``backed="r"``) is read transposed, without a dense copy,
+        labelled by ``var_names`` / ``obs_names``.
     k : int
         Rank, ``1 ≤ k ≤ min(m, n)``.
     solver : {"als", "hals", "mu"}, optional
@@ -136,6 +140,8 @@ def nmf(
     resume : bool, default False
         Continue from the newest checkpoint in ``checkpoint`` if there is one (else start
         afresh). The result is the one the uninterrupted fit would have given.
+    layer : str, optional
+        With an AnnData X: factorize ``X.layers[layer]`` instead of ``X.X``.
 
     Returns
     -------
@@ -177,6 +183,10 @@ def nmf(
         security=security,
         connect_timeout=connect_timeout,
     )
+    if layer is not None or is_anndata(X):
+        if not is_anndata(X):
+            raise ValueError("layer= names a layer of an AnnData object; X is not one")
+        X = anndata_source(X, layer)
     source = as_source(X, block_cols=block_cols)
     check_rank(p["k"], source.shape)
     dtype_ = work_dtype(dtype, source)

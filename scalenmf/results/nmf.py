@@ -88,6 +88,19 @@ class NMFResult:
             "scalenmf_version": __version__,
         }
 
+    def to_pandas(self) -> tuple[Any, Any]:
+        """W (features × k) and H (k × samples) as labelled DataFrames (``scalenmf.tl``)."""
+        from scalenmf.tl import result_to_pandas
+
+        return result_to_pandas(self)
+
+    def to_anndata(self, X: Any = None, *, key_added: str = "nmf") -> Any:
+        """An AnnData (samples × features) with ``obsm["X_nmf"]``, ``varm["nmf_W"]``,
+        ``uns["nmf"]``, as ``scalenmf.tl.nmf`` writes them (``X``: the data, optional)."""
+        from scalenmf.tl import result_to_anndata
+
+        return result_to_anndata(self, X, key_added=key_added)
+
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
         """Write the result store (atomically: a crash never leaves half a result)."""
         from scalenmf.io.results import write_result

@@ -109,13 +109,16 @@ def _sweep(
         step = _row_times(G, i, X)
         step -= B[:, i, :]
         step *= inv[:, i, :]
-        new = np.maximum(X[:, i, :] - step, 0)
-        if moved is not None and weight is not None:
-            np.subtract(new, X[:, i, :], out=step)
-            np.abs(step, out=step)
-            step *= weight[:, i, :]
-            np.maximum(moved, step, out=moved)
-        X[:, i, :] = new
+        row = X[:, i, :]
+        np.subtract(row, step, out=step)
+        if moved is None or weight is None:
+            np.maximum(step, 0, out=row)  # in place: one temporary per row
+            continue
+        np.maximum(step, 0, out=step)
+        change = np.abs(step - row)
+        change *= weight[:, i, :]
+        np.maximum(moved, change, out=moved)
+        row[...] = step
     return moved
 
 

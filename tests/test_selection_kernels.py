@@ -138,3 +138,34 @@ def test_batched_bpp_is_exact_warm_or_cold_shared_or_per_column():
     assert np.all(X0[:, -1] == 0) and np.all(X0 >= 0)
     ref = cd_nnls_batched(G0, B0, max_sweeps=5000, tol=1e-15)
     np.testing.assert_allclose(X0, ref, atol=1e-8)
+
+
+@pytest.mark.parametrize("l1,l2", [(0.0, 0.0), (0.3, 0.5)])
+def test_masked_h_step_solves_the_observed_rows_exactly(l1, l2):
+    """Per-column Grams from the missing pattern, through both solvers: every column is
+    the NNLS of its observed rows alone (scipy), with padding (a zero factor) kept 0."""
+    from scipy.optimize import nnls
+
+    from scalenmf.kernels import nnls_bpp, nnls_cd
+
+    rng = np.random.default_rng(6)
+    m, k, n = 30, 4, 25
+    W = rng.random((m, k))
+    W[:, 3] = 0.0  # padding
+    X = rng.random((m, n)) * 3
+    miss = sp.csc_matrix(rng.random((m, n)) < 0.3)
+    Xobs = np.where(miss.toarray(), 0.0, X)
+    G = pattern_grams(W.T @ W, miss, W)[None]  # (1, n, k, k)
+    B = (W.T @ Xobs)[None]
+    exact, info = nnls_bpp(G, B, l1=l1, l2=l2)
+    cd, info_cd = nnls_cd(G, B, l1=l1, l2=l2, max_sweeps=3000, tol=1e-12, finish=True)
+    assert info.converged and info_cd.converged
+    for j in range(n):
+        o = ~miss[:, j].toarray().ravel()
+        A = np.vstack([W[o][:, :3], np.sqrt(l2) * np.eye(3)])
+        y = np.concatenate([X[o, j], np.zeros(3)])
+        shift = A @ np.linalg.solve(A.T @ A, np.full(3, l1))
+        ref = nnls(A, y - shift)[0]
+        np.testing.assert_allclose(exact[0, :3, j], ref, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(cd[0, :3, j], ref, rtol=1e-8, atol=1e-10)
+    assert np.all(exact[0, 3] == 0) and np.all(cd[0, 3] == 0)

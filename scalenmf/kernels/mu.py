@@ -18,6 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from scalenmf._typing import Block
+from scalenmf.kernels.gram import x_ht
 from scalenmf.kernels.nnls import NNLSInfo
 
 #: The one guard of every division in the package's updates (denominators and ``W·H``).
@@ -167,12 +168,8 @@ def kl_block(W: np.ndarray, X: Block, H: np.ndarray) -> tuple[np.ndarray, np.nda
         ``Σ x·(WH)``, so the Frobenius error can be reported from the same look at X.
     """
     ratio, wh = _ratio(X, W, H)
-    H64 = np.asarray(H, dtype=np.float64)
-    if sp.issparse(ratio):
-        numer = np.asarray(ratio.astype(np.float64) @ H64.T)
-    else:
-        numer = np.asarray(ratio, dtype=np.float64) @ H64.T
-    h_sum = H64.sum(axis=1)
+    numer = x_ht(ratio, H)  # float64 accumulation over the block's columns, bounded copies
+    h_sum = H.sum(axis=1, dtype=np.float64)
     if sp.issparse(X):
         x = np.asarray(sp.csc_matrix(X).data, dtype=np.float64)
         # Σ WH over all entries = (column sums of W)·(row sums of H): no dense product.

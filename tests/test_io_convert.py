@@ -132,6 +132,59 @@ def test_convert_csv_memory_is_bounded(tmp_path, rng):
 
 
 @pytest.mark.parametrize("transpose", [False, True])
+def test_convert_csv_fast_reader_streamed(tmp_path, rng, transpose):
+    # Big enough for the budget to stream it, and for batches to go through pandas' reader.
+    m, n = 300, 1500
+    X = rng.poisson(3.0, size=(m, n)).astype(np.float64) / 4
+    rows, cols = [f"g{i}" for i in range(m)], [f"c{i}" for i in range(n)]
+    data, r, c = (X.T, cols, rows) if transpose else (X, rows, cols)
+    path = write_csv(tmp_path / "big.tsv.gz", data, r, c, delim="\t")
+    budget = 16_000_000
+    warm = write_csv(tmp_path / "warm.csv", X[:2, :2], rows[:2], cols[:2])
+    convert(warm, tmp_path / "warm.zarr")  # imports (pandas) are not the test's
+    tracemalloc.start()
+    try:
+        convert(path, tmp_path / "big.zarr", memory_limit=budget, transpose=transpose)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.25 * budget
+    src = open_matrix(tmp_path / "big.zarr")
+    np.testing.assert_array_equal(dense(src), X)
+    assert list(src.row_labels) == rows and list(src.col_labels) == cols
+    assert leftovers(tmp_path, {"big.zarr", "big.tsv.gz", "warm.csv", "warm.zarr"}) == []
+
+
+@pytest.mark.parametrize(
+    ("cell", "match"),
+    [
+        ("-2", r"line 251, column 8 \('c6'\): negative value '-2'"),
+        ("x", r"line 251, column 8 \('c6'\): 'x' is not a number"),
+        ("", r"line 251, column 8 \('c6'\): '' is not a number"),
+        ("1\t2", r"line 251: 1502 fields, expected 1501"),
+    ],
+)
+def test_convert_csv_fast_reader_errors_name_line_and_column(tmp_path, rng, cell, match):
+    m, n = 300, 1500
+    X = rng.poisson(3.0, size=(m, n)).astype(np.float64)
+    path = write_csv(
+        tmp_path / "big.tsv",
+        X,
+        [f"g{i}" for i in range(m)],
+        [f"c{i}" for i in range(n)],
+        delim="\t",
+    )
+    lines = path.read_text().split("\n")
+    fields = lines[250].split("\t")
+    fields[7] = cell
+    lines[250] = "\t".join(fields)
+    path.write_text("\n".join(lines))
+    with pytest.raises(InputError, match=match):
+        convert(path, tmp_path / "big.zarr", memory_limit="16MB")
+    assert leftovers(tmp_path, {"big.tsv"}) == []
+
+
+@pytest.mark.parametrize("transpose", [False, True])
 def test_convert_mtx_streaming_buckets(tmp_path, rng, transpose):
     X = sp.random(40, 300, density=0.05, format="coo", random_state=3)
     X.data = np.ceil(X.data * 10)

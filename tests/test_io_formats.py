@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import scipy.io
 import scipy.sparse as sp
+import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -135,6 +136,128 @@ def test_missing_file_and_unknown_extension(tmp_path):
     write_text(tmp_path / "x.dat", "g,a\nx,1\n")
     with pytest.raises(InputError, match=r"cannot tell the format of .*x\.dat"):
         open_matrix(tmp_path / "x.dat")
+
+
+# -- CSV: no header row, no label column, duplicate labels, missing values (issue 12) -------------
+@pytest.mark.parametrize(
+    ("text", "option"),
+    [
+        ("g1,1,0,2.5\ng2,0,7,1e3\n", "--no-header"),  # no header row: line 1 is data
+        ("S1,S2,S3\n1,0,2.5\n0,7,1e3\n", "--no-row-labels"),  # no label column
+        ("1,0,2.5\n0,7,1e3\n", "--no-header"),  # neither
+    ],
+)
+def test_csv_first_row_or_column_that_looks_like_data_is_refused(tmp_path, text, option):
+    path = write_text(tmp_path / "x.csv", text)
+    with pytest.raises(InputError, match=option) as info:
+        open_matrix(path)
+    assert "x.csv" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_csv_without_header_or_labels_read_as_data_with_generated_labels(tmp_path):
+    rows = write_text(tmp_path / "rows.csv", "g1,1,0,2.5\ng2,0,7,1e3\n")
+    src = open_matrix(rows, has_header=False)
+    np.testing.assert_array_equal(dense(src), EXPECT)  # nothing lost
+    assert list(src.row_labels) == ["g1", "g2"]
+    assert list(src.col_labels) == ["col1", "col2", "col3"]
+    cols = write_text(tmp_path / "cols.csv", "S1,S2,S3\n1,0,2.5\n0,7,1e3\n")
+    src = open_matrix(cols, has_row_labels=False)
+    np.testing.assert_array_equal(dense(src), EXPECT)
+    assert list(src.row_labels) == ["row1", "row2"]
+    assert list(src.col_labels) == ["S1", "S2", "S3"]
+    bare = write_text(tmp_path / "bare.tsv", "1\t0\t2.5\n0\t7\t1e3\n")
+    src = open_matrix(bare, has_header=False, has_row_labels=False)
+    np.testing.assert_array_equal(dense(src), EXPECT)
+    assert list(src.row_labels) == ["row1", "row2"]
+
+
+def test_csv_numeric_names_read_as_names_when_told_or_quoted(tmp_path):
+    path = write_text(tmp_path / "x.csv", "gene,1,2,3\n7157,1,0,2.5\n7158,0,7,1e3\n")
+    src = open_matrix(path, has_header=True, has_row_labels=True)  # Entrez ids, numeric samples
+    np.testing.assert_array_equal(dense(src), EXPECT)
+    assert list(src.row_labels) == ["7157", "7158"]
+    assert list(src.col_labels) == ["1", "2", "3"]
+    # Quoted fields are text, as R and pandas write names: no option needed.
+    quoted = write_text(tmp_path / "q.csv", '"gene","1","2","3"\n"7157",1,0,2.5\n"7158",0,7,1e3\n')
+    src = open_matrix(quoted)
+    assert list(src.col_labels) == ["1", "2", "3"] and list(src.row_labels) == ["7157", "7158"]
+    # R's write.table layout (one header field fewer) has row names, numeric or not.
+    r_layout = write_text(tmp_path / "r.csv", "S1,S2,S3\n1,1,0,2.5\n2,0,7,1e3\n")
+    assert list(open_matrix(r_layout).row_labels) == ["1", "2"]
+
+
+def test_csv_layout_options_apply_to_text_input_only(tmp_path):
+    np.save(tmp_path / "x.npy", EXPECT)
+    with pytest.raises(ValueError, match="CSV/TSV"):
+        open_matrix(tmp_path / "x.npy", has_header=False)
+
+
+@pytest.mark.parametrize("where", ["rows", "cols"])
+def test_csv_duplicate_labels_warn_and_are_kept(tmp_path, where):
+    text = (
+        "gene,S1,S2,S3\ng1,1,0,2.5\ng1,0,7,1e3\n"
+        if where == "rows"
+        else "gene,S1,S1,S3\ng1,1,0,2.5\ng2,0,7,1e3\n"
+    )
+    path = write_text(tmp_path / "d.csv", text)
+    with pytest.warns(UserWarning, match=r"d\.csv.*duplicate.*'(g1|S1)'.*kept as given"):
+        src = open_matrix(path)
+    np.testing.assert_array_equal(dense(src), EXPECT)
+    labels = src.row_labels if where == "rows" else src.col_labels
+    assert list(labels)[:2] == (["g1", "g1"] if where == "rows" else ["S1", "S1"])
+
+
+MISSING = "gene,S1,S2,S3\ng1,1,,2.5\ng2,NA,7,nan\n"
+
+
+def test_csv_missing_cells_read_as_nan_when_asked(tmp_path):
+    path = write_text(tmp_path / "m.csv", MISSING)
+    with pytest.raises(InputError, match=r"line 2, column 3 \('S2'\): '' is not a number.*mask"):
+        open_matrix(path)
+    src = open_matrix(path, missing=True)
+    got = dense(src)
+    np.testing.assert_array_equal(np.isnan(got), [[False, True, False], [True, False, True]])
+    assert got[0, 0] == 1 and got[1, 1] == 7
+    bad = write_text(tmp_path / "b.csv", "gene,S1\ng1,-1\n")  # missing=True allows NaN only
+    with pytest.raises(InputError, match="negative"):
+        open_matrix(bad, missing=True)
+
+
+def test_fit_mask_nan_on_csv_as_on_npy(tmp_path):
+    from click.testing import CliRunner
+
+    from scalenmf.cli.main import main
+
+    rng = np.random.default_rng(3)
+    X = rng.poisson(4.0, size=(12, 20)).astype(float)
+    X[rng.random(X.shape) < 0.1] = np.nan
+    lines = ["gene," + ",".join(f"s{j}" for j in range(20))]
+    lines += [f"g{i}," + ",".join("" if np.isnan(v) else f"{v:g}" for v in X[i]) for i in range(12)]
+    write_text(tmp_path / "x.csv", "\n".join(lines) + "\n")
+    np.save(tmp_path / "x.npy", X)
+    outs = {}
+    for name in ("x.csv", "x.npy"):
+        out = tmp_path / f"{name}.zarr"
+        res = CliRunner().invoke(
+            main,
+            [
+                "fit",
+                str(tmp_path / name),
+                "-k",
+                "2",
+                "-o",
+                str(out),
+                "--mask",
+                "nan",
+                "--max-iter",
+                "20",
+                "--no-progress",
+                "--no-checkpoint",
+            ],
+        )
+        assert res.exit_code == 0, res.output
+        outs[name] = zarr.open_group(str(out), mode="r")
+    np.testing.assert_allclose(outs["x.csv"]["W"][:], outs["x.npy"]["W"][:])
 
 
 # -- CSV: property -------------------------------------------------------------------------------

@@ -55,14 +55,17 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def input_source(path: str, transpose: bool, workdir: Path | None) -> Any:
-    """Open INPUT; with --transpose read a samples × features file the other way round."""
+def input_source(path: str, transpose: bool, workdir: Path | None, **text: Any) -> Any:
+    """Open INPUT; with --transpose read a samples × features file the other way round.
+
+    ``text``: ``has_header``, ``has_row_labels``, ``missing`` for CSV/TSV input.
+    """
     import scipy.sparse as sp
 
     from scalenmf.io import open_matrix
     from scalenmf.io.source import DenseArraySource, as_source
 
-    src = open_matrix(path)
+    src = open_matrix(path, **text)
     if not transpose:
         return src
     if src.in_memory or isinstance(src, DenseArraySource):

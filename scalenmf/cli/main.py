@@ -116,6 +116,18 @@ def main(verbose: int) -> None:
     "--resume", is_flag=True, help="Continue from the newest checkpoint (same INPUT and options)."
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option(
+    "--header/--no-header",
+    "has_header",
+    default=None,
+    help="CSV/TSV: line 1 holds sample names, or is data (default: from the file).",
+)
+@click.option(
+    "--row-labels/--no-row-labels",
+    "has_row_labels",
+    default=None,
+    help="CSV/TSV: column 1 holds feature labels, or is data (default: from the file).",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
 def fit(
@@ -130,6 +142,8 @@ def fit(
     checkpoint_seconds: float | None,
     no_checkpoint: bool,
     resume: bool,
+    has_header: bool | None,
+    has_row_labels: bool | None,
     **opts: Any,
 ) -> None:
     """Factorize INPUT (Zarr store, CSV/TSV, .mtx, .h5ad, .npy, or a Zarr URL) into OUT.zarr.
@@ -176,7 +190,14 @@ def fit(
         base = Path(storage.local_path(output)).parent if local_out else None
         workdir = Path(tempfile.mkdtemp(prefix=".scalenmf-", dir=base))
     try:
-        source = input_source(input_path, transpose, workdir)
+        source = input_source(
+            input_path,
+            transpose,
+            workdir,
+            has_header=has_header,
+            has_row_labels=has_row_labels,
+            missing=opts.get("mask") is not None,  # NaN cells of a CSV are then missing
+        )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = nmf(source, k, progress=progress, **cluster, **ckpt_kwargs, **opts)
@@ -222,6 +243,23 @@ def _finished(output: str, checkpoint_path: str | None, no_checkpoint: bool) -> 
 @click.option(
     "--sparse/--dense", "sparse", default=None, help="Force the stored kind (default: keep)."
 )
+@click.option(
+    "--header/--no-header",
+    "has_header",
+    default=None,
+    help="CSV/TSV: line 1 holds sample names, or is data (default: from the file).",
+)
+@click.option(
+    "--row-labels/--no-row-labels",
+    "has_row_labels",
+    default=None,
+    help="CSV/TSV: column 1 holds feature labels, or is data (default: from the file).",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bars with the read rate (default: when stderr is a terminal).",
+)
 @click.option("--overwrite", is_flag=True)
 @user_errors
 def convert(
@@ -233,6 +271,9 @@ def convert(
     dtype: str | None,
     sparse: bool | None,
     overwrite: bool,
+    has_header: bool | None,
+    has_row_labels: bool | None,
+    progress: bool | None,
 ) -> None:
     """Stream SRC (CSV/TSV, .mtx, .h5ad, .npy, Zarr) into a scalenmf Zarr matrix store DST."""
     from scalenmf import convert as convert_api
@@ -248,7 +289,9 @@ def convert(
         dtype=dtype,
         sparse=sparse,
         overwrite=overwrite,
-        progress=sys.stderr.isatty(),
+        progress=sys.stderr.isatty() if progress is None else progress,
+        has_header=has_header,
+        has_row_labels=has_row_labels,
     )
     out = open_matrix(dst)
     kind = "sparse" if out.is_sparse else "dense"

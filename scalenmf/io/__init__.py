@@ -11,7 +11,14 @@ from scalenmf.io.source import MatrixSource, as_source
 from scalenmf.io.zarr_store import write_matrix
 
 
-def open_matrix(obj: Any, *, block_cols: Any = None) -> MatrixSource:
+def open_matrix(
+    obj: Any,
+    *,
+    block_cols: Any = None,
+    has_header: bool | None = None,
+    has_row_labels: bool | None = None,
+    missing: bool = False,
+) -> MatrixSource:
     """Open X (path, ndarray, scipy.sparse, dask array) as a block-readable ``MatrixSource``.
 
     Parameters
@@ -22,7 +29,19 @@ def open_matrix(obj: Any, *, block_cols: Any = None) -> MatrixSource:
         ``scalenmf.io.formats`` registers (CSV/TSV, Matrix Market, .h5ad).
     block_cols : int, list of int or list of (int, int), optional
         Re-block: columns per block, block widths, or explicit column ranges.
+    has_header, has_row_labels : bool, optional
+        CSV/TSV only: whether line 1 holds sample names and column 1 feature labels
+        (default: decided from the file, refusing ambiguous files; see
+        ``scalenmf.io.formats.delimited``).
+    missing : bool
+        CSV/TSV: read empty / NA / NaN cells as NaN, the missing entries of a masked fit
+        (other formats keep their NaN as they are).
     """
+    if has_header is not None or has_row_labels is not None or missing:
+        from scalenmf.io.formats.delimited import TextOptions, open_text_matrix
+
+        opts = TextOptions(has_header, has_row_labels, bool(missing))
+        obj = open_text_matrix(obj, opts)
     return as_source(obj, block_cols=block_cols)
 
 

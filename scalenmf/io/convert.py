@@ -103,6 +103,8 @@ def convert(
     sparse: bool | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    has_header: bool | None = None,
+    has_row_labels: bool | None = None,
 ) -> str:
     """Write any supported input as a scalenmf Zarr matrix store, streaming.
 
@@ -128,7 +130,10 @@ def convert(
     overwrite : bool
         Replace an existing ``dst`` (only once the new store is complete).
     progress : bool
-        Show progress bars (tqdm).
+        Show progress bars (tqdm; reading shows bytes per second).
+    has_header, has_row_labels : bool, optional
+        CSV/TSV input: whether line 1 holds sample names and column 1 feature labels
+        (default: decided from the file; ambiguous files are refused, naming these).
 
     Returns
     -------
@@ -147,6 +152,16 @@ def convert(
     if block_cols is not None and (not isinstance(block_cols, (int, np.integer)) or block_cols < 1):
         raise ValueError(f"block_cols must be a positive integer; got {block_cols!r}")
     out_dtype = _check_dtype(dtype)
+    text = None
+    if has_header is not None or has_row_labels is not None:
+        from scalenmf.io.formats.delimited import TextOptions, is_text_path
+
+        if not is_text_path(src):
+            raise ValueError(
+                "has_header / has_row_labels (--header, --no-header, --row-labels, "
+                "--no-row-labels) apply to CSV/TSV input only"
+            )
+        text = TextOptions(has_header, has_row_labels)
     target = Path(dst)
     if target.exists() and not overwrite:
         raise OutputExistsError(
@@ -169,7 +184,7 @@ def convert(
     from tqdm.auto import tqdm
 
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.stage-", dir=parent) as work:
-        ctx = StageContext(Path(work), budget, bool(transpose), plan, bool(progress))
+        ctx = StageContext(Path(work), budget, bool(transpose), plan, bool(progress), text)
         source = _prepare(src, ctx)
         m, n = source.shape
         if m == 0 or n == 0:

@@ -57,6 +57,8 @@ class StageContext:
         Columns per block of the final store, for stagers that lay out by column block.
     progress : bool
         Show a progress bar.
+    text : TextOptions, optional
+        How text matrices read their first row and column (``formats.delimited``).
     """
 
     workdir: Path
@@ -64,6 +66,7 @@ class StageContext:
     transpose: bool
     plan: Callable[[int, int, float], int]
     progress: bool = False
+    text: Any = None
 
 
 def _stage_codec() -> Any:

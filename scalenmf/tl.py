@@ -9,11 +9,12 @@ for a result already computed (they call ``result_to_anndata`` / ``result_to_pan
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from scalenmf.results.nmf import NMFResult
+if TYPE_CHECKING:  # results import this module lazily (to_anndata)
+    from scalenmf.results.nmf import NMFResult
 
 
 def _factor_names(k: int) -> list[str]:

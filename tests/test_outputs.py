@@ -202,12 +202,12 @@ def unwritable(tmp_path: Path) -> Path:
 def test_unwritable_output_is_refused_before_the_fit(
     inp: Path, unwritable: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import scalenmf.api
+    import scalenmf.engine
 
     def no_fit(*args, **kwargs):
         raise AssertionError("the fit ran")
 
-    monkeypatch.setattr(scalenmf.api, "make_executor", no_fit)
+    monkeypatch.setattr(scalenmf.engine, "make_executor", no_fit)
     res = fit(inp, unwritable / "o.zarr")
     line = one_line_error(res)
     assert "o.zarr" in line and "cannot" in line, line

@@ -57,8 +57,10 @@ def test_non_dask_server_at_the_address_is_one_line(tmp_path: Path, junk_server:
     np.save(tmp_path / "x.npy", np.ones((6, 10)))
     address = f"tcp://127.0.0.1:{junk_server}"
     proc = subprocess.run(
-        [str(BIN / "scalenmf"), "fit", str(tmp_path / "x.npy"), "-k", "2", "-o"]
-        + [str(tmp_path / "o.zarr"), "--scheduler", address, "--connect-timeout", "10"],
+        [
+            *(str(BIN / "scalenmf"), "fit", str(tmp_path / "x.npy"), "-k", "2", "-o"),
+            *(str(tmp_path / "o.zarr"), "--scheduler", address, "--connect-timeout", "10"),
+        ],
         capture_output=True,
         text=True,
         timeout=100,
@@ -78,7 +80,7 @@ def test_closed_client_is_reported_as_a_lost_scheduler() -> None:
     def command() -> None:
         raise ClosedClientError("Trying to run a task on a closed client")
 
-    with pytest.raises(click.ClickException, match="lost the Dask scheduler.*--resume"):
+    with pytest.raises(click.ClickException, match=r"lost the Dask scheduler.*--resume"):
         command()
 
 
@@ -91,8 +93,10 @@ def test_relative_input_path_with_a_scheduler(tmp_path: Path) -> None:
         X = np.random.default_rng(0).poisson(2.0, (10, 40)).astype(float) + 1
         scalenmf.write_matrix(work / "x.zarr", X, block_cols=10)
         proc = subprocess.run(
-            [str(BIN / "scalenmf"), "fit", "x.zarr", "-k", "2", "-o", "o.zarr"]
-            + ["--scheduler", cluster.address, "--max-iter", "5", "--no-progress"],
+            [
+                *(str(BIN / "scalenmf"), "fit", "x.zarr", "-k", "2", "-o", "o.zarr"),
+                *("--scheduler", cluster.address, "--max-iter", "5", "--no-progress"),
+            ],
             capture_output=True,
             text=True,
             timeout=200,

@@ -161,9 +161,7 @@ def _read_array(node: zarr.Array, name: str, where: str) -> np.ndarray:
         ) from exc
 
 
-def verify_result_store(
-    path: str | os.PathLike[str], *, lazy: tuple[str, ...] = ()
-) -> None:
+def verify_result_store(path: str | os.PathLike[str], *, lazy: tuple[str, ...] = ()) -> None:
     """Check a result store without loading it: every chunk present, digests as recorded.
 
     For readers that keep H on disk (plots, reports). Arrays are read in row slabs, so

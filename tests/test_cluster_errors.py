@@ -110,3 +110,20 @@ def test_relative_input_path_with_a_scheduler(tmp_path: Path) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
+
+
+def test_refused_pickle_does_not_advise_unsafe_loading() -> None:
+    import pickle
+
+    from scalenmf.cli.main import user_errors
+
+    @user_errors
+    def command() -> None:
+        raise pickle.UnpicklingError(
+            "Weights only load failed. ... re-running `torch.load` with `weights_only` set "
+            "to `False` will likely succeed, but it can result in arbitrary code execution."
+        )
+
+    with pytest.raises(click.ClickException) as info:
+        command()
+    assert "weights_only" not in info.value.message and "refused" in info.value.message

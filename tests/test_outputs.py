@@ -222,3 +222,59 @@ def test_resume_of_a_finished_fit_exits_0_saying_so(tmp_path: Path, inp: Path) -
     res = fit(inp, out, "--resume")
     assert res.exit_code == 0, res.output
     assert "nothing to resume" in res.output
+
+
+@pytest.mark.parametrize("command", ["convert", "report", "plot", "interpret", "match"])
+def test_every_writer_checks_its_output_before_work(
+    tmp_path: Path, inp: Path, unwritable: Path, command: str
+) -> None:
+    result = tmp_path / "r.zarr"
+    scalenmf.nmf(X(), 2, max_iter=3).save(result)
+    args = {
+        "convert": ["convert", str(inp), str(unwritable / "c.zarr")],
+        "report": ["report", str(result), "-o", str(unwritable / "r.html")],
+        "plot": ["plot", str(result), "--kind", "basis", "-o", str(unwritable / "p.png")],
+        "interpret": ["interpret", str(result), "-o", str(unwritable / "dir")],
+        "match": ["match", str(result), "-o", str(unwritable / "m.csv")],
+    }[command]
+    line = one_line_error(CliRunner().invoke(main, args))
+    assert "cannot write" in line and str(unwritable) in line, line
+
+
+@pytest.mark.parametrize("command", ["report", "plot", "match"])
+def test_report_plot_and_match_follow_the_overwrite_rule(tmp_path: Path, command: str) -> None:
+    result = tmp_path / "r.zarr"
+    scalenmf.nmf(X(), 2, max_iter=3).save(result)
+    target = tmp_path / {"report": "r.html", "plot": "p.png", "match": "m.csv"}[command]
+    target.write_text("precious")
+    ref = tmp_path / "ref.csv"
+    ref.write_text("channel,S1\n" + "".join(f"{i},{i + 1}\n" for i in range(10)))
+    args = {
+        "report": ["report", str(result), "-o", str(target), "--reference", "none"],
+        "plot": ["plot", str(result), "--kind", "basis", "-o", str(target)],
+        "match": ["match", str(result), "--reference", str(ref), "-o", str(target)],
+    }[command]
+    line = one_line_error(CliRunner().invoke(main, args))
+    assert "already exists" in line and "--overwrite" in line
+    assert target.read_text() == "precious"
+    res = CliRunner().invoke(main, [*args, "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert target.read_bytes() != b"precious"
+
+
+def test_report_refuses_a_consensus_of_another_rank(tmp_path: Path) -> None:
+    from scalenmf.plot._data import Consensus
+    from scalenmf.reporting import build_report
+
+    res = scalenmf.nmf(X(), 2, max_iter=3)
+    cons = Consensus(
+        str(tmp_path),
+        np.eye(40),
+        np.arange(40),
+        None,
+        np.array([str(j) for j in range(40)]),
+        {"k": 3},
+        {},
+    )
+    with pytest.raises(ValueError, match="k=3, but the result has k=2"):
+        build_report(res, consensus=cons, reference="none")

@@ -100,7 +100,9 @@ def test_plot_options_reach_the_plot(fitted_dirs: dict[str, Path], tmp_path: Pat
         out,
     )
     assert res.exit_code == 0, res.output
-    res = run("plot", fitted_dirs["consensus"], "--kind", "basis", "--top", 3, "-o", out)
+    res = run(
+        "plot", fitted_dirs["consensus"], "--kind", "basis", "--top", 3, "-o", out, "--overwrite"
+    )
     assert res.exit_code == 0, res.output
 
 
@@ -199,9 +201,13 @@ def test_plot_replaces_an_existing_image_atomically(
 ) -> None:
     out = tmp_path / "c.png"
     out.write_bytes(b"old")
-    assert run("plot", fitted_dirs["store"], "--kind", "convergence", "-o", out).exit_code == 0
+    # Without --overwrite an existing file is refused (the rule of every command).
+    assert run("plot", fitted_dirs["store"], "--kind", "convergence", "-o", out).exit_code == 1
+    assert out.read_bytes() == b"old"
+    res = run("plot", fitted_dirs["store"], "--kind", "convergence", "-o", out, "--overwrite")
+    assert res.exit_code == 0, res.output
     assert out.read_bytes().startswith(MAGIC["png"])
-    res = run("plot", fitted_dirs["rank"], "--kind", "consensus", "-o", out)
+    res = run("plot", fitted_dirs["rank"], "--kind", "consensus", "-o", out, "--overwrite")
     assert res.exit_code == 1
     assert out.read_bytes().startswith(MAGIC["png"]), "a failed plot keeps the old file"
     assert [p.name for p in tmp_path.iterdir()] == ["c.png"]

@@ -44,6 +44,13 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 "shape right? see --memory-limit and `scalenmf plan`)"
             ) from exc
         except Exception as exc:
+            if type(exc).__name__ == "UnpicklingError":
+                # torch's message advises weights_only=False, i.e. running the file's code.
+                raise click.ClickException(
+                    "refused to load a file that holds pickled Python objects other than "
+                    "tensors (scalenmf never unpickles those: they could run code); "
+                    "re-create it with scalenmf"
+                ) from exc
             if type(exc).__name__ in ("ClosedClientError", "CommClosedError"):
                 raise click.ClickException(
                     f"lost the Dask scheduler ({type(exc).__name__}: {' '.join(str(exc).split())})"

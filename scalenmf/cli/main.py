@@ -278,7 +278,9 @@ def convert(
     """Stream SRC (CSV/TSV, .mtx, .h5ad, .npy, Zarr) into a scalenmf Zarr matrix store DST."""
     from scalenmf import convert as convert_api
     from scalenmf.io import open_matrix
+    from scalenmf.io.atomic import check_output
 
+    check_output(dst, overwrite)
     t0 = time.perf_counter()
     convert_api(
         src,

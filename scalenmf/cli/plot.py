@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from scalenmf.cli._common import user_errors
+from scalenmf.io.atomic import check_output
 
 #: Plot kinds, listed here so that ``--help`` works without importing matplotlib.
 PLOT_KINDS = (
@@ -72,8 +73,9 @@ def _options(kind: str, **given: Any) -> dict[str, Any]:
 )
 @click.option("--seed", type=int, default=None, help="Seed of the sample of columns.")
 @click.option("--dpi", type=float, default=150, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @user_errors
-def plot(source: str, kind: str, output: str, dpi: float, **given: Any) -> None:
+def plot(source: str, kind: str, output: str, dpi: float, overwrite: bool, **given: Any) -> None:
     """Draw one plot of RESULT into an image file.
 
     \b
@@ -92,6 +94,7 @@ def plot(source: str, kind: str, output: str, dpi: float, **given: Any) -> None:
     figure_format(output)  # a bad extension fails before anything is read
     if not Path(source).exists():
         raise click.ClickException(f"no such result store or directory: {source!r}")
+    check_output(output, overwrite)
     t0 = time.perf_counter()
     draw(source, kind, output, dpi=dpi, **_options(kind, **given))
     click.echo(f"wrote {output} ({kind}, {time.perf_counter() - t0:.2f}s)")
@@ -140,10 +143,12 @@ def plot(source: str, kind: str, output: str, dpi: float, **given: Any) -> None:
     help="Include a consensus or rank DIR that contains RESULT.",
 )
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @user_errors
 def report(
     source: str,
     output: str,
+    overwrite: bool,
     rank: str | None,
     consensus: str | None,
     reference: str,
@@ -170,6 +175,7 @@ def report(
     ):
         if path is not None and not Path(path).exists():
             raise click.ClickException(f"no such {what}: {path!r}")
+    check_output(output, overwrite)
     t0 = time.perf_counter()
     path = write_report(
         source,

@@ -234,18 +234,19 @@ def consensus_cmd(
     default=None,
     help="CSV to write (default: RESULT_matches.csv beside the store).",
 )
+@click.option("--overwrite", is_flag=True, help="Replace the CSV if it exists.")
 @user_errors
-def match(result_path: str, reference: str, output: str | None) -> None:
+def match(result_path: str, reference: str, output: str | None, overwrite: bool) -> None:
     """Name every factor of RESULT.zarr by its best reference signature (cosine)."""
     from scalenmf.interpret import match as match_api
+    from scalenmf.io.atomic import check_output
     from scalenmf.io.tables import write_csv
     from scalenmf.results.nmf import load
 
+    target = Path(output) if output else _beside(result_path, "_matches.csv")
+    check_output(target, overwrite)
     res = load(result_path)
     matches = match_api(res, reference)
-    target = Path(output) if output else _beside(result_path, "_matches.csv")
-    if not target.parent.exists():
-        raise click.ClickException(f"output directory {str(target.parent)!r} does not exist")
     rows = [{"factor": m.factor, "match": m.match, "cosine": m.cosine} for m in matches]
     write_csv(target, rows, ["factor", "match", "cosine"])
     click.echo(f"{'factor':>6}  {'match':<16} {'cosine':>7}")
@@ -275,6 +276,9 @@ def interpret(result_path: str, output: str, top: int, overwrite: bool) -> None:
     from scalenmf.results.nmf import load
 
     _check_output(output, overwrite)
+    from scalenmf.io.atomic import check_output
+
+    check_output(output, overwrite=True)  # writable (existence is _check_output's rule)
     res = load(result_path)
     summary = write_interpretation(res, output, top=top, overwrite=overwrite)
     click.echo(

@@ -103,7 +103,27 @@ def tls_security(
     )
 
 
+#: What connecting can raise. Something other than a Dask scheduler at the address sends
+#: bytes that distributed decodes as a frame length (``MemoryError: Unable to allocate
+#: 3.07 EiB``) or as garbage (``KeyError``, ``struct.error``...).
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    ValueError,
+    TypeError,
+    MemoryError,
+    KeyError,
+    IndexError,
+    OverflowError,
+)
+
+
 def _connect_error(target: str, exc: BaseException, security: Any) -> ClusterError:
+    if isinstance(exc, (MemoryError, KeyError, IndexError, OverflowError)):
+        return ClusterError(
+            f"cannot connect to the Dask scheduler at {target}: what answers there does not "
+            f"speak Dask's protocol ({type(exc).__name__}); is the address right?"
+        )
     hint = ""
     if security is None:
         hint = (
@@ -157,13 +177,13 @@ def connect(
             raise ClusterError(f"scheduler file {path!r} does not exist (is the scheduler up?)")
         try:
             return Client(scheduler_file=path, **kwargs), None, True
-        except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        except CONNECT_ERRORS as exc:
             raise _connect_error(f"the address in {path!r}", exc, security) from exc
     if scheduler is not None:
         address = str(scheduler)
         try:
             return Client(address, **kwargs), None, True
-        except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        except CONNECT_ERRORS as exc:
             raise _connect_error(address, exc, security) from exc
     if security is not None:
         raise ClusterError(

@@ -192,3 +192,38 @@ def _atomic_url(url: str, overwrite: bool) -> Iterator[str]:
         storage.remove(old)
     else:
         storage.move(tmp, url)
+
+
+def check_output(path: str | os.PathLike[str], overwrite: bool = False) -> None:
+    """Fail before any work if output ``path`` exists (without ``overwrite``) or cannot
+    be written: its directory is missing, or refuses a new file (tried, not guessed:
+    permissions do not tell for root, read-only mounts or full disks).
+
+    Raises
+    ------
+    OutputExistsError, FileNotFoundError, OutputError
+        One line naming ``path``.
+    """
+    path = storage.local_path(path)
+    if storage.is_url(path):
+        if storage.exists(path) and not overwrite:
+            raise OutputExistsError(f"output {str(path)!r} already exists (use --overwrite)")
+        return
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise OutputExistsError(
+            f"output {str(target)!r} already exists (use --overwrite to replace it)"
+        )
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"output directory {str(target.parent)!r} does not exist")
+    probe = _tmp_name(target, "probe")
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write output {str(target)!r}: {os.strerror(exc.errno or 0).lower()}"
+        ) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()

@@ -26,11 +26,12 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.core.array_spec import ArrayConfigParams
 
 from scalenmf.io.errors import InputError
 
 #: Array config for everything scalenmf writes: all-zero chunks are stored too.
-WRITE_CONFIG: dict[str, Any] = {"write_empty_chunks": True}
+WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
 DIGEST_BYTES = 16
 
 

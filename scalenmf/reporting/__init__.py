@@ -147,6 +147,49 @@ def report(
     return path
 
 
+def _check_companions(view: Any, survey: Any, cons: Any) -> None:
+    """Refuse a consensus of another k or other samples; warn for a survey without k.
+
+    A report that put them side by side would describe two different analyses as one.
+    """
+    import warnings
+
+    if cons is not None:
+        k = cons.attrs.get("k")
+        if k is not None and int(k) != view.k:
+            raise ValueError(
+                f"the consensus in {cons.path!r} is for k={int(k)}, but the result has "
+                f"k={view.k}; give the consensus of this rank (or --no-discover)"
+            )
+        n_total = cons.attrs.get("n_total")
+        if n_total is not None and int(n_total) != view.n:
+            raise ValueError(
+                f"the consensus in {cons.path!r} was computed on {int(n_total)} samples, "
+                f"but the result has {view.n}: they are not of the same data"
+            )
+        if cons.n <= view.n:
+            ours = set(np.asarray(view.labels_at(np.arange(view.n)), dtype=str).tolist())
+            theirs = set(np.asarray(cons.samples, dtype=str).tolist())
+            if not theirs <= ours:
+                raise ValueError(
+                    f"the consensus in {cons.path!r} names samples the result does not "
+                    "have: they are not of the same data"
+                )
+        else:
+            raise ValueError(
+                f"the consensus in {cons.path!r} has {cons.n} samples, more than the "
+                f"result's {view.n}: they are not of the same data"
+            )
+    if survey is not None:
+        ks = {int(k) for k in np.asarray(survey.summary["k"]).tolist()}
+        if view.k not in ks:
+            warnings.warn(
+                f"the rank survey in {survey.path!r} covers k={sorted(ks)}, not the "
+                f"result's k={view.k}",
+                stacklevel=3,
+            )
+
+
 def build_report(
     result: Any,
     *,
@@ -161,6 +204,7 @@ def build_report(
     view = open_result(result)
     survey = load_rank_survey(rank) if rank is not None else None
     cons = load_consensus(consensus) if consensus is not None else None
+    _check_companions(view, survey, cons)
     ref, ref_name = load_reference(reference)
     if ref is not None and not can_match(view, ref):
         if reference not in ("cosmic", "cosmic-v3.4"):

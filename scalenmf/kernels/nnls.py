@@ -388,8 +388,12 @@ class _Pivoting:
                 x[pas, a:e] = _spd_solve(self.G[fits[a]][np.ix_(pas, pas)], b[pas, a:e])
         if not big.all():
             rare = np.flatnonzero(np.repeat(~big, ends - starts))
-            G = self.G[0] if self.R == 1 else self.G[fits[rare]]  # one fit: broadcast
-            x[:, rare] = _stacked_solve(G, np.take(F, rare, axis=1), np.take(b, rare, axis=1))
+            # Sorted by fit: each fit's Gram is broadcast over its rare columns, not copied.
+            rf = fits[rare]
+            for a, e in itertools.pairwise(np.append(np.flatnonzero(_changes(rf)), rf.size)):
+                r = rare[a:e]
+                Fr, br = np.take(F, r, axis=1), np.take(b, r, axis=1)
+                x[:, r] = _stacked_solve(self.G[rf[a]], Fr, br)
         # The residual: one product per fit (the fits are contiguous in this order).
         if self.R == 1:
             y = self.G[0] @ x

@@ -253,7 +253,8 @@ def nnls_cd(
 
 
 def _masked_identity(G: np.ndarray, P: np.ndarray) -> np.ndarray:
-    """G restricted to each system's set P, identity outside: (T, k, k) from (T, k, k)."""
+    """G restricted to each system's set P, identity outside: (T, k, k) from G (T, k, k)
+    or one (k, k) broadcast to every system."""
     k = G.shape[-1]
     M = G * (P[:, :, None] & P[:, None, :])
     M[:, np.arange(k), np.arange(k)] += ~P
@@ -387,7 +388,12 @@ class _Pivoting:
                 x[pas, a:e] = _spd_solve(self.G[fits[a]][np.ix_(pas, pas)], b[pas, a:e])
         if not big.all():
             rare = np.flatnonzero(np.repeat(~big, ends - starts))
-            x[:, rare] = _stacked_solve(self.G[fits[rare]], F[:, rare], b[:, rare])
+            # Sorted by fit: each fit's Gram is broadcast over its rare columns, not copied.
+            rf = fits[rare]
+            for a, e in itertools.pairwise(np.append(np.flatnonzero(_changes(rf)), rf.size)):
+                r = rare[a:e]
+                Fr, br = np.take(F, r, axis=1), np.take(b, r, axis=1)
+                x[:, r] = _stacked_solve(self.G[rf[a]], Fr, br)
         # The residual: one product per fit (the fits are contiguous in this order).
         if self.R == 1:
             y = self.G[0] @ x
@@ -416,7 +422,8 @@ def _changes(v: np.ndarray) -> np.ndarray:
 
 
 def _stacked_solve(G: np.ndarray, F: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``x_F = G_FF⁻¹ b_F`` (0 elsewhere) per system: G (c, k, k), F and b (k, c) → (k, c).
+    """``x_F = G_FF⁻¹ b_F`` (0 elsewhere) per system: G (c, k, k) or one (k, k), F and b
+    (k, c) → (k, c).
 
     One batched LAPACK call per chunk, every system's G restricted to its set F.
     """
@@ -427,7 +434,7 @@ def _stacked_solve(G: np.ndarray, F: np.ndarray, b: np.ndarray) -> np.ndarray:
         P = F[:, a : a + chunk].T
         rhs = np.where(P, b[:, a : a + chunk].T, 0.0)
         x[:, a : a + chunk] = np.where(
-            P, _stack_solve(_masked_identity(G[a : a + chunk], P), rhs), 0.0
+            P, _stack_solve(_masked_identity(G if G.ndim == 2 else G[a : a + chunk], P), rhs), 0.0
         ).T
     return x
 

@@ -439,9 +439,9 @@ def read(path: Path) -> MatrixSource:
 def stage(path: Path, ctx: StageContext) -> MatrixSource:
     """A block-readable source for ``convert``, in bounded memory.
 
-    Coordinate files are read once in chunks of about a 32nd of the budget (parsed by
-    fast_matrix_market; about 4× that while parsed) and their entries scattered into
-    per-column-block buckets (``BucketStage``, a scatter buffer of a quarter of the
+    Coordinate files are read once in chunks of about a 64th of the budget (parsed by
+    fast_matrix_market; about 8× that while parsed) and their entries scattered into
+    per-column-block buckets (``BucketStage``, a scatter buffer of an eighth of the
     budget; kept in memory when the whole file fits in it). Array files are staged as rows
     of Xᵀ (``RowStage``). ``ctx.transpose`` reads a samples × features file.
     """
@@ -492,13 +492,15 @@ def _stage_body(path: Path, fh: IO[bytes], header: Header, ctx: StageContext) ->
             raise _count_error(where, header, seen)
         return staged.source(transposed=not ctx.transpose)
     density = header.nnz / max(1, m * n)
+    # The scatter buffer holds an eighth of the budget (16 bytes an entry), a chunk of text
+    # a 64th (read ahead, one more in flight; its parse and sort temporaries cost about 8×).
     buckets = BucketStage(
         ctx.workdir,
         (xm, xn),
         ctx.plan(xm, xn, density),
-        buffer_entries=ctx.budget // 4 // 16,
+        buffer_entries=ctx.budget // 8 // 16,
     )
-    chunk_bytes = int(min(1 << 26, max(1 << 16, ctx.budget // 32)))
+    chunk_bytes = int(min(1 << 26, max(1 << 16, ctx.budget // 64)))
     for r, c, v in _coordinate_entries(path, fh, header, chunk_bytes):
         if ctx.transpose:
             r, c = c, r

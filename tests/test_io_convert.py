@@ -329,6 +329,27 @@ def test_progress_bar_goes_to_stderr(tmp_path, rng, capsys):
     assert captured.out == "" and "40/40" in captured.err
 
 
+@pytest.mark.parametrize("fmt", ["mtx", "tsv"])
+def test_progress_bar_reports_bytes_per_second(tmp_path, rng, capsys, fmt):
+    X = rng.poisson(1.0, size=(30, 40)).astype(float)
+    if fmt == "mtx":
+        path = tmp_path / "x.mtx"
+        scipy.io.mmwrite(path, sp.coo_matrix(X), field="integer")
+    else:
+        path = write_csv(
+            tmp_path / "x.tsv",
+            X,
+            [f"g{i}" for i in range(30)],
+            [f"s{j}" for j in range(40)],
+            delim="\t",
+        )
+    convert(path, tmp_path / "x.zarr", progress=True, memory_limit="64KB")
+    err = capsys.readouterr().err
+    assert f"reading {path.name}" in err and "B/s" in err
+    size = path.stat().st_size
+    assert f"{size}/{size}" in err.replace(".0", "") or "100%" in err
+
+
 # -- properties ----------------------------------------------------------------------------------
 @settings(max_examples=20, deadline=None)
 @given(

@@ -383,6 +383,57 @@ def test_mtx_bad_input(tmp_path, text, match):
     assert "bad.mtx" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ("1 1 3 4\n", r"line 3: expected 3 number\(s\)"),  # an extra column is not dropped
+        ("1 1 3a\n", r"line 3: expected 3"),
+        ("1 1 inf\n", r"line 3: value inf is negative or not finite"),
+    ],
+)
+def test_mtx_fast_parser_does_not_accept_what_the_line_parser_refuses(tmp_path, body, match):
+    path = write_text(
+        tmp_path / "bad.mtx", "%%MatrixMarket matrix coordinate real general\n2 2 1\n" + body
+    )
+    with pytest.raises(InputError, match=match):
+        open_matrix(path)
+
+
+def test_mtx_values_and_spacing_read_exactly(tmp_path):
+    # A non-integer value in an "integer" file is kept (never truncated), odd spacing and
+    # CRLF line ends parse, blank lines and comments inside the body are skipped.
+    text = (
+        "%%MatrixMarket matrix coordinate integer general\r\n% made by hand\r\n3 2 4\r\n"
+        "1 1 3.5\r\n  2\t1   7 \r\n\r\n% a comment\r\n3 2 1\r\n3 2 2"
+    )
+    src = open_matrix(write_text(tmp_path / "x.mtx", text))
+    np.testing.assert_array_equal(dense(src), [[3.5, 0], [7, 0], [0, 3]])  # duplicates summed
+
+
+def test_mtx_streamed_over_many_chunks_names_late_bad_line(tmp_path):
+    from scalenmf.io.convert import convert
+
+    rng = np.random.default_rng(2)
+    X = sp.random(300, 200, density=0.3, format="coo", random_state=rng)
+    X.data = np.ceil(X.data * 50)
+    scipy.io.mmwrite(tmp_path / "x.mtx", X, field="integer")
+    src = open_matrix(convert(tmp_path / "x.mtx", tmp_path / "x.zarr", memory_limit="200KB"))
+    np.testing.assert_array_equal(dense(src), X.toarray())
+    lines = (tmp_path / "x.mtx").read_text().splitlines()
+    lines[-5] = lines[-5].rsplit(" ", 1)[0] + " -4"
+    (tmp_path / "bad.mtx").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=rf"entry line {len(lines) - 4}: value -4.0 is negative"):
+        convert(tmp_path / "bad.mtx", tmp_path / "bad.zarr", memory_limit="200KB")
+
+
+def test_mtx_duplicate_barcodes_warn(tmp_path):
+    scipy.io.mmwrite(tmp_path / "matrix.mtx", sp.coo_matrix(np.eye(3)))
+    write_text(tmp_path / "barcodes.tsv", "a\nb\na\n")
+    with pytest.warns(UserWarning, match=r"barcodes\.tsv.*1 duplicate sample label.*'a'"):
+        src = open_matrix(tmp_path / "matrix.mtx")
+    assert list(src.col_labels) == ["a", "b", "a"]
+
+
 def test_mtx_label_file_of_wrong_length(tmp_path):
     scipy.io.mmwrite(tmp_path / "matrix.mtx", sp.coo_matrix(np.eye(3)))
     write_text(tmp_path / "barcodes.tsv", "a\nb\n")

@@ -283,7 +283,11 @@ class CheckedSource(MatrixSource):
         out: Block
         if sp.issparse(block):
             with np.errstate(over="ignore"):
-                csc = sp.csc_matrix(block, dtype=self.dtype)
+                csc = (
+                    block
+                    if isinstance(block, sp.csc_matrix) and block.dtype == self.dtype
+                    else sp.csc_matrix(block, dtype=self.dtype)
+                )
             out = csc if self.is_sparse else csc.toarray()
         else:
             with np.errstate(over="ignore"):  # overflow to inf is reported just below
@@ -298,6 +302,9 @@ class CheckedSource(MatrixSource):
 
     def _check(self, block: Block, start: int) -> None:
         if sp.issparse(block):
+            data = np.asarray(block.data)
+            if not data.size or (np.isfinite(data).all() and data.min() >= 0):
+                return  # the common case: no COO copy just to check the values
             coo = sp.coo_matrix(block)
             values, bad = coo.data, ~np.isfinite(coo.data) | (coo.data < 0)
             if not bad.any():

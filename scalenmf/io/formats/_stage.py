@@ -192,22 +192,30 @@ class BucketStage:
         self.counts = np.zeros(len(self.bounds), dtype=np.int64)
         self._pending: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         self._buffered = 0
+        self._spilled = False  # nothing on disk yet: finish() can keep the buckets in memory
 
     def add(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray) -> None:
         """Add 0-based triples (already checked to lie inside ``shape``)."""
         if len(vals) == 0:
             return
-        bucket = np.asarray(cols, dtype=np.int64) // self.block_cols
-        order = np.argsort(bucket, kind="stable")
-        bucket = bucket[order]
-        rows = np.asarray(rows)[order].astype(self.index_dtype, copy=False)
-        local = (np.asarray(cols, dtype=np.int64)[order] - bucket * self.block_cols).astype(
-            np.int32
-        )
-        vals = np.asarray(vals)[order].astype(self.dtype, copy=False)
-        ids, starts = np.unique(bucket, return_index=True)
-        ends = np.append(starts[1:], len(bucket))
-        for b, s, e in zip(ids.tolist(), starts.tolist(), ends.tolist(), strict=True):
+        cols = np.asarray(cols)
+        bucket = cols // self.block_cols
+        rows = np.asarray(rows)
+        vals = np.asarray(vals)
+        if bucket.size > 1 and not bool(np.all(bucket[1:] >= bucket[:-1])):
+            # Entries out of column order: group them by bucket (a radix sort on small
+            # bucket ids); 10x files are sorted by column and skip this.
+            small = bucket.astype(np.uint16) if len(self.bounds) <= 1 << 16 else bucket
+            order = np.argsort(small, kind="stable")
+            bucket, rows, cols, vals = bucket[order], rows[order], cols[order], vals[order]
+        rows = rows.astype(self.index_dtype, copy=False)
+        local = (cols - bucket * self.block_cols).astype(np.int32, copy=False)
+        vals = vals.astype(self.dtype, copy=False)
+        cuts = np.flatnonzero(bucket[1:] != bucket[:-1]) + 1
+        starts = np.concatenate([[0], cuts]).tolist()
+        ends = [*cuts.tolist(), len(bucket)]
+        for s, e in zip(starts, ends, strict=True):
+            b = int(bucket[s])
             self._pending.setdefault(b, []).append((rows[s:e], local[s:e], vals[s:e]))
             self.counts[b] += e - s
         self._buffered += len(vals)
@@ -222,12 +230,22 @@ class BucketStage:
                         part[k].tofile(fh)
         self._pending.clear()
         self._buffered = 0
+        self._spilled = True
 
     def finish(self) -> BucketSource:
-        """Write what is buffered and return the assembled matrix as a sparse source."""
-        self._flush()
+        """The assembled matrix as a sparse source: in memory when nothing was spilled
+        (all entries fit in the buffer), else from the spill files."""
+        if self._spilled:
+            self._flush()
+            held = None
+        else:
+            held = {
+                b: tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
+                for b, parts in self._pending.items()
+            }
+            self._pending.clear()
         return BucketSource(
-            self.dir, self.shape, self.bounds, self.dtype, self.index_dtype, self.counts
+            self.dir, self.shape, self.bounds, self.dtype, self.index_dtype, self.counts, held
         )
 
 
@@ -246,8 +264,10 @@ class BucketSource(MatrixSource):
         dtype: np.dtype,
         index_dtype: np.dtype,
         counts: np.ndarray,
+        held: dict[int, tuple[np.ndarray, ...]] | None = None,
     ):
         super().__init__()
+        self._held = held
         self.dir = Path(directory)
         self.shape = shape
         self.dtype = np.dtype(dtype)
@@ -264,13 +284,23 @@ class BucketSource(MatrixSource):
     def _bucket(self, b: int) -> sp.csc_matrix:
         a, z = self._buckets[b]
         width = z - a
+        m = self.shape[0]
         if self._counts[b] == 0:
-            return sp.csc_matrix((self.shape[0], width), dtype=self.dtype)
-        rows = np.fromfile(self.dir / f"{b}.rows", dtype=self.index_dtype)
-        cols = np.fromfile(self.dir / f"{b}.cols", dtype=np.int32)
-        vals = np.fromfile(self.dir / f"{b}.vals", dtype=self.dtype)
-        coo = sp.coo_matrix((vals, (rows, cols)), shape=(self.shape[0], width))
-        return coo.tocsc()
+            return sp.csc_matrix((m, width), dtype=self.dtype)
+        if self._held is not None:
+            rows, cols, vals = self._held[b]
+        else:
+            rows = np.fromfile(self.dir / f"{b}.rows", dtype=self.index_dtype)
+            cols = np.fromfile(self.dir / f"{b}.cols", dtype=np.int32)
+            vals = np.fromfile(self.dir / f"{b}.vals", dtype=self.dtype)
+        key = cols.astype(np.int64) * m + rows
+        if key.size < 2 or bool(np.all(key[1:] > key[:-1])):
+            # Already in CSC order without duplicates (as 10x writes): index directly.
+            indptr = np.zeros(width + 1, dtype=np.int64)
+            np.cumsum(np.bincount(cols, minlength=width), out=indptr[1:])
+            return sp.csc_matrix((vals, rows, indptr), shape=(m, width))
+        coo = sp.coo_matrix((vals, (rows, cols)), shape=(m, width))
+        return coo.tocsc()  # sorts, and sums duplicates
 
     def _read(self, start: int, stop: int) -> sp.csc_matrix:
         width = self._buckets[0][1] - self._buckets[0][0] if self._buckets else 1

@@ -487,8 +487,9 @@ def _labelled(path: Path, layout: Layout, labels: list[tuple[str, ...]]) -> tupl
     return rows, layout.columns
 
 
-def read(path: Path, options: TextOptions = DEFAULT_OPTIONS) -> MatrixSource:
-    """Read the whole file into memory as a dense source with labels."""
+def read(path: Path, options: TextOptions = DEFAULT_OPTIONS, bar: Any = None) -> MatrixSource:
+    """Read the whole file into memory as a dense source with labels (``bar``: a byte
+    progress bar)."""
     layout = _layout(path, options)
     rows_per_batch = max(1, (1 << 24) // max(1, layout.n_fields))
     labels: list[tuple[str, ...]] = []
@@ -496,7 +497,7 @@ def read(path: Path, options: TextOptions = DEFAULT_OPTIONS) -> MatrixSource:
     try:
         if options.missing:
             raise _UseReference
-        for lab, vals in fast_batches(path, layout, rows_per_batch):
+        for lab, vals in fast_batches(path, layout, rows_per_batch, bar):
             labels.extend(lab)
             parts.append(vals)
     except _UseReference:
@@ -504,6 +505,8 @@ def read(path: Path, options: TextOptions = DEFAULT_OPTIONS) -> MatrixSource:
         for lab, vals in iter_batches(path, layout, 1 << 20, options.missing):
             labels.extend(lab)
             parts.append(vals)
+        if bar is not None and bar.total:
+            bar.update(max(0, bar.total - bar.n))
     if not parts:
         raise InputError(f"{str(path)!r} has a header line but no data rows")
     X = np.vstack(parts) if len(parts) > 1 else parts[0]
@@ -562,7 +565,8 @@ def stage(path: Path, ctx: StageContext) -> MatrixSource:
     options = ctx.text if ctx.text is not None else DEFAULT_OPTIONS
     layout = _layout(path, options)
     if _estimated_text_bytes(path) * 2 <= ctx.budget // 4:
-        src = read(path, options)
+        with byte_progress(path, ctx.progress) as small_bar:
+            src = read(path, options, small_bar)
         if not ctx.transpose:
             return src
         X = np.asarray(src.read_columns(0, src.shape[1]))

@@ -9,12 +9,21 @@ first column of the features file (the stable, unique gene ids; symbols repeat).
 Supported: ``coordinate`` (``integer``, ``real``, ``pattern``; ``general`` or
 ``symmetric``) and ``array`` (``general``). Duplicate coordinates are summed, as
 ``scipy.io.mmread`` does. Indices must be integers in range, values finite and ≥ 0.
+
+Coordinate entries are parsed by fast_matrix_market (the C++ parser inside
+``scipy.io.mmread``) over byte ranges of the file: after the header, any run of whole
+lines is an independent Matrix Market body, so the file is read in chunks of bounded size
+(gzip through ISA-L), each parsed in parallel and bucketed into column blocks. A chunk the
+fast parser does not take outright (a comment or blank line, odd spacing, text, a bad
+index or value) is parsed again line by line, which names the line of the first problem.
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from scalenmf.io.errors import InputError
+from scalenmf.io.formats._files import byte_progress, open_binary, warn_duplicates
 from scalenmf.io.formats._stage import (
     BucketStage,
     RowStage,
@@ -58,7 +68,7 @@ class Header:
     first_data_line: int  # 1-based line number of the first entry
 
 
-def _read_header(path: Path, fh: IO[str]) -> Header:
+def _read_header(path: Path, fh: Any) -> Header:
     where = str(path)
     banner = fh.readline()
     if not banner:
@@ -102,6 +112,133 @@ def _read_header(path: Path, fh: IO[str]) -> Header:
         nnz = sizes[2] if fmt == "coordinate" else m * n
         return Header(fmt, field, symmetry, (m, n), nnz, line_no + 1)
     raise InputError(f"{where!r}: no size line after the Matrix Market banner")
+
+
+class _TextLines:
+    """Decoded lines of a binary stream, for reading the header (the body stays binary)."""
+
+    def __init__(self, fh: IO[bytes]):
+        self._fh = fh
+
+    def readline(self) -> str:
+        return self._fh.readline().decode("utf-8-sig", errors="replace")
+
+    def __iter__(self) -> Iterator[str]:
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+
+_NUMBER_BYTES = b"0123456789.eE+-"
+
+
+def _chunks(fh: IO[bytes], chunk_bytes: int) -> Iterator[bytes]:
+    """Yield the body as runs of whole lines, in order. The next run is read (and
+    decompressed) in a background thread while the caller parses the current one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rest = b""
+    with ThreadPoolExecutor(1, thread_name_prefix="mtx-read") as pool:
+        ahead = pool.submit(fh.read, chunk_bytes)
+        while True:
+            block = ahead.result()
+            if not block:
+                if rest:
+                    yield rest if rest.endswith(b"\n") else rest + b"\n"
+                return
+            ahead = pool.submit(fh.read, chunk_bytes)
+            cut = block.rfind(b"\n") + 1
+            if cut == 0:
+                rest += block
+                continue
+            yield rest + block[:cut] if rest else block[:cut]
+            rest = block[cut:]
+
+
+def _entry_count(chunk: bytes, ncols: int) -> tuple[int, int] | None:
+    """Entry lines in ``chunk`` if every line holds exactly ``ncols`` tokens of number
+    characters (then the fast parser reads it exactly); None when it must be checked line
+    by line."""
+    gaps = chunk.translate(None, _NUMBER_BYTES)  # what separates the numbers
+    if gaps.translate(None, b" \t\r\n"):
+        return None  # comments, text, NaN/inf, other bytes
+    lines = gaps.count(b"\n")
+    if gaps == (b" " * (ncols - 1) + b"\n") * lines:
+        return lines, lines  # single-spaced lines (what mmwrite and 10x write)
+    buf = np.frombuffer(chunk, dtype=np.uint8)
+    nl = buf == 10
+    gap = nl | (buf == 32) | (buf == 9) | (buf == 13)
+    start = ~gap
+    start[1:] &= gap[:-1]
+    line_of = np.cumsum(nl) - nl  # the line each byte belongs to
+    per_line = np.bincount(line_of[start], minlength=lines)
+    if not np.all((per_line == ncols) | (per_line == 0)):
+        return None
+    return int(np.count_nonzero(per_line)), lines
+
+
+def _fast_coords(
+    chunk: bytes, header: Header, parallelism: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+    """0-based rows, cols, values of one chunk by fast_matrix_market and its number of
+    lines, or None (use the line-by-line parser)."""
+    ncols = 2 if header.field == "pattern" else 3
+    counted = _entry_count(chunk, ncols)
+    if counted is None:
+        return None
+    count, n_lines = counted
+    try:
+        import fast_matrix_market as fmm
+    except ImportError:  # pragma: no cover - a dependency; the line parser still works
+        return None
+    m, n = header.shape
+    field = "pattern" if header.field == "pattern" else "real"  # never truncate 3.5 to 3
+    body = f"%%MatrixMarket matrix coordinate {field} general\n{m} {n} {count}\n".encode()
+    try:
+        (vals, (rows, cols)), _ = fmm.read_coo(io.BytesIO(body + chunk), parallelism=parallelism)
+    except (ValueError, RuntimeError):
+        return None  # out-of-range or malformed indices: the line parser names the line
+    vals = np.asarray(vals, dtype=np.float64)
+    if vals.size and not (np.isfinite(vals).all() and vals.min() >= 0):
+        return None
+    return rows, cols, vals, n_lines
+
+
+def _chunk_coords(
+    where: str, chunk: bytes, first: int, header: Header, parallelism: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Checked 0-based (rows, cols, values) of one chunk, its number of entries (before
+    symmetric entries are mirrored) and of lines."""
+    fast = _fast_coords(chunk, header, parallelism)
+    if fast is not None:
+        rows, cols, vals, n_lines = fast
+        seen = len(vals)
+        if header.symmetry == "symmetric":
+            off = rows != cols
+            rows, cols = np.concatenate([rows, cols[off]]), np.concatenate([cols, rows[off]])
+            vals = np.concatenate([vals, vals[off]])
+        return rows, cols, vals, seen, n_lines
+    lines = chunk.decode("utf-8", errors="replace").splitlines(keepends=True)
+    ncols = 2 if header.field == "pattern" else 3
+    arr = _parse_lines(where, lines, first, ncols)
+    r, c, v = _coords(where, arr, header, first)
+    return r, c, v, len(arr), len(lines)
+
+
+def _parse_lines(where: str, lines: list[str], first: int, ncols: int) -> np.ndarray:
+    """Entries of text lines as float64 rows (line by line; names the first bad line)."""
+    if not any(line.strip() and not line.lstrip().startswith("%") for line in lines):
+        return np.empty((0, ncols))
+    try:
+        arr = np.loadtxt(lines, dtype=np.float64, ndmin=2, comments="%")
+    except ValueError:
+        arr = None
+    if arr is None or (arr.size and arr.shape[1] != ncols):
+        _raise_bad_line(where, lines, first, ncols)
+    assert arr is not None
+    return arr.reshape(-1, ncols)
 
 
 def _batches(path: Path, fh: IO[str], header: Header, batch_lines: int = _BATCH_LINES) -> Any:
@@ -226,6 +363,10 @@ def side_labels(path: Path, shape: tuple[int, int]) -> tuple[np.ndarray | None, 
     codes = _side_file(path, ("barcodes.tsv",))
     rows = _read_labels(feats, shape[0]) if feats else None
     cols = _read_labels(codes, shape[1]) if codes else None
+    if feats is not None:
+        warn_duplicates(rows, "feature", str(feats))
+    if codes is not None:
+        warn_duplicates(cols, "sample", str(codes))
     return rows, cols
 
 
@@ -234,14 +375,47 @@ def _cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
 
 
 # -- readers -----------------------------------------------------------------------------------
+#: Bytes of body text parsed at once when the whole matrix is read into memory.
+_READ_CHUNK = 1 << 25
+
+
+def _coordinate_entries(
+    path: Path, fh: IO[bytes], header: Header, chunk_bytes: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Checked 0-based (rows, cols, values) of a coordinate body, chunk by chunk; raises
+    ``InputError`` on a bad line or an entry count that disagrees with the header."""
+    where = str(path)
+    seen = 0
+    first = header.first_data_line
+    chunks = _chunks(fh, chunk_bytes)
+    while True:
+        try:
+            item = next(chunks, None)
+        except Exception as exc:  # zlib / ISA-L / OS errors of a damaged stream
+            raise InputError(
+                f"cannot read {where!r} after line {first} (corrupt or truncated file?): {exc}"
+            ) from exc
+        if item is None:
+            break
+        rows, cols, vals, count, n_lines = _chunk_coords(where, item, first, header, None)
+        first += n_lines
+        seen += count
+        if seen > header.nnz:
+            raise _count_error(where, header, seen)
+        yield rows, cols, vals
+    if seen != header.nnz:
+        raise _count_error(where, header, seen)
+
+
 def read(path: Path) -> MatrixSource:
     """Read the whole file into memory (scipy CSC for coordinate, ndarray for array)."""
     where = str(path)
-    with open_text(path) as fh:
-        header = _read_header(path, fh)
+    with open_binary(path) as fh:
+        header = _read_header(path, _TextLines(fh))
         m, n = header.shape
         if header.fmt == "array":
-            parts = [arr.ravel() for _, arr in _batches(path, fh, header)]
+            text = io.TextIOWrapper(fh, encoding="utf-8", errors="replace", newline="")
+            parts = [arr.ravel() for _, arr in _batches(path, text, header)]
             vals = np.concatenate(parts) if parts else np.empty(0)
             if vals.size != header.nnz:
                 raise _count_error(where, header, vals.size)
@@ -249,17 +423,10 @@ def read(path: Path) -> MatrixSource:
             src: MatrixSource = DenseArraySource(vals.reshape(n, m).T)
         else:
             rows, cols, vals_list = [], [], []
-            seen = 0
-            for first, arr in _batches(path, fh, header):
-                seen += len(arr)
-                if seen > header.nnz:
-                    raise _count_error(where, header, seen)
-                r, c, v = _coords(where, arr, header, first)
+            for r, c, v in _coordinate_entries(path, fh, header, _READ_CHUNK):
                 rows.append(r)
                 cols.append(c)
                 vals_list.append(v)
-            if seen != header.nnz:
-                raise _count_error(where, header, seen)
             X = sp.coo_matrix(
                 (_cat(vals_list, np.float64), (_cat(rows, np.int64), _cat(cols, np.int64))),
                 shape=(m, n),
@@ -272,66 +439,73 @@ def read(path: Path) -> MatrixSource:
 def stage(path: Path, ctx: StageContext) -> MatrixSource:
     """A block-readable source for ``convert``, in bounded memory.
 
-    Coordinate files are read once and their entries scattered into per-column-block
-    buckets (``BucketStage``; memory: one parse batch of an eighth of the budget plus a
-    scatter buffer of a quarter), array files are staged as rows of Xᵀ
-    (``RowStage``). ``ctx.transpose`` reads a samples × features file.
+    Coordinate files are read once in chunks of about a 64th of the budget (parsed by
+    fast_matrix_market; about 8× that while parsed) and their entries scattered into
+    per-column-block buckets (``BucketStage``, a scatter buffer of an eighth of the
+    budget; kept in memory when the whole file fits in it). Array files are staged as rows
+    of Xᵀ (``RowStage``). ``ctx.transpose`` reads a samples × features file.
     """
     where = str(path)
-    with open_text(path) as fh:
-        header = _read_header(path, fh)
-        m, n = header.shape
-        xm, xn = (n, m) if ctx.transpose else (m, n)
-        batch_lines = max(1024, ctx.budget // 8 // _LINE_COST)
-        if header.fmt == "array":
-            # Column-major values: each run of m values is a column of the stored matrix,
-            # i.e. a column of X, or (transposed) a row of X.
-            rows_per = stage_rows_budget(ctx.budget, m)
-            if not ctx.transpose:
-                rows_per = min(rows_per, ctx.plan(xm, xn, 1.0))
-            # Transposed, staged rows are X's rows, read back by column blocks.
-            col_chunk = ctx.plan(xm, xn, 1.0) if ctx.transpose else None
-            staged = RowStage(ctx.workdir, m, rows_per, name="mtx", col_chunk=col_chunk)
-            pending = np.empty(0)
-            seen = 0
-            for first, arr in _batches(path, fh, header, batch_lines):
-                vals = arr.ravel()
-                seen += vals.size
-                if seen > header.nnz:
-                    raise _count_error(where, header, seen)
-                _check_values(where, vals, first)
-                pending = np.concatenate([pending, vals])
-                full = (pending.size // max(m, 1)) * m
-                if full:
-                    staged.append(pending[:full].reshape(-1, m))
-                    pending = pending[full:]
-            if seen != header.nnz:
-                raise _count_error(where, header, seen)
-            out: MatrixSource = staged.source(transposed=not ctx.transpose)
-        else:
-            density = header.nnz / max(1, m * n)
-            buckets = BucketStage(
-                ctx.workdir,
-                (xm, xn),
-                ctx.plan(xm, xn, density),
-                buffer_entries=ctx.budget // 4 // 16,
-            )
-            seen = 0
-            for first, arr in _batches(path, fh, header, batch_lines):
-                seen += len(arr)
-                if seen > header.nnz:
-                    raise _count_error(where, header, seen)
-                r, c, v = _coords(where, arr, header, first)
-                if ctx.transpose:
-                    r, c = c, r
-                buckets.add(r, c, v)
-            if seen != header.nnz:
-                raise _count_error(where, header, seen)
-            out = buckets.finish()
+    bar = byte_progress(path, ctx.progress)
+    try:
+        with open_binary(path, bar) as fh:
+            header = _read_header(path, _TextLines(fh))
+            out = _stage_body(path, fh, header, ctx)
+    finally:
+        bar.close()
     row_labels, col_labels = side_labels(path, header.shape)
     if ctx.transpose:
         row_labels, col_labels = col_labels, row_labels
+    log.debug("staged %s", where)
     return out.set_labels(row_labels, col_labels)
+
+
+def _stage_body(path: Path, fh: IO[bytes], header: Header, ctx: StageContext) -> MatrixSource:
+    where = str(path)
+    m, n = header.shape
+    xm, xn = (n, m) if ctx.transpose else (m, n)
+    if header.fmt == "array":
+        text = io.TextIOWrapper(fh, encoding="utf-8", errors="replace", newline="")
+        batch_lines = max(1024, ctx.budget // 8 // _LINE_COST)
+        # Column-major values: each run of m values is a column of the stored matrix,
+        # i.e. a column of X, or (transposed) a row of X.
+        rows_per = stage_rows_budget(ctx.budget, m)
+        if not ctx.transpose:
+            rows_per = min(rows_per, ctx.plan(xm, xn, 1.0))
+        # Transposed, staged rows are X's rows, read back by column blocks.
+        col_chunk = ctx.plan(xm, xn, 1.0) if ctx.transpose else None
+        staged = RowStage(ctx.workdir, m, rows_per, name="mtx", col_chunk=col_chunk)
+        pending = np.empty(0)
+        seen = 0
+        for first, arr in _batches(path, text, header, batch_lines):
+            vals = arr.ravel()
+            seen += vals.size
+            if seen > header.nnz:
+                raise _count_error(where, header, seen)
+            _check_values(where, vals, first)
+            pending = np.concatenate([pending, vals])
+            full = (pending.size // max(m, 1)) * m
+            if full:
+                staged.append(pending[:full].reshape(-1, m))
+                pending = pending[full:]
+        if seen != header.nnz:
+            raise _count_error(where, header, seen)
+        return staged.source(transposed=not ctx.transpose)
+    density = header.nnz / max(1, m * n)
+    # The scatter buffer holds an eighth of the budget (16 bytes an entry), a chunk of text
+    # a 64th (read ahead, one more in flight; its parse and sort temporaries cost about 8×).
+    buckets = BucketStage(
+        ctx.workdir,
+        (xm, xn),
+        ctx.plan(xm, xn, density),
+        buffer_entries=ctx.budget // 8 // 16,
+    )
+    chunk_bytes = int(min(1 << 26, max(1 << 16, ctx.budget // 64)))
+    for r, c, v in _coordinate_entries(path, fh, header, chunk_bytes):
+        if ctx.transpose:
+            r, c = c, r
+        buckets.add(r, c, v)
+    return buckets.finish()
 
 
 __all__ = ["Header", "can_open", "read", "side_labels", "stage"]

@@ -536,3 +536,30 @@ def test_h5ad_round_trip_property(m, n, seed, sparse):
         np.testing.assert_array_equal(dense(src), cells.T)
         assert list(src.col_labels) == [f"c,{i}é" for i in range(n)]
         assert list(src.row_labels) == [f'g"{i}' for i in range(m)]
+
+
+def test_mtx_read_ahead_is_done_when_a_bad_line_stops_the_read(tmp_path):
+    # The read-ahead thread of an abandoned parse was once left to the garbage collector,
+    # whose finalizer joined it from inside threading's locks: the suite hung there.
+    import threading
+    import time
+
+    from scalenmf.io.convert import convert
+
+    X = sp.random(300, 200, density=0.3, format="coo", random_state=np.random.default_rng(3))
+    X.data = np.ceil(X.data * 50)
+    scipy.io.mmwrite(tmp_path / "x.mtx", X, field="integer")
+    lines = (tmp_path / "x.mtx").read_text().splitlines()
+    lines[-5] = lines[-5].rsplit(" ", 1)[0] + " -4"
+    (tmp_path / "bad.mtx").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match="is negative") as info:
+        convert(tmp_path / "bad.mtx", tmp_path / "bad.zarr", memory_limit="200KB")
+    # The traceback keeps the parse's frames alive, as a caller holding the error would.
+    assert info.traceback
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        readers = [t for t in threading.enumerate() if t.name.startswith("mtx-read")]
+        if not any(t.is_alive() for t in readers):
+            break
+        time.sleep(0.05)
+    assert not any(t.is_alive() for t in readers), "a read-ahead thread outlived its parse"

@@ -20,6 +20,7 @@ index or value) is parsed again line by line, which names the line of the first 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import logging
@@ -140,8 +141,9 @@ def _chunks(fh: IO[bytes], chunk_bytes: int) -> Iterator[bytes]:
     from concurrent.futures import ThreadPoolExecutor
 
     rest = b""
-    with ThreadPoolExecutor(1, thread_name_prefix="mtx-read") as pool:
-        ahead = pool.submit(fh.read, chunk_bytes)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="mtx-read")
+    ahead = pool.submit(fh.read, chunk_bytes)
+    try:
         while True:
             block = ahead.result()
             if not block:
@@ -155,6 +157,14 @@ def _chunks(fh: IO[bytes], chunk_bytes: int) -> Iterator[bytes]:
                 continue
             yield rest + block[:cut] if rest else block[:cut]
             rest = block[cut:]
+    finally:
+        # Wait for the read in flight (fh must be free when we return), but never join the
+        # thread here: a generator left unclosed is finalized by the garbage collector,
+        # possibly inside threading's own locks, where a join deadlocks. The idle worker
+        # ends by itself.
+        if not ahead.cancel():
+            ahead.exception()
+        pool.shutdown(wait=False)
 
 
 def _entry_count(chunk: bytes, ncols: int) -> tuple[int, int] | None:
@@ -388,21 +398,25 @@ def _coordinate_entries(
     seen = 0
     first = header.first_data_line
     chunks = _chunks(fh, chunk_bytes)
-    while True:
-        try:
-            item = next(chunks, None)
-        except Exception as exc:  # zlib / ISA-L / OS errors of a damaged stream
-            raise InputError(
-                f"cannot read {where!r} after line {first} (corrupt or truncated file?): {exc}"
-            ) from exc
-        if item is None:
-            break
-        rows, cols, vals, count, n_lines = _chunk_coords(where, item, first, header, None)
-        first += n_lines
-        seen += count
-        if seen > header.nnz:
-            raise _count_error(where, header, seen)
-        yield rows, cols, vals
+    # Closed here, in this thread, on every exit: the read-ahead thread must be done with
+    # ``fh`` before anyone else touches or closes it. Left to the garbage collector, the
+    # pool's shutdown could run at any moment (in a thread holding fh's lock: a deadlock).
+    with contextlib.closing(chunks):
+        while True:
+            try:
+                item = next(chunks, None)
+            except Exception as exc:  # zlib / ISA-L / OS errors of a damaged stream
+                raise InputError(
+                    f"cannot read {where!r} after line {first} (corrupt or truncated file?): {exc}"
+                ) from exc
+            if item is None:
+                break
+            rows, cols, vals, count, n_lines = _chunk_coords(where, item, first, header, None)
+            first += n_lines
+            seen += count
+            if seen > header.nnz:
+                raise _count_error(where, header, seen)
+            yield rows, cols, vals
     if seen != header.nnz:
         raise _count_error(where, header, seen)
 
@@ -423,10 +437,12 @@ def read(path: Path) -> MatrixSource:
             src: MatrixSource = DenseArraySource(vals.reshape(n, m).T)
         else:
             rows, cols, vals_list = [], [], []
-            for r, c, v in _coordinate_entries(path, fh, header, _READ_CHUNK):
-                rows.append(r)
-                cols.append(c)
-                vals_list.append(v)
+            entries = contextlib.closing(_coordinate_entries(path, fh, header, _READ_CHUNK))
+            with entries as parts:
+                for r, c, v in parts:
+                    rows.append(r)
+                    cols.append(c)
+                    vals_list.append(v)
             X = sp.coo_matrix(
                 (_cat(vals_list, np.float64), (_cat(rows, np.int64), _cat(cols, np.int64))),
                 shape=(m, n),
@@ -501,10 +517,11 @@ def _stage_body(path: Path, fh: IO[bytes], header: Header, ctx: StageContext) ->
         buffer_entries=ctx.budget // 8 // 16,
     )
     chunk_bytes = int(min(1 << 26, max(1 << 16, ctx.budget // 64)))
-    for r, c, v in _coordinate_entries(path, fh, header, chunk_bytes):
-        if ctx.transpose:
-            r, c = c, r
-        buckets.add(r, c, v)
+    with contextlib.closing(_coordinate_entries(path, fh, header, chunk_bytes)) as entries:
+        for r, c, v in entries:
+            if ctx.transpose:
+                r, c = c, r
+            buckets.add(r, c, v)
     return buckets.finish()
 
 

@@ -10,7 +10,6 @@ from typing import Any
 import click
 
 from scalenmf.cli._common import user_errors
-from scalenmf.io.atomic import check_output
 
 #: Plot kinds, listed here so that ``--help`` works without importing matplotlib.
 PLOT_KINDS = (
@@ -94,6 +93,8 @@ def plot(source: str, kind: str, output: str, dpi: float, overwrite: bool, **giv
     figure_format(output)  # a bad extension fails before anything is read
     if not Path(source).exists():
         raise click.ClickException(f"no such result store or directory: {source!r}")
+    from scalenmf.io.atomic import check_output  # io loads zarr: not at start-up
+
     check_output(output, overwrite)
     t0 = time.perf_counter()
     draw(source, kind, output, dpi=dpi, **_options(kind, **given))
@@ -175,6 +176,8 @@ def report(
     ):
         if path is not None and not Path(path).exists():
             raise click.ClickException(f"no such {what}: {path!r}")
+    from scalenmf.io.atomic import check_output  # io loads zarr: not at start-up
+
     check_output(output, overwrite)
     t0 = time.perf_counter()
     path = write_report(

@@ -18,9 +18,8 @@ row-wise, ``G = HHᵀ``, ``B = (XHᵀ)ᵀ``), in every batch shape of :mod:`.pen
   unconstrained solution, columns with equal passive sets sharing one factorisation.
 
 Both return ``(X, NNLSInfo)``. Coordinates whose Gram diagonal is 0 (a zero basis vector,
-such as padding) are 0 in every result. The names used before this module existed
-(``cd_nnls``, ``hals_sweep``, ``bpp_nnls``, and in :mod:`.columns` / :mod:`.batched`)
-are thin wrappers over these two.
+such as padding) are 0 in every result. They replace the three copies of each that the
+package held before (per fit, per column and batched).
 """
 
 from __future__ import annotations

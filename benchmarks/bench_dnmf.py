@@ -74,13 +74,13 @@ def bench_inference(quick: bool) -> list[str]:
     V64, W64 = V32.double(), W32.double()
     from threadpoolctl import threadpool_limits
 
-    from scalenmf.kernels import bpp_nnls
+    from scalenmf.kernels import nnls_bpp
 
     Wn, Vn = W64.numpy(), V64.numpy()
 
     def bpp_numpy() -> None:
         with threadpool_limits(1):
-            bpp_nnls(Wn.T @ Wn, Wn.T @ Vn)
+            nnls_bpp(Wn.T @ Wn, Wn.T @ Vn)[0]
 
     rows = [
         ("DNMF, 10 layers", _median_time(dnmf, reps)),

@@ -103,8 +103,11 @@ def one_size(
     old: dict[str, ModuleType], k: int, n: int, fits: int, reps: int
 ) -> list[dict[str, Any]]:
     """Every row of one (k, n): one fit, then ``fits`` fits."""
-    from scalenmf.kernels import nnls_bpp, nnls_cd
-    from scalenmf.kernels.columns import nnls_columns
+    from scalenmf.kernels import nnls_bpp, nnls_cd, unconstrained_start
+
+    def nnls_columns(G: np.ndarray, B: np.ndarray) -> np.ndarray:
+        start = unconstrained_start(G, B)
+        return nnls_cd(G, B, start, max_sweeps=1000, tol=1e-10, finish=True)[0]
 
     rows: list[dict[str, Any]] = []
 

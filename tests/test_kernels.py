@@ -11,10 +11,7 @@ import scipy.sparse as sp
 from scipy.optimize import nnls
 
 from scalenmf.kernels import (
-    bpp_nnls,
-    cd_nnls,
     gram,
-    hals_sweep,
     kl_block,
     kl_divergence,
     mu_frobenius,
@@ -105,8 +102,8 @@ def test_cd_nnls_equals_scipy_nnls(seed, l1, l2):
     A, Y, G, B = nnls_problem(seed)
     ref = nnls_reference(A, Y, l1, l2)
     assert (ref == 0).any(), "the problem should have active constraints"
-    X, sweeps = cd_nnls(G, B, l1=l1, l2=l2, max_sweeps=20000, tol=1e-13)
-    assert sweeps < 20000, "coordinate descent did not reach its tolerance"
+    X, info = nnls_cd(G, B, l1=l1, l2=l2, max_sweeps=20000, tol=1e-13)
+    assert info.converged and info.iterations < 20000, "coordinate descent did not converge"
     np.testing.assert_allclose(X, ref, rtol=1e-7, atol=1e-9)
 
 
@@ -115,7 +112,7 @@ def test_cd_nnls_equals_scipy_nnls(seed, l1, l2):
 def test_bpp_nnls_equals_scipy_nnls(seed, l1, l2):
     A, Y, G, B = nnls_problem(seed)
     ref = nnls_reference(A, Y, l1, l2)
-    X = bpp_nnls(G, B, l1=l1, l2=l2)
+    X = nnls_bpp(G, B, l1=l1, l2=l2)[0]
     np.testing.assert_allclose(X, ref, rtol=1e-9, atol=1e-11)
 
 
@@ -123,11 +120,11 @@ def test_nnls_warm_start_and_large_l1_zero_everything():
     A, Y, G, B = nnls_problem(5)
     ref = nnls_reference(A, Y)
     warm = np.abs(np.random.default_rng(0).standard_normal(ref.shape))
-    X, _ = cd_nnls(G, B, warm, max_sweeps=20000, tol=1e-13)
+    X, _ = nnls_cd(G, B, warm, max_sweeps=20000, tol=1e-13)
     np.testing.assert_allclose(X, ref, rtol=1e-7, atol=1e-9)
     big = float(np.abs(B).max()) + 1.0  # l1 above every |b_i|: x = 0 is optimal
-    assert not cd_nnls(G, B, warm, l1=big, max_sweeps=500, tol=1e-12)[0].any()
-    assert not bpp_nnls(G, B, l1=big).any()
+    assert not nnls_cd(G, B, warm, l1=big, max_sweeps=500, tol=1e-12)[0].any()
+    assert not nnls_bpp(G, B, l1=big)[0].any()
 
 
 def test_bpp_nnls_singular_gram_reaches_the_nnls_optimum():
@@ -136,7 +133,7 @@ def test_bpp_nnls_singular_gram_reaches_the_nnls_optimum():
     A = np.column_stack([A, A[:, 0]])
     G, B = A.T @ A, A.T @ Y
     ref = nnls_reference(A[:, :-1], Y)
-    X = bpp_nnls(G, B)
+    X = nnls_bpp(G, B)[0]
     assert (X >= 0).all()
     ref_full = np.vstack([ref, np.zeros((1, ref.shape[1]))])
     assert qp_objective(G, B, X, 0, 0) == pytest.approx(
@@ -152,10 +149,8 @@ def test_hals_sweep_never_raises_the_objective(l1, l2):
     X = np.abs(np.random.default_rng(1).standard_normal(B.shape)) * 3
     f = qp_objective(G, B, X, l1, l2)
     for _ in range(40):
-        before = X.copy()
-        change = hals_sweep(Gp, Bp, X)
-        assert (X >= 0).all()
-        assert change == pytest.approx(float(np.abs(X - before).max()))
+        X, info = nnls_cd(Gp, Bp, X, max_sweeps=1, tol=0.0)  # one HALS sweep
+        assert (X >= 0).all() and info.iterations == 1 and info.unconverged is None
         f_new = qp_objective(G, B, X, l1, l2)
         assert f_new <= f + 1e-12 * abs(f)
         f = f_new
@@ -167,8 +162,7 @@ def test_hals_sweep_zeroes_the_row_of_a_dead_basis_vector():
     A, Y, _, _ = nnls_problem(8)
     A[:, 2] = 0.0
     G, B = A.T @ A, A.T @ Y
-    X = np.ones(B.shape)
-    hals_sweep(G, B, X)
+    X = nnls_cd(G, B, np.ones(B.shape), max_sweeps=1, tol=0.0)[0]
     assert not X[2].any()
     assert np.isfinite(X).all()
 
@@ -302,20 +296,20 @@ def test_float32_in_float32_out(sparse):
     Xin = sp.csc_matrix(V32) if sparse else V32
     G32, B32 = W32.T @ W32, rhs(W32, Xin)
     assert B32.dtype == np.float32
-    assert cd_nnls(G32, B32, H32, l1=0.1, l2=0.1)[0].dtype == np.float32
-    assert bpp_nnls(G32, B32, l1=0.1, l2=0.1).dtype == np.float32
+    assert nnls_cd(G32, B32, H32, l1=0.1, l2=0.1)[0].dtype == np.float32
+    assert nnls_bpp(G32, B32, l1=0.1, l2=0.1)[0].dtype == np.float32
     assert mu_frobenius(G32, B32, H32, l1=0.1, l2=0.1).dtype == np.float32
     assert mu_kl_h(W32, Xin, H32, l1=0.1, l2=0.1).dtype == np.float32
-    Hs = H32.copy()
-    hals_sweep(G32, B32, Hs)
-    assert Hs.dtype == np.float32
+    assert nnls_cd(G32, B32, H32, max_sweeps=1, tol=0.0)[0].dtype == np.float32
     # Statistics accumulate in float64 by contract (loss bookkeeping keeps its precision).
     assert gram(W32).dtype == np.float64
     assert x_ht(Xin, H32).dtype == np.float64
     numer, hsum, div, _ = kl_block(W32, Xin, H32)
     assert numer.dtype == np.float64 and hsum.dtype == np.float64
     # And float32 agrees with float64 to float32 precision.
-    np.testing.assert_allclose(bpp_nnls(G32, B32), bpp_nnls(W.T @ W, W.T @ V), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(
+        nnls_bpp(G32, B32)[0], nnls_bpp(W.T @ W, W.T @ V)[0], rtol=1e-3, atol=1e-4
+    )
     assert div == pytest.approx(kl_divergence(V, W, H), rel=1e-5)
 
 
@@ -329,7 +323,16 @@ from scalenmf.kernels import (  # noqa: E402
     solve_fixed_basis_kl,
     unconstrained_start,
 )
-from scalenmf.kernels.columns import nnls_columns  # noqa: E402
+
+
+def nnls_columns(G, B, **kw):
+    """The projection's exact CD: from the clipped unconstrained start, finished exactly."""
+    start = unconstrained_start(G, B, l1=kw.get("l1", 0.0))
+    kw.setdefault("max_sweeps", 1000)
+    kw.setdefault("tol", 1e-10)
+    return nnls_cd(G, B, start, finish=True, **kw)[0]
+
+
 from scalenmf.kernels.penalty import fold_penalties  # noqa: E402
 
 
@@ -464,7 +467,7 @@ def test_coordinate_descent_stops_on_kkt_not_on_a_small_step():
     Y = np.random.default_rng(6).standard_normal((96, 40))
     ref = nnls_reference(A, Y)
     G, B = A.T @ A, A.T @ Y
-    X = nnls_columns(G, B)  # the projection kernel: 1000 sweeps, tol 1e-10, finished exactly
+    X = nnls_columns(G, B)  # 1000 sweeps, tol 1e-10, finished exactly
     np.testing.assert_allclose(X, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
     # Without finishing, the columns that miss the test are reported, not passed off.
     Xc, info = nnls_cd(G, B, np.zeros_like(B), max_sweeps=20, tol=1e-10)

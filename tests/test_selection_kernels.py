@@ -6,10 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from scalenmf.kernels import cd_nnls, mu_frobenius
+from scalenmf.kernels import mu_frobenius, nnls_bpp, nnls_cd
 from scalenmf.kernels.batched import (
-    cd_nnls_batched,
-    mu_frobenius_batched,
     outer_rows,
     pattern_grams,
     quad_form,
@@ -37,21 +35,21 @@ def _objective(G, B, X):
 
 def test_batched_cd_equals_single_fit_cd_at_convergence():
     G, B = _problem(3, 4, 50)
-    X = cd_nnls_batched(G, B, max_sweeps=500, tol=1e-12)
+    X = nnls_cd(G, B, max_sweeps=500, tol=1e-12)[0]
     for r in range(3):
-        ref, _ = cd_nnls(G[r], B[r], max_sweeps=500, tol=1e-12)
+        ref, _ = nnls_cd(G[r], B[r], max_sweeps=500, tol=1e-12)
         np.testing.assert_allclose(X[r], ref, atol=1e-8)
         assert (X[r] >= 0).all()
 
 
 def test_per_column_grams_equal_to_shared_ones_give_the_same_answer():
     G, B = _problem(2, 3, 30, seed=1)
-    shared = cd_nnls_batched(G, B, max_sweeps=3, tol=0.0)
+    shared = nnls_cd(G, B, max_sweeps=3, tol=0.0)[0]
     per_col = np.broadcast_to(G[:, None], (2, 30, 3, 3)).copy()
-    np.testing.assert_allclose(cd_nnls_batched(per_col, B, max_sweeps=3, tol=0.0), shared)
+    np.testing.assert_allclose(nnls_cd(per_col, B, max_sweeps=3, tol=0.0)[0], shared)
     X0 = np.ones((2, 3, 30))
-    mu = mu_frobenius_batched(G, B, X0)
-    np.testing.assert_allclose(mu_frobenius_batched(per_col, B, X0), mu)
+    mu = mu_frobenius(G, B, X0)
+    np.testing.assert_allclose(mu_frobenius(per_col, B, X0), mu)
     for r in range(2):
         np.testing.assert_allclose(mu[r], mu_frobenius(G[r], B[r], X0[r]))
 
@@ -61,8 +59,8 @@ def test_every_sweep_and_mu_step_lowers_every_objective():
     X = np.full((4, 5, 40), 0.5)
     for _ in range(5):
         for step in (
-            lambda X: cd_nnls_batched(G, B, X, max_sweeps=1, tol=0.0, l1=0.1, l2=0.2),
-            lambda X: mu_frobenius_batched(G, B, X, l1=0.1, l2=0.2),
+            lambda X: nnls_cd(G, B, X, max_sweeps=1, tol=0.0, l1=0.1, l2=0.2)[0],
+            lambda X: mu_frobenius(G, B, X, l1=0.1, l2=0.2),
         ):
             new = step(X)
             for r in range(4):
@@ -117,26 +115,24 @@ def test_heldout_pattern_is_blocking_independent_with_the_asked_density():
 
 
 def test_batched_bpp_is_exact_warm_or_cold_shared_or_per_column():
-    from scalenmf.kernels import bpp_nnls
-    from scalenmf.kernels.batched import bpp_nnls_batched
 
     rng = np.random.default_rng(5)
     A = rng.random((3, 30, 5))
     G = np.einsum("rmk,rml->rkl", A, A)
     B = np.einsum("rmk,rmn->rkn", A, rng.random((3, 30, 80)) - 0.3)
-    X = bpp_nnls_batched(G, B, l1=0.05, l2=0.1)
+    X = nnls_bpp(G, B, l1=0.05, l2=0.1)[0]
     for r in range(3):
-        np.testing.assert_allclose(X[r], bpp_nnls(G[r], B[r], l1=0.05, l2=0.1), atol=1e-10)
-    np.testing.assert_allclose(bpp_nnls_batched(G, B, X + 0.5, l1=0.05, l2=0.1), X, atol=1e-10)
+        np.testing.assert_allclose(X[r], nnls_bpp(G[r], B[r], l1=0.05, l2=0.1)[0], atol=1e-10)
+    np.testing.assert_allclose(nnls_bpp(G, B, X + 0.5, l1=0.05, l2=0.1)[0], X, atol=1e-10)
     per_col = np.broadcast_to(G[:, None], (3, 80, 5, 5)).copy()
-    np.testing.assert_allclose(bpp_nnls_batched(per_col, B, l1=0.05, l2=0.1), X, atol=1e-10)
+    np.testing.assert_allclose(nnls_bpp(per_col, B, l1=0.05, l2=0.1)[0], X, atol=1e-10)
     # A zero column of W (padding) keeps its coefficient at 0.
     A[:, :, -1] = 0
     G0 = np.einsum("rmk,rml->rkl", A, A)
     B0 = np.einsum("rmk,rmn->rkn", A, rng.random((3, 30, 80)))
-    X0 = bpp_nnls_batched(G0, B0)
+    X0 = nnls_bpp(G0, B0)[0]
     assert np.all(X0[:, -1] == 0) and np.all(X0 >= 0)
-    ref = cd_nnls_batched(G0, B0, max_sweeps=5000, tol=1e-15)
+    ref = nnls_cd(G0, B0, max_sweeps=5000, tol=1e-15)[0]
     np.testing.assert_allclose(X0, ref, atol=1e-8)
 
 

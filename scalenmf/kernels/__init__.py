@@ -10,31 +10,20 @@ returns arrays, so the same kernels serve every executor. One implementation of 
 - :mod:`.fixed` — the exact fixed-basis solve of a whole block;
 - :mod:`.gram` — the Gram statistics; :mod:`.hashing` — counter-based randomness.
 
-:mod:`.columns` and :mod:`.batched` keep the names of earlier kernels as thin wrappers.
+:mod:`.batched` holds the Gram statistics of masked fits.
 """
 
 from scalenmf.kernels.fixed import solve_fixed_basis, solve_fixed_basis_kl
 from scalenmf.kernels.gram import gram, rhs, sq_norm, x_ht
 from scalenmf.kernels.mu import EPS, kl_block, kl_divergence, mu_frobenius, mu_kl_h, wh_at
-from scalenmf.kernels.nnls import (
-    NNLSInfo,
-    bpp_nnls,
-    cd_nnls,
-    hals_sweep,
-    nnls_bpp,
-    nnls_cd,
-    unconstrained_start,
-)
+from scalenmf.kernels.nnls import NNLSInfo, nnls_bpp, nnls_cd, unconstrained_start
 from scalenmf.kernels.penalty import fold_penalties
 
 __all__ = [
     "EPS",
     "NNLSInfo",
-    "bpp_nnls",
-    "cd_nnls",
     "fold_penalties",
     "gram",
-    "hals_sweep",
     "kl_block",
     "kl_divergence",
     "mu_frobenius",

@@ -1,16 +1,10 @@
-"""NNLS and multiplicative steps batched over many fits, with shared or per-column Grams.
+"""Gram statistics of masked fits: the per-column (H step) and per-row (W step) Grams.
 
-A rank survey or a consensus runs many fits at once. Their sub-problems have the same
-shape, so one vectorised coordinate sweep serves all of them instead of a Python loop per
-fit. Masked fits (missing entries) need a Gram matrix per column (H step) or per row
-(W step): ``G_j = Wᵀ diag(o_j) W`` with ``o_j`` the observed pattern of column j. Every
-function here takes either
-
-- ``G`` of shape ``(R, k, k)``: one Gram per fit, shared by all columns, or
-- ``G`` of shape ``(R, n, k, k)``: one Gram per fit and column,
-
-with ``B`` and ``X`` of shape ``(R, k, n)``, and solves, for every fit r and column j,
-``min_{x ≥ 0} ½ xᵀ G x − bᵀ x + l1·Σx + ½ l2·‖x‖²``.
+A fit with missing entries needs ``G_j = Wᵀ diag(o_j) W`` for every column j (``o_j`` its
+observed pattern), obtained from the unmasked Gram minus the missing rows' outer products,
+so the cost follows the number of missing entries; and the quadratic form of the observed
+entries' ``Σ (WH)²``. The solvers (:mod:`.nnls`, :mod:`.mu`) take such Grams of shape
+``(R, n, k, k)`` directly.
 """
 
 from __future__ import annotations
@@ -18,18 +12,9 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from scalenmf.kernels.mu import mu_frobenius, wh_at
-from scalenmf.kernels.nnls import nnls_bpp, nnls_cd
+from scalenmf.kernels.mu import wh_at
 
-__all__ = [
-    "bpp_nnls_batched",
-    "cd_nnls_batched",
-    "mu_frobenius_batched",
-    "outer_rows",
-    "pattern_grams",
-    "quad_form",
-    "wh_at",
-]
+__all__ = ["outer_rows", "pattern_grams", "quad_form", "wh_at"]
 
 
 def outer_rows(A: np.ndarray) -> np.ndarray:
@@ -70,32 +55,6 @@ def pattern_grams(G: np.ndarray, missing: sp.csc_matrix | None, A: np.ndarray) -
     return G[None, :, :] - removed
 
 
-def cd_nnls_batched(
-    G: np.ndarray,
-    B: np.ndarray,
-    X0: np.ndarray | None = None,
-    *,
-    l1: float = 0.0,
-    l2: float = 0.0,
-    max_sweeps: int = 50,
-    tol: float = 1e-4,
-) -> np.ndarray:
-    """Coordinate-descent NNLS for a batch of fits (:func:`~.nnls.nnls_cd`).
-
-    ``G`` (R, k, k) or (R, n, k, k), ``B`` and ``X0`` (R, k, n) (zeros when omitted);
-    columns stop on the KKT test to ``tol`` (0: ``max_sweeps`` HALS sweeps). Every sweep
-    lowers every fit's objective. Returns ``X`` (R, k, n) in the dtype of B.
-    """
-    return nnls_cd(G, B, X0, l1=l1, l2=l2, max_sweeps=max_sweeps, tol=tol)[0]
-
-
-def mu_frobenius_batched(
-    G: np.ndarray, B: np.ndarray, X: np.ndarray, *, l1: float = 0.0, l2: float = 0.0
-) -> np.ndarray:
-    """One multiplicative step for a batch of fits (:func:`~.mu.mu_frobenius`)."""
-    return mu_frobenius(G, B, X, l1=l1, l2=l2)
-
-
 def quad_form(G: np.ndarray, X: np.ndarray) -> np.ndarray:
     """``Σ_j x_jᵀ G_j x_j`` per fit (the ``Σ (WH)²`` of observed entries), float64, (R,)."""
     X64 = np.asarray(X, dtype=np.float64)
@@ -104,18 +63,3 @@ def quad_form(G: np.ndarray, X: np.ndarray) -> np.ndarray:
     return np.einsum("rkn,rnkl,rln->r", X64, G, X64)
 
 
-def bpp_nnls_batched(
-    G: np.ndarray,
-    B: np.ndarray,
-    X0: np.ndarray | None = None,
-    *,
-    l1: float = 0.0,
-    l2: float = 0.0,
-    max_rounds: int | None = None,
-) -> np.ndarray:
-    """Exact NNLS by block principal pivoting for a batch of fits (:func:`~.nnls.nnls_bpp`).
-
-    ``G`` (R, k, k) or (R, n, k, k), ``B`` and ``X0`` (R, k, n): the passive set of ``X0``
-    is the warm start. Returns ``X`` (R, k, n) in the dtype of B.
-    """
-    return nnls_bpp(G, B, X0, l1=l1, l2=l2, max_rounds=max_rounds)[0]

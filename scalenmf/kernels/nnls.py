@@ -18,9 +18,8 @@ row-wise, ``G = HHᵀ``, ``B = (XHᵀ)ᵀ``), in every batch shape of :mod:`.pen
   unconstrained solution, columns with equal passive sets sharing one factorisation.
 
 Both return ``(X, NNLSInfo)``. Coordinates whose Gram diagonal is 0 (a zero basis vector,
-such as padding) are 0 in every result. The names used before this module existed
-(``cd_nnls``, ``hals_sweep``, ``bpp_nnls``, and in :mod:`.columns` / :mod:`.batched`)
-are thin wrappers over these two.
+such as padding) are 0 in every result. They replace the three copies of each that the
+package held before (per fit, per column and batched).
 """
 
 from __future__ import annotations
@@ -540,68 +539,3 @@ def nnls_bpp(
             unconverged += info.unconverged or 0
     out = X[0] if single else X
     return out.astype(out_dtype, copy=False), NNLSInfo(done_rounds, unconverged)
-
-
-# -- the names of the first kernels (thin wrappers) -------------------------------------------
-
-
-def hals_sweep(G: np.ndarray, B: np.ndarray, X: np.ndarray) -> float:
-    """One coordinate-descent (HALS) sweep over the k rows of X, in place.
-
-    Parameters
-    ----------
-    G : ndarray, shape (k, k)
-        Penalised Gram matrix (same dtype as X).
-    B : ndarray, shape (k, n)
-        Penalised right-hand side.
-    X : ndarray, shape (k, n)
-        Current solution, updated in place; rows of a zero basis vector become 0.
-
-    Returns
-    -------
-    float
-        The largest absolute change of any entry in this sweep.
-    """
-    d = np.diagonal(G)[None, :, None]
-    dead = (d <= 0)[0, :, 0]
-    largest = float(np.abs(X[dead]).max(initial=0.0))
-    X[dead] = 0
-    inv = np.where(d > 0, 1.0 / np.where(d > 0, d, 1.0), 0.0).astype(X.dtype)
-    moved = _sweep(G[None], B[None], X[None], inv, np.ones_like(inv))
-    assert moved is not None
-    return max(largest, float(np.max(moved, initial=0.0)))
-
-
-def cd_nnls(
-    G: np.ndarray,
-    B: np.ndarray,
-    X0: np.ndarray | None = None,
-    *,
-    l1: float = 0.0,
-    l2: float = 0.0,
-    max_sweeps: int = 100,
-    tol: float = 1e-6,
-) -> tuple[np.ndarray, int]:
-    """Column-wise NNLS by coordinate descent with warm start (:func:`nnls_cd`).
-
-    ``G`` (k, k), ``B`` (k, n), ``X0`` (k, n) or None (zeros). Columns stop on the KKT
-    test to ``tol`` (0: ``max_sweeps`` fixed sweeps). Returns ``X`` (k, n), dtype of B,
-    and the sweeps run.
-    """
-    X, info = nnls_cd(G, B, X0, l1=l1, l2=l2, max_sweeps=max_sweeps, tol=tol)
-    return X, info.iterations
-
-
-def bpp_nnls(
-    G: np.ndarray,
-    B: np.ndarray,
-    *,
-    l1: float = 0.0,
-    l2: float = 0.0,
-    max_iter: int | None = None,
-) -> np.ndarray:
-    """Exact column-wise NNLS by block principal pivoting (:func:`nnls_bpp`).
-
-    ``G`` (k, k), ``B`` (k, n); returns ``X`` (k, n), dtype of B when floating.
-    """
-    return nnls_bpp(G, B, l1=l1, l2=l2, max_rounds=max_iter)[0]

@@ -24,7 +24,7 @@ import contextlib
 import io
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -135,7 +135,7 @@ class _TextLines:
 _NUMBER_BYTES = b"0123456789.eE+-"
 
 
-def _chunks(fh: IO[bytes], chunk_bytes: int) -> Iterator[bytes]:
+def _chunks(fh: IO[bytes], chunk_bytes: int) -> Generator[bytes, None, None]:
     """Yield the body as runs of whole lines, in order. The next run is read (and
     decompressed) in a background thread while the caller parses the current one."""
     from concurrent.futures import ThreadPoolExecutor
@@ -391,7 +391,7 @@ _READ_CHUNK = 1 << 25
 
 def _coordinate_entries(
     path: Path, fh: IO[bytes], header: Header, chunk_bytes: int
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+) -> Generator[tuple[np.ndarray, np.ndarray, np.ndarray], None, None]:
     """Checked 0-based (rows, cols, values) of a coordinate body, chunk by chunk; raises
     ``InputError`` on a bad line or an entry count that disagrees with the header."""
     where = str(path)
@@ -438,8 +438,8 @@ def read(path: Path) -> MatrixSource:
         else:
             rows, cols, vals_list = [], [], []
             entries = contextlib.closing(_coordinate_entries(path, fh, header, _READ_CHUNK))
-            with entries as parts:
-                for r, c, v in parts:
+            with entries as triples:
+                for r, c, v in triples:
                     rows.append(r)
                     cols.append(c)
                     vals_list.append(v)

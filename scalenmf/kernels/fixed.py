@@ -1,17 +1,9 @@
-"""The exact fixed-basis solve: H for a whole block given W (projection, transform,
-consensus refits, the DNMF baselines).
+"""The fixed-basis solve: H of a whole block given W, vectorised over its columns, to
+the end (projection, transform, consensus refits, the DNMF baselines).
 
-With W fixed the columns are independent problems, so a block is solved to the end while
-it is in memory, vectorised over its columns:
-
-- Frobenius, from the Gram statistics ``G = WᵀW`` and ``B = WᵀX``: exact block pivoting
-  (``"bpp"``), or coordinate descent (``"cd"`` from the clipped unconstrained solution,
-  ``"hals"`` from zero) to the KKT tolerance, columns that miss it finished exactly, or
-  multiplicative updates to convergence (``"mu"``);
-- KL, from W and X: multiplicative updates to convergence (no exact method exists).
-
-Each returns ``(H, NNLSInfo)``; ``info.unconverged`` counts the columns that did not meet
-their test.
+Frobenius from ``G = WᵀW``, ``B = WᵀX``: pivoting (``"bpp"``), coordinate descent to the KKT
+tolerance with misses finished exactly (``"cd"`` from the clipped unconstrained solution,
+``"hals"`` from 0), or MU (``"mu"``); KL by MU. Each returns ``(H, NNLSInfo)``.
 """
 
 from __future__ import annotations
@@ -42,22 +34,13 @@ def solve_fixed_basis(
 
     Parameters
     ----------
-    G : ndarray, shape (k, k)
-        ``WᵀW`` (also (R, k, k) or per column (R, n, k, k), see :mod:`.penalty`).
-    B : ndarray, shape (k, n)
-        ``WᵀX``; its dtype is the result's.
+    G : ndarray, shape (k, k) (or a batch shape of :mod:`.penalty`)
+    B : ndarray, shape (k, n); its dtype is the result's
     solver : {"bpp", "cd", "hals", "mu"}
     H0 : ndarray, shape of B, optional
-        Start for ``cd`` / ``hals`` / ``mu`` (default: clipped unconstrained solution,
-        zeros, ones); ``bpp`` uses its passive set.
+        Start (``bpp``: its passive set).
     max_iter, tol : int, float
-        Sweep / step budget and tolerance (KKT for ``cd`` / ``hals``; the relative step
-        for ``mu``).
-
-    Returns
-    -------
-    H : ndarray, shape of B
-    info : NNLSInfo
+        Budget and tolerance (KKT for ``cd`` / ``hals``, the relative step for ``mu``).
     """
     if solver == "bpp":
         return nnls_bpp(G, B, H0, l1=l1, l2=l2)
@@ -91,21 +74,9 @@ def solve_fixed_basis_kl(
 ) -> tuple[np.ndarray, NNLSInfo]:
     """``argmin_{H ≥ 0} D(X ‖ W H) + l1·ΣH + ½ l2‖H‖²`` by multiplicative updates.
 
-    Parameters
-    ----------
-    W : ndarray, shape (m, k)
-    X : ndarray or sparse, shape (m, n)
-        Sparse X is only visited at its non-zeros.
-    H0 : ndarray, shape (k, n), optional
-        Start (default: every entry ``ΣX / (n·ΣW)``, the scale of the data).
-    missing : sparse matrix, shape (m, n), optional
-        Entries not observed (X holds 0 there), see :func:`.mu.mu_kl_h`.
-
-    Returns
-    -------
-    H : ndarray, shape (k, n), dtype of W
-    info : NNLSInfo
-        ``unconverged``: columns still moving after ``max_iter`` steps.
+    W (m, k), X (m, n) dense or sparse (visited at its non-zeros), ``H0`` (k, n) the
+    start (default ``ΣX / (n·ΣW)`` everywhere), ``missing`` the unobserved entries.
+    Returns H (k, n) in W's dtype and its ``NNLSInfo``.
     """
     k, n = W.shape[1], X.shape[1]
     if H0 is None:

@@ -1,13 +1,9 @@
 """Multiplicative updates (Lee & Seung) for the Frobenius and Kullback–Leibler losses.
 
-Each update multiplies the current factor by a ratio of non-negative terms, so factors stay
-non-negative and the objective never rises. L1 and L2 penalties enter the denominators.
-Frobenius steps take the batch shapes of :mod:`.penalty` (``G`` (k, k), (R, k, k) or per
-column (R, n, k, k); ``B``, ``X`` (k, n) or (R, k, n)). KL steps look at X itself, and on a
-sparse X only at its non-zeros: ``W·H`` is never formed there.
-
-Every returned statistic and loss (KL divergence, ``Σ x·wh``, sums) accumulates in
-float64, also for float32 factors; the factors themselves keep their dtype.
+Each step multiplies the factor by a ratio of non-negative terms (penalties in the
+denominator): factors stay non-negative and the objective never rises. Frobenius steps take
+the batch shapes of :mod:`.penalty`; KL steps visit a sparse X at its non-zeros only. Every
+statistic and loss accumulates in float64; the factors keep their dtype.
 """
 
 from __future__ import annotations
@@ -21,23 +17,18 @@ from scalenmf._typing import Block
 from scalenmf.kernels.gram import x_ht
 from scalenmf.kernels.nnls import NNLSInfo
 
-#: The one guard of every division in the package's updates (denominators and ``W·H``).
-#: It only has to keep 0/0 away and never bias a meaningful value. In float64 it is 1e-6
-#: of float32's resolution at 1, so it vanishes against any denominator above ~1e-6.
-#: In float32 it is representable (the smallest normal is 1.2e-38), its reciprocal (1e10)
-#: is far from overflow (3.4e38), and it is below one ulp of every denominator above
-#: ~1e-3, so it changes no result there either. The float32 machine epsilon (1.19e-7,
-#: once used by the DNMF code) would instead bias data of small scale, such as
-#: proportions, where denominators of 1e-6 are ordinary.
+#: The one guard of every division in the updates (denominators and ``W·H``): it keeps
+#: 0/0 away, is representable in float32 with a reciprocal far from overflow, and is below
+#: one ulp of any float32 denominator above ~1e-3. float32's epsilon (1.19e-7) would bias
+#: data of small scale such as proportions.
 EPS = 1e-10
 
 
 def mu_frobenius(
     G: np.ndarray, B: np.ndarray, X: np.ndarray, *, l1: float = 0.0, l2: float = 0.0
 ) -> np.ndarray:
-    """One multiplicative step for ``½‖V − W X‖² + l1·ΣX + ½ l2·‖X‖²`` in Gram form.
-
-    ``X ← X ⊙ B / (G X + l1 + l2·X)`` with ``G = WᵀW`` and ``B = WᵀV``.
+    """One step ``X ← X ⊙ B / (G X + l1 + l2·X)`` for ``½‖V − W X‖² + l1·ΣX + ½ l2·‖X‖²``
+    (``G = WᵀW``, ``B = WᵀV``).
 
     Parameters
     ----------
@@ -71,7 +62,7 @@ def wh_at(W: np.ndarray, H: np.ndarray, pattern: sp.spmatrix) -> np.ndarray:
     Returns
     -------
     ndarray, shape (nnz,)
-        Costs ``nnz·k``; the (nnz × k) temporaries are bounded.
+        Costs ``nnz·k`` with bounded temporaries.
     """
     csc = sp.csc_matrix(pattern)
     rows = csc.indices
@@ -87,11 +78,8 @@ def wh_at(W: np.ndarray, H: np.ndarray, pattern: sp.spmatrix) -> np.ndarray:
 
 
 def _ratio(X: Block, W: np.ndarray, H: np.ndarray) -> tuple[Block, np.ndarray]:
-    """``X ⊘ (W H)``: dense, or sparse with the pattern of X (KL needs only its non-zeros).
-
-    Returns the ratio in the dtype of the factors and ``W H`` (float64 at the non-zeros of
-    a sparse X; dense in the factors' dtype otherwise).
-    """
+    """``X ⊘ (W H)`` (the pattern of a sparse X, the factors' dtype) and ``W H`` (float64
+    at a sparse X's non-zeros, dense otherwise)."""
     dtype = np.result_type(W.dtype, H.dtype)
     if sp.issparse(X):
         X = sp.csc_matrix(X)
@@ -119,10 +107,8 @@ def mu_kl_h(
     l2: float = 0.0,
     missing: sp.spmatrix | None = None,
 ) -> np.ndarray:
-    """One multiplicative step on H for the generalized KL divergence ``D(X ‖ W H)``.
-
-    ``H ← H ⊙ Wᵀ(X ⊘ W H) / (Wᵀo + l1 + l2·H)``, o the observed pattern of each column
-    (all ones without ``missing``); on sparse X only the non-zeros are visited.
+    """One step ``H ← H ⊙ Wᵀ(X ⊘ W H) / (Wᵀo + l1 + l2·H)`` for ``D(X ‖ W H)``, o the
+    observed pattern of each column (all ones without ``missing``).
 
     Parameters
     ----------
@@ -132,8 +118,7 @@ def mu_kl_h(
     H : ndarray, shape (k, n)
         Not modified.
     missing : sparse matrix, shape (m, n), optional
-        Pattern of entries that are not observed (masked or held out): their share of the
-        denominator is removed, so they do not pull H towards 0.
+        Entries not observed: their share of the denominator is removed.
 
     Returns
     -------
@@ -205,12 +190,8 @@ def mu_to_convergence(
     max_iter: int,
     tol: float,
 ) -> tuple[np.ndarray, NNLSInfo]:
-    """Iterate a multiplicative step, every column until its own step is small.
-
-    A multiplicative step moves ``h_i`` by ``h_i·|∇_i| / denominator_i``, so a small step
-    is the complementarity condition of the KKT system; a column is done when no entry
-    moved more than ``tol`` times the column's largest. Done columns leave the iteration
-    (the sub-problem is re-cut when fewer than half remain).
+    """Iterate a multiplicative step, every column until no entry moves more than ``tol``
+    times its largest (a small MU step is KKT complementarity). Done columns leave.
 
     Parameters
     ----------

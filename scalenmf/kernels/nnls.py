@@ -1,25 +1,17 @@
 """Non-negative least squares in Gram form: one coordinate descent, one block pivoting.
 
-Both solvers minimise, for every column b of B (and every fit) independently,
+For every column b of B (and every fit), from the Gram statistics alone (H step:
+``G = WᵀW``, ``B = WᵀX``; W step, row-wise: ``G = HHᵀ``, ``B = (XHᵀ)ᵀ``), in the batch
+shapes of :mod:`.penalty`::
 
-    f(x) = ½ xᵀ G x − bᵀ x + l1·Σx + ½ l2·‖x‖²   subject to x ≥ 0,
+    min_{x ≥ 0}  ½ xᵀ G x − bᵀ x + l1·Σx + ½ l2·‖x‖²
 
-from the Gram statistics alone (for the H step ``G = WᵀW``, ``B = WᵀX``; for the W step,
-row-wise, ``G = HHᵀ``, ``B = (XHᵀ)ᵀ``), in every batch shape of :mod:`.penalty`:
-``B`` (k, n) or (R, k, n) and ``G`` (k, k), (R, k, k) or per column (R, n, k, k).
+- :func:`nnls_cd` — coordinate descent (HALS): fixed sweeps (``tol = 0``) or a KKT stop
+  per column, the columns that miss it finished by pivoting (``finish``) or counted;
+- :func:`nnls_bpp` — exact block principal pivoting (Kim & Park 2011) over all columns
+  of all fits, columns of one passive set sharing a factorisation.
 
-- :func:`nnls_cd` — coordinate descent (HALS). With ``tol = 0`` it runs a fixed number of
-  sweeps (the HALS update); with ``tol > 0`` every column stops on the projected-gradient
-  (KKT) condition, converged columns leave the sweep, and a column that does not meet the
-  condition within ``max_sweeps`` is finished exactly by :func:`nnls_bpp`
-  (``finish=True``) or counted in ``NNLSInfo.unconverged``.
-- :func:`nnls_bpp` — exact block principal pivoting (Kim & Park 2011), vectorised over all
-  columns of all fits, starting from the passive set of ``X0`` or of the clipped
-  unconstrained solution, columns with equal passive sets sharing one factorisation.
-
-Both return ``(X, NNLSInfo)``. Coordinates whose Gram diagonal is 0 (a zero basis vector,
-such as padding) are 0 in every result. They replace the three copies of each that the
-package held before (per fit, per column and batched).
+Both return ``(X, NNLSInfo)``; a coordinate with a zero Gram diagonal (padding) is 0.
 """
 
 from __future__ import annotations
@@ -32,13 +24,11 @@ from scipy.linalg.lapack import dposv
 
 from scalenmf.kernels.penalty import as_batch, float_dtype, fold_penalties
 
-#: Relative feasibility tolerance of the pivoting (of ``max|b|`` for the gradient, of
-#: ``max|x|`` for the solution, per column): far above round-off (1e-16·cond-free, since
-#: the solves are exact in the passive variables) and far below any meaningful violation.
+#: Relative feasibility tolerance of the pivoting (of ``max|b|`` per column): above
+#: round-off of the exact passive solves, below any meaningful violation.
 BPP_TOL = 1e-12
-#: Columns of one fit with one passive set are solved with one factorisation when at least
-#: ``max(GROUP_MIN, 256 // k)`` share it; the others go through one stacked (batched
-#: LAPACK) solve, whose cost per column grows like k³ while a group's overhead is fixed.
+#: At least ``max(GROUP_MIN, 256 // k)`` columns sharing a passive set share one
+#: factorisation; the rest go through one stacked LAPACK solve (cost ~k³ per column).
 GROUP_MIN = 8
 #: Bytes of the (c, k, k) temporaries of a stacked solve.
 STACK_BYTES = 1 << 24
@@ -51,12 +41,9 @@ class NNLSInfo:
     Attributes
     ----------
     iterations : int
-        Sweeps (coordinate descent, multiplicative updates) or pivoting rounds run, the
-        most any column needed.
+        Sweeps, steps or pivoting rounds run (the most any column needed).
     unconverged : int or None
-        Columns (over all fits) that fail their optimality test at the end; 0 when every
-        column is optimal to tolerance. None when nothing was tested (fixed sweeps,
-        ``tol = 0``).
+        Columns failing their optimality test at the end (None: nothing was tested).
     finished : int
         Columns coordinate descent handed to block pivoting (``finish=True``).
     """
@@ -97,11 +84,10 @@ def _diagonal(G: np.ndarray) -> np.ndarray:
 def _sweep(
     G: np.ndarray, B: np.ndarray, X: np.ndarray, inv: np.ndarray, weight: np.ndarray | None
 ) -> np.ndarray | None:
-    """One coordinate sweep over the k rows, in place; vectorised over fits and columns.
+    """One sweep in place: ``x_i ← max(0, x_i − (G_i·X − b_i)·inv_i)`` row by row.
 
-    Row i gets its exact minimiser with the others fixed, ``x_i ← max(0, x_i − (G_i·X −
-    b_i) / G_ii)`` (``inv`` holds ``1/G_ii``, 0 for a dead row, which then stays as it is).
-    With ``weight`` given, returns ``max_i weight_i·|Δx_i|`` per fit and column (R, n).
+    ``inv`` is ``1/G_ii`` (0 for a dead row). With ``weight``, returns ``max_i weight_i
+    ·|Δx_i|`` per fit and column (R, n).
     """
     moved = None if weight is None else np.zeros((X.shape[0], X.shape[2]), dtype=X.dtype)
     for i in range(X.shape[1]):
@@ -122,11 +108,7 @@ def _sweep(
 
 
 def _kkt_residual(G: np.ndarray, B: np.ndarray, X: np.ndarray, alive: np.ndarray) -> np.ndarray:
-    """Largest projected-gradient entry per fit and column, (R, n).
-
-    ``∇ = G x − b``; where ``x > 0`` it must vanish, where ``x = 0`` it must not be
-    negative: ``|min(∇, 0)|`` there. Dead coordinates do not count.
-    """
+    """Largest projected-gradient entry per fit and column (R, n); ``∇ = G x − b``."""
     grad = _times(G, X) - B
     pg = np.where(X > 0, np.abs(grad), np.maximum(-grad, 0))
     pg *= alive
@@ -149,29 +131,21 @@ def nnls_cd(
     Parameters
     ----------
     G : ndarray, shape (k, k), (R, k, k) or (R, n, k, k)
-        Gram matrices (unpenalised).
     B : ndarray, shape (k, n) or (R, k, n)
-        Right-hand sides (unpenalised); their float dtype is the working dtype (float64
-        with ``finish``, whose result must be exact).
+        Its float dtype is the working dtype (float64 with ``finish``).
     X0 : ndarray, shape of B, optional
         Warm start (not modified); zeros when omitted.
-    l1, l2 : float
-        Penalties.
     max_sweeps : int
-        Sweep budget. With ``tol = 0`` exactly this many sweeps run (HALS).
+        Sweep budget; with ``tol = 0`` exactly this many sweeps run (HALS).
     tol : float
-        A column is optimal when its projected gradient is at most ``tol·max|b − l1|``
-        (the KKT conditions to relative tolerance). 0: no test, fixed sweeps.
+        A column is optimal when its projected gradient is at most ``tol·max|b − l1|``.
     finish : bool
-        Solve the columns that are not optimal after ``max_sweeps`` exactly by block
-        principal pivoting, warm-started at their current passive set.
+        Solve the columns not optimal after ``max_sweeps`` exactly by pivoting.
 
     Returns
     -------
     X : ndarray, shape of B, dtype of B (float64 for integer B)
     info : NNLSInfo
-        ``unconverged``: columns not optimal to ``tol`` at the end (0 with ``finish``
-        unless pivoting itself failed); None for fixed sweeps.
     """
     out_dtype = float_dtype(B)
     work_dtype = np.dtype(np.float64) if finish else out_dtype
@@ -252,8 +226,7 @@ def nnls_cd(
 
 
 def _masked_identity(G: np.ndarray, P: np.ndarray) -> np.ndarray:
-    """G restricted to each system's set P, identity outside: (T, k, k) from G (T, k, k)
-    or one (k, k) broadcast to every system."""
+    """G (T, k, k) or (k, k) restricted to each system's set P, identity outside."""
     k = G.shape[-1]
     M = G * (P[:, :, None] & P[:, None, :])
     M[:, np.arange(k), np.arange(k)] += ~P
@@ -269,18 +242,13 @@ def _stack_solve(M: np.ndarray, rhs: np.ndarray) -> np.ndarray:
 
 
 def _spd_solve(G: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """``G⁻¹ B`` by Cholesky (LAPACK ``posv``: half the overhead of ``numpy.linalg.solve``
-    for the small systems here); least squares when G is not positive definite."""
+    """``G⁻¹ B`` by Cholesky (``posv``: half ``numpy.linalg.solve``'s overhead here)."""
     _, X, info = dposv(G, B)
     return X if info == 0 else np.linalg.lstsq(G, B, rcond=None)[0]
 
 
 def _unconstrained(G: np.ndarray, B: np.ndarray, alive: np.ndarray) -> np.ndarray | None:
-    """``G⁻¹ b`` for every fit and column on the live coordinates (dead ones 0), (R, k, n).
-
-    None when some G is singular or the result is not finite (the caller starts from an
-    empty passive set instead).
-    """
+    """``G⁻¹ b`` on the live coordinates (R, k, n); None where G is singular."""
     try:
         if G.ndim == 3:
             P = alive[:, :, 0]
@@ -303,19 +271,9 @@ def _unconstrained(G: np.ndarray, B: np.ndarray, alive: np.ndarray) -> np.ndarra
 def unconstrained_start(
     G: np.ndarray, B: np.ndarray, *, l1: float = 0.0, l2: float = 0.0
 ) -> np.ndarray:
-    """The clipped unconstrained solution ``max(0, (G + l2·I)⁻¹ (b − l1))``, float64.
+    """``max(0, (G + l2·I)⁻¹ (b − l1))`` (float64, shape of B; 0 where G is singular).
 
-    Already the answer for every column whose solution has no active bound, and close for
-    the others: the start of exact solvers. Zeros where G is singular.
-
-    Parameters
-    ----------
-    G : ndarray, shape (k, k), (R, k, k) or (R, n, k, k)
-    B : ndarray, shape (k, n) or (R, k, n)
-
-    Returns
-    -------
-    ndarray, shape of B, float64
+    The answer for every column without an active bound, and the start of exact solvers.
     """
     Gp, Bp = fold_penalties(G, B, l1, l2, np.dtype(np.float64))
     Gb, Bb, single = as_batch(Gp, Bp)
@@ -328,12 +286,9 @@ def unconstrained_start(
 
 
 class _Pivoting:
-    """State of block principal pivoting over T = R·n columns, laid out (k, T).
-
-    Column t is column ``t % n`` of fit ``t // n``. ``x`` is 0 outside the passive set F
-    and ``y = G x − b`` is 0 on F, so a variable is infeasible exactly where ``x < 0`` or
-    ``y < −tol``. A dead coordinate (zero Gram row) gets ``b ≤ 0``, hence ``y ≥ 0``: it is
-    never infeasible and stays 0 (its row and column of G are 0, so nothing else moves).
+    """Pivoting state over T = R·n columns laid out (k, T); column t is ``t % n`` of fit
+    ``t // n``. ``x`` is 0 off F, ``y = G x − b`` is 0 on F. A dead coordinate gets
+    ``b ≤ 0``, so ``y ≥ 0``: never infeasible, it stays 0.
     """
 
     def __init__(self, G: np.ndarray, B: np.ndarray):
@@ -421,11 +376,8 @@ def _changes(v: np.ndarray) -> np.ndarray:
 
 
 def _stacked_solve(G: np.ndarray, F: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``x_F = G_FF⁻¹ b_F`` (0 elsewhere) per system: G (c, k, k) or one (k, k), F and b
-    (k, c) → (k, c).
-
-    One batched LAPACK call per chunk, every system's G restricted to its set F.
-    """
+    """``x_F = G_FF⁻¹ b_F`` (0 elsewhere) per system by batched LAPACK: G (c, k, k) or
+    (k, k), F and b (k, c) → (k, c)."""
     k, c = b.shape
     x = np.empty((k, c))
     chunk = max(1, STACK_BYTES // (8 * k * k))
@@ -447,16 +399,13 @@ def nnls_bpp(
     l2: float = 0.0,
     max_rounds: int | None = None,
 ) -> tuple[np.ndarray, NNLSInfo]:
-    """Exact NNLS by block principal pivoting (Kim & Park 2011), batched.
+    """Exact NNLS by block principal pivoting (Kim & Park 2011), batched, in float64.
 
-    Every (fit, column) is one KKT system ``x_F = G_FF⁻¹ b_F, y = G x − b, x ≥ 0, y ≥ 0,
-    xᵀy = 0``; infeasible variables move between the passive set F and the active set in
-    blocks, with the single-exchange backup rule that guarantees termination. Work follows
-    the infeasible columns only. The start is the passive set of ``X0`` (an alternating
-    fit's previous factor: most columns are optimal at once) or, without ``X0``, of the
-    unconstrained solution, whose columns without an active bound are final as they are.
-    Columns of one fit that share a passive set share one factorisation. All arithmetic
-    is float64.
+    Infeasible variables of every (fit, column) move between the passive set F and the
+    active set in blocks, with the single-exchange backup rule that guarantees
+    termination; work follows the infeasible columns only. The start is the passive set
+    of ``X0`` (the previous factor: most columns are optimal at once) or of the
+    unconstrained solution.
 
     Parameters
     ----------
@@ -464,18 +413,14 @@ def nnls_bpp(
     B : ndarray, shape (k, n) or (R, k, n)
     X0 : ndarray, shape of B, optional
         Warm start (only its passive set, ``X0 > 0``, is used).
-    l1, l2 : float
-        Penalties.
     max_rounds : int, optional
-        Safety bound on pivoting rounds (default ``5·k + 10``). Columns still infeasible
-        then (cycling on a near-degenerate G) are finished by coordinate descent to the
-        KKT tolerance and counted in ``unconverged`` if even that fails.
+        Safety bound (default ``5·k + 10``); columns still cycling then are finished by
+        coordinate descent, and counted in ``unconverged`` if even that fails.
 
     Returns
     -------
     X : ndarray, shape of B, dtype of B (float64 for integer B)
     info : NNLSInfo
-        ``iterations``: pivoting rounds; ``unconverged``: columns not optimal at the end.
     """
     out_dtype = float_dtype(B)
     Gp, Bp = fold_penalties(G, B, l1, l2, np.dtype(np.float64))

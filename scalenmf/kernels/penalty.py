@@ -1,15 +1,9 @@
 """Penalty folding and the batch shapes every NNLS / MU kernel accepts.
 
-Every sub-problem of the package is, column by column and independently,
-
-    min_{x ≥ 0}  ½ xᵀ G x − bᵀ x + l1·Σx + ½ l2·‖x‖²,
-
-and the penalties fold into the statistics: ``G + l2·I`` and ``B − l1``. The kernels take
-
-- ``B`` (and ``X``) of shape ``(k, n)`` (one fit) or ``(R, k, n)`` (R fits), and
-- ``G`` of shape ``(k, k)`` (shared by every column of every fit), ``(R, k, k)`` (one per
-  fit, shared by its columns) or ``(R, n, k, k)`` (one per fit and column: masked fits,
-  where ``G_j = Wᵀ diag(o_j) W`` depends on the observed pattern of column j).
+Every sub-problem is, column by column, ``min_{x ≥ 0} ½ xᵀ G x − bᵀ x + l1·Σx + ½ l2·‖x‖²``;
+the penalties fold into ``G + l2·I`` and ``B − l1``. ``B`` (and ``X``) is (k, n) or (R, k, n)
+for R fits; ``G`` is (k, k) shared, (R, k, k) one per fit, or (R, n, k, k) one per fit and
+column (masked fits, ``G_j = Wᵀ diag(o_j) W``).
 """
 
 from __future__ import annotations
@@ -28,20 +22,8 @@ def fold_penalties(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(G + l2·I, B − l1)`` for G of shape (k, k), (R, k, k) or (R, n, k, k).
 
-    Parameters
-    ----------
-    G : ndarray, shape (k, k), (R, k, k) or (R, n, k, k)
-    B : ndarray, shape (k, n) or (R, k, n)
-    l1, l2 : float
-        L1 and L2 penalties on the unknowns.
-    dtype : dtype, optional
-        Working dtype (default: that of B, float64 for integers).
-
-    Returns
-    -------
-    Gp, Bp : ndarrays of the given shapes, in ``dtype``
-        ``Gp`` is always a fresh array (safe to modify); ``Bp`` is B itself when it has
-        the dtype already and ``l1`` is 0.
+    ``dtype`` defaults to B's (float64 for integers). ``Gp`` is always a fresh array;
+    ``Bp`` is B itself when it has the dtype and ``l1`` is 0.
     """
     dtype = float_dtype(B) if dtype is None else np.dtype(dtype)
     Gp = np.array(G, dtype=dtype, copy=True)
@@ -55,20 +37,9 @@ def fold_penalties(
 
 
 def as_batch(G: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Bring (G, B) to the batch form ``G (R, k, k) | (R, n, k, k)``, ``B (R, k, n)``.
-
-    Returns
-    -------
-    G, B : ndarrays
-        Views where possible (a (k, k) G shared by R fits is broadcast, not copied).
-    single : bool
-        B was (k, n): callers drop the leading axis of their result again.
-
-    Raises
-    ------
-    ValueError
-        When the shapes do not fit together.
-    """
+    """``G (R, k, k) | (R, n, k, k)``, ``B (R, k, n)`` as views where possible, and whether
+    B was (k, n) (``single``: callers drop the leading axis again). ValueError when the
+    shapes do not fit."""
     single = B.ndim == 2
     Bb = B[None] if single else B
     if Bb.ndim != 3:

@@ -1,18 +1,10 @@
-"""The driver-side models of the one block step: fits, their W step and their objective.
+"""The driver side of the one block step: fits, the one W step and the one objective.
 
-``FitsModel`` is what ``engine.loop.run_alternating`` iterates for plain NMF (one fit, or
-restarts), masked NMF and model selection (many fits of different ranks, on X or its null,
-with held-out entries). ``LinkedModel`` (lNMF, jNMF, transfer learning) and ``INMFModel``
-(LIGER's iNMF) are the same model with a basis per dataset; they differ only in how the
-bases are formed and in their W step, which is composed from the one ``update_w``.
-
-Objective (Frobenius)::
-
-    ½‖X − WH‖²_F + l1_w·ΣW + ½ l2_w·‖W‖²_F + l1_h·ΣH + ½ l2_h·‖H‖²_F
-
-and for ``loss="kl"`` the data term is ``Σ x·log(x / wh) − x + wh``; on the observed entries
-only when entries are hidden. It follows from the summed block statistics alone (the Gram
-trick), in float64 whatever the factors' dtype.
+``FitsModel`` is what ``engine.loop.run_alternating`` iterates for plain, restarted and
+masked NMF and model selection; ``LinkedModel`` and ``INMFModel`` (models/linked.py)
+extend it with a basis per dataset. The objective, from the summed statistics alone in
+float64, is ``½‖X − WH‖² + l1_w·ΣW + ½ l2_w·‖W‖² + l1_h·ΣH + ½ l2_h·‖H‖²`` (KL: data term
+``Σ x·log(x / wh) − x + wh``), on the observed entries.
 """
 
 from __future__ import annotations
@@ -49,18 +41,8 @@ PAD_RATIO = 1.5
 
 @dataclass(frozen=True)
 class FitSpec:
-    """One fit: its rank, which data it sees and its replicate numbers.
-
-    Attributes
-    ----------
-    k : int
-    variant : {"data", "null"}
-        X itself, or X with every column's entries permuted (the randomized null).
-    rep : int
-        Held-out replicate, or −1: fit every observed entry.
-    run : int
-        Restart number (it seeds the random start).
-    """
+    """One fit: rank, ``variant`` ("data", or "null": X with every column permuted),
+    held-out replicate ``rep`` (−1: none) and restart number ``run`` (seeds its start)."""
 
     k: int
     variant: str = "data"
@@ -120,20 +102,10 @@ def objective(
 
 
 def update_w(config: NMFConfig, W: np.ndarray, part: dict[str, Any]) -> np.ndarray:
-    """The W step of one fit or of a stack of fits, from summed block statistics alone.
-
-    Parameters
-    ----------
-    W : ndarray, shape (m, k) or (P, m, k)
-    part : dict
-        Summed statistics with the same leading axis as W (none for one fit): Frobenius
-        ``XHt`` (m, k) and ``HHt`` (k, k), with hidden entries ``rowG_removed`` (m, k, k);
-        KL ``numer`` (m, k) and ``hsum`` (k,), with hidden entries ``denomW_removed``.
-
-    Returns
-    -------
-    ndarray, the shape and dtype of W
-    """
+    """The W step of one fit (m, k) or a stack (P, m, k), from summed statistics with
+    W's leading axis: ``XHt`` (m, k), ``HHt`` (k, k) and with hidden entries
+    ``rowG_removed`` (m, k, k); KL ``numer`` (m, k), ``hsum`` (k,), ``denomW_removed``.
+    Returns the shape and dtype of W."""
     if W.ndim == 2:
         one = {key: np.asarray(v)[None] for key, v in part.items()}
         return update_w(config, W[None], one)[0]
@@ -160,23 +132,17 @@ def update_w(config: NMFConfig, W: np.ndarray, part: dict[str, Any]) -> np.ndarr
 
 
 class FitsModel:
-    """Fits of plain, restarted, masked or many-rank NMF for ``run_alternating``.
-
-    W steps are deferred to the next broadcast so that the fits of one group are updated
-    by one vectorised solve.
+    """Fits of plain, restarted, masked or many-rank NMF for ``run_alternating``; W steps
+    wait for the next broadcast so that a group's fits share one vectorised solve.
 
     Parameters
     ----------
-    config : NMFConfig
     fits : list of FitSpec
     Ws : list of ndarray, shape (m, k_f)
-        Starting W of every fit.
     xx : float
         ‖X‖² on the observed entries.
     h_start : list of float, optional
-        Constant start of H per fit (MU and KL); default ``sqrt(mean / k)``.
-    mean : float
-        Mean observed entry (for the default ``h_start``).
+        Constant start of H per fit (MU, KL); default ``sqrt(mean / k)``.
     """
 
     step = staticmethod(fit_step)
@@ -353,10 +319,7 @@ class FitsModel:
 def start_factors(
     fits: list[FitSpec], m: int, mean: float, seed: int | None, dtype: np.dtype
 ) -> list[np.ndarray]:
-    """A random W per fit, seeded by (seed, k, variant, rep, run) alone.
-
-    So a fit starts the same way whatever other fits run with it.
-    """
+    """A random W per fit, seeded by (seed, k, variant, rep, run) alone."""
     base = 0 if seed is None else int(seed)
     out = []
     for spec in fits:
@@ -423,17 +386,8 @@ def run_multifit(
     progress: Any = None,
     callback: Any = None,
 ) -> MultiFitOutcome:
-    """Validate, start, iterate all ``fits`` together, then bring back labels and some H.
-
-    Parameters
-    ----------
-    executor : Executor
-        Over any source (a ``MaskedSource`` for hidden entries).
-    Ws : list of ndarray, optional
-        Starting W per fit (default: seeded random starts, see ``start_factors``).
-    keep : list of int, optional
-        Fits whose H is brought back (default: ``best_fits``).
-    """
+    """Validate, start (``Ws`` or ``start_factors``), iterate all ``fits`` together, then
+    bring back labels and the H of ``keep`` (default ``best_fits``)."""
     stats = executor.map_reduce(fit_stats_step, None)["datasets"][0]
     require_entries(stats["xx"])
     m, _ = executor.source.shape

@@ -1,25 +1,12 @@
-"""Linked NMF (lNMF), joint NMF and linked transfer learning on the one-pass engine.
+"""Linked NMF (lNMF), joint NMF, linked transfer learning and iNMF on the one block step.
 
-For datasets A_1 … A_K with the same features, linked NMF (seed 003, eq. 4) minimises::
-
-    Σ_d ‖A_d − W H_d − U_d V_d‖²_F     (or the generalized KL divergence)
-
-with a shared basis W (m × k_shared) and a unique basis U_d (m × k_unique_d) per dataset.
-It is NMF with the full basis ``[W | U_1 | … | U_K]`` and a block-structured H whose
-structural zeros are kept: the samples of dataset d use only the factors
-``shared ∪ unique_d``. Every column block belongs to one dataset (``ChainedSource``), so
-the block step solves its H-block with the sub-basis of that dataset alone, and the
-structural zeros are never stored: they are exactly zero by construction. The summed
-statistics ``Σ X_j H_jᵀ`` and ``Σ H_j H_jᵀ`` then have the block structure of eq. (14), and
-the W step is the ordinary row-wise update of the full basis — the linked update of W and
-the unique updates of every U_d at once, each from the samples that use it.
-
-jNMF is the case ``k_unique = 0``. Linked transfer learning (eq. 7) is one dataset whose
-shared basis W is given and held fixed: only U (and H, V) are learned.
-
-Both run the one block step (``models/step.py``): a block of dataset d is solved with that
-dataset's basis, so the models differ from plain NMF only in how the bases are formed and
-in the W step. iNMF (``INMFModel``, below) uses ``W + V_d`` as the basis of dataset d.
+Linked NMF (seed 003, eq. 4) minimises ``Σ_d ‖A_d − W H_d − U_d V_d‖²`` (or KL) with a
+shared basis W and a unique U_d per dataset: NMF with the full basis ``[W | U_1 | … | U_K]``
+whose H keeps its structural zeros. A block of dataset d is solved with that dataset's
+columns alone, so the zeros are never stored, and the summed ``Σ X_j H_jᵀ``, ``Σ H_j H_jᵀ``
+have the structure of eq. (14): the W step is the ordinary update of the full basis. jNMF
+is ``k_unique = 0``; transfer learning (eq. 7) holds a given W fixed. iNMF (LIGER) uses
+``W + V_d`` as dataset d's basis.
 """
 
 from __future__ import annotations
@@ -39,17 +26,8 @@ from scalenmf.models.step import GroupKey, NMFConfig
 
 @dataclass(frozen=True)
 class LinkedLayout:
-    """The columns of the full basis ``[W | U_1 | … | U_K]`` and who uses them.
-
-    Attributes
-    ----------
-    k_shared : int
-        Columns of W (used by every dataset).
-    k_unique : tuple of int
-        Columns of U_d per dataset (0: none, as in jNMF).
-    n_fixed : int
-        Leading columns held fixed (transfer learning: the given W); 0 otherwise.
-    """
+    """The columns of ``[W | U_1 | … | U_K]``: ``k_shared`` of W, ``k_unique[d]`` of U_d,
+    the first ``n_fixed`` held fixed (transfer learning)."""
 
     k_shared: int
     k_unique: tuple[int, ...]
@@ -86,13 +64,10 @@ class LinkedLayout:
 
 
 class LinkedModel(FitsModel):
-    """lNMF (and jNMF, and transfer learning) for ``run_alternating``.
+    """lNMF, jNMF and transfer learning for ``run_alternating``.
 
     Parameters
     ----------
-    config : NMFConfig
-        Solver, loss and penalties as for NMF.
-    layout : LinkedLayout
     Ws : list of ndarray, shape (m, total)
         The starting full basis of every run.
     h_start : list of float
@@ -188,12 +163,8 @@ class LinkedModel(FitsModel):
 def update_free_columns(
     config: NMFConfig, W: np.ndarray, part: dict[str, Any], n_fixed: int
 ) -> np.ndarray:
-    """The W step with the first ``n_fixed`` columns held fixed (transfer learning).
-
-    The free columns F solve their sub-problem exactly as ``update_w`` would, with the fixed
-    columns' share moved to the right-hand side: ``XHt_F − W_fixed·HHt_{fixed,F}``. MU keeps
-    the full model in its denominator, which is what makes it monotone.
-    """
+    """The W step with the first ``n_fixed`` columns fixed: the free columns F solve with
+    ``XHt_F − W_fixed·HHt_{fixed,F}`` (MU keeps the full model in its denominator)."""
     if n_fixed == 0:
         return update_w(config, W, part)
     if n_fixed >= W.shape[1]:
@@ -219,26 +190,13 @@ def update_free_columns(
 
 
 class INMFModel(LinkedModel):
-    """Integrative NMF (iNMF) as LIGER formulates it, for ``run_alternating``.
+    """iNMF (Welch et al. 2019): ``½ Σ_d ‖X_d − (W + V_d) H_d‖² + ½ λ Σ_d ‖V_d H_d‖²``.
 
-    For datasets X_1 … X_K it minimises ``½ Σ_d ‖X_d − (W + V_d) H_d‖² + ½ λ Σ_d ‖V_d
-    H_d‖²`` (Welch et al. 2019; Yang & Michailidis 2016). Each iteration is block
-    coordinate descent in LIGER's order, H then V then W, every step an NNLS in Gram form:
-
-    - H_d: basis ``W + V_d`` with Gram ``(W+V_d)ᵀ(W+V_d) + λ V_dᵀV_d`` (the block step);
-    - V_d: Gram ``(1+λ) H_d H_dᵀ``, right-hand side ``X_d H_dᵀ − W H_d H_dᵀ``;
-    - W: Gram ``Σ_d H_d H_dᵀ``, right-hand side ``Σ_d (X_d H_dᵀ − V_d H_d H_dᵀ)``.
-
-    Parameters
-    ----------
-    config : NMFConfig
-    lam : float
-        λ.
-    Ws : list of ndarray, shape (m, k)
-        Starting shared basis per run.
-    Vs : list of list of ndarray, shape (m, k)
-        Starting dataset bases per run.
-    xx : ndarray, shape (n_datasets,)
+    Block coordinate descent in LIGER's order, each step an NNLS in Gram form: H_d with
+    basis ``W + V_d`` and Gram ``(W+V_d)ᵀ(W+V_d) + λ V_dᵀV_d`` (the block step); V_d with
+    ``(1+λ) H_d H_dᵀ`` and ``X_d H_dᵀ − W H_d H_dᵀ``; W with ``Σ_d H_d H_dᵀ`` and
+    ``Σ_d (X_d H_dᵀ − V_d H_d H_dᵀ)``. ``Ws`` (m, k) and ``Vs`` (per dataset (m, k)) are
+    the starts of every run.
     """
 
     def __init__(
@@ -291,21 +249,9 @@ def full_h(layout: LinkedLayout, d: int, H: np.ndarray) -> np.ndarray:
 
 
 def assign_factors(usage: np.ndarray, layout: LinkedLayout) -> np.ndarray:
-    """Order jNMF factors as ``[W | U_1 | … | U_K]`` from how much every dataset uses them.
-
-    Parameters
-    ----------
-    usage : ndarray, shape (total, n_datasets)
-        Share of dataset d's reconstructed counts carried by factor i.
-    layout : LinkedLayout
-
-    Returns
-    -------
-    ndarray of int, shape (total,)
-        Factor indices: first the ``k_shared`` most evenly used (the highest ratio of their
-        smallest to largest share), then for every dataset the factors assigned to it by
-        the Hungarian method on the remaining shares.
-    """
+    """Order jNMF factors as ``[W | U_1 | … | U_K]`` from ``usage`` (total, n_datasets),
+    factor i's share of dataset d's counts: first the ``k_shared`` most evenly used, then
+    each dataset's factors by the Hungarian method on the rest. Returns (total,) int."""
     from scipy.optimize import linear_sum_assignment
 
     total = usage.shape[0]

@@ -1,27 +1,18 @@
 """The one block step: every alternating model's iteration on one column block.
 
-Plain NMF, restarts, masked fits, many fits of different ranks (rank survey, permuted null,
-held-out replicates), linked NMF, jNMF, iNMF and linked transfer learning all run this
-step. A *fit* is one factorization the driver tracks (one "run" of ``engine.loop``); the
-broadcast groups the active fits that can share work::
+Plain NMF, restarts, masks, many fits of different ranks (rank survey, permuted null,
+held-out replicates), lNMF, jNMF, iNMF and transfer all run :func:`fit_step`. A *fit* is
+one factorization the driver tracks; active fits that can share work form a group keyed
+``(variant, ranks per dataset, masked)``: the data or its column-permuted null, the basis
+width per dataset (nearby ranks padded with zero columns into one vectorised solve), and
+whether entries may be hidden. Per variant one ``WᵀX_j`` GEMM serves every group and one
+``X_j Hᵀ`` GEMM gives every fit's W-step statistics.
 
-    group key = (variant, ranks per dataset, masked)
-
-- ``variant``: the data itself or its column-permuted null (made next to the block once);
-- ranks per dataset: the width of the basis a block of dataset d is solved with (one entry
-  for plain NMF; ``shared + unique_d`` for lNMF). Fits of nearby ranks are padded with zero
-  columns into one group, so one vectorised solve serves all of them;
-- masked: fits that may have missing or held-out entries.
-
-For every variant one ``WᵀX_j`` GEMM serves every group and one ``X_j Hᵀ`` GEMM gives the
-W-step statistics of every fit. Masks are *corrections*: a block with no missing entry
-takes exactly the unmasked path and emits no correction terms, so a mask that hides nothing
-gives bit for bit the unmasked fit. A block with missing entries solves with per-column
-Grams ``G − Σ_missing w_i w_iᵀ`` and emits the per-row removals for the W step; their cost
-follows the number of missing entries.
-
-Partials are ``{"groups": {group index: {dataset: statistics}}}``; blocks of different
-datasets fill different keys and the reduction takes the union (``engine.reduce``).
+Masks are *corrections*: a block with no hidden entry takes exactly the unmasked path, so a
+mask that hides nothing gives the unmasked fit bit for bit; one with hidden entries solves
+with per-column Grams ``G − Σ_missing w_i w_iᵀ`` and emits the removals for the W step.
+Partials are ``{"groups": {group index: {dataset: statistics}}}``, summed over the union of
+keys (``engine.reduce``).
 """
 
 from __future__ import annotations
@@ -36,7 +27,7 @@ from scalenmf._typing import Block
 from scalenmf.io.errors import InputError
 from scalenmf.io.masked import FitBlock, block_matrix
 from scalenmf.kernels import kl_block, mu_frobenius, mu_kl_h, nnls_bpp, nnls_cd, rhs, x_ht
-from scalenmf.kernels.batched import outer_rows, quad_form
+from scalenmf.kernels.batched import quad_form, removed_grams
 from scalenmf.kernels.hashing import heldout_pattern, permute_columns_dense, permute_columns_sparse
 from scalenmf.kernels.mu import wh_at
 
@@ -59,26 +50,17 @@ class NMFConfig:
     Attributes
     ----------
     k : int
-        Rank (plain NMF; 0 where every fit has its own).
+        Rank (0 where every fit has its own).
     solver : {"als", "hals", "mu"}
-        ``als``: exact column-wise NNLS each half-step (``nnls``); ``hals``:
-        ``inner_sweeps`` coordinate sweeps; ``mu``: one multiplicative step.
+        Exact NNLS (``nnls``: "bpp" pivoting or "cd" to ``inner_tol``) each half-step,
+        ``inner_sweeps`` coordinate sweeps, or one multiplicative step.
     loss : {"frobenius", "kl"}
     l1_w, l1_h, l2_w, l2_h : float
         Penalties ``l1·Σ + ½ l2·‖·‖²``.
-    nnls : {"cd", "bpp"}
-        The exact NNLS of ``als``: coordinate descent to ``inner_tol`` or block principal
-        pivoting.
-    inner_sweeps : int
-        Sweeps per ``hals`` half-step.
-    inner_tol : float
-        Stopping tolerance of ``nnls="cd"``.
     cv_fraction, cv_seed, null_seed : float, int, int
         Held-out share and the seeds of held-out patterns and of the permuted null.
     masked_data : bool
-        X has missing entries: every fit may see masks.
-    fixed_w : bool
-        Solve H only (W never moves).
+        X has missing entries. ``fixed_w``: solve H only.
     """
 
     k: int = 0
@@ -108,15 +90,8 @@ def check_supported(loss: str, solver: str) -> None:
 def solve_nnls(
     config: NMFConfig, G: np.ndarray, B: np.ndarray, X0: np.ndarray, l1: float, l2: float
 ) -> np.ndarray:
-    """One half-step of a batch of fits: the solver dispatch, written once.
-
-    Parameters
-    ----------
-    G : ndarray, shape (A, k, k) or (A, n, k, k)
-        Gram matrices, shared by the columns of a fit or one per column.
-    B, X0 : ndarray, shape (A, k, n)
-        Right-hand sides and the current factor (warm start; not modified).
-    """
+    """One half-step of a batch of fits, the one solver dispatch: G (A, k, k) or
+    (A, n, k, k), B and the current factor X0 (A, k, n)."""
     if config.solver == "mu":
         return mu_frobenius(G, B, X0, l1=l1, l2=l2)
     if config.solver == "als" and config.nnls == "bpp":
@@ -157,21 +132,9 @@ class StepCast:
 
 @dataclass
 class BlockState:
-    """What a column block keeps between iterations.
-
-    Attributes
-    ----------
-    dataset : int
-        The dataset the block belongs to (0 for one dataset).
-    H : dict
-        Per group key an (n_slots, k_d, n_j) stack of H blocks.
-    null : tuple or None
-        The permuted block and its missing pattern (made once).
-    cv : dict
-        Cached held-out patterns per (variant, replicate).
-    index : int
-        The block's number (seeds per-block randomness after the loop, e.g. bootstraps).
-    """
+    """What a column block keeps between iterations: its dataset, per group key an
+    (n_slots, k_d, n_j) stack of H, the permuted null block (made once), the held-out
+    patterns per (variant, replicate), and the block's number."""
 
     dataset: int = 0
     H: dict[GroupKey, np.ndarray] = field(default_factory=dict)
@@ -181,13 +144,7 @@ class BlockState:
 
 
 def check_block(X: Block) -> dict[str, float]:
-    """Check one block for the values NMF cannot take; return its sum statistics.
-
-    Raises
-    ------
-    InputError
-        On NaN/Inf or negative entries.
-    """
+    """``{"xx": ‖X‖², "xsum": ΣX}`` of a block; InputError on NaN/Inf or negatives."""
     data: np.ndarray = np.asarray(X.data) if sp.issparse(X) else np.asarray(X)
     if data.size and not np.isfinite(data).all():
         raise InputError(
@@ -274,24 +231,6 @@ def mask_parts(
     return MaskParts(missing, ho, _values_at(X, ho))
 
 
-def removed_grams(missing: sp.csc_matrix, A: np.ndarray) -> np.ndarray:
-    """``Σ_{i hidden in column j} a_i a_iᵀ`` for every column j of the pattern.
-
-    Parameters
-    ----------
-    missing : sparse, shape (p, n)
-    A : ndarray, shape (p, k)
-
-    Returns
-    -------
-    ndarray, shape (n, k, k), float64
-    """
-    k = A.shape[1]
-    ones = sp.csc_matrix(missing, dtype=np.float64, copy=True)
-    ones.data[:] = 1.0
-    return np.asarray(ones.T @ outer_rows(A)).reshape(-1, k, k)
-
-
 def _heldout_sse(W: np.ndarray, H64: np.ndarray, mp: MaskParts) -> tuple[float, float]:
     """(‖X‖², ‖X − WH‖²) on the held-out entries."""
     x = mp.heldout_x
@@ -325,13 +264,10 @@ RHS_CHUNK = 1 << 22
 
 
 def rhs64(W: np.ndarray, X: Any) -> np.ndarray:
-    """``WᵀX`` in float64 whatever the factors' dtype.
+    """``WᵀX`` in float64 whatever the factors' dtype, float32 blocks in column chunks.
 
-    The loss needs ``Σ x·wh = Σ (WᵀX) ⊙ H`` to float64 accuracy: the Gram trick subtracts
-    numbers of the size of ‖X‖², so a float32 product would set the floor of the reported
-    error near 1e-4 and let ``tol`` fire on round-off. The H step then solves from the same
-    right-hand side. A float32 dense block is converted in column chunks, so its float64
-    copy stays small.
+    The Gram trick subtracts numbers of the size of ‖X‖²: a float32 ``Σ x·wh`` would floor
+    the reported error near 1e-4 and let ``tol`` fire on round-off.
     """
     W64 = np.ascontiguousarray(W, dtype=np.float64)
     step = max(1, RHS_CHUNK // max(1, X.shape[0]))
@@ -383,11 +319,10 @@ def fit_step(block: Any, state: Any, bc: StepCast):
     -------
     new_state : BlockState
     partials : dict
-        ``groups``: ``{group index: {dataset: statistics}}`` with, per active slot,
-        ``XHt`` (A, m, k) or KL's ``numer``; ``HHt`` (A, k, k); ``cross`` (A,) = Σ x·wh;
-        ``hsum`` (A, k); KL ``div`` (A,); and from blocks with hidden entries the
-        corrections ``rowG_removed`` (A, m, k, k), ``denomW_removed`` (A, m, k),
-        ``quad_removed``, ``xx_ho``, ``sse_test`` (A,). Plus ``xx``/``xsum`` when validating.
+        ``groups``: ``{group index: {dataset: statistics}}``, per active slot ``XHt``
+        (A, m, k) or KL's ``numer``, ``HHt`` (A, k, k), ``cross`` = Σ x·wh, ``hsum``
+        (A, k), KL ``div``; with hidden entries ``rowG_removed`` (A, m, k, k),
+        ``denomW_removed`` (A, m, k), ``quad_removed``, ``xx_ho``, ``sse_test`` (A,).
     """
     fb = block if isinstance(block, FitBlock) else FitBlock(block, None, 0)
     legacy = state if isinstance(state, list) else None
@@ -571,11 +506,8 @@ class Extract:
 
 
 def extract_step(block: Any, state: BlockState, req: Extract):
-    """Replace a block's state by the labels of every fit and the kept H blocks.
-
-    A sample's label is the factor with the largest coefficient once W's columns are
-    scaled to unit sum (R NMF's ``predict``), as int16.
-    """
+    """Replace a block's state by every fit's int16 labels (the largest coefficient, W's
+    columns scaled to unit sum, as R NMF's ``predict``) and the kept H blocks."""
     labels = {}
     kept = {}
     for key, H in state.H.items():

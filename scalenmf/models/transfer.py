@@ -1,22 +1,11 @@
 """Projection of new samples onto a fixed basis, with per-sample quality control.
 
-With W fixed, the H sub-problem of every sample is independent (seed 003, eq. 6)::
-
-    min_{h ≥ 0}  ½‖x − W h‖² + l1·Σh + ½ l2·‖h‖²        (or the KL divergence D(x ‖ W h))
-
-so a block is solved to convergence while it is in memory — one read of X for the whole
-projection, where an alternating loop would read it once per pass. The same visit computes
-the per-sample quality figures from the Gram statistics (no W·H is formed):
-
-    cosine(x, Wh) = xᵀWh / (‖x‖·‖Wh‖),   relative error = ‖x − Wh‖ / ‖x‖
-
-with ``xᵀWh = Σ_i (Wᵀx)_i h_i`` and ``‖Wh‖² = hᵀ(WᵀW)h``, and, when asked, bootstrap
-intervals for h: the block's counts are resampled (Poisson, or multinomial with the
-sample's total kept) and re-solved, warm-started at h.
-
-For linked transfer learning (eq. 7) the basis is ``[W | U]`` with U learned by
-``LinkedModel``; the same step then reports the figures of the whole model and of the
-W part alone, and the share of every sample's reconstructed counts that U V carries.
+With W fixed every sample's H sub-problem is independent (seed 003, eq. 6), so a block is
+solved to convergence while in memory: one read of X. The same visit gives, from the Gram
+statistics, each sample's ``cosine(x, Wh)`` and ``‖x − Wh‖/‖x‖`` and, when asked, bootstrap
+intervals for h (counts resampled, Poisson or multinomial, re-solved from h). For linked
+transfer learning (eq. 7) the basis is ``[W | U]``: the figures of the whole model, of W
+alone, and the share of the counts that U V carries.
 """
 
 from __future__ import annotations
@@ -42,21 +31,13 @@ class ProjectionPlan:
     Attributes
     ----------
     W : ndarray, shape (m, K)
-        The basis (for transfer learning ``[W | U]``).
-    n_basis : int
-        Leading columns that form the given basis W (``K`` for a plain projection).
-    loss : {"frobenius", "kl"}
+        The basis (``[W | U]`` for transfer learning, whose W is the first ``n_basis``).
     solver : {"als", "hals", "mu"}
-        Frobenius: ``als`` solves exactly (``nnls="bpp"``: block principal pivoting,
-        vectorised over the columns; ``"cd"``: coordinate descent to ``tol``), ``hals`` /
-        ``mu`` iterate their updates to ``tol``. KL: multiplicative updates.
+        ``als``: exact (``nnls``); ``hals`` / ``mu`` iterate to ``tol``; KL: always MU.
     solve : bool
-        Solve H here (plain projection), or take it from the state (after transfer).
-    bootstrap : int
-        Resamples for the intervals (0: none).
-    resample : {"poisson", "multinomial"}
-    ci : float
-        Central probability of the intervals.
+        Solve H here, or take it from the state (after transfer learning).
+    bootstrap, resample, ci : int, {"poisson", "multinomial"}, float
+        Resamples (0: none), how, and the central probability of the intervals.
     """
 
     W: np.ndarray
@@ -100,36 +81,13 @@ def solve_h(
     B: np.ndarray | None = None,
 ) -> np.ndarray:
     """``argmin_{H ≥ 0}`` of the configured loss for one block, W fixed (to convergence)."""
+    opts: dict[str, Any] = {"l1": plan.l1, "l2": plan.l2, "max_iter": plan.max_iter}
+    opts["tol"] = plan.tol
     if plan.loss == "kl":
-        start = np.full((W.shape[1], X.shape[1]), _kl_start(X, W), dtype=W.dtype)
-        H, _ = solve_fixed_basis_kl(
-            W,
-            X,
-            start if H0 is None else H0,
-            l1=plan.l1,
-            l2=plan.l2,
-            max_iter=plan.max_iter,
-            tol=plan.tol,
-        )
-        return H
+        return solve_fixed_basis_kl(W, X, H0, **opts)[0]
     solver = plan.nnls if plan.solver == "als" else plan.solver
-    H, _ = solve_fixed_basis(
-        G,
-        rhs(W, X) if B is None else B,
-        solver=solver,
-        H0=H0,
-        l1=plan.l1,
-        l2=plan.l2,
-        max_iter=plan.max_iter,
-        tol=plan.tol,
-    )
-    return H.astype(W.dtype, copy=False)
-
-
-def _kl_start(X: Block, W: np.ndarray) -> float:
-    total = float(X.sum())
-    n = max(1, X.shape[1])
-    return max(total / n / max(float(W.sum()), 1e-300), 1e-6)
+    B = rhs(W, X) if B is None else B
+    return solve_fixed_basis(G, B, solver=solver, H0=H0, **opts)[0].astype(W.dtype, copy=False)
 
 
 def _column_sq_norms(X: Block) -> np.ndarray:
@@ -198,19 +156,10 @@ def _intervals(
 def project_step(X: Block, state: Any, plan: ProjectionPlan):
     """Project one block (or take its H from transfer learning) and compute its QC.
 
-    Parameters
-    ----------
-    X : ndarray or csc_matrix, shape (m, n_j)
-    state : ProjectedBlock, BlockState or None
-        ``BlockState`` after a transfer-learning loop (its H of ``plan.run`` is used).
-
-    Returns
-    -------
-    new_state : ProjectedBlock
-    partials : dict
-        ``xx``, ``xsum``, ``sq_err`` (whole model), ``basis_sq_err`` (W part),
-        ``recon_sum`` and ``new_sum`` (reconstructed counts, all and from U V), ``div``
-        (KL), ``h_l1``, ``h_l2`` (penalty sums).
+    ``state`` is a ``BlockState`` after transfer learning (its H of ``plan.run`` is
+    used). Returns the ``ProjectedBlock`` and the sums ``xx``, ``xsum``, ``sq_err``,
+    ``basis_sq_err`` (W part), ``recon_sum``, ``new_sum`` (from U V), ``div`` (KL),
+    ``h_l1`` and ``h_l2``.
     """
     X = block_matrix(X)
     stats = check_block(X)
@@ -262,24 +211,9 @@ def project_blocks(
     tol: float = 1e-10,
     progress: Any = None,
 ) -> tuple[np.ndarray, list[float], list[float]]:
-    """H of every block for a fixed basis W, in one pass: exact NNLS, or MU for KL.
-
-    The fixed-basis solve behind ``NMF.transform`` and consensus refits (``project`` runs
-    the same step with its quality figures).
-
-    Parameters
-    ----------
-    executor : Executor
-    W : ndarray, shape (m, k)
-    config : NMFConfig
-        Its loss and H penalties are used.
-
-    Returns
-    -------
-    H : ndarray, shape (k, n)
-    objectives, relative_errors : list of one float
-        Of the projection (data term plus the H penalties).
-    """
+    """H (k, n) of every block for a fixed W (m, k) in one pass, exact NNLS or KL MU with
+    ``config``'s loss and H penalties: behind ``NMF.transform`` and consensus refits.
+    Returns H and the objective and relative error (lists of one float)."""
     plan = ProjectionPlan(
         W=np.ascontiguousarray(W),
         n_basis=W.shape[1],

@@ -81,6 +81,53 @@ def work_dtype(dtype: Any, source: Any) -> np.dtype:
     return out
 
 
+def backend_options(backend: str | None, device: str | None) -> tuple[str, str]:
+    """``(backend, device)`` of a fit: numpy on the CPU unless torch or a device is asked for.
+
+    A CUDA device implies torch; ``device="auto"`` takes a GPU where the block runs has one.
+    """
+    if device is not None and not isinstance(device, str):
+        device = str(device)
+    if backend is None:
+        backend = "torch" if device not in (None, "cpu") else "numpy"
+    if backend not in ("numpy", "torch"):
+        raise ValueError(f"backend must be 'numpy' or 'torch'; got {backend!r}")
+    if backend == "numpy":
+        if device not in (None, "cpu", "auto"):
+            raise ValueError(f"device={device!r} needs backend='torch' (--backend torch)")
+        return "numpy", "cpu"
+    device = device or "auto"
+    if device != "auto" and device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto'; got {device!r}")
+    try:
+        import torch
+    except ImportError as err:
+        raise ImportError("backend='torch' needs torch: pip install 'scalenmf[torch]'") from err
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: torch sees no CUDA device on this machine")
+    return "torch", device
+
+
+def byte_count(value: int | str | None, name: str) -> int | None:
+    """Bytes from an integer or a string such as ``"8GB"`` (None stays None)."""
+    if value is None:
+        return None
+    from dask.utils import parse_bytes
+
+    try:
+        out = int(parse_bytes(value)) if isinstance(value, str) else int(value)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{name} must be a number of bytes such as '8GB'; got {value!r}") from err
+    if out <= 0:
+        raise ValueError(f"{name} must be positive; got {value!r}")
+    return out
+
+
+def gpu_dtype(dtype: Any, device: str) -> Any:
+    """float32 on a GPU unless a dtype is given (the objective stays float64 in any case)."""
+    return "float32" if dtype is None and device.startswith("cuda") else dtype
+
+
 @dataclass(frozen=True)
 class ClusterOptions:
     """Where the blocks are processed: the options every public function takes.

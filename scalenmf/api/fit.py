@@ -13,9 +13,12 @@ import numpy as np
 
 from scalenmf.api._common import (
     HALS_SWEEPS,
+    backend_options,
+    byte_count,
     check_rank,
     checked_params,
     cluster_options,
+    gpu_dtype,
     progress_bar,
     work_dtype,
 )
@@ -69,6 +72,9 @@ def nmf(
     checkpoint_seconds: float | None = None,
     resume: bool = False,
     layer: str | None = None,
+    backend: str | None = None,
+    device: str | None = None,
+    gpu_memory_limit: int | str | None = None,
 ) -> NMFResult:
     """Factorize a non-negative matrix, ``X ≈ W H``, out of core.
 
@@ -142,6 +148,15 @@ def nmf(
         afresh). The result is the one the uninterrupted fit would have given.
     layer : str, optional
         With an AnnData X: factorize ``X.layers[layer]`` instead of ``X.X``.
+    backend : {"numpy", "torch"}, optional
+        Where the block kernels run (default numpy; torch is the ``[torch]`` extra).
+    device : {"cpu", "cuda", "auto"}, optional
+        The torch device (implies ``backend="torch"``). ``"auto"``: a GPU wherever a block
+        runs has one, so a cluster of GPU and CPU workers runs one fit. On a GPU the
+        default dtype is float32; the objective is accumulated in float64 either way.
+    gpu_memory_limit : int or str, optional
+        Bytes (``"8GB"``) of X blocks that may stay resident on a GPU between iterations
+        (default: half its free memory); the others are streamed each iteration.
 
     Returns
     -------
@@ -187,9 +202,10 @@ def nmf(
         if not is_anndata(X):
             raise ValueError("layer= names a layer of an AnnData object; X is not one")
         X = anndata_source(X, layer)
+    backend_, device_ = backend_options(backend, device)
     source = as_source(X, block_cols=block_cols)
     check_rank(p["k"], source.shape)
-    dtype_ = work_dtype(dtype, source)
+    dtype_ = work_dtype(gpu_dtype(dtype, device_), source)
     if mask is not None:
         from scalenmf.io.masked import fit_source
 
@@ -210,6 +226,9 @@ def nmf(
         nnls=p["nnls"],
         inner_sweeps=HALS_SWEEPS if p["solver"] == "hals" else 50,
         masked_data=mask is not None,
+        backend=backend_,
+        device=device_,
+        gpu_memory_limit=byte_count(gpu_memory_limit, "gpu_memory_limit"),
     )
     if (
         checkpoint_every is not None or checkpoint_seconds is not None or resume
@@ -375,6 +394,7 @@ def fit_on_executor(
     H = H_kept[best].astype(dtype, copy=False)
     params = dict(p)
     params["memory_limit"] = None
+    params["backend"], params["device"] = config.backend, config.device
     runs = [
         {
             "run": r,

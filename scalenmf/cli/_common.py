@@ -99,3 +99,24 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def backend_options(f: Any) -> Any:
+    """``--backend``, ``--device`` and ``--gpu-memory-limit``: where the block kernels run."""
+    f = click.option(
+        "--gpu-memory-limit",
+        default=None,
+        help="Bytes of X that may stay resident on the GPU, e.g. 8GB (default: half its memory).",
+    )(f)
+    f = click.option(
+        "--device",
+        type=click.Choice(["cpu", "cuda", "auto"]),
+        default=None,
+        help="torch device (implies --backend torch); auto: a GPU wherever one is present.",
+    )(f)
+    return click.option(
+        "--backend",
+        type=click.Choice(["numpy", "torch"]),
+        default=None,
+        help="Block kernels on numpy (default) or torch (the [torch] extra).",
+    )(f)

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from scalenmf._version import __version__
-from scalenmf.cli._common import input_source, user_errors
+from scalenmf.cli._common import backend_options, input_source, user_errors
 from scalenmf.cli.cluster import CLUSTER_OPTIONS, cluster_kwargs, cluster_options
 
 log = logging.getLogger("scalenmf")
@@ -97,6 +97,7 @@ def main(verbose: int) -> None:
 @click.option(
     "--mask", default=None, help="Missing entries: a matrix file (non-zero = missing) or 'nan'."
 )
+@backend_options
 @click.option(
     "--checkpoint",
     "checkpoint_path",

@@ -45,6 +45,26 @@ def rhs(W: np.ndarray, X: Block) -> np.ndarray:
     return W.T @ X
 
 
+#: Entries per float64 product of a float32 dense block (bounds its float64 copy to 32 MB).
+RHS_CHUNK = 1 << 22
+
+
+def rhs64(W: np.ndarray, X: Block) -> np.ndarray:
+    """``WᵀX`` in float64 whatever the factors' dtype, float32 blocks in column chunks.
+
+    The Gram trick subtracts numbers of the size of ‖X‖²: a float32 ``Σ x·wh`` would floor
+    the reported error near 1e-4 and let ``tol`` fire on round-off.
+    """
+    W64 = np.ascontiguousarray(W, dtype=np.float64)
+    step = max(1, RHS_CHUNK // max(1, X.shape[0]))
+    if sp.issparse(X) or X.dtype == np.float64 or X.shape[1] <= step:
+        return rhs(W64, X)
+    out = np.empty((W64.shape[1], X.shape[1]))
+    for a in range(0, X.shape[1], step):
+        out[:, a : a + step] = rhs(W64, X[:, a : a + step])
+    return out
+
+
 def x_ht(X: Block, H: np.ndarray) -> np.ndarray:
     """``X·Hᵀ``: the block's share of the W sub-problem's right-hand side.
 

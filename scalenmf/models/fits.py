@@ -17,6 +17,7 @@ import numpy as np
 
 from scalenmf.engine.loop import run_alternating
 from scalenmf.kernels import gram
+from scalenmf.kernels.backend import NUMPY
 from scalenmf.kernels.mu import EPS
 from scalenmf.models.init import random_w
 from scalenmf.models.step import (
@@ -27,6 +28,7 @@ from scalenmf.models.step import (
     GroupKey,
     NMFConfig,
     StepCast,
+    backend_of,
     extract_step,
     fit_stats_step,
     fit_step,
@@ -124,7 +126,9 @@ def update_w(config: NMFConfig, W: np.ndarray, part: dict[str, Any]) -> np.ndarr
         if "rowG_removed" in part:
             G = G[:, None] - part["rowG_removed"]
         B = part["XHt"].transpose(0, 2, 1)
-        new = solve_nnls(config, G, B, W0, config.l1_w, config.l2_w)
+        ops = NUMPY if "rowG_removed" in part else backend_of(config)
+        args = (ops.array(G), ops.array(B), ops.array(W0), config.l1_w, config.l2_w, ops)
+        new = ops.host(solve_nnls(config, *args), np.float64)
     return np.ascontiguousarray(new.transpose(0, 2, 1)).astype(dtype)
 
 

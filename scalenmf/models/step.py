@@ -26,10 +26,10 @@ import scipy.sparse as sp
 from scalenmf._typing import Block
 from scalenmf.io.errors import InputError
 from scalenmf.io.masked import FitBlock, block_matrix
-from scalenmf.kernels import kl_block, mu_frobenius, mu_kl_h, nnls_bpp, nnls_cd, rhs, x_ht
+from scalenmf.kernels.backend import NUMPY, backend_for
 from scalenmf.kernels.batched import quad_form, removed_grams
 from scalenmf.kernels.hashing import heldout_pattern, permute_columns_dense, permute_columns_sparse
-from scalenmf.kernels.mu import wh_at
+from scalenmf.kernels.mu import kl_block, mu_kl_h, wh_at
 
 VARIANTS = ("data", "null")
 SOLVERS = ("als", "hals", "mu")
@@ -61,6 +61,11 @@ class NMFConfig:
         Held-out share and the seeds of held-out patterns and of the permuted null.
     masked_data : bool
         X has missing entries. ``fixed_w``: solve H only.
+    backend, device : str
+        Where the kernels run (``kernels.backend``): numpy, or torch on "cpu" / "cuda" /
+        "auto" (resolved by every process for itself, so mixed clusters work).
+    gpu_memory_limit : int, optional
+        Bytes of X blocks that may stay resident on a GPU.
     """
 
     k: int = 0
@@ -78,6 +83,9 @@ class NMFConfig:
     null_seed: int = 0
     masked_data: bool = False
     fixed_w: bool = False
+    backend: str = "numpy"
+    device: str = "cpu"
+    gpu_memory_limit: int | None = None
 
 
 def check_supported(loss: str, solver: str) -> None:
@@ -88,19 +96,26 @@ def check_supported(loss: str, solver: str) -> None:
 
 
 def solve_nnls(
-    config: NMFConfig, G: np.ndarray, B: np.ndarray, X0: np.ndarray, l1: float, l2: float
-) -> np.ndarray:
+    config: NMFConfig, G: Any, B: Any, X0: Any, l1: float, l2: float, ops: Any = NUMPY
+) -> Any:
     """One half-step of a batch of fits, the one solver dispatch: G (A, k, k) or
-    (A, n, k, k), B and the current factor X0 (A, k, n)."""
+    (A, n, k, k), B and the current factor X0 (A, k, n), on the backend ``ops``."""
     if config.solver == "mu":
-        return mu_frobenius(G, B, X0, l1=l1, l2=l2)
+        return ops.mu_frobenius(G, B, X0, l1=l1, l2=l2)
     if config.solver == "als" and config.nnls == "bpp":
-        return nnls_bpp(G, B, X0, l1=l1, l2=l2)[0]
+        return ops.nnls_bpp(G, B, X0, l1=l1, l2=l2)[0]
     # Exact CD: every column meets the KKT test to inner_tol or is finished by pivoting.
     sweeps, tol = (
         (ALS_SWEEPS, config.inner_tol) if config.solver == "als" else (config.inner_sweeps, 0.0)
     )
-    return nnls_cd(G, B, X0, l1=l1, l2=l2, max_sweeps=sweeps, tol=tol, finish=tol > 0)[0]
+    return ops.nnls_cd(G, B, X0, l1=l1, l2=l2, max_sweeps=sweeps, tol=tol, finish=tol > 0)[0]
+
+
+def backend_of(config: NMFConfig) -> Any:
+    """The backend the config asks for (numpy on the host unless ``backend="torch"``)."""
+    if config.backend == "numpy":
+        return NUMPY
+    return backend_for(config.backend, config.device, config.gpu_memory_limit)
 
 
 # -- what travels to the blocks ----------------------------------------------------------
@@ -259,26 +274,6 @@ def _observed(X: Any, mp: MaskParts | None) -> Any:
 # -- the step ------------------------------------------------------------------------------
 
 
-#: Entries per float64 product of a float32 dense block (bounds its float64 copy to 32 MB).
-RHS_CHUNK = 1 << 22
-
-
-def rhs64(W: np.ndarray, X: Any) -> np.ndarray:
-    """``WᵀX`` in float64 whatever the factors' dtype, float32 blocks in column chunks.
-
-    The Gram trick subtracts numbers of the size of ‖X‖²: a float32 ``Σ x·wh`` would floor
-    the reported error near 1e-4 and let ``tol`` fire on round-off.
-    """
-    W64 = np.ascontiguousarray(W, dtype=np.float64)
-    step = max(1, RHS_CHUNK // max(1, X.shape[0]))
-    if sp.issparse(X) or X.dtype == np.float64 or X.shape[1] <= step:
-        return rhs(W64, X)
-    out = np.empty((W64.shape[1], X.shape[1]))
-    for a in range(0, X.shape[1], step):
-        out[:, a : a + step] = rhs(W64, X[:, a : a + step])
-    return out
-
-
 def _stack_start(config: NMFConfig, g: GroupCast, k: int, n_j: int, dtype: np.dtype, legacy: Any):
     """The group's H stack before its first update (from an init's per-fit H if given)."""
     const = config.solver == "mu" or config.loss == "kl"
@@ -333,6 +328,15 @@ def fit_step(block: Any, state: Any, bc: StepCast):
     if bc.validate:
         out.update(check_block(fb.X))
     groups: dict[int, Any] = {}
+    with backend_of(config).stream():  # a GPU thread's own stream: copies overlap compute
+        _variants_step(fb, st, bc, legacy, groups)
+    out["groups"] = {i: {d: part} for i, part in groups.items()}
+    return st, out
+
+
+def _variants_step(fb: FitBlock, st: BlockState, bc: StepCast, legacy: Any, groups) -> None:
+    """Every group's H step on the data and on its null, filling ``groups``."""
+    config, d = bc.config, st.dataset
     for variant in VARIANTS:
         idx = [i for i, g in enumerate(bc.groups) if g.key[0] == variant]
         if not idx:
@@ -360,15 +364,19 @@ def fit_step(block: Any, state: Any, bc: StepCast):
             groups.update(_frobenius_groups(config, bc.groups, idx, d, Xv, stacks, masks))
         for i in idx:
             st.H[bc.groups[i].key] = stacks[i]
-    out["groups"] = {i: {d: part} for i, part in groups.items()}
-    return st, out
 
 
 def _frobenius_groups(config, casts, idx, d, Xv, stacks, masks) -> dict[int, Any]:
-    """H steps of the Frobenius groups of one variant; their partials per group index."""
+    """H steps of the Frobenius groups of one variant; their partials per group index.
+
+    The products with X and the solves run on the config's backend; the corrections of
+    hidden entries (scipy.sparse patterns) keep a variant with masks on numpy.
+    """
+    ops = NUMPY if any(masks[i] is not None for i in idx) else backend_of(config)
     n_j = Xv.shape[1]
     W_cat = np.hstack([casts[i].W[d] for i in idx]) if len(idx) > 1 else casts[idx[0]].W[d]
-    B_all = rhs64(W_cat, Xv)
+    Xb = ops.block(Xv, W_cat.dtype)
+    B_all = ops.rhs(ops.array(W_cat), Xb)
     offsets = np.cumsum([0] + [casts[i].W[d].shape[1] for i in idx])
     solved = []
     for pos, i in enumerate(idx):
@@ -389,26 +397,27 @@ def _frobenius_groups(config, casts, idx, d, Xv, stacks, masks) -> dict[int, Any
                 if not mp.empty:
                     removed[a] = removed_grams(mp.missing, Wa)
             G = G[:, None] - removed
-        H = solve_nnls(config, G, B, H0, config.l1_h, config.l2_h).astype(H0.dtype, copy=False)
-        if whole:
+        H = solve_nnls(config, ops.array(G), B, ops.array(H0), config.l1_h, config.l2_h, ops)
+        H = ops.cast(H, H0.dtype)  # the state's dtype: X Hᵀ is taken of the H kept
+        solved.append((i, H, B, removed))
+    XHt_all = ops.host(ops.x_ht(Xb, ops.vstack([H.reshape(-1, n_j) for _, H, _, _ in solved])))
+    m = XHt_all.shape[0]
+    out = {}
+    for pos, (i, H_dev, B_dev, removed) in enumerate(solved):
+        g = casts[i]
+        k, A = g.key[1][d], len(g.slots)
+        H = ops.host(H_dev, stacks[i].dtype)
+        if A == g.n_slots and bool(np.all(np.diff(g.slots) > 0)):
             stacks[i] = H
         else:
             stacks[i] = np.array(stacks[i], copy=True)
             stacks[i][g.slots] = H
-        solved.append((i, H, B, removed))
-    XHt_all = x_ht(Xv, np.vstack([H.reshape(-1, n_j) for _, H, _, _ in solved]))
-    m = XHt_all.shape[0]
-    out = {}
-    for pos, (i, H, B, removed) in enumerate(solved):
-        g = casts[i]
-        k, A = g.key[1][d], len(g.slots)
         XHt = XHt_all[:, offsets[pos] : offsets[pos + 1]].reshape(m, A, k).transpose(1, 0, 2)
         H64 = H.astype(np.float64, copy=False)
-        HHt = np.matmul(H64, H64.transpose(0, 2, 1))
         part: dict[str, Any] = {
             "XHt": np.ascontiguousarray(XHt),
-            "HHt": HHt,
-            "cross": np.einsum("akn,akn->a", B, H64),
+            "HHt": np.matmul(H64, H64.transpose(0, 2, 1)),
+            "cross": np.einsum("akn,akn->a", ops.host(B_dev, np.float64), H64),
             "hsum": H64.sum(axis=2),
         }
         if removed is not None:
@@ -435,18 +444,27 @@ def _mask_terms(part, g: GroupCast, d: int, H64, masks: list[MaskParts], removed
 
 
 def _kl_group(config, g: GroupCast, d: int, Xv, stack, masks):
-    """KL multiplicative H steps of one group (slot by slot) and its W-step statistics."""
+    """KL multiplicative H steps of one group (slot by slot) and its W-step statistics
+    (on the config's backend when no entry is hidden)."""
     k = g.key[1][d]
+    ops = NUMPY if masks is not None else backend_of(config)
     stack = np.array(stack, copy=True)
+    Xb = None if masks is not None else ops.block(Xv, stack.dtype)
     parts = []
     for a, slot in enumerate(g.slots):
         W = g.W[d][:, a * k : (a + 1) * k]
         mp = None if masks is None else masks[a]
-        Xobs = _observed(Xv, mp)
-        missing = None if mp is None or mp.empty else mp.missing
-        H = mu_kl_h(W, Xobs, stack[slot], l1=config.l1_h, l2=config.l2_h, missing=missing)
+        if Xb is None:
+            Xobs = _observed(Xv, mp)
+            missing = None if mp is None or mp.empty else mp.missing
+            H = mu_kl_h(W, Xobs, stack[slot], l1=config.l1_h, l2=config.l2_h, missing=missing)
+            numer, hsum, div, x_wh = kl_block(W, Xobs, H)
+        else:
+            Wd = ops.array(W)
+            H_dev = ops.mu_kl_h(Wd, Xb, ops.array(stack[slot]), l1=config.l1_h, l2=config.l2_h)
+            numer, hsum, div, x_wh = ops.kl_block(Wd, Xb, H_dev)
+            H, numer, hsum = ops.host(H_dev), ops.host(numer), ops.host(hsum)
         stack[slot] = H
-        numer, hsum, div, x_wh = kl_block(W, Xobs, H)
         H64 = H.astype(np.float64, copy=False)
         part: dict[str, Any] = {
             "numer": numer,

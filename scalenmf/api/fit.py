@@ -25,7 +25,8 @@ from scalenmf.engine.executor import Executor
 from scalenmf.engine.loop import IterationInfo, run_alternating
 from scalenmf.io.anndata import anndata_source, is_anndata
 from scalenmf.io.errors import InputError
-from scalenmf.io.source import MatrixSource, as_source
+from scalenmf.io.matrix import as_source
+from scalenmf.io.source import MatrixSource
 from scalenmf.models.fits import collect
 from scalenmf.models.init import initialize
 from scalenmf.models.nmf import NMFConfig, NMFModel

@@ -25,7 +25,7 @@ from scalenmf.engine.executor import Executor
 from scalenmf.engine.loop import IterationInfo, LoopTrace, run_alternating
 from scalenmf.io.combine import ChainedSource
 from scalenmf.io.errors import InputError
-from scalenmf.io.source import as_source
+from scalenmf.io.matrix import as_source
 from scalenmf.models.init import random_w
 from scalenmf.models.linked import INMFModel, LinkedLayout, LinkedModel
 from scalenmf.models.step import NMFConfig, dataset_totals, fit_stats_step, initial_states

@@ -23,7 +23,8 @@ from scalenmf.engine.executor import Executor
 from scalenmf.engine.loop import IterationInfo, run_alternating
 from scalenmf.io.combine import RowOrderedSource, row_order
 from scalenmf.io.errors import InputError
-from scalenmf.io.source import MatrixSource, as_source, as_str_array
+from scalenmf.io.matrix import as_source
+from scalenmf.io.source import MatrixSource, as_str_array
 from scalenmf.models.init import random_w
 from scalenmf.models.linked import LinkedLayout, LinkedModel
 from scalenmf.models.step import NMFConfig, dataset_totals, fit_stats_step, initial_states

@@ -28,7 +28,8 @@ from scalenmf.api._common import (
 from scalenmf.engine.executor import Executor
 from scalenmf.engine.loop import IterationInfo
 from scalenmf.io.masked import MaskedSource, fit_source
-from scalenmf.io.source import MatrixSource, as_source
+from scalenmf.io.matrix import as_source
+from scalenmf.io.source import MatrixSource
 from scalenmf.models.consensus import factor_consensus
 from scalenmf.models.fits import FitSpec, MultiFitOutcome, run_multifit
 from scalenmf.models.step import NMFConfig, check_supported

@@ -79,7 +79,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     l1_w, l1_h, l2_w, l2_h : float
         L1 / L2 penalties on the basis (``components_``) and on the coefficients. (W here
         is scalenmf's basis, features × k, i.e. ``components_.T``.)
-    max_iter, tol, n_runs, scheduler, workers, memory_limit, nnls, dtype : see ``scalenmf.nmf``.
+    max_iter, tol, n_runs, scheduler, workers, memory_limit, nnls, dtype, backend, device :
+        See ``scalenmf.nmf`` (``device="cuda"`` fits on a GPU).
     random_state : int, None, numpy RandomState or Generator, default 0
         Seeds the fit; a RandomState or Generator is drawn from once per fit.
 
@@ -128,6 +129,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         memory_limit: Any = None,
         nnls: str = "bpp",
         dtype: Any = None,
+        backend: str | None = None,
+        device: str | None = None,
     ):
         self.n_components = n_components
         self.solver = solver
@@ -146,6 +149,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.memory_limit = memory_limit
         self.nnls = nnls
         self.dtype = dtype
+        self.backend = backend
+        self.device = device
 
     if HAVE_SKLEARN:
 
@@ -207,6 +212,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             "memory_limit": self.memory_limit,
             "nnls": self.nnls,
             "dtype": self.dtype,
+            "backend": self.backend,
+            "device": self.device,
             "progress": False,
         }
 

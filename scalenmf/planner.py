@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from scalenmf.io.source import as_source
+from scalenmf.io.matrix import as_source
 from scalenmf.validation import parse_memory
 
 #: Memory of an idle dask worker process (interpreter, numpy, distributed).

@@ -26,7 +26,8 @@ import scipy.sparse as sp
 
 from scalenmf._typing import Block
 from scalenmf.io.anndata import is_anndata
-from scalenmf.io.source import MatrixSource, as_source
+from scalenmf.io.matrix import as_source
+from scalenmf.io.source import MatrixSource
 
 
 class PreparedSource(MatrixSource):

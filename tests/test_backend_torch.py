@@ -172,3 +172,60 @@ def test_a_gpu_fit_agrees_with_the_cpu_fit(sparse):
     got32 = scalenmf.nmf(X, 4, device="cuda", max_iter=20, tol=0, seed=2)
     assert got32.W.dtype == np.float32
     np.testing.assert_allclose(got32.relative_error, ref.relative_error, rtol=1e-4)
+
+
+def test_every_fitting_entry_point_takes_the_torch_backend():
+    X = _data(False)
+    opts = dict(max_iter=6, tol=0, seed=4, progress=False)
+    torch_cpu = dict(backend="torch", device="cpu")
+    ref = scalenmf.rank_survey(X, "2-3", n_runs=2, cv_reps=1, **opts)
+    got = scalenmf.rank_survey(X, "2-3", n_runs=2, cv_reps=1, **opts, **torch_cpu)
+    for a, b in zip(got.summary, ref.summary, strict=True):
+        np.testing.assert_allclose(a["error_best"], b["error_best"], rtol=1e-9)
+        np.testing.assert_allclose(a["cv_error"], b["cv_error"], rtol=1e-9)
+    assert got.suggestion["k"] == ref.suggestion["k"]
+    ref_c = scalenmf.consensus(X, 3, n_runs=3, **opts)
+    got_c = scalenmf.consensus(X, 3, n_runs=3, **opts, **torch_cpu)
+    np.testing.assert_allclose(got_c.result.W, ref_c.result.W, rtol=1e-9, atol=1e-12)
+    fit = scalenmf.nmf(X, 3, **opts)
+    ref_p = scalenmf.project(fit.W, X, progress=False)
+    got_p = scalenmf.project(fit.W, X, progress=False, **torch_cpu)
+    np.testing.assert_allclose(got_p.H, ref_p.H, rtol=1e-9, atol=1e-12)
+    halves = [X[:, :45], X[:, 45:]]
+    ref_l = scalenmf.lnmf(halves, 2, 1, **opts)
+    got_l = scalenmf.lnmf(halves, 2, 1, **opts, **torch_cpu)
+    np.testing.assert_allclose(got_l.W, ref_l.W, rtol=1e-9, atol=1e-12)
+    ref_i = scalenmf.inmf(halves, 2, **opts)
+    got_i = scalenmf.inmf(halves, 2, **opts, **torch_cpu)
+    np.testing.assert_allclose(got_i.W, ref_i.W, rtol=1e-9, atol=1e-12)
+    est = scalenmf.NMF(3, max_iter=6, tol=0, backend="torch", device="cpu").fit(X.T)
+    ref_e = scalenmf.NMF(3, max_iter=6, tol=0).fit(X.T)
+    np.testing.assert_allclose(est.components_, ref_e.components_, rtol=1e-9, atol=1e-12)
+
+
+def test_the_cli_fits_on_the_torch_backend(tmp_path):
+    from click.testing import CliRunner
+
+    from scalenmf.cli.main import main
+
+    path = tmp_path / "x.npy"
+    np.save(path, _data(False))
+    runner = CliRunner()
+    out = tmp_path / "out.zarr"
+    args = ["fit", str(path), "-k", "3", "-o", str(out), "--max-iter", "5", "--no-progress"]
+    res = runner.invoke(main, [*args, "--backend", "torch", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert scalenmf.load(out).params["backend"] == "torch"
+    bad = runner.invoke(main, [*args, "--overwrite", "--backend", "numpy", "--device", "cuda"])
+    assert bad.exit_code != 0 and "needs backend='torch'" in bad.output
+
+
+@pytest.mark.cluster
+def test_torch_blocks_on_dask_workers_give_the_laptop_numpy_fit():
+    X = _data(True)
+    kw = dict(max_iter=8, tol=0, seed=2, block_cols=30)
+    ref = scalenmf.nmf(X, 3, **kw)
+    got = scalenmf.nmf(X, 3, workers=2, backend="torch", device="auto", **kw)
+    assert got.info["executor"] == "dask"
+    np.testing.assert_allclose(got.W, ref.W, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got.H, ref.H, rtol=1e-10, atol=1e-12)

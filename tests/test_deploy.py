@@ -116,6 +116,19 @@ def test_kubernetes_manifests() -> None:
     assert values["worker"]["threads_per_worker"] == 1
 
 
+def test_gpu_worker_recipes_bind_one_gpu_per_worker_and_fit_with_device_auto() -> None:
+    [group] = load_all(DEPLOY / "kubernetes" / "gpu-workers.yaml")
+    assert group["kind"] == "DaskWorkerGroup" and group["spec"]["cluster"] == "scalenmf"
+    [worker] = containers(group["spec"]["worker"]["spec"])
+    args = worker["args"]
+    assert args[:2] == ["dask", "worker"] and args[args.index("--resources") + 1] == "GPU=1"
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+    sbatch = (DEPLOY / "hpc" / "fit-gpu.sbatch").read_text()
+    assert "#SBATCH --gpus-per-task=1" in sbatch and '--resources "GPU=1"' in sbatch
+    assert "--device auto" in sbatch and "--resume" in sbatch
+    assert "TORCH_EXTRA" in (DEPLOY / "docker" / "Dockerfile").read_text()
+
+
 def test_shell_scripts_parse() -> None:
     scripts = [*DEPLOY.rglob("*.sh"), *DEPLOY.rglob("*.sbatch")]
     assert len(scripts) >= 4

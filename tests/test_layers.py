@@ -30,24 +30,6 @@ import scalenmf
 ROOT = Path(scalenmf.__file__).parent
 REPO = ROOT.parent
 
-#: An import cycle known today, owned by the I/O work: ``io.source.as_source`` opens paths
-#: through ``io.readers``, whose format registry imports the sources back. Listed so the
-#: test fails on any *other* cycle; when it is broken the test says to remove this entry.
-KNOWN_CYCLES = (
-    frozenset(
-        {
-            "scalenmf.io.formats",
-            "scalenmf.io.formats._stage",
-            "scalenmf.io.formats.delimited",
-            "scalenmf.io.formats.h5ad",
-            "scalenmf.io.formats.mtx",
-            "scalenmf.io.readers",
-            "scalenmf.io.source",
-            "scalenmf.io.zarr_store",
-        }
-    ),
-)
-
 #: Layer -> the scalenmf packages / modules it must never import.
 FORBIDDEN = {
     "scalenmf.engine": (
@@ -238,15 +220,10 @@ def test_the_import_parser_sees_function_level_and_relative_imports(tmp_path):
 
 
 def test_no_import_cycle_inside_scalenmf():
-    cycles = set(_cycles(_graph()))
     graph = _graph()
-    new = [sorted(c) for c in cycles if not any(c <= known for known in KNOWN_CYCLES)]
-    detail = {m: sorted(graph[m] & set(c)) for c in map(set, new) for m in c}
-    assert new == [], f"import cycles: {json.dumps(detail, indent=1)}"
-    for known in KNOWN_CYCLES:
-        assert any(c & known for c in cycles), (
-            f"the known cycle {sorted(known)} is gone: remove it from KNOWN_CYCLES"
-        )
+    cycles = [set(c) for c in _cycles(graph)]
+    detail = {m: sorted(graph[m] & c) for c in cycles for m in sorted(c)}
+    assert cycles == [], f"import cycles: {json.dumps(detail, indent=1)}"
 
 
 def test_kernels_import_nothing_of_ours():

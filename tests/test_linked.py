@@ -13,7 +13,7 @@ from scipy.optimize import linear_sum_assignment
 
 import scalenmf
 from scalenmf.io.combine import ChainedSource
-from scalenmf.io.source import as_source
+from scalenmf.io.matrix import as_source
 from scalenmf.signatures import cosine_matrix
 
 M = 40

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from scipy.optimize import linear_sum_assignment, nnls
 
 import scalenmf
-from scalenmf.io.source import as_source
+from scalenmf.io.matrix import as_source
 from scalenmf.models.transfer import resample_block
 from scalenmf.signatures import cosine_matrix, cosmic_reference
 

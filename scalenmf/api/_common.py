@@ -1,16 +1,29 @@
-"""The setup every public function shares: parameter checks, working dtype, the cluster
-options and the executor they open, the progress bar.
+"""What every public function shares: its setup and the collection of its result.
 
-``nmf``, ``lnmf``, ``inmf``, ``project``, ``rank_survey`` and ``consensus`` check their
-parameters, choose the solver, fix the working precision, take the same cluster options
-(``scheduler``, ``workers``, ``memory_limit``, ``threads``, ``scheduler_file``,
-``security``, ``connect_timeout``) and show a progress bar in the same way; it is written
-once here.
+``nmf``, ``lnmf`` / ``jnmf`` / ``inmf``, ``project``, ``rank_survey`` and ``consensus``
+each do the same around their own logic, written once here:
+
+- **setup**: check the parameters and choose the solver (``checked_params``), open the
+  input and check the ranks against it (``open_input``), fix the working precision
+  (``work_dtype``), build the block-step configuration (``model_config``), take the same
+  cluster options (``scheduler``, ``workers``, ``memory_limit``, ``threads``,
+  ``scheduler_file``, ``security``, ``connect_timeout``: ``cluster_options``) and open
+  and close the executor they name (``ClusterOptions.executor``);
+- **the run**: iterate under a progress bar (``iterate``, ``progress_shown``);
+- **collection**: pick the best run and gather what every result records about it
+  (``best_run``, ``fit_summary``, ``run_rows``, ``fit_timings``, ``run_info``,
+  ``result_params``).
+
+Importing this module loads no model and no executor (the planner and the estimator
+import it for ``check_rank``): those are imported by the functions that use them.
 """
 
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +33,11 @@ from scalenmf.io.errors import InputError
 from scalenmf.validation import NMF_RULES, check_params, parse_memory
 
 if TYPE_CHECKING:
+    from scalenmf.engine.checkpoint import Checkpointer
     from scalenmf.engine.executor import Executor
+    from scalenmf.engine.loop import IterationInfo, LoopSnapshot, LoopTrace
     from scalenmf.io.source import MatrixSource
+    from scalenmf.models.step import NMFConfig
 
 #: Inner coordinate sweeps per HALS half-step: a few cheap sweeps on the k×n_j block
 #: (no new look at X) cut the number of passes over X (accelerated HALS, Gillis & Glineur).
@@ -37,6 +53,17 @@ def progress_bar(progress: Any, total: int, desc: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="it", leave=False, file=sys.stderr)
+
+
+@contextmanager
+def progress_shown(progress: Any, total: int, desc: str) -> Iterator[Any]:
+    """``progress_bar`` for the length of a ``with`` block, closed however it ends."""
+    bar = progress_bar(progress, total, desc)
+    try:
+        yield bar
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def resolve_solver(solver: str | None, loss: str) -> str:
@@ -59,6 +86,34 @@ def check_rank(k: int, shape: tuple[int, int]) -> None:
         raise ValueError(
             f"k must be between 1 and min(m, n) = {min(m, n)} for X of shape {m}×{n}; got {k}"
         )
+
+
+def open_input(
+    X: Any, *, block_cols: Any = None, ranks: Iterable[int] = (), layer: str | None = None
+) -> MatrixSource:
+    """X as a source, every rank of ``ranks`` checked against its shape.
+
+    Parameters
+    ----------
+    X : path, ndarray, scipy.sparse matrix, dask array, MatrixSource or AnnData, shape (m, n)
+        An ``anndata.AnnData`` (cells × genes) is read transposed (``layer``: one of its
+        layers instead of ``X.X``).
+    block_cols : int, list of int or list of (int, int), optional
+        Re-block the source.
+    ranks : iterable of int
+        Each must be in ``1 … min(m, n)``.
+    """
+    from scalenmf.io.anndata import anndata_source, is_anndata
+    from scalenmf.io.matrix import as_source
+
+    if layer is not None or is_anndata(X):
+        if not is_anndata(X):
+            raise ValueError("layer= names a layer of an AnnData object; X is not one")
+        X = anndata_source(X, layer)
+    source = as_source(X, block_cols=block_cols)
+    for k in ranks:
+        check_rank(k, source.shape)
+    return source
 
 
 def checked_params(rules: dict[str, Any], solver: str | None, **params: Any) -> dict[str, Any]:
@@ -123,9 +178,36 @@ def byte_count(value: int | str | None, name: str) -> int | None:
     return out
 
 
+def kernel_backend(
+    backend: str | None, device: str | None, gpu_memory_limit: int | str | None = None
+) -> dict[str, Any]:
+    """The ``NMFConfig`` fields of where the block kernels run (checked)."""
+    name, dev = backend_options(backend, device)
+    limit = byte_count(gpu_memory_limit, "gpu_memory_limit")
+    return {"backend": name, "device": dev, "gpu_memory_limit": limit}
+
+
 def gpu_dtype(dtype: Any, device: str) -> Any:
     """float32 on a GPU unless a dtype is given (the objective stays float64 in any case)."""
     return "float32" if dtype is None and device.startswith("cuda") else dtype
+
+
+def model_config(p: dict[str, Any], **fields_: Any) -> NMFConfig:
+    """The block-step configuration of the checked parameters ``p`` (solver, loss,
+    penalties, NNLS), with ``fields_`` (k, masks, cross-validation) on top."""
+    from scalenmf.models.step import NMFConfig
+
+    base: dict[str, Any] = {
+        "solver": p["solver"],
+        "loss": p["loss"],
+        "l1_w": p.get("l1_w", 0.0),
+        "l1_h": p.get("l1_h", 0.0),
+        "l2_w": p.get("l2_w", 0.0),
+        "l2_h": p.get("l2_h", 0.0),
+        "nnls": p.get("nnls", "bpp"),
+        "inner_sweeps": HALS_SWEEPS if p["solver"] == "hals" else 50,
+    }
+    return NMFConfig(**{**base, **fields_})
 
 
 @dataclass(frozen=True)
@@ -170,9 +252,17 @@ class ClusterOptions:
 
         return make_executor(source, **self.executor_args())
 
+    @contextmanager
+    def executor(self, source: MatrixSource) -> Iterator[Executor]:
+        """``open(source)`` for the length of a ``with`` block; closed however it ends."""
+        executor = self.open(source)
+        try:
+            yield executor
+        finally:
+            executor.close()
+
 
 def cluster_options(
-    *,
     scheduler: Any = None,
     workers: int | None = None,
     memory_limit: int | str | None = None,
@@ -181,7 +271,10 @@ def cluster_options(
     security: Any = None,
     connect_timeout: str | float | None = None,
 ) -> ClusterOptions:
-    """Check the cluster options (``workers ≥ 1``, a readable ``memory_limit``)."""
+    """Check the cluster options (``workers ≥ 1``, a readable ``memory_limit``).
+
+    Every public function passes its seven cluster arguments here, in this order.
+    """
     return ClusterOptions(
         scheduler=scheduler,
         workers=NMF_RULES["workers"].check("workers", workers),
@@ -191,3 +284,109 @@ def cluster_options(
         security=security,
         connect_timeout=connect_timeout,
     )
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+def iterate(
+    model: Any,
+    executor: Executor,
+    *,
+    max_iter: int,
+    tol: float,
+    desc: str,
+    progress: Any = None,
+    callback: Callable[[IterationInfo], Any] | None = None,
+    checkpoint: Checkpointer | None = None,
+    resume: LoopSnapshot | None = None,
+) -> LoopTrace:
+    """``run_alternating`` under a progress bar named ``desc``."""
+    from scalenmf.engine.loop import run_alternating
+
+    with progress_shown(progress, max_iter, desc) as bar:
+        return run_alternating(
+            model,
+            executor,
+            max_iter=max_iter,
+            tol=tol,
+            callback=callback,
+            progress=bar,
+            checkpoint=checkpoint,
+            resume=resume,
+        )
+
+
+# -- collecting the result ----------------------------------------------------------------
+# ``trace`` below is anything with per-fit ``objectives``, ``relative_errors``, ``n_iter``
+# and ``converged`` lists: the ``LoopTrace`` of one model's runs or the outcome of many fits.
+
+
+def best_run(trace: Any) -> int:
+    """The run with the lowest final objective (NaN runs never win)."""
+    import numpy as np
+
+    return int(np.nanargmin([hist[-1] for hist in trace.objectives]))
+
+
+def fit_summary(trace: Any, r: int) -> dict[str, Any]:
+    """What every result records of its kept run ``r``: ``loss_history``,
+    ``relative_error``, ``n_iter``, ``converged``."""
+    return {
+        "loss_history": [float(v) for v in trace.objectives[r]],
+        "relative_error": float(trace.relative_errors[r][-1]),
+        "n_iter": int(trace.n_iter[r]),
+        "converged": bool(trace.converged[r]),
+    }
+
+
+def run_rows(trace: Any, runs: Sequence[int] | None = None, *, history: bool = False) -> list[dict]:
+    """One summary per run (``run``, ``objective``, ``relative_error``, ``n_iter``,
+    ``converged``; ``loss_history`` too with ``history``)."""
+    rows = []
+    for r in range(len(trace.objectives)) if runs is None else runs:
+        row: dict[str, Any] = {
+            "run": r,
+            "objective": float(trace.objectives[r][-1]),
+            "relative_error": float(trace.relative_errors[r][-1]),
+            "n_iter": int(trace.n_iter[r]),
+            "converged": bool(trace.converged[r]),
+        }
+        if history:
+            row["loss_history"] = [float(v) for v in trace.objectives[r]]
+        rows.append(row)
+    return rows
+
+
+def fit_timings(
+    t0: float, t_init: float, trace: LoopTrace, r: int, *, errors: bool = True
+) -> dict[str, Any]:
+    """``total_s`` (since ``t0``, a ``perf_counter``), ``init_s``, ``loop_s``,
+    ``iter_times`` and, with ``errors``, the kept run's ``relative_errors`` per iteration."""
+    out: dict[str, Any] = {
+        "total_s": time.perf_counter() - t0,
+        "init_s": t_init,
+        "loop_s": trace.total_s,
+        "iter_times": trace.iter_times,
+    }
+    if errors:
+        out["relative_errors"] = [float(v) for v in trace.relative_errors[r]]
+    return out
+
+
+def run_info(source: MatrixSource, executor: Executor, **extra: Any) -> dict[str, Any]:
+    """``extra``, then the blocking, the input's description and the executor's."""
+    widths = [b - a for a, b in source.block_bounds]
+    return {
+        **extra,
+        "block_cols": max(widths) if widths else 0,
+        "n_blocks": source.n_blocks,
+        "input": source.describe(),
+        **executor.describe(),
+    }
+
+
+def result_params(p: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The parameters a result records: ``p`` with ``extra``, less the memory budget (a
+    property of the machine, not of the fit)."""
+    return {**p, "memory_limit": None, **extra}

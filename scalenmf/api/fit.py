@@ -12,23 +12,27 @@ from typing import Any
 import numpy as np
 
 from scalenmf.api._common import (
-    HALS_SWEEPS,
-    backend_options,
-    byte_count,
-    check_rank,
+    best_run,
     checked_params,
     cluster_options,
+    fit_summary,
+    fit_timings,
     gpu_dtype,
-    progress_bar,
+    iterate,
+    kernel_backend,
+    model_config,
+    open_input,
+    result_params,
+    run_info,
+    run_rows,
     work_dtype,
 )
 from scalenmf.engine.checkpoint import Checkpointer
 from scalenmf.engine.checksum import input_checksum
 from scalenmf.engine.executor import Executor
-from scalenmf.engine.loop import IterationInfo, run_alternating
-from scalenmf.io.anndata import anndata_source, is_anndata
+from scalenmf.engine.loop import IterationInfo
 from scalenmf.io.errors import InputError
-from scalenmf.io.source import MatrixSource, as_source
+from scalenmf.io.source import MatrixSource
 from scalenmf.models.fits import collect
 from scalenmf.models.init import initialize
 from scalenmf.models.nmf import NMFConfig, NMFModel
@@ -190,22 +194,11 @@ def nmf(
         workers=workers,
     )
     cluster = cluster_options(
-        scheduler=scheduler,
-        workers=workers,
-        memory_limit=memory_limit,
-        threads=threads,
-        scheduler_file=scheduler_file,
-        security=security,
-        connect_timeout=connect_timeout,
+        scheduler, workers, memory_limit, threads, scheduler_file, security, connect_timeout
     )
-    if layer is not None or is_anndata(X):
-        if not is_anndata(X):
-            raise ValueError("layer= names a layer of an AnnData object; X is not one")
-        X = anndata_source(X, layer)
-    backend_, device_ = backend_options(backend, device)
-    source = as_source(X, block_cols=block_cols)
-    check_rank(p["k"], source.shape)
-    dtype_ = work_dtype(gpu_dtype(dtype, device_), source)
+    where = kernel_backend(backend, device, gpu_memory_limit)
+    source = open_input(X, block_cols=block_cols, ranks=[p["k"]], layer=layer)
+    dtype_ = work_dtype(gpu_dtype(dtype, where["device"]), source)
     if mask is not None:
         from scalenmf.io.masked import fit_source
 
@@ -215,27 +208,12 @@ def nmf(
                 "run without --mask, or without --resume / --checkpoint-every"
             )
         source = fit_source(source, mask)
-    config = NMFConfig(
-        k=p["k"],
-        solver=p["solver"],
-        loss=p["loss"],
-        l1_w=p["l1_w"],
-        l1_h=p["l1_h"],
-        l2_w=p["l2_w"],
-        l2_h=p["l2_h"],
-        nnls=p["nnls"],
-        inner_sweeps=HALS_SWEEPS if p["solver"] == "hals" else 50,
-        masked_data=mask is not None,
-        backend=backend_,
-        device=device_,
-        gpu_memory_limit=byte_count(gpu_memory_limit, "gpu_memory_limit"),
-    )
+    config = model_config(p, k=p["k"], masked_data=mask is not None, **where)
     if (
         checkpoint_every is not None or checkpoint_seconds is not None or resume
     ) and not checkpoint:
         raise ValueError("checkpoint_every, checkpoint_seconds and resume need checkpoint=PATH")
-    executor = cluster.open(source)
-    try:
+    with cluster.executor(source) as executor:
         started = time.time()
         checksum = input_checksum(executor) if mask is None else "masked"
         ckpt = None
@@ -262,8 +240,6 @@ def nmf(
             result.info["n_missing"] = int(model_missing(executor))
         result.manifest = run_manifest(source, p, checksum, result, started)
         return result
-    finally:
-        executor.close()
 
 
 def model_missing(executor: Executor) -> float:
@@ -373,66 +349,33 @@ def fit_on_executor(
             raise InputError("X is all zeros; there is nothing to factorize")
         model = NMFModel(config, start.Ws, start.h_start, start.xx)
     t_init = time.perf_counter() - t0
-    bar = progress_bar(progress, p["max_iter"], f"nmf k={config.k}")
-    try:
-        trace = run_alternating(
-            model,
-            executor,
-            max_iter=p["max_iter"],
-            tol=p["tol"],
-            callback=callback,
-            progress=bar,
-            checkpoint=checkpoint,
-            resume=snapshot,
-        )
-    finally:
-        if bar is not None:
-            bar.close()
-    finals = [hist[-1] for hist in trace.objectives]
-    best = int(np.nanargmin(finals))
+    trace = iterate(
+        model,
+        executor,
+        max_iter=p["max_iter"],
+        tol=p["tol"],
+        desc=f"nmf k={config.k}",
+        progress=progress,
+        callback=callback,
+        checkpoint=checkpoint,
+        resume=snapshot,
+    )
+    best = best_run(trace)
     H_kept, _ = collect(executor, model, [best], labels=False)
-    H = H_kept[best].astype(dtype, copy=False)
-    params = dict(p)
-    params["memory_limit"] = None
-    params["backend"], params["device"] = config.backend, config.device
-    runs = [
-        {
-            "run": r,
-            "objective": float(trace.objectives[r][-1]),
-            "relative_error": float(trace.relative_errors[r][-1]),
-            "n_iter": int(trace.n_iter[r]),
-            "converged": bool(trace.converged[r]),
-            "loss_history": [float(v) for v in trace.objectives[r]],
-        }
-        for r in range(model.n_runs)
-    ]
-    total = time.perf_counter() - t0
-    widths = [b - a for a, b in source.block_bounds]
     return NMFResult(
         W=model.Ws[best],
-        H=H,
-        loss_history=[float(v) for v in trace.objectives[best]],
-        relative_error=float(trace.relative_errors[best][-1]),
-        n_iter=int(trace.n_iter[best]),
-        converged=bool(trace.converged[best]),
-        params=params,
+        H=H_kept[best].astype(dtype, copy=False),
+        **fit_summary(trace, best),
+        params=result_params(p, backend=config.backend, device=config.device),
         row_labels=source.row_labels,
         col_labels=source.col_labels,
-        runs=runs,
-        timings={
-            "total_s": total,
-            "init_s": t_init,
-            "loop_s": trace.total_s,
-            "iter_times": trace.iter_times,
-            "relative_errors": [float(v) for v in trace.relative_errors[best]],
-        },
-        info={
-            "best_run": best,
-            "block_cols": max(widths) if widths else 0,
-            "n_blocks": source.n_blocks,
-            "input": source.describe(),
-            "resumed_from_iteration": snapshot.iteration if snapshot is not None else None,
-            "checkpoints": list(checkpoint.saved) if checkpoint is not None else [],
-            **executor.describe(),
-        },
+        runs=run_rows(trace, range(model.n_runs), history=True),
+        timings=fit_timings(t0, t_init, trace, best),
+        info=run_info(
+            source,
+            executor,
+            best_run=best,
+            resumed_from_iteration=snapshot.iteration if snapshot is not None else None,
+            checkpoints=list(checkpoint.saved) if checkpoint is not None else [],
+        ),
     )

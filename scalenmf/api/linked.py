@@ -14,18 +14,26 @@ from typing import Any
 import numpy as np
 
 from scalenmf.api._common import (
-    HALS_SWEEPS,
+    best_run,
     check_rank,
     checked_params,
     cluster_options,
-    progress_bar,
+    fit_summary,
+    fit_timings,
+    gpu_dtype,
+    iterate,
+    kernel_backend,
+    model_config,
+    result_params,
+    run_info,
+    run_rows,
     work_dtype,
 )
 from scalenmf.engine.executor import Executor
-from scalenmf.engine.loop import IterationInfo, LoopTrace, run_alternating
+from scalenmf.engine.loop import IterationInfo, run_alternating
 from scalenmf.io.combine import ChainedSource
 from scalenmf.io.errors import InputError
-from scalenmf.io.source import as_source
+from scalenmf.io.matrix import as_source
 from scalenmf.models.init import random_w
 from scalenmf.models.linked import INMFModel, LinkedLayout, LinkedModel
 from scalenmf.models.step import NMFConfig, dataset_totals, fit_stats_step, initial_states
@@ -99,24 +107,6 @@ def dataset_stats(executor: Executor, source: ChainedSource, n_runs: int) -> dic
     return stats
 
 
-def _iterate(
-    model: Any,
-    executor: Executor,
-    p: dict[str, Any],
-    desc: str,
-    progress: Any,
-    callback: Callable[[IterationInfo], Any] | None,
-) -> LoopTrace:
-    bar = progress_bar(progress, p["max_iter"], desc)
-    try:
-        return run_alternating(
-            model, executor, max_iter=p["max_iter"], tol=p["tol"], callback=callback, progress=bar
-        )
-    finally:
-        if bar is not None:
-            bar.close()
-
-
 def _gather_h(
     executor: Executor, source: ChainedSource, model: LinkedModel, run: int
 ) -> list[np.ndarray]:
@@ -125,19 +115,6 @@ def _gather_h(
     for state in executor.states():
         per[state.dataset].append(model.block_h(state, run))
     return [np.hstack(hs) for hs in per]
-
-
-def _run_summaries(trace: LoopTrace, n_runs: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "run": r,
-            "objective": float(trace.objectives[r][-1]),
-            "relative_error": float(trace.relative_errors[r][-1]),
-            "n_iter": int(trace.n_iter[r]),
-            "converged": bool(trace.converged[r]),
-        }
-        for r in range(n_runs)
-    ]
 
 
 def _dataset_infos(source: ChainedSource, errors: np.ndarray) -> list[DatasetInfo]:
@@ -158,31 +135,6 @@ def _k_unique(k_unique: Any, n_datasets: int, name: str = "k_unique") -> tuple[i
     if len(values) != n_datasets:
         raise ValueError(f"{name} has {len(values)} entries for {n_datasets} datasets")
     return tuple(int(RANK.check(f"{name}[{d}]", v)) for d, v in enumerate(values))
-
-
-def _config(p: dict[str, Any], k: int) -> NMFConfig:
-    return NMFConfig(
-        k=k,
-        solver=p["solver"],
-        loss=p["loss"],
-        l1_w=p.get("l1_w", 0.0),
-        l1_h=p.get("l1_h", 0.0),
-        l2_w=p.get("l2_w", 0.0),
-        l2_h=p.get("l2_h", 0.0),
-        nnls=p["nnls"],
-        inner_sweeps=HALS_SWEEPS if p["solver"] == "hals" else 50,
-    )
-
-
-def _info(source: ChainedSource, executor: Executor, best: int) -> dict[str, Any]:
-    widths = [b - a for a, b in source.block_bounds]
-    return {
-        "best_run": best,
-        "block_cols": max(widths) if widths else 0,
-        "n_blocks": source.n_blocks,
-        "input": source.describe(),
-        **executor.describe(),
-    }
 
 
 # -- linked NMF -------------------------------------------------------------------------
@@ -218,6 +170,9 @@ def lnmf(
     scheduler_file: str | None = None,
     security: Any = None,
     connect_timeout: str | float | None = None,
+    backend: str | None = None,
+    device: str | None = None,
+    gpu_memory_limit: int | str | None = None,
 ) -> LinkedNMFResult:
     """Linked NMF: ``A_d ≈ W H_d + U_d V_d`` for datasets sharing their features.
 
@@ -249,7 +204,7 @@ def lnmf(
         Iterations of the jNMF start.
     solver, loss, l1_w, l1_h, l2_w, l2_h, max_iter, tol, n_runs, scheduler, workers,
     memory_limit, progress, nnls, dtype, threads, callback, scheduler_file, security,
-    connect_timeout
+    connect_timeout, backend, device, gpu_memory_limit
         As in ``scalenmf.nmf``.
     seed : int or None
         Seeds the random start of W and every U_d.
@@ -291,25 +246,17 @@ def lnmf(
     p["init_iter"] = int(NMF_RULES["max_iter"].check("init_iter", init_iter))
     p["k_shared"] = int(RANK.check("k_shared", k_shared))
     cluster = cluster_options(
-        scheduler=scheduler,
-        workers=workers,
-        memory_limit=memory_limit,
-        threads=threads,
-        scheduler_file=scheduler_file,
-        security=security,
-        connect_timeout=connect_timeout,
+        scheduler, workers, memory_limit, threads, scheduler_file, security, connect_timeout
     )
     source = chain_datasets(datasets, names, block_cols=block_cols)
     p["k_unique"] = list(_k_unique(k_unique, source.n_datasets))
     layout = LinkedLayout(p["k_shared"], tuple(p["k_unique"]))
     _check_ranks(source, layout)
-    dtype_ = work_dtype(dtype, source)
-    config = _config(p, layout.total)
-    executor = cluster.open(source)
-    try:
+    where = kernel_backend(backend, device, gpu_memory_limit)
+    dtype_ = work_dtype(gpu_dtype(dtype, where["device"]), source)
+    config = model_config(p, k=layout.total, **where)
+    with cluster.executor(source) as executor:
         return _fit_linked(source, executor, config, layout, p, dtype_, progress, callback)
-    finally:
-        executor.close()
 
 
 def _check_ranks(source: ChainedSource, layout: LinkedLayout) -> None:
@@ -350,38 +297,35 @@ def _fit_linked(
     model = LinkedModel(config, layout, Ws, [start] * R, stats["xx"])
     t_init = time.perf_counter() - t0
     ks = "+".join(map(str, layout.k_unique))
-    trace = _iterate(model, executor, p, f"lnmf k={layout.k_shared}+({ks})", progress, callback)
-    finals = [hist[-1] for hist in trace.objectives]
-    best = int(np.nanargmin(finals))
+    trace = iterate(
+        model,
+        executor,
+        max_iter=p["max_iter"],
+        tol=p["tol"],
+        desc=f"lnmf k={layout.k_shared}+({ks})",
+        progress=progress,
+        callback=callback,
+    )
+    best = best_run(trace)
     compact = _gather_h(executor, source, model, best)
     W_full = model.Ws[best]
     ks_ = layout.k_shared
     H = [Hd[:ks_].astype(dtype, copy=False) for Hd in compact]
     V = [Hd[ks_:].astype(dtype, copy=False) for Hd in compact]
     U = [np.ascontiguousarray(W_full[:, layout.unique_slice(d)]) for d in range(source.n_datasets)]
-    params = {**p, "memory_limit": None, "names": source.names}
     return LinkedNMFResult(
         W=np.ascontiguousarray(W_full[:, :ks_]),
         H=H,
         U=U,
         V=V,
         datasets=_dataset_infos(source, model.dataset_errors[best]),
-        loss_history=[float(v) for v in trace.objectives[best]],
-        relative_error=float(trace.relative_errors[best][-1]),
-        n_iter=int(trace.n_iter[best]),
-        converged=bool(trace.converged[best]),
-        params=params,
+        **fit_summary(trace, best),
+        params=result_params(p, names=source.names),
         row_labels=source.row_labels,
         col_labels=_col_labels(source),
-        runs=_run_summaries(trace, R),
-        timings={
-            "total_s": time.perf_counter() - t0,
-            "init_s": t_init,
-            "loop_s": trace.total_s,
-            "iter_times": trace.iter_times,
-            "relative_errors": [float(v) for v in trace.relative_errors[best]],
-        },
-        info=_info(source, executor, best),
+        runs=run_rows(trace, range(R)),
+        timings=fit_timings(t0, t_init, trace, best),
+        info=run_info(source, executor, best_run=best),
     )
 
 
@@ -459,6 +403,9 @@ def inmf(
     scheduler_file: str | None = None,
     security: Any = None,
     connect_timeout: str | float | None = None,
+    backend: str | None = None,
+    device: str | None = None,
+    gpu_memory_limit: int | str | None = None,
 ) -> INMFResult:
     """Integrative NMF (LIGER): ``X_d ≈ (W + V_d) H_d`` with a penalty on ``V_d H_d``.
 
@@ -478,7 +425,8 @@ def inmf(
     solver : {"als", "hals"}, optional
         Default ``"als"`` (exact NNLS every step).
     names, max_iter, tol, seed, n_runs, scheduler, workers, memory_limit, progress,
-    block_cols, nnls, dtype, threads, callback, scheduler_file, security, connect_timeout
+    block_cols, nnls, dtype, threads, callback, scheduler_file, security, connect_timeout,
+    backend, device, gpu_memory_limit
         As in ``lnmf``.
 
     Returns
@@ -502,20 +450,14 @@ def inmf(
     p["k"] = int(Number(1, math.inf, integer=True).check("k", k))
     p["lam"] = float(Number(0.0).check("lam", lam))
     cluster = cluster_options(
-        scheduler=scheduler,
-        workers=workers,
-        memory_limit=memory_limit,
-        threads=threads,
-        scheduler_file=scheduler_file,
-        security=security,
-        connect_timeout=connect_timeout,
+        scheduler, workers, memory_limit, threads, scheduler_file, security, connect_timeout
     )
     source = chain_datasets(datasets, names, block_cols=block_cols, what="iNMF")
     _check_ranks(source, LinkedLayout(p["k"], (0,) * source.n_datasets))
-    dtype_ = work_dtype(dtype, source)
-    config = _config(p, p["k"])
-    executor = cluster.open(source)
-    try:
+    where = kernel_backend(backend, device, gpu_memory_limit)
+    dtype_ = work_dtype(gpu_dtype(dtype, where["device"]), source)
+    config = model_config(p, k=p["k"], **where)
+    with cluster.executor(source) as executor:
         t0 = time.perf_counter()
         R = p["n_runs"]
         stats = dataset_stats(executor, source, R)
@@ -525,13 +467,19 @@ def inmf(
         Ws, Vs = [], []
         for rng in rngs:
             Ws.append(random_w(m, p["k"], mean, rng, dtype_))
-            Vs.append(
-                [random_w(m, p["k"], mean, rng, dtype_) for _ in range(source.n_datasets)]
-            )
+            Vs.append([random_w(m, p["k"], mean, rng, dtype_) for _ in range(source.n_datasets)])
         model = INMFModel(config, p["lam"], Ws, Vs, stats["xx"])
         t_init = time.perf_counter() - t0
-        trace = _iterate(model, executor, p, f"inmf k={p['k']}", progress, callback)
-        best = int(np.nanargmin([hist[-1] for hist in trace.objectives]))
+        trace = iterate(
+            model,
+            executor,
+            max_iter=p["max_iter"],
+            tol=p["tol"],
+            desc=f"inmf k={p['k']}",
+            progress=progress,
+            callback=callback,
+        )
+        best = best_run(trace)
         H = [Hd.astype(dtype_, copy=False) for Hd in _gather_h(executor, source, model, best)]
         return INMFResult(
             W=model.Ws[best],
@@ -539,24 +487,14 @@ def inmf(
             H=H,
             lam=p["lam"],
             datasets=_dataset_infos(source, model.dataset_errors[best]),
-            loss_history=[float(v) for v in trace.objectives[best]],
-            relative_error=float(trace.relative_errors[best][-1]),
-            n_iter=int(trace.n_iter[best]),
-            converged=bool(trace.converged[best]),
-            params={**p, "memory_limit": None, "names": source.names},
+            **fit_summary(trace, best),
+            params=result_params(p, names=source.names),
             row_labels=source.row_labels,
             col_labels=_col_labels(source),
-            runs=_run_summaries(trace, R),
-            timings={
-                "total_s": time.perf_counter() - t0,
-                "init_s": t_init,
-                "loop_s": trace.total_s,
-                "iter_times": trace.iter_times,
-            },
-            info=_info(source, executor, best),
+            runs=run_rows(trace, range(R)),
+            timings=fit_timings(t0, t_init, trace, best, errors=False),
+            info=run_info(source, executor, best_run=best),
         )
-    finally:
-        executor.close()
 
 
 # -- the rank heuristic -----------------------------------------------------------------

@@ -12,21 +12,27 @@ from typing import Any
 import numpy as np
 
 from scalenmf.api._common import (
-    HALS_SWEEPS,
+    best_run,
     check_rank,
     checked_params,
     cluster_options,
-    progress_bar,
+    gpu_dtype,
+    iterate,
+    kernel_backend,
+    model_config,
+    open_input,
+    result_params,
+    run_info,
     work_dtype,
 )
 from scalenmf.engine.executor import Executor
-from scalenmf.engine.loop import IterationInfo, run_alternating
+from scalenmf.engine.loop import IterationInfo
 from scalenmf.io.combine import RowOrderedSource, row_order
 from scalenmf.io.errors import InputError
-from scalenmf.io.source import MatrixSource, as_source, as_str_array
+from scalenmf.io.source import MatrixSource, as_str_array
 from scalenmf.models.init import random_w
 from scalenmf.models.linked import LinkedLayout, LinkedModel
-from scalenmf.models.step import NMFConfig, dataset_totals, fit_stats_step, initial_states
+from scalenmf.models.step import dataset_totals, fit_stats_step, initial_states
 from scalenmf.models.transfer import ProjectedBlock, ProjectionPlan, project_step
 from scalenmf.results.linked import ProjectionResult
 from scalenmf.validation import NMF_RULES, Number, OneOf
@@ -169,6 +175,9 @@ def project(
     scheduler_file: str | None = None,
     security: Any = None,
     connect_timeout: str | float | None = None,
+    backend: str | None = None,
+    device: str | None = None,
+    gpu_memory_limit: int | str | None = None,
 ) -> ProjectionResult:
     """Coefficients H of new samples for a fixed basis W, with per-sample quality control.
 
@@ -198,8 +207,7 @@ def project(
     nnls : {"bpp", "cd"}
         The exact NNLS for ``als``: block principal pivoting (default; exact, vectorised
         over the samples) or coordinate descent to ``tol``. The alternating iterations of
-        transfer learning use coordinate descent, as ``lnmf`` does; its final projection
-        uses this.
+        transfer learning use block principal pivoting; its final projection uses this.
     k_new : int, default 0
         New factors to learn alongside W (transfer learning).
     row_labels : sequence of str, optional
@@ -230,7 +238,7 @@ def project(
     n_runs : int
         Restarts of transfer learning.
     scheduler, workers, memory_limit, block_cols, dtype, threads, progress, callback,
-    scheduler_file, security, connect_timeout
+    scheduler_file, security, connect_timeout, backend, device, gpu_memory_limit
         As in ``scalenmf.nmf``.
 
     Returns
@@ -281,29 +289,22 @@ def project(
     p["transfer_tol"] = float(NMF_RULES["tol"].check("transfer_tol", transfer_tol))
     p["seed"] = 0 if p["seed"] is None else p["seed"]
     cluster = cluster_options(
-        scheduler=scheduler,
-        workers=workers,
-        memory_limit=memory_limit,
-        threads=threads,
-        scheduler_file=scheduler_file,
-        security=security,
-        connect_timeout=connect_timeout,
+        scheduler, workers, memory_limit, threads, scheduler_file, security, connect_timeout
     )
     source = align_to_basis(
-        as_source(X_new, block_cols=block_cols), W_labels, basis.shape[0], drop_extra_features
+        open_input(X_new, block_cols=block_cols), W_labels, basis.shape[0], drop_extra_features
     )
     check_rank(1, source.shape)
     if p["k_new"]:
         check_rank(basis.shape[1] + p["k_new"], source.shape)
-    dtype_ = work_dtype(dtype, source)
+    where = kernel_backend(backend, device, gpu_memory_limit)
+    p.update(backend=where["backend"], device=where["device"])
+    dtype_ = work_dtype(gpu_dtype(dtype, where["device"]), source)
     basis = np.ascontiguousarray(basis, dtype=dtype_)
-    executor = cluster.open(source)
-    try:
+    with cluster.executor(source) as executor:
         return _project_on(
             executor, source, basis, p, dtype_, W_labels, factor_labels, progress, callback, t0
         )
-    finally:
-        executor.close()
 
 
 def _project_on(
@@ -333,6 +334,8 @@ def _project_on(
         resample=p["resample"],
         ci=p["ci"],
         seed=p["seed"],
+        backend=p["backend"],
+        device=p["device"],
     )
     history: list[float] = []
     n_iter, converged = 1, True
@@ -378,8 +381,6 @@ def _project_on(
         V = np.ascontiguousarray(H_full[k:])
         if lower is not None and upper is not None:
             lower, upper = lower[:k], upper[:k]
-    widths = [b - a for a, b in source.block_bounds]
-    params = {**p, "memory_limit": None}
     return ProjectionResult(
         H=np.ascontiguousarray(H_full[:k]),
         W=basis,
@@ -392,7 +393,7 @@ def _project_on(
         explained=explained,
         objective=float(objective),
         overall_relative_error=float(np.sqrt(max(float(totals["sq_err"]), 0.0) / xx)),
-        params=params,
+        params=result_params(p),
         U=U,
         V=V,
         new_share=new_share,
@@ -405,12 +406,7 @@ def _project_on(
         n_iter=n_iter,
         converged=converged,
         timings={"total_s": time.perf_counter() - t0, "project_s": time.perf_counter() - t_loop},
-        info={
-            "block_cols": max(widths) if widths else 0,
-            "n_blocks": source.n_blocks,
-            "input": source.describe(),
-            **executor.describe(),
-        },
+        info=run_info(source, executor),
     )
 
 
@@ -439,14 +435,9 @@ def _transfer(
     """Linked transfer learning: learn U (and H, V) with W held fixed (seed eq. 7)."""
     k, r, R = basis.shape[1], p["k_new"], p["n_runs"]
     layout = LinkedLayout(k, (r,), n_fixed=k)
-    config = NMFConfig(
-        k=k + r,
-        solver=p["solver"],
-        loss=p["loss"],
-        l1_h=p["l1_h"],
-        l2_h=p["l2_h"],
-        inner_sweeps=HALS_SWEEPS if p["solver"] == "hals" else 50,
-    )
+    # Penalties on H only (p has no l1_w / l2_w); the alternating steps use the block step's
+    # default exact NNLS whatever ``nnls`` says: that one is for the final projection.
+    config = model_config({**p, "nnls": "bpp"}, k=k + r, backend=p["backend"], device=p["device"])
     executor.set_states(initial_states([0] * source.n_blocks))
     stats = dataset_totals(executor.map_reduce(fit_stats_step, None), 1)
     if stats["xx"][0] == 0:
@@ -457,20 +448,16 @@ def _transfer(
     Ws = [np.hstack([basis, random_w(m, r, mean, rng, dtype)]) for rng in rngs]
     start = float(np.sqrt(mean / (k + r))) or 1.0
     model = LinkedModel(config, layout, Ws, [start] * R, stats["xx"])
-    bar = progress_bar(progress, p["transfer_max_iter"], f"transfer k={k}+{r}")
-    try:
-        trace = run_alternating(
-            model,
-            executor,
-            max_iter=p["transfer_max_iter"],
-            tol=p["transfer_tol"],
-            callback=callback,
-            progress=bar,
-        )
-    finally:
-        if bar is not None:
-            bar.close()
-    best = int(np.nanargmin([hist[-1] for hist in trace.objectives]))
+    trace = iterate(
+        model,
+        executor,
+        max_iter=p["transfer_max_iter"],
+        tol=p["transfer_tol"],
+        desc=f"transfer k={k}+{r}",
+        progress=progress,
+        callback=callback,
+    )
+    best = best_run(trace)
     return (
         model.Ws[best],
         best,

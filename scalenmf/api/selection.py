@@ -19,16 +19,23 @@ from typing import Any
 import numpy as np
 
 from scalenmf.api._common import (
-    check_rank,
+    ClusterOptions,
     checked_params,
     cluster_options,
-    progress_bar,
+    fit_summary,
+    gpu_dtype,
+    kernel_backend,
+    model_config,
+    open_input,
+    progress_shown,
+    result_params,
+    run_info,
     work_dtype,
 )
 from scalenmf.engine.executor import Executor
 from scalenmf.engine.loop import IterationInfo
 from scalenmf.io.masked import MaskedSource, fit_source
-from scalenmf.io.source import MatrixSource, as_source
+from scalenmf.io.source import MatrixSource
 from scalenmf.models.consensus import factor_consensus
 from scalenmf.models.fits import FitSpec, MultiFitOutcome, run_multifit
 from scalenmf.models.step import NMFConfig, check_supported
@@ -97,6 +104,7 @@ class _Setup:
     config: NMFConfig
     params: dict[str, Any]
     dtype: np.dtype
+    cluster: ClusterOptions
 
 
 def _setup(
@@ -110,52 +118,41 @@ def _setup(
     dtype: Any,
     cv_fraction: float,
     seed: int | None,
+    cluster: ClusterOptions,
+    where: dict[str, Any],
     **rules: Any,
 ) -> _Setup:
+    """The checked parameters, the input (masked where asked) and the multi-fit config."""
     p = checked_params(
         SELECTION_RULES, solver, loss=loss, seed=seed, cv_fraction=cv_fraction, **rules
     )
     check_supported(p["loss"], p["solver"])
-    base = as_source(X, block_cols=block_cols)
-    for k in ks:
-        check_rank(k, base.shape)
+    base = open_input(X, block_cols=block_cols, ranks=ks)
     source = fit_source(base, mask)
-    work = work_dtype(dtype, base)
     seed_int = 0 if p["seed"] is None else int(p["seed"])
-    config = NMFConfig(
-        solver=p["solver"],
-        loss=p["loss"],
-        nnls="bpp",
-        l1_w=p.get("l1_w", 0.0),
-        l1_h=p.get("l1_h", 0.0),
-        l2_w=p.get("l2_w", 0.0),
-        l2_h=p.get("l2_h", 0.0),
+    config = model_config(
+        {**p, "nnls": "bpp"},
         cv_fraction=p["cv_fraction"],
         cv_seed=seed_int,
         null_seed=seed_int + 7919,
         masked_data=mask is not None,
+        **where,
     )
-    return _Setup(source, config, p, work)
+    p.update(backend=config.backend, device=config.device)
+    return _Setup(source, config, p, work_dtype(gpu_dtype(dtype, config.device), base), cluster)
 
 
-def _fit_result(
-    outcome: MultiFitOutcome, f: int, setup: _Setup, source: MatrixSource, info: dict[str, Any]
-) -> NMFResult:
-    spec = outcome.fits[f]
-    params = {**setup.params, "k": spec.k, "memory_limit": None}
-    widths = [b - a for a, b in source.block_bounds]
+def _fit_result(outcome: MultiFitOutcome, f: int, setup: _Setup, info: dict[str, Any]) -> NMFResult:
+    """Fit ``f`` of ``outcome`` as the result of one fit (``info``: ``run_info``'s)."""
     return NMFResult(
         W=outcome.Ws[f],
         H=outcome.H[f],
-        loss_history=[float(v) for v in outcome.objectives[f]],
-        relative_error=float(outcome.relative_errors[f][-1]),
-        n_iter=int(outcome.n_iter[f]),
-        converged=bool(outcome.converged[f]),
-        params=params,
-        row_labels=source.row_labels,
-        col_labels=source.col_labels,
+        **fit_summary(outcome, f),
+        params=result_params(setup.params, k=outcome.fits[f].k),
+        row_labels=setup.source.row_labels,
+        col_labels=setup.source.col_labels,
         timings={"total_s": outcome.total_s},
-        info={**info, "block_cols": max(widths) if widths else 0, "n_blocks": source.n_blocks},
+        info=dict(info),
     )
 
 
@@ -219,6 +216,9 @@ def rank_survey(
     scheduler_file: str | None = None,
     security: Any = None,
     connect_timeout: str | float | None = None,
+    backend: str | None = None,
+    device: str | None = None,
+    gpu_memory_limit: int | str | None = None,
 ) -> RankSurvey:
     """Fit every rank in ``ks`` ``n_runs`` times and measure how well each rank holds up.
 
@@ -258,6 +258,8 @@ def rank_survey(
         Samples used for the consensus matrix of each rank (a random subsample above it).
     scheduler, workers, memory_limit, threads, scheduler_file, security, connect_timeout :
         The cluster options, as in ``scalenmf.nmf``.
+    backend, device, gpu_memory_limit :
+        Where the block kernels run (numpy, or torch on a CPU or GPU), as in ``scalenmf.nmf``.
     block_cols, dtype, progress, callback :
         As in ``scalenmf.nmf``.
 
@@ -295,21 +297,18 @@ def rank_survey(
         n_runs=n_runs,
         cv_reps=cv_reps,
         consensus_samples=consensus_samples,
-    )
-    cluster = cluster_options(
-        scheduler=scheduler,
-        workers=workers,
-        memory_limit=memory_limit,
-        threads=threads,
-        scheduler_file=scheduler_file,
-        security=security,
-        connect_timeout=connect_timeout,
+        cluster=cluster_options(
+            scheduler, workers, memory_limit, threads, scheduler_file, security, connect_timeout
+        ),
+        where=kernel_backend(backend, device, gpu_memory_limit),
     )
     p = setup.params
     fits = survey_fits(k_list, p["n_runs"], p["cv_reps"], bool(null))
-    executor = cluster.open(setup.source)
-    bar = progress_bar(progress, p["max_iter"], f"rank survey ({len(fits)} fits)")
-    try:
+    desc = f"rank survey ({len(fits)} fits)"
+    with (
+        setup.cluster.executor(setup.source) as executor,
+        progress_shown(progress, p["max_iter"], desc) as bar,
+    ):
         outcome = run_multifit(
             executor,
             fits,
@@ -321,11 +320,7 @@ def rank_survey(
             progress=bar,
             callback=callback,
         )
-        info = {"input": setup.source.describe(), **executor.describe()}
-    finally:
-        if bar is not None:
-            bar.close()
-        executor.close()
+        info = run_info(setup.source, executor)
     t_fit = time.perf_counter() - t0
     variants = ["data", "null"] if null else ["data"]
     measured: dict[str, dict[int, RankMeasures]] = {v: {} for v in variants}
@@ -336,16 +331,15 @@ def rank_survey(
             )
     data = measured["data"]
     suggestion = suggest_rank(data, measured.get("null"))
-    best = {k: _fit_result(outcome, data[k].best_fit, setup, setup.source, info) for k in k_list}
+    best = {k: _fit_result(outcome, data[k].best_fit, setup, info) for k in k_list}
     total = time.perf_counter() - t0
-    params = {
-        **p,
-        "ks": k_list,
-        "null": bool(null),
-        "memory_limit": None,
-        "n_fits": len(fits),
-        "mask": None if mask is None else str(type(mask).__name__),
-    }
+    params = result_params(
+        p,
+        ks=k_list,
+        null=bool(null),
+        n_fits=len(fits),
+        mask=None if mask is None else str(type(mask).__name__),
+    )
     return RankSurvey(
         ks=k_list,
         summary=[data[k].row for k in k_list],
@@ -400,6 +394,9 @@ def consensus(
     scheduler_file: str | None = None,
     security: Any = None,
     connect_timeout: str | float | None = None,
+    backend: str | None = None,
+    device: str | None = None,
+    gpu_memory_limit: int | str | None = None,
 ) -> ConsensusResult:
     """Consensus clustering and factor-level consensus of ``n_runs`` fits at rank k.
 
@@ -456,22 +453,19 @@ def consensus(
         tol=tol,
         n_runs=n_runs,
         max_samples=max_samples,
-    )
-    cluster = cluster_options(
-        scheduler=scheduler,
-        workers=workers,
-        memory_limit=memory_limit,
-        threads=threads,
-        scheduler_file=scheduler_file,
-        security=security,
-        connect_timeout=connect_timeout,
+        cluster=cluster_options(
+            scheduler, workers, memory_limit, threads, scheduler_file, security, connect_timeout
+        ),
+        where=kernel_backend(backend, device, gpu_memory_limit),
     )
     p = setup.params
     k = int(k)
     fits = [FitSpec(k, "data", -1, r) for r in range(p["n_runs"])]
-    executor = cluster.open(setup.source)
-    bar = progress_bar(progress, p["max_iter"], f"consensus k={k} ({len(fits)} runs)")
-    try:
+    desc = f"consensus k={k} ({len(fits)} runs)"
+    with (
+        setup.cluster.executor(setup.source) as executor,
+        progress_shown(progress, p["max_iter"], desc) as bar,
+    ):
         outcome = run_multifit(
             executor,
             fits,
@@ -493,11 +487,7 @@ def consensus(
         W0 = factors.W if factors is not None else outcome.Ws[0].astype(np.float64)
         W0 = W0.astype(setup.dtype)
         refit = _refit_h(executor, setup, k, W0)
-        info = {"input": setup.source.describe(), **executor.describe()}
-    finally:
-        if bar is not None:
-            bar.close()
-        executor.close()
+        info = run_info(setup.source, executor)
     from scalenmf.models.consensus import sample_consensus
 
     labels = np.stack([outcome.labels[f] for f in range(len(fits))])
@@ -520,7 +510,7 @@ def consensus(
         },
         "timings": {"total_s": time.perf_counter() - t0},
     }
-    result = _fit_result(refit, 0, setup, setup.source, info)
+    result = _fit_result(refit, 0, setup, info)
     result.runs = runs
     result.params["n_runs"] = p["n_runs"]
     result.info["refit"] = "H refitted with the factor-consensus W fixed"
@@ -532,7 +522,7 @@ def consensus(
         result=result,
         runs=runs,
         sample_labels=sample_names(setup.source),
-        params={**p, "memory_limit": None},
+        params=result_params(p),
         info=info,
     )
 
@@ -544,8 +534,19 @@ def _refit_h(executor: Executor, setup: _Setup, k: int, W: np.ndarray) -> MultiF
 
         H, objs, errs = project_blocks(executor, W, setup.config)
         return MultiFitOutcome(
-            [FitSpec(k)], [W], [objs], [errs], [1], [True], [np.nan], {}, {0: H},
-            xx=np.nan, n_obs=np.nan, n_missing=0.0, total_s=0.0,
+            [FitSpec(k)],
+            [W],
+            [objs],
+            [errs],
+            [1],
+            [True],
+            [np.nan],
+            {},
+            {0: H},
+            xx=np.nan,
+            n_obs=np.nan,
+            n_missing=0.0,
+            total_s=0.0,
         )
     executor.set_states([None] * executor.source.n_blocks)
     solver = "als" if setup.config.loss == "frobenius" else "mu"

@@ -70,7 +70,8 @@ def input_source(path: str, transpose: bool, workdir: Path | None, **text: Any) 
     import scipy.sparse as sp
 
     from scalenmf.io import open_matrix
-    from scalenmf.io.source import DenseArraySource, as_source
+    from scalenmf.io.matrix import as_source
+    from scalenmf.io.source import DenseArraySource
 
     src = open_matrix(path, **text)
     if not transpose:

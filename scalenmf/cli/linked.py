@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from scalenmf.cli._common import input_source, user_errors, write_text_atomic
+from scalenmf.cli._common import backend_options, input_source, user_errors, write_text_atomic
 from scalenmf.cli.cluster import scheduler_options
 
 # -- shared options ---------------------------------------------------------------------
@@ -82,7 +82,7 @@ def fit_options(func: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for option in reversed(options):
         func = option(func)
-    return func
+    return backend_options(func)
 
 
 def _dataset_lines(result: Any) -> str:
@@ -398,6 +398,7 @@ def _optional_float(text: str | None, what: str) -> float | None:
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None)
 @click.option("--overwrite", is_flag=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@backend_options
 @user_errors
 @scheduler_options
 def project_command(

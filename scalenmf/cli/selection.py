@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from scalenmf.cli._common import user_errors
+from scalenmf.cli._common import backend_options, user_errors
 from scalenmf.cli.cluster import scheduler_options
 
 
@@ -50,7 +50,7 @@ def _fit_options(func: Any) -> Any:
     ]
     for option in reversed(options):
         func = option(func)
-    return func
+    return backend_options(func)
 
 
 def _check_output(output: str, overwrite: bool) -> None:

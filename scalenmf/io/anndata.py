@@ -16,7 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from scalenmf.io.errors import InputError
-from scalenmf.io.source import MatrixSource, as_source
+from scalenmf.io.matrix import as_source
+from scalenmf.io.source import MatrixSource
 
 
 def is_anndata(obj: Any) -> bool:

@@ -7,7 +7,7 @@ The conversion has two steps:
    gene-major (CSC) AnnData X are not; their format's ``Stager`` re-orders them into a
    temporary directory beside the output (see ``scalenmf.io.formats._stage``).
    ``transpose=True`` is applied here too (a samples × features input becomes X).
-2. **Write** the final store block by block with ``write_matrix``, checking every value
+2. **Write** the final store block by block with ``write_source``, checking every value
    (finite, ≥ 0) and casting dtype / kind (dense ↔ sparse) on the way.
 
 Memory: about a quarter of ``memory_limit`` for a staging batch, plus a few column blocks of
@@ -33,15 +33,11 @@ from scalenmf.io.atomic import OutputExistsError
 from scalenmf.io.errors import InputError
 from scalenmf.io.formats import stager_for
 from scalenmf.io.formats._stage import StageContext, transpose_dense, transpose_sparse
+from scalenmf.io.matrix import as_source
 from scalenmf.io.planning import DEFAULT_BLOCK_BYTES, plan_block_cols
 from scalenmf.io.readers import open_path
-from scalenmf.io.source import (
-    DenseArraySource,
-    MatrixSource,
-    SparseArraySource,
-    as_source,
-)
-from scalenmf.io.zarr_store import ZarrDenseSource, write_matrix
+from scalenmf.io.source import DenseArraySource, MatrixSource, SparseArraySource
+from scalenmf.io.zarr_store import ZarrDenseSource, write_source
 
 #: Memory budget of a conversion when none is given.
 DEFAULT_MEMORY_LIMIT = 2**30
@@ -195,7 +191,7 @@ def convert(
         cols = plan(m, n, density)
         with tqdm(total=n, unit="col", desc="writing", disable=not progress) as bar:
             checked = CheckedSource(source, final_dtype, kind, bar)
-            write_matrix(dst, checked, block_cols=cols, dtype=final_dtype, overwrite=overwrite)
+            write_source(dst, checked, block_cols=cols, dtype=final_dtype, overwrite=overwrite)
     return str(dst)
 
 

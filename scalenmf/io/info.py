@@ -11,8 +11,9 @@ import zarr
 
 from scalenmf.io.errors import InputError
 from scalenmf.io.linked_results import describe_model, model_rows
+from scalenmf.io.matrix import as_source
 from scalenmf.io.readers import readers
-from scalenmf.io.source import MatrixSource, as_source
+from scalenmf.io.source import MatrixSource
 
 #: How many labels of each axis ``describe`` shows.
 N_FIRST_LABELS = 5

@@ -19,7 +19,8 @@ import scipy.sparse as sp
 
 from scalenmf._typing import Block
 from scalenmf.io.errors import InputError
-from scalenmf.io.source import MatrixSource, as_source
+from scalenmf.io.matrix import as_source
+from scalenmf.io.source import MatrixSource
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """Opening paths as matrix sources: a registry of readers, each saying what it can open.
 
 Readers are tried in registration order; the first whose ``can_open`` accepts the path
-opens it. New formats register themselves here rather than growing an if-ladder.
+opens it. The built-in ones (Zarr, .npy, then the formats of ``scalenmf.io.formats``) are
+registered here on first use; other formats call ``register_reader`` rather than growing an
+if-ladder. The format modules never import this one back.
 """
 
 from __future__ import annotations
@@ -73,11 +75,13 @@ def _load_builtin() -> None:
     _BUILTIN_LOADED = True
     register_reader(Reader("zarr", _is_zarr, _open_zarr))
     register_reader(Reader("npy", lambda p: p.suffix.lower() == ".npy" and p.is_file(), _open_npy))
-    # Text and single-cell formats live in their own modules and register on import.
-    try:
-        import scalenmf.io.formats  # noqa: F401
-    except ImportError:  # pragma: no cover - formats module is part of the package
-        pass
+    # Text and single-cell formats live in their own modules, imported on first use: they
+    # bring zarr and the staging code, which opening a .npy does not need.
+    from scalenmf.io.formats import delimited, h5ad, mtx
+
+    register_reader(Reader("csv", delimited.can_open, delimited.read))
+    register_reader(Reader("mtx", mtx.can_open, mtx.read))
+    register_reader(Reader("h5ad", h5ad.can_open, h5ad.read))
 
 
 def open_path(path: str | os.PathLike[str]) -> MatrixSource:

@@ -4,6 +4,10 @@ The fit loop sees only ``MatrixSource``: its shape, dtype, block boundaries and
 ``read_block(j)``. Whether a block comes from memory, a memory map, a Zarr chunk or a Dask
 array is the source's business. Sources are picklable (stores travel by path and reopen
 lazily), so a Dask worker can load its own blocks.
+
+This module holds the sources of in-memory data and their common base; the Zarr sources
+live in ``zarr_store``, the file formats in ``formats``, and ``matrix.as_source`` (which
+opens paths too) sits above them all, so nothing here imports back up.
 """
 
 from __future__ import annotations
@@ -186,7 +190,8 @@ def normalize_bounds(spec: Bounds | int | Sequence[int], n: int) -> Bounds:
     return bounds
 
 
-def _float_dtype(dtype: np.dtype) -> np.dtype:
+def float_dtype(dtype: Any) -> np.dtype:
+    """The floating type a source reads ``dtype`` as (integer counts as float64)."""
     dtype = np.dtype(dtype)
     if dtype in (np.float32, np.float64):
         return dtype
@@ -207,7 +212,7 @@ class DenseArraySource(MatrixSource):
         super().__init__()
         if X.ndim != 2:
             raise InputError(f"X must be 2-D (features × samples); got shape {X.shape}")
-        dtype = _float_dtype(X.dtype)
+        dtype = float_dtype(X.dtype)
         # Integer counts are cast block by block in ``_read``: casting here would load a
         # whole memory-mapped .npy into memory.
         self._X = X
@@ -233,7 +238,7 @@ class SparseArraySource(MatrixSource):
         if X.ndim != 2:
             raise InputError(f"X must be 2-D (features × samples); got shape {X.shape}")
         csc = sp.csc_matrix(X)
-        dtype = _float_dtype(csc.dtype)
+        dtype = float_dtype(csc.dtype)
         if csc.dtype != dtype:
             csc = csc.astype(dtype)
         csc.sum_duplicates()
@@ -268,7 +273,7 @@ class DaskArraySource(MatrixSource):
             raise InputError(f"X must be 2-D (features × samples); got shape {X.shape}")
         self._X = X
         self.shape = (int(X.shape[0]), int(X.shape[1]))
-        self.dtype = _float_dtype(X.dtype)
+        self.dtype = float_dtype(X.dtype)
         meta = getattr(X, "_meta", None)
         self.is_sparse = meta is not None and sp.issparse(meta)
         if block_bounds is None:
@@ -280,31 +285,3 @@ class DaskArraySource(MatrixSource):
         if self.is_sparse or sp.issparse(block):
             return sp.csc_matrix(block, dtype=self.dtype)
         return np.asarray(block, dtype=self.dtype)
-
-
-def as_source(X: Any, *, block_cols: Any = None) -> MatrixSource:
-    """Wrap anything ``nmf`` accepts (path, ndarray, sparse, dask array, source) as a source."""
-    if isinstance(X, MatrixSource):
-        src = X
-    elif isinstance(X, (str, os.PathLike)):
-        from scalenmf.io.readers import open_path
-
-        src = open_path(X)
-    elif sp.issparse(X):
-        src = SparseArraySource(X)
-    elif type(X).__module__.startswith("dask"):
-        src = DaskArraySource(X)
-    elif isinstance(X, np.ndarray):
-        src = DenseArraySource(X)
-    elif hasattr(X, "__array__") and not isinstance(X, (list, tuple)):
-        src = DenseArraySource(np.asarray(X))
-    elif isinstance(X, (list, tuple)):
-        src = DenseArraySource(np.asarray(X, dtype=np.float64))
-    else:
-        raise TypeError(
-            "X must be a path, numpy array, scipy.sparse matrix, dask array or MatrixSource; "
-            f"got {type(X).__name__}"
-        )
-    if block_cols is not None:
-        src = src.reblock(block_cols)
-    return src

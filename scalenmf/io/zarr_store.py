@@ -40,7 +40,7 @@ from scalenmf.io.planning import (
     bounds_by_nnz,
     plan_block_cols,
 )
-from scalenmf.io.source import Bounds, MatrixSource, _float_dtype, as_source, as_str_array
+from scalenmf.io.source import Bounds, MatrixSource, as_str_array, float_dtype
 
 FORMAT_VERSION = 1
 
@@ -155,7 +155,7 @@ class ZarrDenseSource(MatrixSource):
         require_complete(arr, array or "X", self.path)
         shape = arr.shape[::-1] if transposed else arr.shape
         self.shape = (int(shape[0]), int(shape[1]))
-        self.dtype = _float_dtype(arr.dtype)
+        self.dtype = float_dtype(arr.dtype)
         self.is_sparse = False
         if block_bounds is None:
             m, n = self.shape
@@ -228,7 +228,7 @@ class ZarrSparseSource(MatrixSource):
                     f"{group}/{name} in {self.path!r} is {parts[name].ndim}-D; expected 1-D"
                 )
             require_complete(parts[name], f"{group}/{name}", self.path)
-        self.dtype = _float_dtype(parts["data"].dtype)
+        self.dtype = float_dtype(parts["data"].dtype)
         if parts["indices"].dtype.kind not in "iu":
             raise IntegrityError(
                 f"{group}/indices in {self.path!r} has dtype {parts['indices'].dtype}; "
@@ -421,9 +421,9 @@ def write_labels(group: zarr.Group, name: str, labels: Any) -> None:
     out[:] = arr.astype(object)
 
 
-def write_matrix(
+def write_source(
     path: str | os.PathLike[str],
-    X: Any,
+    src: MatrixSource,
     *,
     block_cols: int | None = None,
     row_labels: Any = None,
@@ -437,8 +437,9 @@ def write_matrix(
     ----------
     path : path-like
         The store to create (a directory).
-    X : ndarray, scipy.sparse matrix, dask array, MatrixSource or path, shape (m, n)
-        Streamed block by block: a source larger than memory is fine.
+    src : MatrixSource, shape (m, n)
+        Streamed block by block: a source larger than memory is fine. (``write_matrix``
+        in ``scalenmf.io.matrix`` opens anything else as a source and calls this.)
     block_cols : int, optional
         Columns per storage chunk (dense) — the natural block size of later reads.
         Planned from the size when omitted.
@@ -454,7 +455,6 @@ def write_matrix(
     str
         ``path``.
     """
-    src = as_source(X)
     m, n = src.shape
     out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(src.dtype)
     rows = row_labels if row_labels is not None else src.row_labels

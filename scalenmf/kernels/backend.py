@@ -107,9 +107,11 @@ class TorchBackend:
             hit = self._resident.get(key)
             if hit is not None and hit[0]() is X:
                 return hit[1]
-        nbytes = int(X.data.nbytes * 3 if sp.issparse(X) else X.nbytes)
+        # A sparse block keeps its values and four int64 index arrays of nnz on the device.
+        nbytes = int(X.data.nbytes + 32 * X.nnz if sp.issparse(X) else X.nbytes)
         if self._fits(nbytes):
             out = self._tk.to_block(X, self.device, torch_dtype)
+
             def forget(_ref: Any, key: tuple[int, str] = key) -> None:
                 self._drop(key)
 

@@ -35,12 +35,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def _csr(indptr: np.ndarray, indices: np.ndarray, data: Any, shape, device) -> torch.Tensor:
+def _csr(indptr: torch.Tensor, indices: torch.Tensor, data: torch.Tensor, shape) -> torch.Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "CSR support is in beta"
         return torch.sparse_csr_tensor(
-            torch.as_tensor(indptr.astype(np.int64), device=device),
-            torch.as_tensor(indices.astype(np.int64), device=device),
+            indptr,
+            indices,
             data,
             size=shape,
             check_invariants=False,  # blocks are validated when they are read
@@ -49,32 +49,31 @@ def _csr(indptr: np.ndarray, indices: np.ndarray, data: Any, shape, device) -> t
 
 @dataclass
 class SparseBlock:
-    """A sparse (m, n) block on a device.
+    """A sparse (m, n) block on a device, its index arrays there once.
 
-    ``rows``/``cols``/``data`` are the non-zeros in CSC order; ``XT`` is Xᵀ as CSR (the CSC
-    arrays as they are) and ``X`` is X as CSR, whose values are ``data[to_csr]``.
+    ``rows``/``cols``/``data`` are the non-zeros in CSC order; Xᵀ as CSR is the CSC arrays
+    as they are (``indptr``, ``indices``), X as CSR has ``csr_indptr``, ``csr_indices`` and
+    the values ``data[to_csr]``.
     """
 
     shape: tuple[int, int]
     rows: torch.Tensor
     cols: torch.Tensor
     data: torch.Tensor
-    indptr: np.ndarray
-    indices: np.ndarray
-    csr_indptr: np.ndarray
-    csr_indices: np.ndarray
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    csr_indptr: torch.Tensor
+    csr_indices: torch.Tensor
     to_csr: torch.Tensor
 
     def transposed(self, values: torch.Tensor) -> torch.Tensor:
         """Xᵀ's pattern with other values (CSC order): a CSR tensor (n, m)."""
         m, n = self.shape
-        return _csr(self.indptr, self.indices, values, (n, m), values.device)
+        return _csr(self.indptr, self.indices, values, (n, m))
 
     def straight(self, values: torch.Tensor) -> torch.Tensor:
         """X's pattern with other values (CSC order): a CSR tensor (m, n)."""
-        return _csr(
-            self.csr_indptr, self.csr_indices, values[self.to_csr], self.shape, values.device
-        )
+        return _csr(self.csr_indptr, self.csr_indices, values[self.to_csr], self.shape)
 
     def sum(self) -> float:
         return float(self.data.sum(dtype=torch.float64))
@@ -100,16 +99,21 @@ def to_block(
     # CSR order of the CSC entries: by row, then column (a stable sort keeps columns ordered).
     to_csr = np.argsort(csc.indices, kind="stable")
     csr_indptr = np.concatenate([[0], np.cumsum(np.bincount(csc.indices, minlength=csc.shape[0]))])
+
+    def put(a: np.ndarray) -> torch.Tensor:
+        return _upload(a.astype(np.int64, copy=False), device, pinned)
+
+    rows = put(csc.indices)
     return SparseBlock(
         shape=(int(csc.shape[0]), int(csc.shape[1])),
-        rows=torch.as_tensor(csc.indices.astype(np.int64), device=device),
-        cols=torch.as_tensor(cols, device=device),
+        rows=rows,
+        cols=put(cols),
         data=_upload(csc.data, device, pinned).to(dtype),
-        indptr=csc.indptr,
-        indices=csc.indices,
-        csr_indptr=csr_indptr,
-        csr_indices=cols[to_csr],
-        to_csr=torch.as_tensor(to_csr, device=device),
+        indptr=put(csc.indptr),
+        indices=rows,
+        csr_indptr=put(csr_indptr),
+        csr_indices=put(cols[to_csr]),
+        to_csr=put(to_csr),
     )
 
 

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 
 from scalenmf._typing import Block
 from scalenmf.kernels import gram, kl_block, rhs, solve_fixed_basis, solve_fixed_basis_kl
+from scalenmf.kernels.backend import backend_for
 from scalenmf.models.step import BlockState, block_matrix, check_block
 
 #: Bootstrap draws are solved in column chunks so draws × k × chunk floats stay this small.
@@ -38,6 +39,8 @@ class ProjectionPlan:
         Solve H here, or take it from the state (after transfer learning).
     bootstrap, resample, ci : int, {"poisson", "multinomial"}, float
         Resamples (0: none), how, and the central probability of the intervals.
+    backend, device : str
+        Where ``WᵀX`` and the exact solve (``als`` with ``bpp``) run; the rest is numpy.
     """
 
     W: np.ndarray
@@ -55,6 +58,8 @@ class ProjectionPlan:
     resample: str = "poisson"
     ci: float = 0.9
     seed: int = 0
+    backend: str = "numpy"
+    device: str = "cpu"
 
 
 @dataclass
@@ -87,6 +92,12 @@ def solve_h(
         return solve_fixed_basis_kl(W, X, H0, **opts)[0]
     solver = plan.nnls if plan.solver == "als" else plan.solver
     B = rhs(W, X) if B is None else B
+    if plan.backend != "numpy" and solver == "bpp":
+        ops = backend_for(plan.backend, plan.device)
+        with ops.stream():
+            H0d = None if H0 is None else ops.array(H0)
+            Hd, _ = ops.nnls_bpp(ops.array(G), ops.array(B), H0d, l1=plan.l1, l2=plan.l2)
+            return ops.host(Hd, W.dtype)
     return solve_fixed_basis(G, B, solver=solver, H0=H0, **opts)[0].astype(W.dtype, copy=False)
 
 
@@ -165,7 +176,12 @@ def project_step(X: Block, state: Any, plan: ProjectionPlan):
     stats = check_block(X)
     W = plan.W
     G = gram(W)
-    B = rhs(W, X)
+    if plan.backend == "numpy":
+        B = rhs(W, X)
+    else:  # the one product with X on the device; the QC below needs B on the host
+        ops = backend_for(plan.backend, plan.device)
+        with ops.stream():
+            B = ops.host(ops.rhs(ops.array(W), ops.block(X, W.dtype)), W.dtype)
     if plan.solve:
         H = solve_h(plan, W, G, X, B=B)
         index = state.index
@@ -224,6 +240,8 @@ def project_blocks(
         l2=config.l2_h,
         max_iter=max_iter,
         tol=tol,
+        backend=config.backend,
+        device=config.device,
     )
     executor.set_states([ProjectedBlock(index=j) for j in range(executor.source.n_blocks)])
     totals = executor.map_reduce(project_step, plan)

@@ -1,9 +1,10 @@
 """File formats beyond the Zarr store and .npy: CSV/TSV, Matrix Market, .h5ad.
 
-Importing this package registers, for each format:
+Each format module here provides:
 
-- a ``Reader`` (``scalenmf.io.readers``): what ``open_matrix(path)`` uses. Text formats are
-  read into memory (fine for catalogues and modest matrices); .h5ad is read lazily.
+- a ``Reader`` (registered by ``scalenmf.io.readers``, which imports the format modules
+  here): what ``open_matrix(path)`` uses. Text formats are read into memory (fine for
+  catalogues and modest matrices); .h5ad is read lazily.
 - a ``Stager``: what ``convert`` uses to bring a file of any size into column-block order
   in bounded memory before the Zarr writer streams it (see ``_stage``).
 
@@ -18,7 +19,6 @@ from pathlib import Path
 
 from scalenmf.io.formats import delimited, h5ad, mtx
 from scalenmf.io.formats._stage import StageContext
-from scalenmf.io.readers import Reader, register_reader
 from scalenmf.io.source import MatrixSource
 
 
@@ -68,10 +68,6 @@ def _stage_anndata_zarr_csc(path: Path, ctx: StageContext) -> MatrixSource:
     stored = open_anndata_csc_stored(path)
     return stored if ctx.transpose else transpose_sparse(stored, ctx)
 
-
-register_reader(Reader("csv", delimited.can_open, delimited.read))
-register_reader(Reader("mtx", mtx.can_open, mtx.read))
-register_reader(Reader("h5ad", h5ad.can_open, h5ad.read))
 
 register_stager(Stager("csv", delimited.can_open, delimited.stage))
 register_stager(Stager("mtx", mtx.can_open, mtx.stage))

@@ -31,7 +31,7 @@ from zarr.codecs import BloscCodec
 
 from scalenmf.io.errors import InputError
 from scalenmf.io.planning import bounds_from_cols
-from scalenmf.io.source import Bounds, MatrixSource, _float_dtype
+from scalenmf.io.source import Bounds, MatrixSource, float_dtype
 from scalenmf.io.zarr_store import ZarrDenseSource
 
 log = logging.getLogger(__name__)
@@ -351,7 +351,7 @@ def transpose_sparse(src: MatrixSource, ctx: StageContext) -> MatrixSource:
         ctx.workdir,
         (m, n),
         block_cols,
-        dtype=_float_dtype(src.dtype),
+        dtype=float_dtype(src.dtype),
         buffer_entries=ctx.budget // 4 // 16,
     )
     for j in range(src.n_blocks):

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from scalenmf.io.errors import InputError
 from scalenmf.io.formats._stage import StageContext, transpose_sparse
 from scalenmf.io.planning import DEFAULT_BLOCK_BYTES, bounds_by_nnz, plan_block_cols
-from scalenmf.io.source import Bounds, MatrixSource, SparseArraySource, _float_dtype, as_str_array
+from scalenmf.io.source import Bounds, MatrixSource, SparseArraySource, as_str_array, float_dtype
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +125,13 @@ class H5adSource(MatrixSource):
                 if name not in node:
                     raise InputError(f"sparse X in {self.path!r} lacks {name!r}")
             self.is_sparse = True
-            self.dtype = _float_dtype(node["data"].dtype)
+            self.dtype = float_dtype(node["data"].dtype)
         else:
             if node.ndim != 2:
                 raise InputError(f"X in {self.path!r} is {node.ndim}-D; expected 2-D")
             cells, genes = (int(s) for s in node.shape)
             self.is_sparse = False
-            self.dtype = _float_dtype(node.dtype)
+            self.dtype = float_dtype(node.dtype)
         self.shape = (int(genes), int(cells))
         if self.is_sparse:
             ip = self.indptr
@@ -216,7 +216,7 @@ class _StoredCSC(MatrixSource):
         enc = _sparse_encoding(node)
         assert enc is not None and enc[0] == "csc"
         self.shape = enc[1]
-        self.dtype = _float_dtype(node["data"].dtype)
+        self.dtype = float_dtype(node["data"].dtype)
         self.is_sparse = True
         self._indptr = np.asarray(node["indptr"][:], dtype=np.int64)
         self.block_bounds = bounds_by_nnz(

@@ -64,7 +64,7 @@ NONNEG = Number(0.0)
 
 NMF_RULES: dict[str, Any] = {
     "k": Number(1, math.inf, integer=True),
-    "solver": OneOf(("als", "hals", "mu")),
+    "solver": OneOf(("als", "hals", "mu", "online")),
     "loss": OneOf(("frobenius", "kl"), aliases=(("kullback-leibler", "kl"), ("fro", "frobenius"))),
     "init": OneOf(("nndsvda", "nndsvd", "random")),
     "nnls": OneOf(("cd", "bpp")),

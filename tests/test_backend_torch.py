@@ -222,10 +222,22 @@ def test_the_cli_fits_on_the_torch_backend(tmp_path):
 
 @pytest.mark.cluster
 def test_torch_blocks_on_dask_workers_give_the_laptop_numpy_fit():
-    X = _data(True)
-    kw = dict(max_iter=8, tol=0, seed=2, block_cols=30)
-    ref = scalenmf.nmf(X, 3, **kw)
-    got = scalenmf.nmf(X, 3, workers=2, backend="torch", device="auto", **kw)
-    assert got.info["executor"] == "dask"
-    np.testing.assert_allclose(got.W, ref.W, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(got.H, ref.H, rtol=1e-10, atol=1e-12)
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster:
+        with Client(cluster) as client:
+            for (solver, loss, nnls_name), sparse in [
+                (CASES[0], True),
+                (CASES[1], False),
+                (CASES[2], True),
+                (CASES[4], False),
+            ]:
+                X = _data(sparse)
+                kw = dict(solver=solver, loss=loss, nnls=nnls_name, max_iter=6, tol=0, seed=2)
+                ref = scalenmf.nmf(X, 3, block_cols=30, l1_h=0.1, **kw)
+                got = scalenmf.nmf(
+                    X, 3, block_cols=30, l1_h=0.1, scheduler=client, device="auto", **kw
+                )
+                assert got.info["executor"] == "dask"
+                np.testing.assert_allclose(got.W, ref.W, rtol=1e-10, atol=1e-12)
+                np.testing.assert_allclose(got.H, ref.H, rtol=1e-10, atol=1e-12)

@@ -70,7 +70,7 @@ def resolve_solver(solver: str | None, loss: str) -> str:
     """Default solver per loss: exact ALS for Frobenius, multiplicative updates for KL."""
     if solver is None:
         return "mu" if loss == "kl" else "als"
-    if loss == "kl" and solver != "mu":
+    if loss == "kl" and solver not in ("mu", "online"):
         raise ValueError(
             f"loss='kl' is solved by multiplicative updates: use solver='mu', not {solver!r}"
         )
@@ -197,6 +197,8 @@ def model_config(p: dict[str, Any], **fields_: Any) -> NMFConfig:
     penalties, NNLS), with ``fields_`` (k, masks, cross-validation) on top."""
     from scalenmf.models.step import NMFConfig
 
+    if p["solver"] == "online":
+        raise ValueError("solver='online' is a solver of nmf() and fit; use als, hals or mu here")
     base: dict[str, Any] = {
         "solver": p["solver"],
         "loss": p["loss"],

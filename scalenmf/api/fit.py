@@ -22,6 +22,7 @@ from scalenmf.api._common import (
     kernel_backend,
     model_config,
     open_input,
+    progress_bar,
     result_params,
     run_info,
     run_rows,
@@ -36,6 +37,7 @@ from scalenmf.io.source import MatrixSource
 from scalenmf.models.fits import collect
 from scalenmf.models.init import initialize
 from scalenmf.models.nmf import NMFConfig, NMFModel
+from scalenmf.models.online import BATCH_COLS, FORGET_FACTOR, ONLINE_MU_STEPS, run_online
 from scalenmf.models.step import fit_stats_step
 from scalenmf.results.nmf import NMFResult
 from scalenmf.validation import NMF_RULES
@@ -79,6 +81,8 @@ def nmf(
     backend: str | None = None,
     device: str | None = None,
     gpu_memory_limit: int | str | None = None,
+    batch_size: int | None = None,
+    forget_factor: float | None = None,
 ) -> NMFResult:
     """Factorize a non-negative matrix, ``X ≈ W H``, out of core.
 
@@ -95,8 +99,13 @@ def nmf(
         labelled by ``var_names`` / ``obs_names``.
     k : int
         Rank, ``1 ≤ k ≤ min(m, n)``.
-    solver : {"als", "hals", "mu"}, optional
+    solver : {"als", "hals", "mu", "online"}, optional
         Default ``"als"`` (exact column-wise NNLS) for Frobenius and ``"mu"`` for KL.
+        ``"online"``: mini-batch NMF (``models/online.py``), W updated after every batch of
+        ``batch_size`` columns, exact NNLS for H (MU for KL); ``max_iter`` then counts
+        epochs (passes over X) and ``tol`` applies to the epochs' objectives. For data too
+        large for many full passes: it needs a few epochs where full-batch ALS needs tens
+        of iterations.
     loss : {"frobenius", "kl"}
     l1_w, l1_h, l2_w, l2_h : float, default 0
         L1 / L2 penalties on W and on H.
@@ -161,6 +170,14 @@ def nmf(
     gpu_memory_limit : int or str, optional
         Bytes (``"8GB"``) of X blocks that may stay resident on a GPU between iterations
         (default: half its free memory); the others are streamed each iteration.
+    batch_size : int, optional
+        ``solver="online"``: columns per mini-batch (default 4096); X is blocked in
+        batches of this width unless ``block_cols`` is given.
+    forget_factor : float, optional
+        ``solver="online"``: how much of the accumulated statistics one pass over X keeps.
+        Default 1 for Frobenius: every block's statistics are replaced exactly when it is
+        seen again, so none go stale (best in our measurements); 0.7 for KL, whose
+        multiplicative-update statistics depend on the W they were taken with.
 
     Returns
     -------
@@ -197,6 +214,14 @@ def nmf(
         scheduler, workers, memory_limit, threads, scheduler_file, security, connect_timeout
     )
     where = kernel_backend(backend, device, gpu_memory_limit)
+    if p["solver"] == "online":
+        p.update(
+            online_params(
+                batch_size, forget_factor, p["loss"], n_runs, mask, resume, checkpoint_every
+            )
+        )
+        if block_cols is None:
+            block_cols = p["batch_size"]
     source = open_input(X, block_cols=block_cols, ranks=[p["k"]], layer=layer)
     dtype_ = work_dtype(gpu_dtype(dtype, where["device"]), source)
     if mask is not None:
@@ -208,7 +233,14 @@ def nmf(
                 "run without --mask, or without --resume / --checkpoint-every"
             )
         source = fit_source(source, mask)
-    config = model_config(p, k=p["k"], masked_data=mask is not None, **where)
+    inner: dict[str, Any] = {}
+    if p["solver"] == "online":
+        inner = (
+            {"solver": "mu", "mu_steps": ONLINE_MU_STEPS}
+            if p["loss"] == "kl"
+            else {"solver": "als"}
+        )
+    config = model_config({**p, **inner}, k=p["k"], masked_data=mask is not None, **where)
     if (
         checkpoint_every is not None or checkpoint_seconds is not None or resume
     ) and not checkpoint:
@@ -315,6 +347,51 @@ def run_manifest(
     }
 
 
+def online_params(
+    batch_size: int | None,
+    forget_factor: float | None,
+    loss: str,
+    n_runs: int,
+    mask: Any,
+    resume: bool,
+    checkpoint_every: int | None,
+) -> dict[str, Any]:
+    """The checked options of ``solver="online"``."""
+    if n_runs != 1:
+        raise ValueError("solver='online' fits one run; got n_runs > 1")
+    if mask is not None:
+        raise ValueError("solver='online' does not take a mask; use als, hals or mu")
+    if resume or checkpoint_every is not None:
+        raise ValueError("solver='online' writes no checkpoints: run without resume")
+    size = BATCH_COLS if batch_size is None else batch_size
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"batch_size must be a whole number ≥ 1; got {batch_size!r}")
+    if forget_factor is None:
+        forget_factor = FORGET_FACTOR if loss == "kl" else 1.0
+    if not (isinstance(forget_factor, (int, float)) and 0.0 < float(forget_factor) <= 1.0):
+        raise ValueError(f"forget_factor must be in (0, 1]; got {forget_factor!r}")
+    return {"batch_size": int(size), "forget_factor": float(forget_factor)}
+
+
+def _online(model: Any, executor: Executor, p: dict[str, Any], progress: Any, callback: Any):
+    bar = progress_bar(progress, p["max_iter"], f"online nmf k={p['k']} (epochs)")
+    try:
+        return run_online(
+            model,
+            executor,
+            max_epochs=p["max_iter"],
+            tol=p["tol"],
+            batch_cols=p["batch_size"],
+            forget_factor=p["forget_factor"],
+            seed=p["seed"],
+            progress=bar,
+            callback=callback,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def fit_on_executor(
     source: MatrixSource,
     executor: Executor,
@@ -349,17 +426,20 @@ def fit_on_executor(
             raise InputError("X is all zeros; there is nothing to factorize")
         model = NMFModel(config, start.Ws, start.h_start, start.xx)
     t_init = time.perf_counter() - t0
-    trace = iterate(
-        model,
-        executor,
-        max_iter=p["max_iter"],
-        tol=p["tol"],
-        desc=f"nmf k={config.k}",
-        progress=progress,
-        callback=callback,
-        checkpoint=checkpoint,
-        resume=snapshot,
-    )
+    if p["solver"] == "online":
+        trace = _online(model, executor, p, progress, callback)
+    else:
+        trace = iterate(
+            model,
+            executor,
+            max_iter=p["max_iter"],
+            tol=p["tol"],
+            desc=f"nmf k={config.k}",
+            progress=progress,
+            callback=callback,
+            checkpoint=checkpoint,
+            resume=snapshot,
+        )
     best = best_run(trace)
     H_kept, _ = collect(executor, model, [best], labels=False)
     return NMFResult(

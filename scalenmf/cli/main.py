@@ -65,9 +65,21 @@ def main(verbose: int) -> None:
 )
 @click.option(
     "--solver",
-    type=click.Choice(["als", "hals", "mu"]),
+    type=click.Choice(["als", "hals", "mu", "online"]),
     default=None,
-    help="Default: als (Frobenius), mu (KL).",
+    help="Default: als (Frobenius), mu (KL); online: mini-batches (--max-iter counts epochs).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="--solver online: columns per batch.",
+)
+@click.option(
+    "--forget-factor",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=None,
+    help="--solver online: share of the statistics one epoch keeps (default 1; KL 0.7).",
 )
 @click.option(
     "--loss", type=click.Choice(["frobenius", "kl"]), default="frobenius", show_default=True

@@ -81,8 +81,11 @@ class Executor(Protocol):
 
     source: MatrixSource
 
-    def map_reduce(self, fn: BlockFn, broadcast: Any, *, read_x: bool = True) -> Any:
-        """Apply ``fn`` to every block, keep the new states, return the summed partials."""
+    def map_reduce(
+        self, fn: BlockFn, broadcast: Any, *, read_x: bool = True, blocks: Any = None
+    ) -> Any:
+        """Apply ``fn`` to every block (or to the blocks numbered in ``blocks``; the others
+        keep their states), keep the new states, return the summed partials."""
 
     def states(self) -> Iterator[Any]:
         """The per-block states, in block order (brought to this process)."""

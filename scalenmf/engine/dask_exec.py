@@ -267,7 +267,7 @@ class DaskExecutor:
         self.anchor_every = max(1, int(anchor_every))
         # The lineage the executor keeps itself: states on the client, and the steps since.
         self._anchor: list[Any] = [None] * source.n_blocks
-        self._log: list[tuple[BlockFn, Any, bool]] = []
+        self._log: list[tuple[BlockFn, Any, bool, Any]] = []
         self.recoveries = 0
         # Workers seen at the last check: a departure since then may have taken states.
         self._known_workers = self._workers_now()
@@ -300,9 +300,16 @@ class DaskExecutor:
 
     # -- submitting and waiting -------------------------------------------------------
     def _submit(
-        self, fn: BlockFn, broadcast: Any, read_x: bool, states: Sequence[Any]
+        self,
+        fn: BlockFn,
+        broadcast: Any,
+        read_x: bool,
+        states: Sequence[Any],
+        blocks: Sequence[int] | None = None,
     ) -> tuple[list[Any], Any]:
-        """Submit one step on ``states``: ``(new state futures, future of the summed partials)``."""
+        """Submit one step on ``states`` (of the blocks numbered in ``blocks``; the others
+        keep theirs): ``(new state futures, future of the summed partials)``."""
+        idx = list(range(self.source.n_blocks)) if blocks is None else [int(j) for j in blocks]
         client = self.client
         self._step += 1
         tag = f"{self._token}-{self._step}"
@@ -321,15 +328,16 @@ class DaskExecutor:
                 key=f"scalenmf-step-{tag}-{j}",
                 pure=False,
             )
-            for j in range(self.source.n_blocks)
+            for j in idx
         ]
-        new_states = [
-            client.submit(operator.getitem, o, 0, key=f"scalenmf-h-{tag}-{j}", pure=False)
-            for j, o in enumerate(outs)
-        ]
+        new_states = list(states)
+        for j, o in zip(idx, outs, strict=True):
+            new_states[j] = client.submit(
+                operator.getitem, o, 0, key=f"scalenmf-h-{tag}-{j}", pure=False
+            )
         partials = [
             client.submit(operator.getitem, o, 1, key=f"scalenmf-p-{tag}-{j}", pure=False)
-            for j, o in enumerate(outs)
+            for j, o in zip(idx, outs, strict=True)
         ]
         counter = iter(range(10**9))
 
@@ -512,8 +520,8 @@ class DaskExecutor:
             states = self._scatter_states(self._anchor)
             watch = list(states)
             total = None
-            for fn, broadcast, read_x in self._log:
-                states, total = self._submit(fn, broadcast, read_x, states)
+            for fn, broadcast, read_x, blocks in self._log:
+                states, total = self._submit(fn, broadcast, read_x, states, blocks)
                 watch.extend(states)
             try:
                 return states, self._result(total, watch)
@@ -525,12 +533,14 @@ class DaskExecutor:
         )
 
     # -- the step ---------------------------------------------------------------------
-    def map_reduce(self, fn: BlockFn, broadcast: Any, *, read_x: bool = True) -> Any:
+    def map_reduce(
+        self, fn: BlockFn, broadcast: Any, *, read_x: bool = True, blocks: Any = None
+    ) -> Any:
         if read_x:
             self._decide_resident()
-        self._log.append((fn, broadcast, read_x))
+        self._log.append((fn, broadcast, read_x, blocks))
         inputs = self._states
-        new_states, total = self._submit(fn, broadcast, read_x, inputs)
+        new_states, total = self._submit(fn, broadcast, read_x, inputs, blocks)
         try:
             result = self._result(total, inputs)
         except _StateLost:

@@ -127,9 +127,10 @@ class LocalExecutor:
             return self._cache[j]
         return BlockRef(self.source, j)
 
-    def _map(self, fn: BlockFn, broadcast: Any, read_x: bool) -> Iterator[tuple[Any, Any]]:
-        n = self.source.n_blocks
-        args = [(self._xref(j) if read_x else None, self._states[j]) for j in range(n)]
+    def _map(
+        self, fn: BlockFn, broadcast: Any, read_x: bool, blocks: list[int]
+    ) -> Iterator[tuple[Any, Any]]:
+        args = [(self._xref(j) if read_x else None, self._states[j]) for j in blocks]
         if self.parallel_blocks:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="scalenmf")
@@ -141,7 +142,9 @@ class LocalExecutor:
             for x, s in args:
                 yield self._apply(fn, x, s, broadcast)
 
-    def map_reduce(self, fn: BlockFn, broadcast: Any, *, read_x: bool = True) -> Any:
+    def map_reduce(
+        self, fn: BlockFn, broadcast: Any, *, read_x: bool = True, blocks: Any = None
+    ) -> Any:
         if read_x and not self._cache_decided:
             self._cache_decided = True
             if self._should_cache():
@@ -153,7 +156,8 @@ class LocalExecutor:
         # limit costs tens of microseconds, as much as a small block step.
         pin = self.parallel_blocks or (self.small_problem and not self._scope_depth)
         with _blas_threads(1 if pin else None):
-            for j, (state, partial) in enumerate(self._map(fn, broadcast, read_x)):
+            idx = list(range(self.source.n_blocks)) if blocks is None else [int(j) for j in blocks]
+            for j, (state, partial) in zip(idx, self._map(fn, broadcast, read_x, idx), strict=True):
                 self._states[j] = state
                 reducer.push(partial)
         return reducer.result()

@@ -66,6 +66,9 @@ class NMFConfig:
         "auto" (resolved by every process for itself, so mixed clusters work).
     gpu_memory_limit : int, optional
         Bytes of X blocks that may stay resident on a GPU.
+    mu_steps : int
+        KL multiplicative H steps per block step (the online solver takes several: it sees
+        each block once per epoch).
     """
 
     k: int = 0
@@ -86,6 +89,7 @@ class NMFConfig:
     backend: str = "numpy"
     device: str = "cpu"
     gpu_memory_limit: int | None = None
+    mu_steps: int = 1
 
 
 def check_supported(loss: str, solver: str) -> None:
@@ -143,6 +147,10 @@ class StepCast:
     config: NMFConfig
     groups: list[GroupCast]
     validate: bool = False
+    #: Emit ``XHt`` as ``X (H − H_old)ᵀ`` and ``HHt_change = H Hᵀ − H_old H_oldᵀ`` (H_old: the
+    #: block's previous H): the online solver keeps exact full-data statistics by adding
+    #: them (Frobenius only).
+    delta: bool = False
 
 
 @dataclass
@@ -361,12 +369,12 @@ def _variants_step(fb: FitBlock, st: BlockState, bc: StepCast, legacy: Any, grou
             for i in idx:
                 stacks[i], groups[i] = _kl_group(config, bc.groups[i], d, Xv, stacks[i], masks[i])
         else:
-            groups.update(_frobenius_groups(config, bc.groups, idx, d, Xv, stacks, masks))
+            groups.update(_frobenius_groups(config, bc.groups, idx, d, Xv, stacks, masks, bc.delta))
         for i in idx:
             st.H[bc.groups[i].key] = stacks[i]
 
 
-def _frobenius_groups(config, casts, idx, d, Xv, stacks, masks) -> dict[int, Any]:
+def _frobenius_groups(config, casts, idx, d, Xv, stacks, masks, delta=False) -> dict[int, Any]:
     """H steps of the Frobenius groups of one variant; their partials per group index.
 
     The products with X and the solves run on the config's backend; the corrections of
@@ -378,7 +386,7 @@ def _frobenius_groups(config, casts, idx, d, Xv, stacks, masks) -> dict[int, Any
     Xb = ops.block(Xv, W_cat.dtype)
     B_all = ops.rhs(ops.array(W_cat), Xb)
     offsets = np.cumsum([0] + [casts[i].W[d].shape[1] for i in idx])
-    solved = []
+    solved, for_xht = [], []
     for pos, i in enumerate(idx):
         g = casts[i]
         k, A = g.key[1][d], len(g.slots)
@@ -397,13 +405,17 @@ def _frobenius_groups(config, casts, idx, d, Xv, stacks, masks) -> dict[int, Any
                 if not mp.empty:
                     removed[a] = removed_grams(mp.missing, Wa)
             G = G[:, None] - removed
-        H = solve_nnls(config, ops.array(G), B, ops.array(H0), config.l1_h, config.l2_h, ops)
+        H0d = ops.array(H0)
+        H = solve_nnls(config, ops.array(G), B, H0d, config.l1_h, config.l2_h, ops)
         H = ops.cast(H, H0.dtype)  # the state's dtype: X Hᵀ is taken of the H kept
-        solved.append((i, H, B, removed))
-    XHt_all = ops.host(ops.x_ht(Xb, ops.vstack([H.reshape(-1, n_j) for _, H, _, _ in solved])))
+        solved.append((i, H, B, removed, H0))
+        if delta:
+            H = H - H0d
+        for_xht.append(H.reshape(-1, n_j))
+    XHt_all = ops.host(ops.x_ht(Xb, ops.vstack(for_xht)))
     m = XHt_all.shape[0]
     out = {}
-    for pos, (i, H_dev, B_dev, removed) in enumerate(solved):
+    for pos, (i, H_dev, B_dev, removed, H_old) in enumerate(solved):
         g = casts[i]
         k, A = g.key[1][d], len(g.slots)
         H = ops.host(H_dev, stacks[i].dtype)
@@ -420,10 +432,18 @@ def _frobenius_groups(config, casts, idx, d, Xv, stacks, masks) -> dict[int, Any
             "cross": np.einsum("akn,akn->a", ops.host(B_dev, np.float64), H64),
             "hsum": H64.sum(axis=2),
         }
+        if delta:  # XHt is then X (H − H_old)ᵀ
+            part["HHt_change"] = part["HHt"] - _gram(H_old)
         if removed is not None:
             _mask_terms(part, g, d, H64, masks[i], removed)
         out[i] = part
     return out
+
+
+def _gram(H: np.ndarray) -> np.ndarray:
+    """``H Hᵀ`` per slot in float64, (A, k, k)."""
+    H64 = H.astype(np.float64, copy=False)
+    return np.matmul(H64, H64.transpose(0, 2, 1))
 
 
 def _mask_terms(part, g: GroupCast, d: int, H64, masks: list[MaskParts], removed) -> None:
@@ -457,11 +477,15 @@ def _kl_group(config, g: GroupCast, d: int, Xv, stack, masks):
         if Xb is None:
             Xobs = _observed(Xv, mp)
             missing = None if mp is None or mp.empty else mp.missing
-            H = mu_kl_h(W, Xobs, stack[slot], l1=config.l1_h, l2=config.l2_h, missing=missing)
+            H = stack[slot]
+            for _ in range(config.mu_steps):
+                H = mu_kl_h(W, Xobs, H, l1=config.l1_h, l2=config.l2_h, missing=missing)
             numer, hsum, div, x_wh = kl_block(W, Xobs, H)
         else:
             Wd = ops.array(W)
-            H_dev = ops.mu_kl_h(Wd, Xb, ops.array(stack[slot]), l1=config.l1_h, l2=config.l2_h)
+            H_dev = ops.array(stack[slot])
+            for _ in range(config.mu_steps):
+                H_dev = ops.mu_kl_h(Wd, Xb, H_dev, l1=config.l1_h, l2=config.l2_h)
             numer, hsum, div, x_wh = ops.kl_block(Wd, Xb, H_dev)
             H, numer, hsum = ops.host(H_dev), ops.host(numer), ops.host(hsum)
         stack[slot] = H

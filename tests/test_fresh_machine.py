@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -93,11 +92,16 @@ def test_the_s3_example_names_the_extra_that_has_s3fs():
     assert named and any(e.startswith("s3fs") for name in named for e in extras[name])
 
 
-def _quick_start_lines() -> list[str]:
+def _bash_block(section_title: str) -> list[str]:
+    """The command lines of the first bash block of a README section, comments dropped."""
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Quick start")[1].split("\n## ")[0]
+    section = readme.split(f"## {section_title}")[1].split("\n## ")[0]
     block = section.split("```bash\n")[1].split("```")[0]
     return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def _quick_start_lines() -> list[str]:
+    return _bash_block("Quick start")
 
 
 def test_the_quick_start_commands_do_not_overwrite_each_other():
@@ -109,32 +113,42 @@ def test_the_quick_start_commands_do_not_overwrite_each_other():
     assert len(outputs) == len(set(outputs)), outputs
 
 
-@pytest.mark.timeout(300)
-def test_the_quick_start_runs_in_order(tmp_path, monkeypatch):
-    """Every line of the README's Quick start, in order, on a small catalogue.tsv, in a
-    fresh directory; only the line that needs the reader's own cluster is left out."""
+@pytest.mark.timeout(600)
+def test_the_quick_start_then_the_plots_run_in_order(tmp_path, monkeypatch):
+    """Every line of the README's Quick start, in order, on a small SBS96 catalogue.tsv in
+    a fresh directory, then the plots-and-report block on what they wrote; only the line
+    that needs the reader's own cluster is left out."""
+    pytest.importorskip("matplotlib")
+    from plot_fixtures import catalogue
+
     from scalenmf.cli.main import main
 
-    rng = np.random.default_rng(0)
-    X = rng.poisson(rng.gamma(1, 2, (40, 10)) @ rng.gamma(1, 2, (10, 30)))
-    rows = ["feature\t" + "\t".join(f"s{j}" for j in range(X.shape[1]))]
-    rows += [f"g{i}\t" + "\t".join(map(str, X[i])) for i in range(X.shape[0])]
+    counts, channels, samples = catalogue(40)
+    rows = ["channel\t" + "\t".join(samples)]
+    rows += [f"{c}\t" + "\t".join(str(int(v)) for v in counts[i]) for i, c in enumerate(channels)]
     (tmp_path / "catalogue.tsv").write_text("\n".join(rows) + "\n")
     monkeypatch.chdir(tmp_path)
-    lines = _quick_start_lines()
-    assert lines[0] == "source .venv/bin/activate"
-    ran = 0
-    for line in lines[1:]:
+    quick = _quick_start_lines()
+    assert quick[0] == "source .venv/bin/activate"
+    plots = _bash_block("Plots and the HTML report")
+    ran = []
+    for line in quick[1:] + plots:
         args = shlex.split(line)
         assert args[0] == "scalenmf", line
         if "--scheduler" in args:  # the reader's cluster, not ours
             continue
-        if "--workers" in args:  # the same fit on a local Dask cluster, smaller here
+        # the same commands, smaller here: 2 local Dask workers, at most 4 restarts
+        if "--workers" in args:
             args[args.index("--workers") + 1] = "2"
-        res = CliRunner().invoke(main, [*args[1:], *(["--no-progress"] if "fit" in args else [])])
+        if "--n-runs" in args:
+            at = args.index("--n-runs") + 1
+            args[at] = str(min(int(args[at]), 4))
+        quiet = ["--no-progress"] if args[1] in ("fit", "rank", "consensus") else []
+        res = CliRunner().invoke(main, [*args[1:], *quiet])
         assert res.exit_code == 0, (line, res.output)
-        ran += 1
-    assert ran == len(lines) - 2
+        ran.append(args[1])
+    assert len(ran) == len(quick) - 2 + len(plots)
+    assert (tmp_path / "report.html").stat().st_size > 10_000
 
 
 def test_the_demo_hint_works_in_a_fresh_shell(monkeypatch):

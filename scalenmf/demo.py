@@ -20,6 +20,21 @@ from scalenmf.signatures import (
 DEMO_SIGNATURES = ("SBS1", "SBS2", "SBS3", "SBS4", "SBS5", "SBS7a", "SBS13", "SBS40a")
 
 
+def command_hint() -> str:
+    """How to call ``scalenmf`` from the user's shell: its name when it is on PATH, else the
+    script's path in the environment that runs this (``bash run.sh demo`` does not put
+    ``.venv/bin`` on PATH), and how to put it there."""
+    import shutil
+    import sys
+
+    if shutil.which("scalenmf") is not None:
+        return "scalenmf"
+    script = Path(sys.executable).parent / "scalenmf"
+    if not script.exists():
+        return "scalenmf"
+    return f"{script} (or `source {script.parent}/activate`, then scalenmf)"
+
+
 def run_demo(
     output: str,
     *,
@@ -83,7 +98,7 @@ def run_demo(
     )
     result.info["demo"] = {"planted": planted, "matches": [m.__dict__ for m in matches]}
     result.save(output, overwrite=overwrite)
-    echo(f"Result store written to {output} (inspect it with: scalenmf info {output}).")
+    echo(f"Result store written to {output} (inspect it with: {command_hint()} info {output}).")
     report_path = str(Path(output).with_suffix(".html")) if report == "auto" else report
     if report_path:
         _write_report(output, report_path, echo)

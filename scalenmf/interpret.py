@@ -189,14 +189,20 @@ def match(
     return match_signatures(W, ref, None if labels is None else np.asarray(labels, dtype=str))
 
 
+def f_name(q: Any) -> str:
+    """The name of factor ``q`` (0-based) in every table and figure: F1…Fk."""
+    return f"F{int(q) + 1}"
+
+
 def write_interpretation(
     result: NMFResult, directory: Any, *, top: int = 10, overwrite: bool = False
 ) -> dict[str, Any]:
     """Write the interpretation tables of a result into ``directory`` (atomically).
 
-    ``clusters.csv`` (sample, cluster 1..k, factor 0..k−1), ``top_features.csv`` (factor,
+    ``clusters.csv`` (sample, cluster 1..k, factor F1..Fk), ``top_features.csv`` (factor,
     rank, feature, weight, score), ``feature_scores.csv`` (feature, score, factor,
-    specific) and ``sparseness.csv`` (what, index, label, sparseness).
+    specific) and ``sparseness.csv`` (what, index, label, sparseness). Factors are named
+    F1…Fk in every table, as in the plots and the report; ``index`` counts from 0.
 
     Returns
     -------
@@ -225,7 +231,7 @@ def write_interpretation(
         write_csv(
             out / "clusters.csv",
             [
-                {"sample": cols_lab[j], "cluster": int(factor[j]) + 1, "factor": int(factor[j])}
+                {"sample": cols_lab[j], "cluster": int(factor[j]) + 1, "factor": f_name(factor[j])}
                 for j in range(n)
             ],
             ["sample", "cluster", "factor"],
@@ -234,7 +240,7 @@ def write_interpretation(
             out / "top_features.csv",
             [
                 {
-                    "factor": q,
+                    "factor": f_name(q),
                     "rank": r + 1,
                     "feature": rows_lab[i],
                     "weight": float(result.W[i, q]),
@@ -251,7 +257,7 @@ def write_interpretation(
                 {
                     "feature": rows_lab[i],
                     "score": float(scores[i]),
-                    "factor": int(np.argmax(result.W[i])),
+                    "factor": f_name(np.argmax(result.W[i])),
                     "specific": bool(owner[i] >= 0),
                 }
                 for i in range(m)
@@ -259,11 +265,11 @@ def write_interpretation(
             ["feature", "score", "factor", "specific"],
         )
         sp_rows = [
-            {"what": "factor", "index": q, "label": str(q), "sparseness": float(v)}
+            {"what": "factor", "index": q, "label": f_name(q), "sparseness": float(v)}
             for q, v in enumerate(sp_.factors)
         ]
         sp_rows += [
-            {"what": "coefficients", "index": q, "label": str(q), "sparseness": float(v)}
+            {"what": "coefficients", "index": q, "label": f_name(q), "sparseness": float(v)}
             for q, v in enumerate(sp_.coefficients)
         ]
         sp_rows += [

@@ -82,7 +82,9 @@ def test_train_with_two_processes_and_reader_workers(inputs):
     """``--nproc 2`` with mini-batches read by DataLoader worker processes, from a store."""
     d, V, _ = inputs
     args = ["train", d / "v.zarr", "-k", 3, "-o", d / "par", "--epochs", 3, "--quiet"]
-    res = _run([*args, "--nproc", 2, "--batch-size", 24, "--workers", 1, "--dtype", "float64"])
+    res = _run(
+        [*args, "--nproc", 2, "--batch-size", 24, "--loader-workers", 1, "--dtype", "float64"]
+    )
     assert res.exit_code == 0, res.output
     from scalenmf.models.deep import DNMF
 

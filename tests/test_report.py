@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 from html.parser import HTMLParser
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,8 @@ def test_report_has_every_section_and_nothing_external(bundle: dict) -> None:
     # Run parameters, the runs, the matches and the rank table carry the real values.
     res = scalenmf.load(bundle["store"])
     assert f"{res.relative_error:.4g}" in text
-    assert ">mu<" in text and ">kl<" in text and ">nndsvda<" in text
+    assert ">multiplicative updates<" in text and ">Kullback–Leibler (Poisson counts)<" in text
+    assert ">NNDSVDa (from an SVD; zeros filled with the mean)<" in text
     for name in PLANTED:
         assert f"<td>{name}</td>" in text
     assert "Suggested k = 3" in text and "cophenetic correlation drops after k=3" in text
@@ -252,3 +254,77 @@ def test_report_opens_in_headless_chromium_without_errors(bundle: dict, tmp_path
 
 def test_report_is_exported_at_the_top_level() -> None:
     assert scalenmf.report is report
+
+
+class Cells(HTMLParser):
+    """The header cells of every table, and the page's text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headers: list[str] = []
+        self.text: list[str] = []
+        self._in_th = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "th":
+            self._in_th = True
+            self.headers.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "th":
+            self._in_th = False
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+        if self._in_th:
+            self.headers[-1] += data
+
+
+def test_report_speaks_the_users_language_and_labels_every_column(bundle: dict) -> None:
+    cells = Cells()
+    cells.feed(bundle["report"].read_text())
+    text = " ".join(cells.text)
+    assert not re.search(r"\b[A-Z][A-Za-z]*Source\b", text), "no class names"
+    assert "NNLS: " not in text and ">bpp<" not in text and ">cd<" not in text
+    assert "max_iter" not in text and "n_runs" not in text
+    assert cells.headers and all(h.strip() for h in cells.headers), cells.headers
+    assert "this machine" in text or "Dask cluster" in text
+
+
+def test_report_names_the_nnls_of_an_als_fit_in_words(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    X = rng.poisson(rng.gamma(1, 2, (30, 3)) @ rng.gamma(1, 2, (3, 40))).astype(float)
+    for nnls, words in (("bpp", "block principal pivoting"), ("cd", "coordinate descent")):
+        res = scalenmf.nmf(X, 3, solver="als", nnls=nnls, max_iter=20, progress=False)
+        out = report(res.save(tmp_path / f"{nnls}.zarr"), tmp_path / f"{nnls}.html",
+                     reference="none")  # fmt: skip
+        text = Path(out).read_text()
+        assert "exact NNLS for W and H" in text and words in text
+        assert "from an array in memory" in text and "Source" not in text
+
+
+def test_report_says_why_the_exposure_bars_show_fewer_samples(tmp_path: Path) -> None:
+    from scalenmf.plot.samples import DEFAULT_BAR_SAMPLES
+
+    n = DEFAULT_BAR_SAMPLES + 100
+    res = fit_catalogue(n, n_runs=1)
+    out = report(res.save(tmp_path / "r.zarr"), tmp_path / "r.html", reference="none")
+    text = Path(out).read_text()
+    assert f"for {DEFAULT_BAR_SAMPLES:,} of the {n:,} samples of the other views" in text
+    small = fit_catalogue(60, n_runs=1)
+    out = report(small.save(tmp_path / "s.zarr"), tmp_path / "s.html", reference="none")
+    assert "samples of the other views" not in Path(out).read_text()
+
+
+def test_sbs96_channel_labels_are_readable_and_do_not_overlap(fitted) -> None:
+    from scalenmf.plot import signature_plot
+
+    fig = signature_plot(fitted)
+    fig.canvas.draw()
+    labels = [t for t in fig.axes[-1].get_xticklabels() if t.get_text()]
+    assert len(labels) == 96
+    assert min(t.get_fontsize() for t in labels) >= 7.5
+    boxes = [t.get_window_extent() for t in labels]
+    # rotated labels side by side: a box is the line's height (glyphs and the space above
+    # and below them); neighbours may share no more than a tenth of it
+    assert all(a.x1 - b.x0 <= 0.1 * a.width for a, b in pairwise(boxes))

@@ -202,7 +202,7 @@ def test_fit_with_mask_nan(tmp_path):
         (["rank", "{nan}", "--ks", "2-3", "-o", "{out}"], "NaN"),
         (["rank", "{x}", "--ks", "2-99", "-o", "{out}"], "k must be between"),
         (["rank", "{x}", "--ks", "three", "-o", "{out}"], "ks"),
-        (["rank", "{x}", "--ks", "2", "--n-runs", "0", "-o", "{out}"], "n_runs"),
+        (["rank", "{x}", "--ks", "2", "--n-runs", "0", "-o", "{out}"], "--n-runs must be ≥ 1"),
         (["rank", "{x}", "--ks", "2", "--mask", "{short}", "-o", "{out}"], "mask has shape"),
         (["rank", "{x}", "--ks", "2", "--loss", "kl", "--solver", "hals", "-o", "{out}"], "solver"),
         (["consensus", "{x}", "-k", "0", "-o", "{out}"], "k must be"),

@@ -50,9 +50,10 @@ def progress_bar(progress: Any, total: int, desc: str) -> Any:
         progress = sys.stderr.isatty()
     if not progress:
         return None
-    from tqdm.auto import tqdm
+    from scalenmf.engine.progress import progress_bar as make_bar
 
-    return tqdm(total=total, desc=desc, unit="it", leave=False, file=sys.stderr)
+    # a tqdm bar on a terminal; in a log, a line every few percent
+    return make_bar(total, desc, sys.stderr)
 
 
 @contextmanager

@@ -134,6 +134,31 @@ def connected(cluster: dict[str, Any]) -> Iterator[dict[str, Any]]:
         client.close()
 
 
+@contextlib.contextmanager
+def dask_client(cluster: dict[str, Any]) -> Iterator[Any]:
+    """A ``distributed.Client`` for APIs that take only a Client (or None): the cluster
+    named by the launcher options, or a LocalCluster of ``--workers`` processes, closed
+    when the command ends; None when no option was given (work in this process)."""
+    if not (cluster["scheduler"] or cluster["scheduler_file"] or cluster["workers"]):
+        yield None
+        return
+    from scalenmf.engine.dask_exec import connect
+
+    client, local, _ = connect(
+        cluster["scheduler"],
+        cluster["workers"],
+        scheduler_file=cluster["scheduler_file"],
+        security=cluster["security"],
+        timeout=cluster["connect_timeout"] or "30s",
+    )
+    try:
+        yield client
+    finally:
+        client.close()
+        if local is not None:
+            local.close()
+
+
 def scheduler_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """:func:`cluster_options` for commands whose function takes ``scheduler`` and
     ``workers`` only: the launcher options become a connected Client (or a worker count).

@@ -13,6 +13,9 @@ from typing import Any
 
 import click
 
+from scalenmf.cli._common import InputPath, progress_options
+from scalenmf.cli.cluster import CLUSTER_OPTIONS, cluster_kwargs, cluster_options, dask_client
+
 logger = logging.getLogger(__name__)
 
 
@@ -33,11 +36,11 @@ def _check_output(out: str, overwrite: bool) -> None:
     path = Path(out)
     if path.exists() and not overwrite:
         raise click.BadParameter(
-            f"{out!r} already exists; pass --overwrite to replace it", param_hint="--out"
+            f"{out!r} already exists; pass --overwrite to replace it", param_hint="-o/--output"
         )
     if not path.parent.exists():
         raise click.BadParameter(
-            f"directory {str(path.parent)!r} does not exist", param_hint="--out"
+            f"directory {str(path.parent)!r} does not exist", param_hint="-o/--output"
         )
 
 
@@ -50,16 +53,29 @@ def _open_input(path: str, what: str) -> Any:
         raise click.BadParameter(f"cannot open {path!r}: {exc}", param_hint=what) from exc
 
 
+def _refuse_workers(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    if value is not None:
+        raise click.UsageError(
+            "--workers means Dask workers, which dnmf train does not use; the DataLoader "
+            "reader processes are now --loader-workers N",
+            ctx=ctx,
+        )
+
+
 @click.group(name="dnmf")
 def dnmf() -> None:
     """Deep unrolled NMF (Nasser, Eldar & Sharan 2021) in torch."""
 
 
 @dnmf.command()
-@click.argument("input", type=click.Path(exists=True, dir_okay=True))
-@click.option("-k", "--n-components", "k", type=int, required=True, help="Number of components.")
-@click.option("-o", "--out", required=True, type=click.Path(), help="Model directory to write.")
-@click.option("--h", "h_path", type=click.Path(exists=True), help="Known H (k × n), supervised.")
+@click.argument("input", type=InputPath())
+@click.option(
+    "-k", "--rank", "--n-components", "k", type=int, required=True, help="Number of factors."
+)
+@click.option(
+    "-o", "--output", "--out", "out", required=True, type=click.Path(), help="Model directory."
+)
+@click.option("--h", "h_path", type=InputPath("H"), help="Known H (k × n), supervised.")
 @click.option(
     "--mode",
     type=click.Choice(["supervised", "unsupervised"]),
@@ -79,12 +95,22 @@ def dnmf() -> None:
     help="Global mini-batch size in columns (default: full batch).",
 )
 @click.option(
-    "--workers",
+    "--loader-workers",
     "num_workers",
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
     help="DataLoader reader processes per training process.",
+)
+@click.option(
+    "--workers",
+    "dask_workers",
+    type=int,
+    default=None,
+    hidden=True,
+    expose_value=False,
+    callback=_refuse_workers,
+    help="Refused: Dask workers, which training does not use (see --loader-workers).",
 )
 @click.option(
     "--nproc",
@@ -127,7 +153,7 @@ def dnmf() -> None:
     help="Keep the parameters of the epoch with the lowest training loss, or the last ones.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@progress_options
 def train(
     input: str,
     k: int,
@@ -152,7 +178,7 @@ def train(
     resume: bool,
     keep_best: bool,
     overwrite: bool,
-    quiet: bool,
+    progress: bool,
 ) -> None:
     """Train a DNMF model on INPUT (features × samples; Zarr store, .npy, ...)."""
     deep = _deep()
@@ -203,7 +229,7 @@ def train(
     V_arg: Any = input if nproc > 1 else src
     H_arg: Any = (h_path if nproc > 1 else H) if h_path else None
     try:
-        model.fit(V_arg, H_arg, progress=not quiet)
+        model.fit(V_arg, H_arg, progress=progress)
         model.save(out, overwrite=overwrite)
     except (ValueError, OSError, RuntimeError) as exc:
         raise _fail(exc) from exc
@@ -212,14 +238,10 @@ def train(
 
 
 @dnmf.command()
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
-@click.argument("input", type=click.Path(exists=True, dir_okay=True))
-@click.option("-o", "--out", required=True, type=click.Path(), help="Result Zarr store to write.")
+@click.argument("model_dir", type=InputPath("model directory", file_okay=False))
+@click.argument("input", type=InputPath())
 @click.option(
-    "--scheduler",
-    default=None,
-    help="Dask scheduler address (tcp://…); workers "
-    "transform their own blocks. Default: this process.",
+    "-o", "--output", "--out", "out", required=True, type=click.Path(), help="Result store (H)."
 )
 @click.option(
     "--batch-size",
@@ -228,19 +250,25 @@ def train(
     show_default=True,
     help="Columns densified and pushed through the network at once.",
 )
-@click.option("--overwrite", is_flag=True)
-@click.option("--quiet", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@progress_options
+@cluster_options
 def transform(
     model_dir: str,
     input: str,
     out: str,
-    scheduler: str | None,
     batch_size: int,
     overwrite: bool,
-    quiet: bool,
+    progress: bool,
+    **cluster: Any,
 ) -> None:
-    """Compute H for INPUT with a trained model; write it as a chunked Zarr store."""
+    """Compute H for INPUT with a trained model; write it as a chunked Zarr store.
+
+    With a cluster option the Dask workers transform their own blocks (the store must be
+    on a file system they share); otherwise this process does.
+    """
     deep = _deep()
+    launch = cluster_kwargs(*(cluster.pop(name) for name in CLUSTER_OPTIONS))
     _check_output(out, overwrite)
     try:
         model = deep.DNMF.load(model_dir)
@@ -248,14 +276,15 @@ def transform(
         raise click.BadParameter(f"cannot load model: {exc}", param_hint="MODEL_DIR") from exc
     src = _open_input(input, "INPUT")
     try:
-        model.transform_to_zarr(
-            src,
-            out,
-            scheduler=scheduler,
-            batch_size=batch_size,
-            overwrite=overwrite,
-            progress=not quiet,
-        )
+        with dask_client(launch) as client:
+            model.transform_to_zarr(
+                src,
+                out,
+                scheduler=client,
+                batch_size=batch_size,
+                overwrite=overwrite,
+                progress=progress,
+            )
     except (ValueError, OSError) as exc:
         raise _fail(exc) from exc
     click.echo(f"wrote {out} (H: {model.n_components} × {src.shape[1]})")
@@ -265,7 +294,7 @@ def transform(
 @click.option(
     "--data",
     "data_dir",
-    type=click.Path(exists=True, file_okay=False),
+    type=InputPath("data folder", file_okay=False),
     default=None,
     help="Folder with synsig/ and icgc_brca560_sbs96_counts.npy (default: $SCALENMF_SHARED_DATA).",
 )
@@ -288,7 +317,9 @@ def transform(
 )
 @click.option(
     "-o",
+    "--output",
     "--out",
+    "out",
     required=True,
     type=click.Path(file_okay=False),
     help="Folder for results.csv, summary.md, claims.md and box plots.",
@@ -306,7 +337,7 @@ def transform(
     is_flag=True,
     help="Score on the original code's leaky test columns (to show the leak).",
 )
-@click.option("--quiet", is_flag=True)
+@progress_options
 def evaluate(
     data_dir: str | None,
     sets: str | None,
@@ -320,7 +351,7 @@ def evaluate(
     seed: int,
     jobs: int,
     paper_split: bool,
-    quiet: bool,
+    progress: bool,
 ) -> None:
     """Re-run the paper's comparison with disjoint folds and fair baselines."""
     _deep()
@@ -351,7 +382,7 @@ def evaluate(
         paper_split=paper_split,
     )
     try:
-        report = ev.run_evaluation(root, Path(out), cfg, sets=names, progress=not quiet)
+        report = ev.run_evaluation(root, Path(out), cfg, sets=names, progress=progress)
     except (ValueError, OSError) as exc:
         raise _fail(exc) from exc
     click.echo(report.summary_markdown)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -13,7 +12,18 @@ from typing import Any
 
 import click
 
-from scalenmf.cli._common import backend_options, input_source, user_errors, write_text_atomic
+from scalenmf.cli._common import (
+    PROGRESS_HELP,
+    InputPath,
+    backend_options,
+    check_json_path,
+    emit_json,
+    input_source,
+    json_option,
+    threads_option,
+    user_errors,
+    write_text_atomic,
+)
 from scalenmf.cli.cluster import scheduler_options
 
 # -- shared options ---------------------------------------------------------------------
@@ -56,7 +66,7 @@ def _echo_warnings(fn: Callable[[], Any]) -> Any:
 
 def fit_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Options every multi-dataset fit takes (as ``scalenmf fit``)."""
-    options = [
+    options: list[Callable[[Any], Any]] = [
         click.option(
             "--solver",
             type=click.Choice(["als", "hals", "mu"]),
@@ -74,8 +84,11 @@ def fit_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--block-cols", type=click.IntRange(min=1), default=None),
         click.option("--nnls", type=click.Choice(["cd", "bpp"]), default="bpp", show_default=True),
         click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None),
+        threads_option,
         click.option("--overwrite", is_flag=True, help="Replace OUT if it exists."),
-        click.option("--progress/--no-progress", default=True, show_default=True),
+        click.option(
+            "--progress/--no-progress", default=True, show_default=True, help=PROGRESS_HELP
+        ),
         click.option(
             "-o", "--output", type=click.Path(), required=True, help="Result store (OUT.zarr)."
         ),
@@ -96,7 +109,7 @@ def _dataset_lines(result: Any) -> str:
 
 
 @click.command(name="lnmf")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=True))
+@click.argument("inputs", nargs=-1, required=True, type=InputPath())
 @click.option("--k-shared", type=click.IntRange(min=0), required=True, help="Rank of W.")
 @click.option(
     "--k-unique", required=True, help="Rank of every U_d: one value, or one per dataset (2,2)."
@@ -170,7 +183,7 @@ def lnmf_command(
 
 
 @click.command(name="inmf")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=True))
+@click.argument("inputs", nargs=-1, required=True, type=InputPath())
 @click.option("-k", "--rank", "k", type=click.IntRange(min=1), required=True)
 @click.option("--lam", type=click.FloatRange(min=0), default=5.0, show_default=True, help="λ.")
 @fit_options
@@ -219,7 +232,7 @@ def inmf_command(
 
 
 @click.command(name="lnmf-ranks")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=True))
+@click.argument("inputs", nargs=-1, required=True, type=InputPath())
 @click.option(
     "--ks", required=True, help="Rank of every separate fit: one value, or one per dataset."
 )
@@ -234,8 +247,10 @@ def inmf_command(
 @click.option("--tol", type=float, default=1e-4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--n-runs", type=click.IntRange(min=1), default=1, show_default=True)
+@threads_option
 @click.option("--names", default=None, help="Dataset names, comma-separated.")
-@click.option("--json", "json_path", type=click.Path(), default=None, help="Write the evidence.")
+@json_option("the proposal and its evidence")
+@click.option("--progress/--no-progress", default=True, show_default=True, help=PROGRESS_HELP)
 @user_errors
 @scheduler_options
 def lnmf_ranks_command(
@@ -251,8 +266,7 @@ def lnmf_ranks_command(
     """Propose --k-shared / --k-unique from separate fits matched by cosine (Hungarian)."""
     from scalenmf import lnmf_ranks
 
-    if json_path is not None and not Path(json_path).parent.exists():
-        raise click.ClickException(f"directory of {json_path!r} does not exist")
+    check_json_path(json_path)
     values = _int_list(ks, "--ks")
     proposal = _echo_warnings(
         lambda: lnmf_ranks(
@@ -265,9 +279,10 @@ def lnmf_ranks_command(
             **opts,
         )
     )
-    click.echo(format_proposal(proposal, list(inputs)))
+    if json_path != "-":
+        click.echo(format_proposal(proposal, list(inputs)))
     if json_path is not None:
-        write_text_atomic(json_path, json.dumps(proposal.as_dict(), indent=2))
+        emit_json(json_path, proposal.as_dict())
 
 
 def format_proposal(proposal: Any, inputs: list[str]) -> str:
@@ -283,9 +298,9 @@ def format_proposal(proposal: Any, inputs: list[str]) -> str:
         "  ".join([f"{ref:>12}"] + [f"{n:>16}" for n in others] + ["conserved"]),
     ]
     for mt in proposal.matches:
-        cells = [f"{'factor ' + str(mt['factor'] + 1):>12}"]
+        cells = [f"{'F' + str(mt['factor'] + 1):>12}"]
         for other in mt["matches"]:
-            cell = f"f{other['factor'] + 1} cos {other['cosine']:.3f}"
+            cell = f"F{other['factor'] + 1} cos {other['cosine']:.3f}"
             cells.append(f"{cell:>16}")
         cells.append("yes" if mt["conserved"] else "no")
         lines.append("  ".join(cells))
@@ -362,8 +377,8 @@ def _optional_float(text: str | None, what: str) -> float | None:
 
 
 @click.command(name="project")
-@click.argument("basis", metavar="RESULT", type=click.Path(exists=True, dir_okay=True))
-@click.argument("new_input", metavar="NEW_INPUT", type=click.Path(exists=True, dir_okay=True))
+@click.argument("basis", metavar="RESULT", type=InputPath("basis"))
+@click.argument("new_input", metavar="NEW_INPUT", type=InputPath())
 @click.option("-o", "--output", type=click.Path(), required=True, help="Projection store.")
 @click.option(
     "--loss", type=click.Choice(["frobenius", "kl"]), default=None, help="Default: RESULT's."
@@ -396,8 +411,9 @@ def _optional_float(text: str | None, what: str) -> float | None:
 @click.option("--memory-limit", default=None)
 @click.option("--block-cols", type=click.IntRange(min=1), default=None)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None)
-@click.option("--overwrite", is_flag=True)
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@threads_option
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help=PROGRESS_HELP)
 @backend_options
 @user_errors
 @scheduler_options

@@ -15,7 +15,14 @@ from typing import Any
 import click
 
 from scalenmf._version import __version__
-from scalenmf.cli._common import backend_options, input_source, user_errors
+from scalenmf.cli._common import (
+    PROGRESS_HELP,
+    InputPath,
+    backend_options,
+    input_source,
+    threads_option,
+    user_errors,
+)
 from scalenmf.cli.cluster import CLUSTER_OPTIONS, cluster_kwargs, cluster_options
 
 log = logging.getLogger("scalenmf")
@@ -101,6 +108,7 @@ def main(verbose: int) -> None:
     "--n-runs", type=int, default=1, show_default=True, help="Restarts; the best is kept."
 )
 @cluster_options
+@threads_option
 @click.option("--memory-limit", default=None, help="Memory budget, e.g. 2GB.")
 @click.option("--transpose", is_flag=True, help="INPUT is samples × features.")
 @click.option("--block-cols", type=int, default=None, help="Columns per block (default: planned).")
@@ -141,7 +149,7 @@ def main(verbose: int) -> None:
     default=None,
     help="CSV/TSV: column 1 holds feature labels, or is data (default: from the file).",
 )
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True, help=PROGRESS_HELP)
 @user_errors
 def fit(
     input_path: str,
@@ -247,7 +255,7 @@ def _finished(output: str, checkpoint_path: str | None, no_checkpoint: bool) -> 
 
 
 @main.command()
-@click.argument("src", type=click.Path(exists=True, dir_okay=True))
+@click.argument("src", type=InputPath())
 @click.argument("dst", type=click.Path())
 @click.option("--block-cols", type=int, default=None, help="Columns per chunk (default: planned).")
 @click.option("--memory-limit", default=None, help="Memory budget while converting, e.g. 1GB.")
@@ -316,7 +324,7 @@ def convert(
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, dir_okay=True))
+@click.argument("store", type=InputPath("store"))
 @user_errors
 def info(store: str) -> None:
     """Describe an input matrix or a result store."""

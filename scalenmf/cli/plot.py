@@ -112,11 +112,19 @@ def plot(source: str, kind: str, output: str, dpi: float, overwrite: bool, **giv
     help="The HTML file (self-contained; replaced atomically).",
 )
 @click.option(
-    "--rank",
+    "--survey",
     "rank",
     type=click.Path(),
     default=None,
     help="A rank survey DIR (scalenmf rank) to include.",
+)
+@click.option(
+    "--rank",
+    "old_rank",
+    type=click.Path(),
+    default=None,
+    hidden=True,
+    help="Older spelling of --survey (--rank is a number of factors elsewhere).",
 )
 @click.option(
     "--consensus",
@@ -143,7 +151,11 @@ def plot(source: str, kind: str, output: str, dpi: float, overwrite: bool, **giv
     show_default=True,
     help="Include a consensus or rank DIR that contains RESULT.",
 )
-@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar on stderr (default: when stderr is a terminal).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @user_errors
 def report(
@@ -156,6 +168,7 @@ def report(
     max_samples: int,
     discover: bool,
     progress: bool | None,
+    old_rank: str | None,
 ) -> None:
     """Write a self-contained HTML report of RESULT (parameters, convergence, factors, top
     features, reference matches, clusters, and the rank survey / consensus when given).
@@ -163,11 +176,15 @@ def report(
     \b
     Examples:
       scalenmf report result.zarr -o report.html
-      scalenmf report result.zarr -o report.html --rank survey/ --consensus consensus/
+      scalenmf report result.zarr -o report.html --survey survey/ --consensus consensus/
     """
     from scalenmf.reporting import check_html_path
     from scalenmf.reporting import report as write_report
 
+    if old_rank is not None:
+        if rank is not None:
+            raise click.UsageError("give --survey, not also --rank")
+        rank = old_rank
     check_html_path(output)
     for what, path in (
         ("result store", source),

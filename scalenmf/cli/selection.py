@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
+import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from scalenmf.cli._common import backend_options, user_errors
+from scalenmf.cli._common import (
+    PROGRESS_HELP,
+    InputPath,
+    backend_options,
+    input_source,
+    threads_option,
+    user_errors,
+)
 from scalenmf.cli.cluster import scheduler_options
 
 
 def _fit_options(func: Any) -> Any:
     """The options shared by ``rank`` and ``consensus`` (model, stopping, executor)."""
-    options = [
+    options: list[Callable[[Any], Any]] = [
         click.option(
             "--solver",
             type=click.Choice(["als", "hals", "mu"]),
@@ -45,8 +56,20 @@ def _fit_options(func: Any) -> Any:
         click.option("--memory-limit", default=None, help="Memory budget, e.g. 2GB."),
         click.option("--block-cols", type=int, default=None, help="Columns per block."),
         click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None),
+        click.option(
+            "--init",
+            type=click.Choice(["random", "nndsvda", "nndsvd"]),
+            default="random",
+            show_default=True,
+            help="Start of every run: random (each run its own seed). NNDSVD is one "
+            "deterministic start, so every run would be the same: refused here.",
+        ),
+        click.option("--transpose", is_flag=True, help="INPUT is samples × features."),
+        threads_option,
         click.option("--overwrite", is_flag=True, help="Replace the output directory."),
-        click.option("--progress/--no-progress", default=True, show_default=True),
+        click.option(
+            "--progress/--no-progress", default=True, show_default=True, help=PROGRESS_HELP
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -63,10 +86,27 @@ def _check_output(output: str, overwrite: bool) -> None:
         raise click.ClickException(f"output directory {str(out.parent)!r} does not exist")
 
 
-def _open(input_path: str) -> Any:
-    from scalenmf.io import open_matrix
+@contextlib.contextmanager
+def _opened(input_path: str, transpose: bool, output: str) -> Iterator[Any]:
+    """INPUT as a source (with --transpose, read the other way round; an on-disk store is
+    transposed into a working directory beside the output, removed at the end)."""
+    workdir = None
+    if transpose:
+        workdir = Path(tempfile.mkdtemp(prefix=".scalenmf-", dir=Path(output).absolute().parent))
+    try:
+        yield input_source(input_path, transpose, workdir)
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
 
-    return open_matrix(input_path)
+
+def _check_init(init: str, what: str) -> None:
+    if init != "random":
+        raise click.BadParameter(
+            f"{init} is one deterministic start: every run of {what} would be the same fit; "
+            "use --init random",
+            param_hint="--init",
+        )
 
 
 def _run(call: Any) -> Any:
@@ -95,7 +135,7 @@ def _common(opts: dict[str, Any]) -> dict[str, Any]:
 
 
 @click.command()
-@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=True))
+@click.argument("input_path", metavar="INPUT", type=InputPath())
 @click.option("--ks", default="2-10", show_default=True, help="Ranks: '2-10', '2,4,6'.")
 @click.option("--n-runs", type=int, default=20, show_default=True, help="Restarts per rank.")
 @click.option("-o", "--output", type=click.Path(), required=True, help="Output directory.")
@@ -130,7 +170,15 @@ def _common(opts: dict[str, Any]) -> dict[str, Any]:
 @user_errors
 @scheduler_options
 def rank(
-    input_path: str, ks: str, n_runs: int, output: str, overwrite: bool, progress: bool, **opts: Any
+    input_path: str,
+    ks: str,
+    n_runs: int,
+    output: str,
+    overwrite: bool,
+    progress: bool,
+    init: str,
+    transpose: bool,
+    **opts: Any,
 ) -> None:
     """Survey ranks KS on INPUT: errors, consensus, stability, held-out error; suggest k.
 
@@ -138,11 +186,12 @@ def rank(
     """
     from scalenmf.api.selection import rank_survey
 
+    _check_init(init, "a rank survey")
     _check_output(output, overwrite)
     opts = _common(opts)
     start = time.perf_counter()
-    source = _open(input_path)
-    survey = _run(lambda: rank_survey(source, ks, n_runs, progress=progress, **opts))
+    with _opened(input_path, transpose, output) as source:
+        survey = _run(lambda: rank_survey(source, ks, n_runs, progress=progress, **opts))
     survey.save(output, overwrite=overwrite)
     wall = time.perf_counter() - start
     from scalenmf.io.selection_store import SUMMARY_COLUMNS
@@ -163,7 +212,7 @@ def rank(
 
 
 @click.command(name="consensus")
-@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, dir_okay=True))
+@click.argument("input_path", metavar="INPUT", type=InputPath())
 @click.option("-k", "--rank", "k", type=int, required=True, help="Number of factors.")
 @click.option("--n-runs", type=int, default=30, show_default=True)
 @click.option("-o", "--output", type=click.Path(), required=True, help="Output directory.")
@@ -185,7 +234,15 @@ def rank(
 @user_errors
 @scheduler_options
 def consensus_cmd(
-    input_path: str, k: int, n_runs: int, output: str, overwrite: bool, progress: bool, **opts: Any
+    input_path: str,
+    k: int,
+    n_runs: int,
+    output: str,
+    overwrite: bool,
+    progress: bool,
+    init: str,
+    transpose: bool,
+    **opts: Any,
 ) -> None:
     """Consensus clustering of N_RUNS fits at rank K; factor-level consensus; refit.
 
@@ -193,11 +250,12 @@ def consensus_cmd(
     """
     from scalenmf.api.selection import consensus
 
+    _check_init(init, "consensus clustering")
     _check_output(output, overwrite)
     opts = _common(opts)
     start = time.perf_counter()
-    source = _open(input_path)
-    res = _run(lambda: consensus(source, k, n_runs, progress=progress, **opts))
+    with _opened(input_path, transpose, output) as source:
+        res = _run(lambda: consensus(source, k, n_runs, progress=progress, **opts))
     res.save(output, overwrite=overwrite)
     wall = time.perf_counter() - start
     s = res.summary()
@@ -220,7 +278,7 @@ def consensus_cmd(
 
 
 @click.command()
-@click.argument("result_path", metavar="RESULT.zarr", type=click.Path(exists=True))
+@click.argument("result_path", metavar="RESULT.zarr", type=InputPath("result store"))
 @click.option(
     "--reference",
     default="cosmic-v3.4",
@@ -238,6 +296,7 @@ def consensus_cmd(
 @user_errors
 def match(result_path: str, reference: str, output: str | None, overwrite: bool) -> None:
     """Name every factor of RESULT.zarr by its best reference signature (cosine)."""
+    from scalenmf.interpret import f_name
     from scalenmf.interpret import match as match_api
     from scalenmf.io.atomic import check_output
     from scalenmf.io.tables import write_csv
@@ -247,11 +306,11 @@ def match(result_path: str, reference: str, output: str | None, overwrite: bool)
     check_output(target, overwrite)
     res = load(result_path)
     matches = match_api(res, reference)
-    rows = [{"factor": m.factor, "match": m.match, "cosine": m.cosine} for m in matches]
+    rows = [{"factor": f_name(m.factor), "match": m.match, "cosine": m.cosine} for m in matches]
     write_csv(target, rows, ["factor", "match", "cosine"])
     click.echo(f"{'factor':>6}  {'match':<16} {'cosine':>7}")
     for m in matches:
-        click.echo(f"{m.factor:>6}  {m.match or '–':<16} {m.cosine:>7.4f}")
+        click.echo(f"{f_name(m.factor):>6}  {m.match or '–':<16} {m.cosine:>7.4f}")
     click.echo(f"→ {target}")
 
 
@@ -262,7 +321,7 @@ def _beside(store: str, suffix: str) -> Path:
 
 
 @click.command()
-@click.argument("result_path", metavar="RESULT.zarr", type=click.Path(exists=True))
+@click.argument("result_path", metavar="RESULT.zarr", type=InputPath("result store"))
 @click.option("-o", "--output", type=click.Path(), required=True, help="Output directory.")
 @click.option("--top", type=int, default=10, show_default=True, help="Top features per factor.")
 @click.option("--overwrite", is_flag=True)

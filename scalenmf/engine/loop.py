@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from scalenmf.engine.checkpoint import Checkpointer, LoopSnapshot
 from scalenmf.engine.executor import Executor
+from scalenmf.engine.progress import finish as finish_progress
 
 _CONVERGENCE_WARNING: type[UserWarning] | None = None
 
@@ -98,6 +99,18 @@ class LoopTrace:
     total_s: float = 0.0
 
 
+def _kept_error(trace: LoopTrace) -> str:
+    """``rel.err`` of the run with the lowest latest objective (the one a fit keeps)."""
+    latest = [
+        (objs[-1], errs[-1])
+        for objs, errs in zip(trace.objectives, trace.relative_errors, strict=True)
+        if objs and not math.isnan(objs[-1])
+    ]
+    if not latest:
+        return "rel.err nan"
+    return f"rel.err {min(latest)[1]:.5g}"
+
+
 def run_alternating(
     model: AlternatingModel,
     executor: Executor,
@@ -174,10 +187,10 @@ def run_alternating(
             if callback is not None:
                 callback(IterationInfo(it, objs, errs, trace.iter_times[-1], tuple(active)))
             if progress is not None:
-                best = min((e for e in errs if not math.isnan(e)), default=math.nan)
-                # refresh=False: the bar redraws at its own pace (tqdm's mininterval), not on
-                # every iteration of a fast fit.
-                progress.set_postfix_str(f"rel.err {best:.5g}", refresh=False)
+                # The run the fit would keep now (lowest objective), so that the bar ends
+                # on the relative error the result reports. refresh=False: the bar redraws
+                # at its own pace (tqdm's mininterval), not on every fast iteration.
+                progress.set_postfix_str(_kept_error(trace), refresh=False)
                 progress.update(1)
             active = still
             if not active:
@@ -189,6 +202,8 @@ def run_alternating(
     trace.n_iter = n_iter
     trace.converged = converged
     trace.total_s = time.perf_counter() - t0
+    if progress is not None:
+        finish_progress(progress, max(n_iter, default=0), _kept_error(trace))
     if tol > 0 and not all(converged):
         warnings.warn(
             f"stopped at max_iter={max_iter} before the objective's relative change fell "

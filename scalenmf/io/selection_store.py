@@ -15,7 +15,7 @@ A rank directory::
 
 A consensus directory::
 
-    clusters.csv       sample, cluster (1..k), confidence, in_subsample, factor
+    clusters.csv       sample, cluster (1..k), confidence, in_subsample, factor (F1..Fk)
     consensus.zarr     consensus (n_s × n_s float32), order (int64), linkage ((n_s−1)×4),
                        samples (str); attrs k, n_runs, cophenetic, dispersion,
                        subsampled, n_total
@@ -177,7 +177,7 @@ def write_consensus(
                 "cluster": int(sc.clusters[j]),
                 "confidence": float(sc.confidence[j]),
                 "in_subsample": bool(in_sub[j]),
-                "factor": int(factor[j]),
+                "factor": f"F{int(factor[j]) + 1}",
             }
             for j in range(labels.size)
         ]
@@ -199,7 +199,7 @@ def write_consensus(
         if fc is not None:
             frows = [
                 {
-                    "factor": i,
+                    "factor": f"F{i + 1}",
                     "run": r,
                     "cluster": int(fc.labels[r, i]),
                     "kept": bool(fc.kept[r, i]),

@@ -21,6 +21,10 @@ from scalenmf.plot.sbs import (
     to_plot_order,
 )
 
+#: Size of the 96 trinucleotide labels: as large as fits one per bar on the figure's width
+#: (12.5 in for 96 channels; a rotated label needs its height, about 1.3 × the size).
+CHANNEL_LABEL_POINTS = 7.5
+
 
 def _title(name: str, match: FactorMatch | None, ref_name: str) -> str:
     if match is None:
@@ -104,7 +108,11 @@ def signature_plot(
         )
     bottom = axes[-1]
     bottom.set_xticks(
-        x, [channel_context(c) for c in channels], rotation=90, fontsize=5.5, family="monospace"
+        x,
+        [channel_context(c) for c in channels],
+        rotation=90,
+        fontsize=CHANNEL_LABEL_POINTS,
+        family="monospace",
     )
     for label, color in zip(bottom.get_xticklabels(), colors, strict=True):
         label.set_color("#333333" if color in ("#CBCACB", "#EDC8C5") else color)

@@ -283,25 +283,86 @@ def _intro(view: ResultView, sample: SampleSet, survey: RankSurvey | None) -> st
     return out
 
 
+#: The report's words for parameter values (the API's names are for code).
+LOSS_WORDS = {
+    "frobenius": "Frobenius (least squares)",
+    "kl": "Kullback–Leibler (Poisson counts)",
+}
+INIT_WORDS = {
+    "nndsvda": "NNDSVDa (from an SVD; zeros filled with the mean)",
+    "nndsvd": "NNDSVD (from an SVD)",
+    "random": "random",
+}
+#: Where the input came from, by the kind of source that read it.
+SOURCE_WORDS = {
+    "DenseArraySource": "an array in memory",
+    "SparseArraySource": "a sparse matrix in memory",
+    "DaskArraySource": "a dask array",
+    "ZarrDenseSource": "a Zarr store",
+    "ZarrSparseSource": "a Zarr store",
+    "H5adSource": "an .h5ad file",
+    "MaskedSource": "with missing entries left out",
+    "PreparedSource": "prepared (normalised or scaled) as it was read",
+    "ChainedSource": "several datasets side by side",
+}
+
+
+def describe_solver(solver: Any, nnls: Any) -> str:
+    """``als`` / ``cd`` → "alternating least squares, exact NNLS (coordinate descent …)"."""
+    if solver == "als":
+        how = (
+            "coordinate descent, finished by pivoting"
+            if nnls == "cd"
+            else "block principal pivoting"
+        )
+        return f"alternating least squares: exact NNLS for W and H ({how})"
+    if solver == "hals":
+        return "HALS: a few coordinate sweeps per half-step"
+    if solver == "mu":
+        return "multiplicative updates"
+    return "–" if solver is None else str(solver)
+
+
+def describe_executor(info: dict[str, Any], params: dict[str, Any]) -> str:
+    """ "this machine, 2 threads" or "a Dask cluster of 4 workers"."""
+    if info.get("executor") == "dask":
+        n = info.get("n_workers") or params.get("workers")
+        return f"a Dask cluster of {fmt(n)} workers" if n else "a Dask cluster"
+    threads = info.get("threads")
+    if info.get("executor") == "local":
+        return f"this machine, {fmt(threads)} threads" if threads else "this machine"
+    return "–"
+
+
+def describe_input(source: dict[str, Any]) -> str:
+    """The input matrix in words: kind, precision, share of non-zeros, where it was read."""
+    kind = "sparse" if source.get("sparse") else "dense"
+    density = source.get("density")
+    share = f", {100 * float(density):.3g}% non-zero" if density is not None else ""
+    where = SOURCE_WORDS.get(str(source.get("source", "")))
+    return f"{kind} {source.get('dtype', '')}{share}" + (f", from {where}" if where else "")
+
+
 def _parameters(view: ResultView) -> Section:
     p = view.params
     a = view.attrs
     info = a.get("info") or {}
     rows: list[tuple[str, Any]] = [
-        ("k", view.k),
-        ("solver", p.get("solver", a.get("solver"))),
-        ("loss", p.get("loss", a.get("loss"))),
-        ("init", p.get("init")),
+        ("rank k (factors)", view.k),
+        ("method", describe_solver(p.get("solver", a.get("solver")), p.get("nnls"))),
+        ("loss", LOSS_WORDS.get(str(p.get("loss", a.get("loss"))), p.get("loss"))),
+        ("start", INIT_WORDS.get(str(p.get("init")), p.get("init"))),
         (
-            "penalties (L1 W, L1 H, L2 W, L2 H)",
+            "penalties (L1 on W, L1 on H, L2 on W, L2 on H)",
             ", ".join(fmt(p.get(n, 0.0)) for n in ("l1_w", "l1_h", "l2_w", "l2_h")),
         ),
-        ("max_iter / tol", f"{fmt(p.get('max_iter'))} / {fmt(p.get('tol'))}"),
+        (
+            "iteration limit / tolerance",
+            f"{fmt(p.get('max_iter'))} / {fmt(p.get('tol'))}",
+        ),
         ("seed", p.get("seed")),
-        ("runs (restarts)", p.get("n_runs", len(a.get("runs") or []) or 1)),
-        ("NNLS", p.get("nnls")),
-        ("executor", info.get("executor")),
-        ("threads / workers", info.get("threads") or info.get("n_workers") or p.get("workers")),
+        ("runs (restarts; the best is kept)", p.get("n_runs", len(a.get("runs") or []) or 1)),
+        ("ran on", describe_executor(info, p)),
         (
             "column blocks",
             f"{fmt(info.get('n_blocks'))} of up to {fmt(info.get('block_cols'))} columns",
@@ -309,14 +370,7 @@ def _parameters(view: ResultView) -> Section:
     ]
     source = info.get("input") or {}
     if source:
-        kind = "sparse" if source.get("sparse") else "dense"
-        rows.append(
-            (
-                "input",
-                f"{kind} {source.get('dtype', '')}, density {fmt(source.get('density'), 3)}"
-                f" ({source.get('source', '')})",
-            )
-        )
+        rows.append(("input", describe_input(source)))
     timings = a.get("timings") or {}
     rows.append(
         (
@@ -355,13 +409,13 @@ def _convergence(view: ResultView) -> Section:
                 r.get("relative_error"),
                 r.get("n_iter"),
                 r.get("converged"),
-                "kept" if r.get("run", i) == best else "",
+                "yes" if r.get("run", i) == best else "",
             )
             for i, r in enumerate(runs)
         ]
         section.add(
             table(
-                ["run", "objective", "relative error", "iterations", "converged", ""],
+                ["run", "objective", "relative error", "iterations", "converged", "kept"],
                 rows,
                 numeric=(1, 2, 3),
                 row_classes=["kept" if r[5] else "" for r in rows],
@@ -448,7 +502,7 @@ def _matches(view: ResultView, matches: list[FactorMatch] | None, ref_name: str)
     ]
     section.add(
         table(
-            ["factor", "best match", "cosine", "assigned (one-to-one)", "cosine"],
+            ["factor", "best match", "its cosine", "assigned (one-to-one)", "its cosine"],
             rows,
             numeric=(2, 4),
             raw=(2, 4),
@@ -504,14 +558,20 @@ def _clusters(
             "Coefficients: each sample's exposure shares, samples ordered by cluster.",
         )
     )
+    n_shown = int(sample.index.shape[0])
+    n_bars = min(n_shown, DEFAULT_BAR_SAMPLES)
+    bars_caption = "Exposures: what each factor accounts for in every sample."
+    if n_bars < n_shown:
+        # one bar per sample is unreadable beyond a few hundred: say which samples these are
+        bars_caption = (
+            f"Exposures: what each factor accounts for in a sample, for {n_bars:,} of the "
+            f"{n_shown:,} samples of the other views (a random subset of them: more bars "
+            "than this would not be readable)."
+        )
     section.add(
         figure_block(
-            exposures_plot(
-                view,
-                clusters=source,
-                max_samples=min(max_samples or DEFAULT_BAR_SAMPLES, DEFAULT_BAR_SAMPLES),
-            ),
-            "Exposures: what each factor accounts for in every sample.",
+            exposures_plot(view, clusters=source, max_samples=n_bars),
+            bars_caption,
         )
     )
     if view.k >= 2:

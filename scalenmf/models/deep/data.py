@@ -39,6 +39,21 @@ class Batch(NamedTuple):
     cols: torch.Tensor
 
 
+def batch_to(batch: Batch, device: torch.device) -> Batch:
+    """``batch`` with its tensors on ``device`` (the same object when they are there).
+
+    From pinned memory the copies are asynchronous (``non_blocking``); the kernels that
+    read the tensors are queued on the same stream, so they see the copied values.
+    """
+    if batch.V.device == device:
+        return batch
+    return Batch(
+        batch.V.to(device, non_blocking=True),
+        batch.H.to(device, non_blocking=True),
+        batch.cols.to(device, non_blocking=True),
+    )
+
+
 def open_source(obj: Any, block_cols: int | None = None) -> MatrixSource:
     """Open ``obj`` (path, array, sparse matrix or an already opened source) for block reads.
 
@@ -224,7 +239,9 @@ class ColumnShardDataset(IterableDataset):
             yield from self.iter_block(j)
 
 
-def make_loader(dataset: ColumnShardDataset, num_workers: int = 0) -> DataLoader:
+def make_loader(
+    dataset: ColumnShardDataset, num_workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
     """A DataLoader over already batched items (``batch_size=None``) with worker processes.
 
     Parameters
@@ -232,11 +249,15 @@ def make_loader(dataset: ColumnShardDataset, num_workers: int = 0) -> DataLoader
     dataset : ColumnShardDataset
     num_workers : int
         Reader processes; 0 reads in this process.
+    pin_memory : bool
+        Yield batches in page-locked memory (training on a GPU: faster, asynchronous
+        host-to-device copies).
     """
     return DataLoader(
         dataset,
         batch_size=None,
         num_workers=num_workers,
+        pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=2 if num_workers > 0 else None,
         multiprocessing_context=_reader_context() if num_workers > 0 else None,

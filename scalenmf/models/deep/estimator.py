@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,8 @@ from scalenmf.models.deep.train import (
     load_checkpoint,
     make_optimizer,
     maybe_init_from_env,
+    multi_process_device,
+    to_cpu,
     train,
 )
 
@@ -39,6 +42,8 @@ _MODES = ("supervised", "unsupervised")
 _LOSSES = ("frobenius", "kl")
 _INITS = ("mu", "constant")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: Device options: a name, resolved where the work runs (``"auto"``: CUDA when present).
+_DEVICE = re.compile(r"cpu|auto|cuda(:[0-9]+)?")
 #: Format tag written in saved models; bumped when the layout changes.
 FORMAT = "scalenmf-dnmf/1"
 
@@ -75,6 +80,8 @@ def validate_params(p: dict[str, Any]) -> None:
         bad("num_workers", "an integer >= 0")
     if p["nproc"] < 1:
         bad("nproc", "an integer >= 1")
+    if not isinstance(p["device"], str) or _DEVICE.fullmatch(p["device"]) is None:
+        bad("device", "'cpu', 'cuda', 'cuda:N' or 'auto'")
     if p["mode"] == "unsupervised" and p["learn_lambdas"]:
         raise ValueError(
             "learn_lambdas=True is not allowed in unsupervised mode: λ1, λ2 are part of the "
@@ -160,6 +167,8 @@ def build_and_train(
     """
     p = _effective(params)
     rank, world = dist_info()
+    # resolved first: CUDA without a GPU (or with several ranks) fails before any reading
+    device = multi_process_device(p["device"], world)
     tdtype = _DTYPES[p["dtype"]]
     _check_in_memory(V, "V")
     sup = p["mode"] == "supervised"
@@ -205,26 +214,28 @@ def build_and_train(
         p["lambda2"],
         learn_lambdas=bool(p["learn_lambdas"]),
         dtype=tdtype,
-    )
+    ).to(device)
     W0: torch.Tensor | None = None
     if sup:
         if p["init"] == "constant":
             model.init_constant(1.0)
         else:
             # start from exact MU steps with the least-squares basis of the training data
-            hh, vh = gram_statistics(dataset, torch.float64)
+            hh, vh = gram_statistics(dataset, torch.float64, device)
             model.init_from_w(nnls_w_from_gram(hh, vh))
     elif p["init"] == "constant":
         model.init_constant(0.1)
-        W0 = torch.full((m, k), 1.0 / m, dtype=tdtype)
+        W0 = torch.full((m, k), 1.0 / m, dtype=tdtype, device=device)
     else:
-        W0 = random_basis(m, k, p["seed"], tdtype)
+        # drawn on the CPU whatever the device: the same seed gives the same start anywhere
+        W0 = random_basis(m, k, p["seed"], tdtype).to(device)
         model.init_from_w(W0)
     broadcast_model_(model, W0)
     optimizer = make_optimizer(model, p["lr"])
     state = TrainState(W=W0)
     ckpt = p["checkpoint_path"]
-    extra = {"params": json.dumps(_fingerprint(p), sort_keys=True)}
+    # the device is recorded but not part of the fingerprint: checkpoints resume anywhere
+    extra = {"params": json.dumps(_fingerprint(p), sort_keys=True), "device": str(device)}
     if p["resume"]:
         if not ckpt or not Path(ckpt).exists():
             raise FileNotFoundError(f"cannot resume: no checkpoint at {ckpt!r}")
@@ -295,15 +306,18 @@ def _spawn_entry(
 
 
 def _payload(model: UnrolledNMF, state: TrainState) -> dict[str, Any]:
-    return {
-        "model": model.state_dict(),
-        "W": state.W,
-        "history": list(state.history),
-        "epoch_seconds": list(state.epoch_seconds),
-        "epoch": state.epoch,
-        "step": state.step,
-        "best_epoch": -1 if state.best is None else int(state.best["epoch"]),
-    }
+    """The fitted state with every tensor on the CPU (device independent)."""
+    return to_cpu(
+        {
+            "model": model.state_dict(),
+            "W": state.W,
+            "history": list(state.history),
+            "epoch_seconds": list(state.epoch_seconds),
+            "epoch": state.epoch,
+            "step": state.step,
+            "best_epoch": -1 if state.best is None else int(state.best["epoch"]),
+        }
+    )
 
 
 def _labels_list(labels: Any) -> list[str] | None:
@@ -362,10 +376,19 @@ class DNMF:
     keep_best : bool, default True
         End with the parameters of the epoch with the lowest training loss (Adam on the
         multiplicative layers is noisy late in training); False keeps the last epoch's.
+    device : {"cpu", "cuda", "cuda:N", "auto"}, default "cpu"
+        Where training and inference run: the network, the basis, the batches, the loss
+        and statistics and the optimiser state live there. ``"auto"`` is the GPU when torch
+        sees one, else the CPU, resolved where the work runs (each Dask worker of
+        :meth:`transform_to_zarr` for itself); ``"cuda"`` without a GPU is a ValueError.
+        Training with ``nproc > 1`` (or under ``torchrun``) runs on the CPU: ``"auto"``
+        means the CPU there and a CUDA device is refused. The fitted model, saved models
+        and checkpoints are device independent.
 
     Attributes
     ----------
     model_ : UnrolledNMF
+        On the CPU; :meth:`transform` uses a copy on ``device``.
     W_ : ndarray, shape (m, k)
         Fitted basis (unsupervised mode; None when supervised).
     lambdas_ : tuple of float
@@ -407,6 +430,7 @@ class DNMF:
         resume: bool = False,
         n_threads: int | None = None,
         keep_best: bool = True,
+        device: str = "cpu",
     ) -> None:
         self.n_components = n_components
         self.n_layers = n_layers
@@ -429,8 +453,11 @@ class DNMF:
         self.resume = resume
         self.n_threads = n_threads
         self.keep_best = keep_best
+        self.device = device
         self.best_epoch_: int = -1
         self.model_: UnrolledNMF | None = None
+        #: (device, copy of model_ there) of the last transform on a device other than the CPU
+        self._device_model: tuple[torch.device, UnrolledNMF] | None = None
         self.W_: np.ndarray | None = None
         self.loss_history_: list[float] = []
         self.epoch_seconds_: list[float] = []
@@ -463,6 +490,7 @@ class DNMF:
                 "resume",
                 "n_threads",
                 "keep_best",
+                "device",
             )
         }
 
@@ -487,6 +515,7 @@ class DNMF:
         params = self.get_params()
         validate_params(params)
         if self.nproc > 1:
+            multi_process_device(self.device, self.nproc)  # refuse CUDA before spawning
             payload = self._fit_spawned(params, V, H, progress)
         else:
             # under torchrun (WORLD_SIZE > 1) every launched process joins the group here
@@ -537,6 +566,7 @@ class DNMF:
         model.load_state_dict(payload["model"])
         model.eval()
         self.model_ = model
+        self._device_model = None
         W = payload.get("W")
         self.W_ = None if W is None else W.detach().cpu().numpy()
         self.loss_history_ = [float(x) for x in payload.get("history", [])]
@@ -557,6 +587,21 @@ class DNMF:
             raise RuntimeError("this DNMF instance is not fitted yet; call fit() or DNMF.load()")
         return self.model_
 
+    def _model_on_device(self) -> UnrolledNMF:
+        """The fitted network on ``self.device`` (``model_`` itself on the CPU; elsewhere a
+        copy kept for the next call)."""
+        from scalenmf.models.deep.inference import on_device
+
+        validate_params(self.get_params())
+        model = self._fitted()
+        net = on_device(model, self.device)
+        if net is model:
+            return model
+        if self._device_model is not None and self._device_model[0] == net.B.device:
+            return self._device_model[1]
+        self._device_model = (net.B.device, net)
+        return net
+
     # ------------------------------------------------------------------ inference
 
     def transform(self, V: Any, *, batch_size: int | None = 65536) -> np.ndarray:
@@ -574,7 +619,7 @@ class DNMF:
         """
         from scalenmf.models.deep.inference import transform_source
 
-        model = self._fitted()
+        model = self._model_on_device()
         _check_in_memory(V, "V")
         src = open_source(V, self.block_cols)
         self._check_features(src)
@@ -602,7 +647,8 @@ class DNMF:
         out : path
             Zarr store to create atomically (see :mod:`scalenmf.models.deep.inference`).
         scheduler : str or distributed.Client, optional
-            Dask scheduler: each worker transforms its own blocks.
+            Dask scheduler: each worker transforms its own blocks, on the device it
+            resolves ``device`` to.
         batch_size : int, optional
         overwrite : bool
         progress : bool
@@ -613,7 +659,9 @@ class DNMF:
         """
         from scalenmf.models.deep.inference import transform_to_zarr
 
-        model = self._fitted()
+        validate_params(self.get_params())
+        # with Dask the workers resolve the device; here, before anything is written
+        model = self._fitted() if scheduler is not None else self._model_on_device()
         src = open_source(V, self.block_cols)
         self._check_features(src)
         attrs = {
@@ -633,6 +681,7 @@ class DNMF:
             attrs=attrs,
             component_labels=self.component_labels_ or None,
             progress=progress,
+            device=self.device,
         )
 
     def _check_features(self, src: Any) -> None:
@@ -699,8 +748,16 @@ class DNMF:
             torch.save(weights, os.path.join(tmp, "weights.pt"))
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> DNMF:
-        """Restore a model written by :meth:`save` (weights only; nothing else unpickled)."""
+    def load(cls, path: str | os.PathLike[str], device: str | None = None) -> DNMF:
+        """Restore a model written by :meth:`save` (weights only; nothing else unpickled).
+
+        Parameters
+        ----------
+        path : path
+        device : {"cpu", "cuda", "cuda:N", "auto"}, optional
+            Device for inference (and further training) instead of the saved one: a
+            model trained on a GPU loads on a machine without one with ``device="cpu"``.
+        """
         root = Path(path)
         cfg_file, w_file = root / "config.json", root / "weights.pt"
         if not cfg_file.exists() or not w_file.exists():
@@ -712,7 +769,10 @@ class DNMF:
             raise ValueError(
                 f"{str(root)!r} has format {config.get('format')!r}, expected {FORMAT!r}"
             )
-        est = cls(**config["params"])
+        params = dict(config["params"])
+        if device is not None:
+            params["device"] = device
+        est = cls(**params)
         weights = torch.load(w_file, weights_only=True, map_location="cpu")
         payload = {
             "model": weights["model"],

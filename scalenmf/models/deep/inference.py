@@ -9,11 +9,16 @@ Output store layout (``scalenmf`` attrs ``kind = "result"``, ``model = "dnmf"``)
     row_labels        (m,)  feature labels of the input, when known
     col_labels        (n,)  sample labels of the input, when known
     component_labels  (k,)  "C1".."Ck"
+
+The network runs on the device of its parameters: columns are densified on the host, copied
+there, and the coefficients copied back. With Dask every worker rebuilds the network on the
+device it resolves for itself (``"auto"``: its GPU when it has one, else its CPU).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +30,7 @@ import zarr
 from scalenmf.io import MatrixSource
 from scalenmf.io.atomic import atomic_output
 from scalenmf.io.zarr_store import write_labels
+from scalenmf.kernels.torch_kernels import resolve_device
 from scalenmf.models.deep.data import check_block, dense_columns
 from scalenmf.models.deep.layers import UnrolledNMF
 
@@ -37,6 +43,25 @@ def atomic_dir(path: str | os.PathLike[str], overwrite: bool = False) -> Iterato
     """A temporary directory published at ``path`` only when the block succeeds."""
     with atomic_output(path, overwrite=overwrite) as tmp:
         yield tmp
+
+
+def on_device(model: UnrolledNMF, device: str | torch.device | None) -> UnrolledNMF:
+    """``model`` on the device ``device`` resolves to: the model itself when it is there
+    already, else a copy (``nn.Module.to`` moves in place, and the caller's model stays
+    where it is).
+
+    Raises
+    ------
+    ValueError
+        CUDA asked for where torch sees no GPU.
+    """
+    dev = resolve_device(device)
+    if dev.type == "cuda" and dev.index is None:
+        # parameters report "cuda:N": compare with the index "cuda" stands for
+        dev = torch.device("cuda", torch.cuda.current_device())
+    if model.B.device == dev:
+        return model
+    return copy.deepcopy(model).to(dev)
 
 
 @torch.no_grad()
@@ -57,6 +82,7 @@ def transform_block(
     Returns
     -------
     ndarray, shape (k, b)
+        On the host, whatever the model's device.
     """
     check_block(block, where)
     m, b = block.shape
@@ -64,14 +90,14 @@ def transform_block(
         raise ValueError(
             f"input has {m} features (rows) but the model was trained on {model.n_features}"
         )
-    dtype = model.B.dtype
+    dtype, device = model.B.dtype, model.B.device
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
     out = np.empty((model.n_components, b), dtype=np_dtype)
     step = b if not batch_size else int(batch_size)
     for s in range(0, b, max(step, 1)):
         idx = np.arange(s, min(s + step, b))
-        V = torch.from_numpy(dense_columns(block, idx, np.dtype(np_dtype)))
-        out[:, s : s + len(idx)] = model(V).numpy()
+        V = torch.from_numpy(dense_columns(block, idx, np.dtype(np_dtype))).to(device)
+        out[:, s : s + len(idx)] = model(V).cpu().numpy()
     return out
 
 
@@ -170,25 +196,29 @@ def _dask_transform_block(
     return b - a
 
 
-def model_state(model: UnrolledNMF) -> dict[str, Any]:
-    """What a worker needs to rebuild the network: shape, loss and numpy weights."""
+def model_state(model: UnrolledNMF, device: str | None = "cpu") -> dict[str, Any]:
+    """What a worker needs to rebuild the network: shape, loss, numpy weights (device
+    independent) and the device option it resolves for itself."""
     return {
         "shape": (model.n_features, model.n_components, model.n_layers),
         "loss": model.loss,
         "learn": isinstance(model.lambdas, torch.nn.Parameter),
         "weights": {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
+        "device": "cpu" if device is None else str(device),
     }
 
 
 def model_from_state(state: dict[str, Any]) -> UnrolledNMF:
-    """Inverse of :func:`model_state`."""
+    """Inverse of :func:`model_state`, on the device ``state["device"]`` resolves to in this
+    process (``"auto"``: this worker's GPU when it has one)."""
     m, k, L = state["shape"]
     weights = state["weights"]
     dtype = torch.from_numpy(weights["B"]).dtype
     model = UnrolledNMF(m, k, L, state["loss"], learn_lambdas=state["learn"], dtype=dtype)
     model.load_state_dict({key: torch.from_numpy(v) for key, v in weights.items()})
     model.eval()
-    return model
+    # a fresh model: moving it in place is safe
+    return model.to(resolve_device(state.get("device", "cpu")))
 
 
 def transform_to_zarr(
@@ -203,12 +233,14 @@ def transform_to_zarr(
     attrs: dict[str, Any] | None = None,
     component_labels: Any = None,
     progress: bool = False,
+    device: str | None = None,
 ) -> str:
     """Stream every block of ``source`` through ``model`` and write ``H`` to a Zarr store.
 
     Parameters
     ----------
     model : UnrolledNMF
+        On any device; its weights are copied to the device that runs the blocks.
     source : MatrixSource, shape (m, n)
     out : path
         Result store to create; it appears only when complete.
@@ -226,6 +258,10 @@ def transform_to_zarr(
     component_labels : sequence of str, optional
         Row labels of ``H`` (default ``C1..Ck``).
     progress : bool
+    device : {"cpu", "cuda", "auto"}, optional
+        Where the blocks are transformed. ``None`` keeps the model where it is (in this
+        process; Dask workers then use their CPU). With Dask every worker resolves the
+        option for itself, so ``"auto"`` uses each worker's GPU when it has one.
 
     Returns
     -------
@@ -240,6 +276,9 @@ def transform_to_zarr(
         width = max(b - a for a, b in source.block_bounds)
         source = source.reblock(width)
         chunk = width
+    if scheduler is None and device is not None:
+        # resolved before anything is written: CUDA asked for without a GPU is refused here
+        model = on_device(model, device)
     with atomic_output(out, overwrite=overwrite) as tmp:
         H = _init_store(tmp, model, source, chunk, W, attrs or {}, component_labels)
         bar = tqdm(total=source.shape[1], disable=not progress, desc="dnmf transform", unit="col")
@@ -249,7 +288,7 @@ def transform_to_zarr(
                     H[:, a:b] = Hb
                     bar.update(b - a)
             else:
-                _transform_dask(model, source, tmp, scheduler, batch_size, bar)
+                _transform_dask(model, source, tmp, scheduler, batch_size, bar, device)
         finally:
             bar.close()
     return str(out)
@@ -262,13 +301,14 @@ def _transform_dask(
     scheduler: Any,
     batch_size: int | None,
     bar: Any,
+    device: str | None,
 ) -> None:
     from distributed import Client, as_completed
 
     own = not isinstance(scheduler, Client)
     client = Client(scheduler) if own else scheduler
     try:
-        state = client.scatter([model_state(model)], broadcast=True)[0]
+        state = client.scatter([model_state(model, device)], broadcast=True)[0]
         futures = []
         for j, bounds in enumerate(source.block_bounds):
             # stores travel by path and each worker reads its own block; in-memory input

@@ -91,7 +91,7 @@ class UnrolledNMF(nn.Module):
     @torch.no_grad()
     def init_from_w(self, W: torch.Tensor) -> None:
         """Make every layer an exact MU step for the basis ``W`` of shape (m, k)."""
-        W = W.to(self.B.dtype)
+        W = W.to(self.B.device, self.B.dtype)
         self.B.copy_(W.T.expand_as(self.B))
         if self.loss == "kl":
             self.C.copy_(W.expand_as(self.C))

@@ -111,7 +111,11 @@ class Adam:
         }
 
     def load_state_dict(self, payload: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` (or ``torch.optim.Adam``) saved."""
+        """Restore what :meth:`state_dict` (or ``torch.optim.Adam``) saved.
+
+        The moment estimates go to the device of their parameter (a checkpoint is read onto
+        the CPU); the step counter stays on the CPU, where :meth:`step` creates it.
+        """
         groups = payload["param_groups"]
         if len(groups) != 1 or len(groups[0]["params"]) != len(self._params):
             raise ValueError("the optimiser state does not match this model's parameters")
@@ -119,7 +123,12 @@ class Adam:
         mine["lr"] = float(groups[0]["lr"])
         mine["betas"] = tuple(groups[0]["betas"])
         mine["eps"] = float(groups[0]["eps"])
+
+        def place(i: int, name: str, t: torch.Tensor) -> torch.Tensor:
+            where = torch.device("cpu") if name == "step" else self._params[i].device
+            return t.detach().to(where).clone()
+
         self.state = {
-            int(i): {name: t.detach().clone() for name, t in st.items()}
+            int(i): {name: place(int(i), name, t) for name, t in st.items()}
             for i, st in payload["state"].items()
         }

@@ -6,6 +6,12 @@ result is exactly the full-batch gradient whatever the split: every rank compute
 *sum* of its per-column losses divided by the *global* number of columns in the step, and
 the gradients are summed over ranks. Ranks whose shards are exhausted keep taking part with
 an empty batch until every rank is done, so uneven shards cannot dead-lock.
+
+Training runs on the device of the model's parameters (the estimator puts them there):
+batches, the basis ``W``, the loss and statistics accumulators and the optimiser state
+live on it. Checkpoints are written with every tensor on the CPU, so that one written on a
+GPU resumes on a CPU and the other way round. Multi-process training runs on the CPU over
+gloo (see :func:`multi_process_device`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,14 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from scalenmf.models.deep.data import Batch, ColumnShardDataset, load_all, make_loader
+from scalenmf.kernels.torch_kernels import resolve_device
+from scalenmf.models.deep.data import (
+    Batch,
+    ColumnShardDataset,
+    batch_to,
+    load_all,
+    make_loader,
+)
 from scalenmf.models.deep.layers import UnrolledNMF
 from scalenmf.models.deep.mu import (
     kl_divergence,
@@ -154,10 +167,14 @@ def free_port() -> int:
 
 
 def init_distributed(rank: int, world_size: int, port: int) -> None:
-    """Join a process group on 127.0.0.1 (gloo on CPU, nccl when CUDA is used)."""
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    """Join a gloo process group on 127.0.0.1.
+
+    Always gloo: multi-process training runs on the CPU (:func:`multi_process_device`), and
+    nccl cannot reduce CPU tensors, so choosing it because a GPU is present would break
+    CPU training on GPU machines.
+    """
     dist.init_process_group(
-        backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
     )
 
 
@@ -186,9 +203,31 @@ def maybe_init_from_env() -> bool:
     """
     if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend, init_method="env://")
+    dist.init_process_group("gloo", init_method="env://")  # CPU ranks, as init_distributed
     return True
+
+
+def multi_process_device(device: str | None, world_size: int) -> torch.device:
+    """The torch device of a training process among ``world_size`` data-parallel ones.
+
+    One process resolves ``device`` as :func:`scalenmf.kernels.torch_kernels.resolve_device`
+    does. Several processes train on the CPU: ``"auto"`` means the CPU there and an explicit
+    CUDA device is refused, because one GPU per rank over nccl is not supported (it could
+    not be tested; gloo reduces CPU tensors only in this code path).
+
+    Raises
+    ------
+    ValueError
+        For a CUDA device with ``world_size > 1``, or CUDA asked for without a GPU.
+    """
+    if world_size <= 1:
+        return resolve_device(device)
+    if device is None or str(device) in ("auto", "cpu"):
+        return torch.device("cpu")
+    raise ValueError(
+        f"device={device!r} with {world_size} training processes is not supported: "
+        "multi-process DNMF training runs on the CPU (gloo); use nproc=1 to train on one GPU"
+    )
 
 
 def broadcast_model_(model: torch.nn.Module, W: torch.Tensor | None) -> None:
@@ -246,22 +285,26 @@ def unsupervised_loss_sum(
     return 0.5 * (R * R).sum() + reg
 
 
-def gram_statistics(dataset: ColumnShardDataset, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+def gram_statistics(
+    dataset: ColumnShardDataset, dtype: torch.dtype, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, ...]:
     """One pass over this rank's shards: ``HHᵀ`` (k, k) and ``VHᵀ`` (m, k), summed over ranks.
 
-    Used to fit the NNLS basis ``W`` from known ``H`` (supervised initialisation).
+    Used to fit the NNLS basis ``W`` from known ``H`` (supervised initialisation). The
+    products are accumulated on ``device``.
     """
     hh: torch.Tensor | None = None
     vh: torch.Tensor | None = None
     for j in dataset.reader_blocks():
         for b in dataset.iter_block(j):
-            Hb, Vb = b.H.to(dtype), b.V.to(dtype)
+            Hb, Vb = b.H.to(device, dtype), b.V.to(device, dtype)
             hh = Hb @ Hb.T if hh is None else hh + Hb @ Hb.T
             vh = Vb @ Hb.T if vh is None else vh + Vb @ Hb.T
     if hh is None or vh is None:
         # a rank without columns (more ranks than blocks) still joins the reductions
         k, m = dataset.n_components, dataset.shape[0]
-        hh, vh = torch.zeros((k, k), dtype=dtype), torch.zeros((m, k), dtype=dtype)
+        hh = torch.zeros((k, k), dtype=dtype, device=device)
+        vh = torch.zeros((m, k), dtype=dtype, device=device)
     return all_sum_(hh), all_sum_(vh)
 
 
@@ -355,11 +398,13 @@ def _forward_backward(
         ``[Σ gradients…, Σ loss, Σ statistics… (unsupervised), Σ columns]``.
     """
     params = [p for p in model.parameters() if p.requires_grad]
+    device = model.B.device
     optimizer.zero_grad(set_to_none=False)
-    loss_sum = torch.zeros((), dtype=torch.float64)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     n_local = 0 if batch is None else int(batch.V.shape[1])
     stats: list[torch.Tensor] = []
     if batch is not None and n_local > 0:
+        batch = batch_to(batch, device)
         V = batch.V.to(model.B.dtype)
         H_hat = model(V)
         if mode == "supervised":
@@ -371,11 +416,13 @@ def _forward_backward(
         loss_sum.backward()
     elif mode == "unsupervised":
         # an idle rank still joins the reduction, with zero statistics
-        stats = [torch.zeros(shape, dtype=torch.float64) for shape in _stat_shapes(model)]
+        stats = [
+            torch.zeros(shape, dtype=torch.float64, device=device) for shape in _stat_shapes(model)
+        ]
     grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
     parts = [g.reshape(-1).double() for g in grads] + [loss_sum.detach().reshape(1)]
     parts += [t.reshape(-1).double() for t in stats]
-    parts.append(torch.tensor([float(n_local)], dtype=torch.float64))
+    parts.append(torch.tensor([float(n_local)], dtype=torch.float64, device=device))
     return all_sum_(torch.cat(parts))
 
 
@@ -446,6 +493,28 @@ def train_step(
 # ----------------------------------------------------------------------------- checkpoints
 
 
+def to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in it (nested dicts, lists, tuples) moved to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {key: to_cpu(v) for key, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    """``obj`` with every tensor in it (nested dicts, lists, tuples) moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {key: to_device(v, device) for key, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
 def save_checkpoint(
     path: str | os.PathLike[str],
     model: UnrolledNMF,
@@ -453,7 +522,10 @@ def save_checkpoint(
     state: TrainState,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write a resumable checkpoint (tensors and plain values only) atomically."""
+    """Write a resumable checkpoint (tensors and plain values only) atomically.
+
+    Every tensor is written from the CPU, so the checkpoint resumes on any device.
+    """
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -470,7 +542,7 @@ def save_checkpoint(
     }
     target = Path(path)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
+    torch.save(to_cpu(payload), tmp)
     os.replace(tmp, target)
 
 
@@ -479,21 +551,23 @@ def load_checkpoint(
 ) -> tuple[TrainState, dict[str, Any]]:
     """Restore model, optimiser and loop state from :func:`save_checkpoint` output.
 
-    Only tensors and plain containers are unpickled (``weights_only=True``).
+    Only tensors and plain containers are unpickled (``weights_only=True``). They are read
+    onto the CPU and moved to the device of the model's parameters.
     """
     payload = torch.load(path, weights_only=True, map_location="cpu")
+    device = model.B.device
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     state = TrainState(
-        W=payload["W"],
-        stats=list(payload["stats"]),
+        W=to_device(payload["W"], device),
+        stats=to_device(list(payload["stats"]), device),
         epoch=int(payload["epoch"]),
         step=int(payload["step"]),
         step_in_epoch=int(payload["step_in_epoch"]),
         history=[float(x) for x in payload["history"]],
         epoch_loss_sum=float(payload["epoch_loss_sum"]),
         epoch_n=int(payload["epoch_n"]),
-        best=payload.get("best"),
+        best=to_device(payload.get("best"), device),
     )
     return state, dict(payload.get("extra", {}))
 
@@ -539,9 +613,11 @@ def train(
     TrainState
     """
     rank, _ = dist_info()
+    device = model.B.device
     n_total = dataset.shape[1]
     full_batch = dataset.batch_size is None
-    resident = load_all(dataset) if full_batch else None
+    # full batch: the data are copied to the device once and stay there
+    resident = batch_to(load_all(dataset), device) if full_batch else None
     bar = tqdm(
         total=config.epochs,
         initial=state.epoch,
@@ -556,7 +632,9 @@ def train(
             if resident is not None:
                 batches: Any = iter([resident][state.step_in_epoch :])
             else:
-                batches = iter(make_loader(dataset, config.num_workers))
+                batches = iter(
+                    make_loader(dataset, config.num_workers, pin_memory=device.type == "cuda")
+                )
                 # resume mid-epoch: replay the epoch's deterministic order up to the step
                 for _ in range(state.step_in_epoch):
                     next(batches, None)

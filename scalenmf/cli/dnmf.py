@@ -153,6 +153,13 @@ def dnmf() -> None:
     help="Keep the parameters of the epoch with the lowest training loss, or the last ones.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda", "auto"]),
+    default="cpu",
+    show_default=True,
+    help="torch device for training (auto: a GPU when present); --nproc > 1 trains on the CPU.",
+)
 @progress_options
 def train(
     input: str,
@@ -178,6 +185,7 @@ def train(
     resume: bool,
     keep_best: bool,
     overwrite: bool,
+    device: str,
     progress: bool,
 ) -> None:
     """Train a DNMF model on INPUT (features × samples; Zarr store, .npy, ...)."""
@@ -224,6 +232,7 @@ def train(
         checkpoint_path=ckpt if (checkpoint_every or resume) else None,
         resume=resume,
         keep_best=keep_best,
+        device=device,
     )
     # with several processes the inputs travel by path; each process opens its own view
     V_arg: Any = input if nproc > 1 else src
@@ -251,6 +260,12 @@ def train(
     help="Columns densified and pushed through the network at once.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda", "auto"]),
+    default=None,
+    help="torch device (default: the model's; auto: a GPU when present, each worker its own).",
+)
 @progress_options
 @cluster_options
 def transform(
@@ -259,6 +274,7 @@ def transform(
     out: str,
     batch_size: int,
     overwrite: bool,
+    device: str | None,
     progress: bool,
     **cluster: Any,
 ) -> None:
@@ -271,7 +287,7 @@ def transform(
     launch = cluster_kwargs(*(cluster.pop(name) for name in CLUSTER_OPTIONS))
     _check_output(out, overwrite)
     try:
-        model = deep.DNMF.load(model_dir)
+        model = deep.DNMF.load(model_dir, device=device)
     except (OSError, ValueError, KeyError) as exc:
         raise click.BadParameter(f"cannot load model: {exc}", param_hint="MODEL_DIR") from exc
     src = _open_input(input, "INPUT")

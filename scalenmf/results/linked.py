@@ -425,8 +425,7 @@ class ProjectionResult(Result):
         with ``k_new``, ``new_share``) as DataFrames."""
         import pandas as pd
 
-        names = self.factor_labels if self.factor_labels is not None else None
-        H = self.frame(self.H, names, self.col_labels, col_name="sample")
+        H = self.frame(self.H, self.factor_labels, self.col_labels, col_name="sample")
         columns: dict[str, Any] = {
             "cosine": self.cosine,
             "relative_error": self.relative_error,

@@ -146,3 +146,26 @@ def test_rank_survey_reads_anndata_like_nmf(tmp_path: Path):
     survey = scalenmf.rank_survey(adata, "2", n_runs=2, cv_reps=0, null=False, **FAST)
     direct = scalenmf.rank_survey(counts.T, "2", n_runs=2, cv_reps=0, null=False, **FAST)
     np.testing.assert_allclose(survey.best[2].W, direct.best[2].W)
+
+
+def test_jnmf_store_with_empty_unique_bases_round_trips(data, tmp_path):
+    """jNMF's U_d are (m, 0): their digest and check must work on empty arrays."""
+    A, B = data
+    res = scalenmf.jnmf([A, B], 2, **FAST)
+    out = tmp_path / "j.zarr"
+    res.save(out)
+    back = LinkedNMFResult.load(out)
+    assert [U.shape for U in back.U] == [(20, 0), (20, 0)]
+    np.testing.assert_array_equal(back.W, res.W)
+    from scalenmf.io.results import verify_result_store
+
+    verify_result_store(out)
+
+
+def test_digest_of_an_empty_array_matches_its_stored_digest(tmp_path):
+    from scalenmf.io.integrity import digest_array, digest_stored
+
+    empty = np.zeros((5, 0))
+    z = zarr.create_array(str(tmp_path / "e.zarr"), shape=(5, 0), chunks=(5, 1), dtype="f8")
+    assert digest_array(empty) == digest_stored(z)
+    assert digest_array(empty) != digest_array(np.zeros((0, 5)))

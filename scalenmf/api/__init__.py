@@ -2,8 +2,10 @@
 
 ``fit``: ``nmf`` (and what the estimator and the CLI build on); ``linked``: ``lnmf``,
 ``jnmf``, ``inmf``, ``lnmf_ranks``; ``project``: ``project``; ``selection``:
-``rank_survey``, ``consensus`` and masked fits. ``_common``: parameter checks, the
-working dtype, the cluster options every function takes, the progress bar.
+``rank_survey``, ``consensus`` and masked fits. ``_common``: what they all share, written
+once: the setup (parameter checks, the input, the working dtype, the block-step config,
+the cluster options every function takes and the executor they open), the run under a
+progress bar, and the collection of the result.
 
 Names import their module on first use, so that ``from scalenmf.api import check_rank``
 (the planner, the estimator) does not load every model.

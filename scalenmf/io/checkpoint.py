@@ -29,13 +29,12 @@ import zarr
 from scalenmf.io import storage
 from scalenmf.io.errors import InputError
 from scalenmf.io.integrity import (
-    WRITE_CONFIG,
     IntegrityError,
     digest_array,
     digest_json,
     require_complete,
 )
-from scalenmf.io.zarr_store import _codec, find_bad_chunk
+from scalenmf.io.zarr_store import read_whole, write_digested
 
 POINTER = "LATEST"
 CHECKPOINT_FORMAT_VERSION = 2
@@ -142,14 +141,9 @@ def _read(group: zarr.Group, name: str, digests: dict[str, str]) -> np.ndarray:
     except IntegrityError as exc:
         raise CheckpointError(f"checkpoint {exc}") from exc
     try:
-        values = np.asarray(node[...])
-    except Exception as exc:  # codecs raise their own types for damaged bytes
-        idx = find_bad_chunk(node, 0, 0, int(node.shape[0])) if node.ndim else None
-        chunk = f" chunk {idx} (key {name}/{node.metadata.encode_chunk_key(idx)})" if idx else ""
-        raise CheckpointError(
-            f"checkpoint {where!r}: array {name!r}{chunk} is corrupt or truncated "
-            f"({type(exc).__name__}: {exc}); remove the checkpoint to start afresh"
-        ) from exc
+        values = read_whole(node, name, f"checkpoint {where!r}")
+    except IntegrityError as exc:
+        raise CheckpointError(f"{exc}; remove the checkpoint to start afresh") from exc
     expected = digests.get(name)
     if expected is None:
         raise CheckpointError(f"checkpoint {where!r} records no checksum for array {name!r}")
@@ -173,17 +167,7 @@ def _write(
         chunks: tuple[int, ...] = (max(1, min(arr.shape[0], chunk)),)
     else:
         chunks = tuple(max(1, d) for d in arr.shape) or ()
-    out = group.create_array(
-        name,
-        shape=arr.shape,
-        chunks=chunks,
-        dtype=arr.dtype,
-        compressors=[_codec()],
-        config=WRITE_CONFIG,
-    )
-    if arr.size:
-        out[...] = arr
-    digests[name] = digest_array(arr)
+    write_digested(group, name, arr, chunks, digests)
 
 
 def _encode_model(

@@ -27,13 +27,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from scalenmf.io.atomic import atomic_output
 from scalenmf.io.errors import InputError
-from scalenmf.io.results import RESULT_FORMAT_VERSION, _jsonable, read_result
-from scalenmf.io.zarr_store import _codec, write_labels
-
-#: Default column chunk of sample-indexed arrays.
-COL_CHUNK = 65536
+from scalenmf.io.results import read_result, write_result
 
 MODELS = ("lnmf", "inmf", "projection")
 
@@ -50,6 +45,9 @@ def write_model_store(
 ) -> str:
     """Write a result store atomically; ``sample_axis[name]`` marks arrays over samples.
 
+    The writer of plain results (``write_result``) with the chunking said by
+    ``sample_axis``, so these stores carry the same digests and are checked the same way.
+
     Parameters
     ----------
     arrays : dict of str to ndarray
@@ -60,31 +58,17 @@ def write_model_store(
         JSON-able; must hold ``model``.
     labels : dict of str to sequence, optional
     """
-    chunk = int(col_chunk or COL_CHUNK)
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        root = zarr.open_group(tmp, mode="w")
-        for name, arr in arrays.items():
-            arr = np.asarray(arr)
-            chunks = [max(1, min(s, COL_CHUNK)) for s in arr.shape]
-            if name in sample_axis:
-                ax = sample_axis[name]
-                chunks = [max(1, s) for s in arr.shape]
-                chunks[ax] = max(1, min(arr.shape[ax], chunk))
-            out = root.create_array(
-                name,
-                shape=arr.shape,
-                chunks=tuple(chunks),
-                dtype=arr.dtype,
-                compressors=[_codec()],
-            )
-            if arr.size:
-                out[...] = arr
-        for name, values in (labels or {}).items():
-            if values is not None:
-                write_labels(root, name, values)
-        root.attrs["scalenmf"] = {"kind": "result", "format_version": RESULT_FORMAT_VERSION}
-        root.attrs.update(_jsonable(attrs))
-    return str(path)
+    if "model" not in attrs:
+        raise ValueError("the attrs of a linked / iNMF / projection store must name its model")
+    return write_result(
+        path,
+        arrays,
+        attrs=attrs,
+        labels=labels,
+        col_chunk=col_chunk,
+        overwrite=overwrite,
+        sample_axis=sample_axis,
+    )
 
 
 def read_model_store(

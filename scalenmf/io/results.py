@@ -21,7 +21,6 @@ import zarr
 from scalenmf.io.atomic import atomic_output
 from scalenmf.io.errors import InputError
 from scalenmf.io.integrity import (
-    WRITE_CONFIG,
     IntegrityError,
     digest_array,
     digest_json,
@@ -29,15 +28,17 @@ from scalenmf.io.integrity import (
     require_complete,
 )
 from scalenmf.io.source import as_str_array
-from scalenmf.io.zarr_store import _codec, _open_group, find_bad_chunk, write_labels
+from scalenmf.io.zarr_store import _open_group, read_whole, write_digested, write_labels
 
 RESULT_FORMAT_VERSION = 1
+#: Default chunk length along samples, and along the rows of every other array.
+COL_CHUNK = 65536
 #: Root attr with the digests of every array and of the other attrs (absent in stores
 #: written before it existed, which are read unverified).
 INTEGRITY = "integrity"
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Attrs must be JSON: numpy scalars and arrays become Python numbers and lists."""
     return json.loads(json.dumps(value, default=_default))
 
@@ -58,46 +59,47 @@ def write_result(
     labels: dict[str, Any] | None = None,
     col_chunk: int | None = None,
     overwrite: bool = False,
+    sample_axis: dict[str, int] | None = None,
 ) -> str:
-    """Write a result store atomically.
+    """Write a result store atomically, with the digests ``read_result`` checks.
 
     Parameters
     ----------
     arrays : dict of str to ndarray
-        Typically ``{"W": (m, k), "H": (k, n)}``; 2-D arrays whose second axis is samples
-        are chunked by ``col_chunk`` columns, others by rows.
+        Typically ``{"W": (m, k), "H": (k, n)}``.
     attrs : dict
         JSON-able metadata (k, solver, loss, params, ...).
     labels : dict of str to sequence, optional
         ``row_labels``, ``col_labels``, ``factor_labels``.
+    col_chunk : int, optional
+        Chunk length along samples (default 65,536).
+    sample_axis : dict of str to int, optional
+        For arrays whose axis ``i`` runs over samples: that axis is chunked by
+        ``col_chunk``, the others are whole. Default: axis 1 of every 2-D array whose name
+        starts with ``H``. Every other array is chunked by 65,536 rows.
     """
     digests: dict[str, str] = {}
+    along = int(col_chunk or COL_CHUNK)
     with atomic_output(path, overwrite=overwrite) as tmp:
         root = zarr.open_group(tmp, mode="w")
         for name, arr in arrays.items():
             arr = np.asarray(arr)
-            if name.startswith("H") and arr.ndim == 2:
-                chunks = (max(1, arr.shape[0]), max(1, min(arr.shape[1], col_chunk or 65536)))
-            elif arr.ndim == 2:
-                chunks = (max(1, min(arr.shape[0], 65536)), max(1, arr.shape[1]))
+            chunks = [max(1, s) for s in arr.shape]
+            if sample_axis is not None:
+                ax = sample_axis.get(name)
             else:
-                chunks = (max(1, min(arr.shape[0], 65536)),) if arr.ndim == 1 else arr.shape
-            out = root.create_array(
-                name,
-                shape=arr.shape,
-                chunks=chunks,
-                dtype=arr.dtype,
-                compressors=[_codec()],
-                config=WRITE_CONFIG,
-            )
-            out[...] = arr
-            digests[name] = digest_array(arr)
+                ax = 1 if name.startswith("H") and arr.ndim == 2 else None
+            if ax is not None:
+                chunks[ax] = max(1, min(arr.shape[ax], along))
+            elif arr.ndim:
+                chunks[0] = max(1, min(arr.shape[0], COL_CHUNK))
+            write_digested(root, name, arr, tuple(chunks), digests)
         for name, values in (labels or {}).items():
             if values is not None:
                 write_labels(root, name, values)
                 digests[name] = digest_array(as_str_array(values))
         meta: dict[str, Any] = {"kind": "result", "format_version": RESULT_FORMAT_VERSION}
-        body = _jsonable(attrs)
+        body = jsonable(attrs)
         root.attrs["scalenmf"] = meta
         root.attrs.update(body)
         root.attrs[INTEGRITY] = {"arrays": digests, "attrs": digest_json(body)}
@@ -140,25 +142,22 @@ def read_result(
                 )
     if digests:
         raise IntegrityError(f"result store {where!r} lacks array(s) {sorted(digests)}")
+    return arrays, _checked_attrs(g, seal, where), labels
+
+
+def _read_array(node: zarr.Array, name: str, where: str) -> np.ndarray:
+    return read_whole(node, name, f"result store {where!r}")
+
+
+def _checked_attrs(g: zarr.Group, seal: Any, where: str) -> dict[str, Any]:
+    """The fit's attrs of the store, checked against their recorded digest if it has one."""
     attrs = {key: value for key, value in g.attrs.items() if key not in ("scalenmf", INTEGRITY)}
     if isinstance(seal, dict) and digest_json(attrs) != seal.get("attrs"):
         raise IntegrityError(
             f"the attrs of result store {where!r} (parameters, loss history, errors) do not "
             "match their recorded checksum (edited or damaged after it was written)"
         )
-    return arrays, attrs, labels
-
-
-def _read_array(node: zarr.Array, name: str, where: str) -> np.ndarray:
-    try:
-        return np.asarray(node[...])
-    except Exception as exc:  # codecs raise their own types for damaged bytes
-        idx = find_bad_chunk(node, 0, 0, int(node.shape[0])) if node.ndim else None
-        chunk = f" chunk {idx} (key {name}/{node.metadata.encode_chunk_key(idx)})" if idx else ""
-        raise IntegrityError(
-            f"result store {where!r}: array {name!r}{chunk} is corrupt or truncated "
-            f"({type(exc).__name__}: {exc})"
-        ) from exc
+    return attrs
 
 
 def verify_result_store(path: str | os.PathLike[str], *, lazy: tuple[str, ...] = ()) -> None:
@@ -204,9 +203,4 @@ def verify_result_store(path: str | os.PathLike[str], *, lazy: tuple[str, ...] =
             )
     if digests:
         raise IntegrityError(f"result store {where!r} lacks array(s) {sorted(digests)}")
-    attrs = {key: value for key, value in g.attrs.items() if key not in ("scalenmf", INTEGRITY)}
-    if isinstance(seal, dict) and digest_json(attrs) != seal.get("attrs"):
-        raise IntegrityError(
-            f"the attrs of result store {where!r} (parameters, loss history, errors) do not "
-            "match their recorded checksum (edited or damaged after it was written)"
-        )
+    _checked_attrs(g, seal, where)

@@ -38,7 +38,7 @@ import numpy as np
 import zarr
 
 from scalenmf.io.atomic import atomic_output
-from scalenmf.io.results import _jsonable
+from scalenmf.io.results import jsonable
 from scalenmf.io.tables import write_csv, write_json
 from scalenmf.io.zarr_store import _codec, write_labels
 
@@ -104,7 +104,7 @@ def write_consensus_store(
             "scalenmf": {"kind": "consensus", "format_version": 1},
         }
         attrs.update(extra_attrs or {})
-        root.attrs.update(_jsonable(attrs))
+        root.attrs.update(jsonable(attrs))
     return str(path)
 
 

@@ -32,6 +32,7 @@ from scalenmf.io.integrity import (
     IntegrityError,
     check_csc,
     check_indptr,
+    digest_array,
     require_complete,
 )
 from scalenmf.io.planning import (
@@ -129,6 +130,19 @@ def find_bad_chunk(arr: zarr.Array, axis: int, lo: int, hi: int) -> tuple[int, .
         except Exception:
             return tuple(int(i) for i in idx)
     return None
+
+
+def read_whole(arr: zarr.Array, name: str, what: str) -> np.ndarray:
+    """All of ``arr``, or an ``IntegrityError`` naming ``what`` (``"result store '…'"``),
+    the array and the first chunk that does not decode."""
+    try:
+        return np.asarray(arr[...])
+    except Exception as exc:  # codecs raise their own types for damaged bytes
+        idx = find_bad_chunk(arr, 0, 0, int(arr.shape[0])) if arr.ndim else None
+        chunk = f" chunk {idx} (key {name}/{arr.metadata.encode_chunk_key(idx)})" if idx else ""
+        raise IntegrityError(
+            f"{what}: array {name!r}{chunk} is corrupt or truncated ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 class ZarrDenseSource(MatrixSource):
@@ -265,7 +279,13 @@ class ZarrSparseSource(MatrixSource):
     def indptr(self) -> np.ndarray:
         ip = self.__dict__.get("_indptr")
         if ip is None:
-            raw = np.asarray(_child_array(self._group(), "indptr")[:])
+            # Read whole (n + 1 offsets): a chunk that does not decode is named, not raised
+            # as the codec's own error.
+            raw = read_whole(
+                _child_array(self._group(), "indptr"),
+                f"{self.group_name}/indptr",
+                f"matrix store {self.path!r}",
+            )
             if raw.dtype.kind not in "iu":
                 raise IntegrityError(
                     f"{self.group_name}/indptr in {self.path!r} has dtype {raw.dtype}; "
@@ -414,6 +434,29 @@ def _anndata_csc_in_memory(path: str) -> MatrixSource:
     return SparseArraySource(X).set_labels(stored.col_labels, stored.row_labels)
 
 
+def write_digested(
+    group: zarr.Group,
+    name: str,
+    arr: np.ndarray,
+    chunks: tuple[int, ...],
+    digests: dict[str, str],
+) -> None:
+    """Write ``arr`` as the compressed array ``name`` of ``group`` (every chunk stored,
+    even an all-zero one, so that an absent chunk means damage) and record its digest in
+    ``digests``: how result stores and checkpoints write their arrays."""
+    out = group.create_array(
+        name,
+        shape=arr.shape,
+        chunks=chunks,
+        dtype=arr.dtype,
+        compressors=[_codec()],
+        config=WRITE_CONFIG,
+    )
+    if arr.size:
+        out[...] = arr
+    digests[name] = digest_array(arr)
+
+
 def write_labels(group: zarr.Group, name: str, labels: Any) -> None:
     arr = as_str_array(labels)
     chunk = max(1, min(arr.shape[0], 1 << 16))
@@ -431,29 +474,10 @@ def write_source(
     overwrite: bool = False,
     dtype: Any = None,
 ) -> str:
-    """Write X as a scalenmf Zarr matrix store, atomically.
+    """Write the source ``src`` (m, n) as a scalenmf Zarr matrix store, atomically.
 
-    Parameters
-    ----------
-    path : path-like
-        The store to create (a directory).
-    src : MatrixSource, shape (m, n)
-        Streamed block by block: a source larger than memory is fine. (``write_matrix``
-        in ``scalenmf.io.matrix`` opens anything else as a source and calls this.)
-    block_cols : int, optional
-        Columns per storage chunk (dense) — the natural block size of later reads.
-        Planned from the size when omitted.
-    row_labels, col_labels : sequence of str, optional
-        Feature and sample names (default: those of the source, if any).
-    overwrite : bool
-        Replace an existing store once the new one is complete.
-    dtype : dtype, optional
-        Store values in this floating type (default: the source's).
-
-    Returns
-    -------
-    str
-        ``path``.
+    Block by block, so a source larger than memory is fine. The options and the result are
+    those of ``scalenmf.io.matrix.write_matrix``, which opens anything else as a source.
     """
     m, n = src.shape
     out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(src.dtype)

@@ -1,10 +1,12 @@
 """What the public functions return: factors, diagnostics and provenance, and their stores.
 
-``nmf``: ``NMFResult`` and ``load``; ``linked``: ``LinkedNMFResult``, ``INMFResult``,
-``ProjectionResult`` and their loaders; ``selection``: ``RankSurvey`` and
-``ConsensusResult``.
+``base``: ``Result``, the base of them all (``params``, ``info``, ``save``, ``load``,
+``to_pandas``, the repr); ``nmf``: ``NMFResult`` and ``load``; ``linked``:
+``LinkedNMFResult``, ``INMFResult``, ``ProjectionResult`` and their loaders;
+``selection``: ``RankSurvey`` and ``ConsensusResult``.
 """
 
+from scalenmf.results.base import Result
 from scalenmf.results.linked import (
     DatasetInfo,
     INMFResult,
@@ -24,6 +26,7 @@ __all__ = [
     "NMFResult",
     "ProjectionResult",
     "RankSurvey",
+    "Result",
     "load",
     "load_linked",
     "load_projection",

@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from scalenmf._version import __version__
-from scalenmf.io.errors import InputError
+from scalenmf.results.base import Result, need
 
 
 @dataclass
@@ -31,23 +30,6 @@ class DatasetInfo:
             "columns": [self.start, self.stop],
             "relative_error": None if np.isnan(self.relative_error) else self.relative_error,
         }
-
-
-def _history_attrs(res: Any) -> dict[str, Any]:
-    return {
-        "solver": res.params.get("solver"),
-        "loss": res.params.get("loss"),
-        "params": res.params,
-        "seed": res.params.get("seed"),
-        "n_iter": res.n_iter,
-        "converged": res.converged,
-        "loss_history": [float(v) for v in res.loss_history],
-        "relative_error": float(res.relative_error),
-        "runs": res.runs,
-        "timings": res.timings,
-        "info": res.info,
-        "scalenmf_version": __version__,
-    }
 
 
 def _col_dataset(datasets: list[DatasetInfo]) -> np.ndarray:
@@ -72,8 +54,15 @@ def _split_labels(labels: np.ndarray | None, datasets: list[DatasetInfo]) -> lis
     return [labels[ds.start : ds.stop] for ds in datasets]
 
 
-@dataclass
-class LinkedNMFResult:
+def _joined(col_labels: list[Any]) -> np.ndarray | None:
+    """Every dataset's sample labels end to end (None unless every dataset has them)."""
+    if col_labels and all(c is not None for c in col_labels):
+        return np.concatenate([np.asarray(c) for c in col_labels])
+    return None
+
+
+@dataclass(repr=False)
+class LinkedNMFResult(Result):
     """A linked factorization ``A_d ≈ W H_d + U_d V_d`` for every dataset d (seed eq. 4).
 
     Attributes
@@ -126,10 +115,6 @@ class LinkedNMFResult:
         return [ds.name for ds in self.datasets]
 
     @property
-    def loss(self) -> float:
-        return float(self.loss_history[-1]) if self.loss_history else float("nan")
-
-    @property
     def basis(self) -> np.ndarray:
         """The full basis ``[W | U_1 | … | U_K]`` (m × total)."""
         return np.hstack([self.W, *self.U])
@@ -168,13 +153,11 @@ class LinkedNMFResult:
             "k_shared": self.k_shared,
             "k_unique": self.k_unique,
             "datasets": datasets,
-            **_history_attrs(self),
+            **self.fit_attrs(),
         }
 
-    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
-        """Write the result store atomically (layout: ``scalenmf.io.linked_results``)."""
-        from scalenmf.io.linked_results import write_model_store
-
+    def store_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """Layout: ``scalenmf.io.linked_results``."""
         arrays: dict[str, np.ndarray] = {"W": self.W, "H": np.hstack(self.H)}
         axes = {"H": 1, "col_dataset": 0}
         for d in range(len(self.datasets)):
@@ -182,33 +165,41 @@ class LinkedNMFResult:
             arrays[f"V_{d}"] = self.V[d]
             axes[f"V_{d}"] = 1
         arrays["col_dataset"] = _col_dataset(self.datasets)
-        cols = None
-        if self.col_labels and all(c is not None for c in self.col_labels):
-            cols = np.concatenate([np.asarray(c) for c in self.col_labels])
-        return write_model_store(
-            path,
-            arrays,
-            sample_axis=axes,
-            attrs=self.attrs(),
-            labels={
-                "row_labels": self.row_labels,
-                "col_labels": cols,
-                "factor_labels": self.factor_labels(),
-            },
-            col_chunk=self.info.get("block_cols"),
-            overwrite=overwrite,
-        )
+        return arrays, axes
 
-    def __repr__(self) -> str:
-        return (
-            f"LinkedNMFResult(k_shared={self.k_shared}, k_unique={self.k_unique}, "
-            f"datasets={self.names}, m={self.W.shape[0]}, n={[H.shape[1] for H in self.H]}, "
-            f"n_iter={self.n_iter}, relative_error={self.relative_error:.5g})"
-        )
+    def store_labels(self) -> dict[str, Any]:
+        return {
+            "row_labels": self.row_labels,
+            "col_labels": _joined(self.col_labels),
+            "factor_labels": self.factor_labels(),
+        }
+
+    @classmethod
+    def _read(cls, path: str | os.PathLike[str]) -> Result:
+        return load_linked(path)
+
+    def to_pandas(self) -> tuple[Any, Any]:
+        """The full basis (features × factors) and its coefficients (factors × samples,
+        structural zeros included) as DataFrames, factors named by ``factor_labels``."""
+        names = self.factor_labels()
+        basis = self.frame(self.basis, self.row_labels, names, row_name="feature")
+        coef = self.frame(self.coefficients, names, _joined(self.col_labels), col_name="sample")
+        return basis, coef
+
+    def _repr_parts(self) -> list[str]:
+        return [
+            f"k_shared={self.k_shared}",
+            f"k_unique={self.k_unique}",
+            f"datasets={self.names}",
+            f"m={self.W.shape[0]}",
+            f"n={[H.shape[1] for H in self.H]}",
+            f"n_iter={self.n_iter}",
+            f"relative_error={self.relative_error:.5g}",
+        ]
 
 
-@dataclass
-class INMFResult:
+@dataclass(repr=False)
+class INMFResult(Result):
     """An integrative factorization ``X_d ≈ (W + V_d) H_d`` (LIGER's iNMF).
 
     Attributes
@@ -252,10 +243,6 @@ class INMFResult:
     def names(self) -> list[str]:
         return [ds.name for ds in self.datasets]
 
-    @property
-    def loss(self) -> float:
-        return float(self.loss_history[-1]) if self.loss_history else float("nan")
-
     def reconstruct(self, d: int) -> np.ndarray:
         """``(W + V_d) H_d`` (m × n_d)."""
         return (self.W + self.V[d]) @ self.H[d]
@@ -266,38 +253,43 @@ class INMFResult:
             "k": self.k,
             "lam": self.lam,
             "datasets": [ds.as_dict() for ds in self.datasets],
-            **_history_attrs(self),
+            **self.fit_attrs(),
         }
 
-    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
-        from scalenmf.io.linked_results import write_model_store
-
+    def store_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """Layout: ``scalenmf.io.linked_results``."""
         arrays: dict[str, np.ndarray] = {"W": self.W, "H": np.hstack(self.H)}
         for d in range(len(self.datasets)):
             arrays[f"V_{d}"] = self.V[d]
         arrays["col_dataset"] = _col_dataset(self.datasets)
-        cols = None
-        if self.col_labels and all(c is not None for c in self.col_labels):
-            cols = np.concatenate([np.asarray(c) for c in self.col_labels])
-        return write_model_store(
-            path,
-            arrays,
-            sample_axis={"H": 1, "col_dataset": 0},
-            attrs=self.attrs(),
-            labels={"row_labels": self.row_labels, "col_labels": cols},
-            col_chunk=self.info.get("block_cols"),
-            overwrite=overwrite,
-        )
+        return arrays, {"H": 1, "col_dataset": 0}
 
-    def __repr__(self) -> str:
-        return (
-            f"INMFResult(k={self.k}, lam={self.lam:g}, datasets={self.names}, "
-            f"n_iter={self.n_iter}, relative_error={self.relative_error:.5g})"
-        )
+    def store_labels(self) -> dict[str, Any]:
+        return {"row_labels": self.row_labels, "col_labels": _joined(self.col_labels)}
+
+    @classmethod
+    def _read(cls, path: str | os.PathLike[str]) -> Result:
+        return load_linked(path)
+
+    def to_pandas(self) -> tuple[Any, Any]:
+        """The shared basis W (features × k) and H (k × all samples) as DataFrames."""
+        names = [f"F{i + 1}" for i in range(self.k)]
+        W = self.frame(self.W, self.row_labels, names, row_name="feature")
+        H = self.frame(np.hstack(self.H), names, _joined(self.col_labels), col_name="sample")
+        return W, H
+
+    def _repr_parts(self) -> list[str]:
+        return [
+            f"k={self.k}",
+            f"lam={self.lam:g}",
+            f"datasets={self.names}",
+            f"n_iter={self.n_iter}",
+            f"relative_error={self.relative_error:.5g}",
+        ]
 
 
-@dataclass
-class ProjectionResult:
+@dataclass(repr=False)
+class ProjectionResult(Result):
     """Coefficients of new samples on a fixed basis, with per-sample quality.
 
     Attributes
@@ -377,21 +369,13 @@ class ProjectionResult:
             "model": self.model,
             "k": self.k,
             "k_new": self.k_new,
-            "loss": self.params.get("loss"),
-            "solver": self.params.get("solver"),
-            "params": self.params,
-            "seed": self.params.get("seed"),
-            "n_iter": self.n_iter,
-            "converged": self.converged,
-            "loss_history": [float(v) for v in self.loss_history],
-            "objective": float(self.objective),
-            "relative_error": float(self.overall_relative_error),
-            "explained": self.explained,
-            "novelty": self.novelty,
-            "n_novel": int(np.count_nonzero(self.novel)),
-            "timings": self.timings,
-            "info": self.info,
-            "scalenmf_version": __version__,
+            **self.fit_attrs(
+                objective=float(self.objective),
+                relative_error=float(self.overall_relative_error),
+                explained=self.explained,
+                novelty=self.novelty,
+                n_novel=int(np.count_nonzero(self.novel)),
+            ),
         }
 
     def summary(self) -> dict[str, Any]:
@@ -404,9 +388,8 @@ class ProjectionResult:
             **self.explained,
         }
 
-    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
-        from scalenmf.io.linked_results import write_model_store
-
+    def store_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """Layout: ``scalenmf.io.linked_results``."""
         arrays: dict[str, np.ndarray] = {
             "W": self.W,
             "H": self.H,
@@ -430,26 +413,40 @@ class ProjectionResult:
                 arrays[name] = value
                 if axis is not None:
                     axes[name] = axis
-        return write_model_store(
-            path,
-            arrays,
-            sample_axis=axes,
-            attrs=self.attrs(),
-            labels={
-                "row_labels": self.row_labels,
-                "col_labels": self.col_labels,
-                "factor_labels": self.factor_labels,
-            },
-            col_chunk=self.info.get("block_cols"),
-            overwrite=overwrite,
-        )
+        return arrays, axes
 
-    def __repr__(self) -> str:
+    @classmethod
+    def _read(cls, path: str | os.PathLike[str]) -> Result:
+        return load_projection(path)
+
+    def to_pandas(self) -> tuple[Any, Any]:
+        """H (factors × samples) and the per-sample quality (samples × ``cosine``,
+        ``relative_error``, ``basis_cosine``, ``basis_relative_error``, ``novel`` and,
+        with ``k_new``, ``new_share``) as DataFrames."""
+        import pandas as pd
+
+        H = self.frame(self.H, self.factor_labels, self.col_labels, col_name="sample")
+        columns: dict[str, Any] = {
+            "cosine": self.cosine,
+            "relative_error": self.relative_error,
+            "basis_cosine": self.basis_cosine,
+            "basis_relative_error": self.basis_relative_error,
+            "novel": self.novel.astype(bool),
+        }
+        if self.new_share is not None:
+            columns["new_share"] = self.new_share
+        quality = pd.DataFrame(columns, index=H.columns)
+        return H, quality
+
+    def _repr_parts(self) -> list[str]:
         s = self.summary()
-        return (
-            f"ProjectionResult(k={self.k}, k_new={self.k_new}, n={s['n_samples']}, "
-            f"median cosine={s['median_cosine']:.4g}, novel={s['n_novel']})"
-        )
+        return [
+            f"k={self.k}",
+            f"k_new={self.k_new}",
+            f"n={s['n_samples']}",
+            f"median cosine={s['median_cosine']:.4g}",
+            f"novel={s['n_novel']}",
+        ]
 
 
 # -- loaders ----------------------------------------------------------------------------
@@ -461,7 +458,7 @@ def load_linked(path: str | os.PathLike[str]) -> LinkedNMFResult | INMFResult:
 
     arrays, attrs, labels = read_model_store(path, ("lnmf", "inmf"))
     datasets = _datasets_from(attrs)
-    H_all = _need(arrays, "H", path)
+    H_all = need(arrays, "H", path)
     H = [H_all[:, ds.start : ds.stop] for ds in datasets]
     common: dict[str, Any] = {
         "datasets": datasets,
@@ -478,13 +475,13 @@ def load_linked(path: str | os.PathLike[str]) -> LinkedNMFResult | INMFResult:
     }
     n_ds = len(datasets)
     if attrs["model"] == "inmf":
-        V = [_need(arrays, f"V_{d}", path) for d in range(n_ds)]
+        V = [need(arrays, f"V_{d}", path) for d in range(n_ds)]
         return INMFResult(
-            W=_need(arrays, "W", path), V=V, H=H, lam=float(attrs.get("lam", 0.0)), **common
+            W=need(arrays, "W", path), V=V, H=H, lam=float(attrs.get("lam", 0.0)), **common
         )
-    U = [_need(arrays, f"U_{d}", path) for d in range(n_ds)]
-    V = [_need(arrays, f"V_{d}", path) for d in range(n_ds)]
-    return LinkedNMFResult(W=_need(arrays, "W", path), H=H, U=U, V=V, **common)
+    U = [need(arrays, f"U_{d}", path) for d in range(n_ds)]
+    V = [need(arrays, f"V_{d}", path) for d in range(n_ds)]
+    return LinkedNMFResult(W=need(arrays, "W", path), H=H, U=U, V=V, **common)
 
 
 def load_projection(path: str | os.PathLike[str]) -> ProjectionResult:
@@ -493,14 +490,14 @@ def load_projection(path: str | os.PathLike[str]) -> ProjectionResult:
 
     arrays, attrs, labels = read_model_store(path, "projection")
     return ProjectionResult(
-        H=_need(arrays, "H", path),
-        W=_need(arrays, "W", path),
-        cosine=_need(arrays, "cosine", path),
-        relative_error=_need(arrays, "relative_error", path),
-        novel=_need(arrays, "novel", path).astype(bool),
+        H=need(arrays, "H", path),
+        W=need(arrays, "W", path),
+        cosine=need(arrays, "cosine", path),
+        relative_error=need(arrays, "relative_error", path),
+        novel=need(arrays, "novel", path).astype(bool),
         novelty=dict(attrs.get("novelty", {})),
-        basis_cosine=_need(arrays, "basis_cosine", path),
-        basis_relative_error=_need(arrays, "basis_relative_error", path),
+        basis_cosine=need(arrays, "basis_cosine", path),
+        basis_relative_error=need(arrays, "basis_relative_error", path),
         explained=dict(attrs.get("explained", {})),
         objective=float(attrs.get("objective", float("nan"))),
         overall_relative_error=float(attrs.get("relative_error", float("nan"))),
@@ -519,9 +516,3 @@ def load_projection(path: str | os.PathLike[str]) -> ProjectionResult:
         timings=dict(attrs.get("timings", {})),
         info=dict(attrs.get("info", {})),
     )
-
-
-def _need(arrays: dict[str, np.ndarray], name: str, path: Any) -> np.ndarray:
-    if name not in arrays:
-        raise InputError(f"result store {str(path)!r} lacks array {name!r}")
-    return arrays[name]

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from scalenmf._version import __version__
+from scalenmf.results.base import Result, need
 
 
-@dataclass
-class NMFResult:
+@dataclass(repr=False)
+class NMFResult(Result):
     """A fitted factorization ``X ≈ W H``.
 
     Attributes
@@ -60,33 +60,23 @@ class NMFResult:
     def k(self) -> int:
         return int(self.W.shape[1])
 
-    @property
-    def loss(self) -> float:
-        """Final objective value."""
-        return float(self.loss_history[-1]) if self.loss_history else float("nan")
-
     def reconstruct(self) -> np.ndarray:
         """``W @ H`` (m, n) — only for data that fit in memory."""
         return self.W @ self.H
 
     def attrs(self) -> dict[str, Any]:
         """The JSON metadata written with the store."""
-        return {
-            "k": self.k,
-            "solver": self.params.get("solver"),
-            "loss": self.params.get("loss"),
-            "params": self.params,
-            "seed": self.params.get("seed"),
-            "n_iter": self.n_iter,
-            "converged": self.converged,
-            "loss_history": [float(v) for v in self.loss_history],
-            "relative_error": float(self.relative_error),
-            "runs": self.runs,
-            "timings": self.timings,
-            "info": self.info,
-            "manifest": self.manifest,
-            "scalenmf_version": __version__,
-        }
+        return {"k": self.k, **self.fit_attrs(manifest=self.manifest)}
+
+    def store_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        return {"W": self.W, "H": self.H}, {"H": 1}
+
+    def store_labels(self) -> dict[str, Any]:
+        return {"row_labels": self.row_labels, "col_labels": self.col_labels}
+
+    @classmethod
+    def _read(cls, path: str | os.PathLike[str]) -> NMFResult:
+        return load(path)
 
     def to_pandas(self) -> tuple[Any, Any]:
         """W (features × k) and H (k × samples) as labelled DataFrames (``scalenmf.tl``)."""
@@ -101,28 +91,17 @@ class NMFResult:
 
         return result_to_anndata(self, X, key_added=key_added)
 
-    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
-        """Write the result store (atomically: a crash never leaves half a result)."""
-        from scalenmf.io.results import write_result
-
-        block = self.info.get("block_cols")
-        return write_result(
-            path,
-            {"W": self.W, "H": self.H},
-            attrs=self.attrs(),
-            labels={"row_labels": self.row_labels, "col_labels": self.col_labels},
-            col_chunk=int(block) if block else None,
-            overwrite=overwrite,
-        )
-
-    def __repr__(self) -> str:
+    def _repr_parts(self) -> list[str]:
         m, k = self.W.shape
-        n = self.H.shape[1]
-        return (
-            f"NMFResult(k={k}, X {m}×{n}, solver={self.params.get('solver')!r}, "
-            f"loss={self.params.get('loss')!r}, n_iter={self.n_iter}, "
-            f"relative_error={self.relative_error:.5g}, converged={self.converged})"
-        )
+        return [
+            f"k={k}",
+            f"X {m}×{self.H.shape[1]}",
+            f"solver={self.params.get('solver')!r}",
+            f"loss={self.params.get('loss')!r}",
+            f"n_iter={self.n_iter}",
+            f"relative_error={self.relative_error:.5g}",
+            f"converged={self.converged}",
+        ]
 
 
 def load(path: str | os.PathLike[str]) -> NMFResult:
@@ -130,13 +109,9 @@ def load(path: str | os.PathLike[str]) -> NMFResult:
     from scalenmf.io.results import read_result
 
     arrays, attrs, labels = read_result(path)
-    if "W" not in arrays or "H" not in arrays:
-        from scalenmf.io.errors import InputError
-
-        raise InputError(f"result store {str(path)!r} lacks W or H")
     return NMFResult(
-        W=arrays["W"],
-        H=arrays["H"],
+        W=need(arrays, "W", path),
+        H=need(arrays, "H", path),
         loss_history=list(attrs.get("loss_history", [])),
         relative_error=float(attrs.get("relative_error", float("nan"))),
         n_iter=int(attrs.get("n_iter", 0)),

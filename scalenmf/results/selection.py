@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from scalenmf.results.base import Result
 from scalenmf.results.nmf import NMFResult
 
 if TYPE_CHECKING:
     from scalenmf.models.consensus import FactorConsensus, SampleConsensus
 
 
-@dataclass
-class RankSurvey:
+@dataclass(repr=False)
+class RankSurvey(Result):
     """The result of ``rank_survey``.
 
     Attributes
@@ -55,7 +56,7 @@ class RankSurvey:
         rows = self.null_summary if null else self.summary
         return list(rows or [])
 
-    def save(self, directory: str | Path, *, overwrite: bool = False) -> str:
+    def save(self, directory: str | os.PathLike[str], *, overwrite: bool = False) -> str:
         """Write ``summary.csv``, ``null_summary.csv``, ``suggestion.json``, ``runs.csv``,
         ``survey.json``, ``best/k{K}.zarr`` and ``consensus/k{K}.zarr`` atomically."""
         from scalenmf.io.selection_store import SUMMARY_COLUMNS, write_survey
@@ -64,15 +65,23 @@ class RankSurvey:
         columns = list(SUMMARY_COLUMNS) + list(EXTRA_COLUMNS)
         return write_survey(self, directory, columns, overwrite=overwrite)
 
-    def __repr__(self) -> str:
-        return (
-            f"RankSurvey(ks={self.ks}, suggested k={self.suggestion.get('k')}, "
-            f"n_fits={len(self.runs)})"
-        )
+    def to_pandas(self, null: bool = False) -> Any:
+        """The summary table (one row per k; ``null``: of the permuted null) as a
+        DataFrame indexed by k."""
+        import pandas as pd
+
+        return pd.DataFrame(self.table(null)).set_index("k")
+
+    def _repr_parts(self) -> list[str]:
+        return [
+            f"ks={self.ks}",
+            f"suggested k={self.suggestion.get('k')}",
+            f"n_fits={len(self.runs)}",
+        ]
 
 
-@dataclass
-class ConsensusResult:
+@dataclass(repr=False)
+class ConsensusResult(Result):
     """The result of ``consensus``.
 
     Attributes
@@ -141,7 +150,7 @@ class ConsensusResult:
             "outliers_dropped": int((~self.factors.kept).sum()) if self.factors else 0,
         }
 
-    def save(self, directory: str | Path, *, overwrite: bool = False) -> str:
+    def save(self, directory: str | os.PathLike[str], *, overwrite: bool = False) -> str:
         """Write ``clusters.csv``, ``consensus.zarr``, ``result.zarr``, ``summary.json``,
         ``runs.csv`` atomically."""
         from scalenmf.interpret import predict
@@ -149,9 +158,19 @@ class ConsensusResult:
 
         return write_consensus(self, directory, predict(self.result), overwrite=overwrite)
 
-    def __repr__(self) -> str:
-        sub = ", subsampled" if self.subsampled else ""
-        return (
-            f"ConsensusResult(k={self.k}, n_runs={self.n_runs}, cophenetic={self.cophenetic:.4g},"
-            f" dispersion={self.dispersion:.4g}, stability={self.stability:.4g}{sub})"
-        )
+    def to_pandas(self) -> Any:
+        """The consensus cluster (1..k) of every sample as a DataFrame indexed by sample."""
+        import pandas as pd
+
+        index = pd.Index(np.asarray(self.sample_labels), name="sample")
+        return pd.DataFrame({"cluster": self.clusters}, index=index)
+
+    def _repr_parts(self) -> list[str]:
+        parts = [
+            f"k={self.k}",
+            f"n_runs={self.n_runs}",
+            f"cophenetic={self.cophenetic:.4g}",
+            f"dispersion={self.dispersion:.4g}",
+            f"stability={self.stability:.4g}",
+        ]
+        return [*parts, "subsampled"] if self.subsampled else parts

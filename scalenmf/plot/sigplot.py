@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
 from matplotlib.collections import PolyCollection
+from matplotlib.figure import Figure
 
 from scalenmf.plot._annot import FactorMatch, can_match, load_reference, match_factors
 from scalenmf.plot._data import open_result

@@ -66,13 +66,13 @@ def signature_plot(
     # slowest part of a report. The panels' furniture is the same for every factor, so
     # its size is known: the title and class strip above each panel, the y label on the
     # left, the 96 rotated contexts and the x label under the last.
-    top_in, gap_in, bottom_in, panel_in = 0.1, 0.62, 0.78, 1.33
-    height = top_in + len(chosen) * (gap_in + panel_in) + bottom_in
+    top_in, gap_in, bottom_in, panel_in = 0.55, 0.62, 0.62, 1.33
+    height = top_in + len(chosen) * panel_in + (len(chosen) - 1) * gap_in + bottom_in
     fig = Figure(figsize=(12.5, height))
     fig.subplots_adjust(
         left=0.62 / 12.5,
         right=1 - 0.12 / 12.5,
-        top=1 - (top_in + gap_in) / height,
+        top=1 - top_in / height,
         bottom=bottom_in / height,
         hspace=gap_in / panel_in,
     )

@@ -468,3 +468,20 @@ def test_plots_and_report_read_results_only() -> None:
         names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         bad = [m for m in names if m.startswith(banned)]
         assert bad == [], f"{path.name} imports {bad}"
+
+
+def test_log_axis_labels_are_plain_text_powers() -> None:
+    from scalenmf.plot.survey import PowerFormatter
+
+    f = PowerFormatter(labelOnlyBase=False)
+    assert f._num_to_string(1e6, 1e4, 1e7) == "10⁶"
+    assert f._num_to_string(3e4, 1e4, 1e7) == "3×10⁴"
+    assert f._num_to_string(2.5e-3, 1e-4, 1e-2) == "2.5×10⁻³"
+    assert f._num_to_string(1.0, 0.1, 10) == "10⁰"
+
+
+def test_convergence_plot_draws_without_mathtext(fitted: scalenmf.NMFResult) -> None:
+    fig = sp.convergence_plot(fitted, log=True)
+    fig.savefig(io.BytesIO(), format="png")
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels(minor=False) if t.get_text()]
+    assert labels and all("$" not in s and "10" in s for s in labels)

@@ -352,6 +352,9 @@ def _register_optional() -> None:
     from scalenmf.cli.plan import plan
 
     main.add_command(plan)
+    from scalenmf.cli.prepare import prepare
+
+    main.add_command(prepare)
     from scalenmf.cli.linked import register as register_linked
 
     register_linked(main)

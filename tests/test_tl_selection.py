@@ -93,3 +93,85 @@ def test_result_round_trips_through_anndata_zarr(tmp_path: Path) -> None:
     assert list(back.var_names) == list(adata.var_names)
     W, H = res.to_pandas()
     np.testing.assert_allclose(W.to_numpy() @ H.to_numpy(), res.W @ res.H)
+
+
+@pytest.mark.parametrize("suffix", [".h5ad", ".zarr"])
+def test_cli_fit_anndata_out(tmp_path: Path, suffix: str) -> None:
+    from click.testing import CliRunner
+
+    from scalenmf.cli.main import main
+
+    adata = clustered_adata()
+    src = tmp_path / "cells.h5ad"
+    adata.write_h5ad(src)
+    out = tmp_path / f"cells_nmf{suffix}"
+
+    def fit(*extra: object) -> object:
+        args = [
+            "fit",
+            src,
+            "-k",
+            3,
+            "-o",
+            tmp_path / "fit.zarr",
+            "--max-iter",
+            30,
+            "--no-progress",
+            "--no-checkpoint",
+            "--anndata-out",
+            out,
+            *extra,
+        ]
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    res = fit()
+    assert res.exit_code == 0, res.output
+    back = ad.read_h5ad(out) if suffix == ".h5ad" else ad.read_zarr(out)
+    saved = scalenmf.load(str(tmp_path / "fit.zarr"))
+    np.testing.assert_allclose(back.obsm["X_nmf"], saved.H.T, rtol=1e-6)
+    np.testing.assert_allclose(back.varm["nmf_W"], saved.W, rtol=1e-6)
+    assert list(back.obs_names) == list(adata.obs_names)
+    assert list(back.var_names) == list(adata.var_names)
+    again = fit()
+    assert again.exit_code != 0 and "already exists" in again.output
+    assert fit("--overwrite").exit_code == 0
+
+
+def test_cli_fit_anndata_out_refuses_a_bad_suffix_before_fitting(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from scalenmf.cli.main import main
+
+    X = tmp_path / "x.npy"
+    np.save(X, np.random.default_rng(0).poisson(3.0, (20, 30)).astype(float))
+    res = CliRunner().invoke(
+        main,
+        [
+            "fit",
+            str(X),
+            "-k",
+            "2",
+            "-o",
+            str(tmp_path / "f.zarr"),
+            "--anndata-out",
+            str(tmp_path / "f.csv"),
+            "--no-progress",
+            "--no-checkpoint",
+        ],
+    )
+    assert res.exit_code != 0 and "neither .h5ad nor .zarr" in res.output
+    assert not (tmp_path / "f.zarr").exists()
+
+
+def test_cli_fit_anndata_out_must_not_be_the_result_store(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from scalenmf.cli.main import main
+
+    X = tmp_path / "x.npy"
+    np.save(X, np.random.default_rng(0).poisson(3.0, (20, 30)).astype(float))
+    out = str(tmp_path / "f.zarr")
+    res = CliRunner().invoke(
+        main, ["fit", str(X), "-k", "2", "-o", out, "--anndata-out", out, "--no-progress"]
+    )
+    assert res.exit_code != 0 and "also the result store" in res.output

@@ -144,3 +144,120 @@ def nmf(
     result = fit(adata, n_components, layer=layer, **fit_options)
     _store(adata, result, key_added)
     return adata if copy else None
+
+
+def _frame(rows: list[dict[str, Any]] | None) -> Any:
+    """A list of flat records as a DataFrame AnnData writes (nested values as text)."""
+    import pandas as pd
+
+    flat = [
+        {
+            k: (v if isinstance(v, (int, float, str, bool, np.number)) else str(v))
+            for k, v in r.items()
+        }
+        for r in rows or []
+    ]
+    return pd.DataFrame(flat)
+
+
+def _clusters(labels: np.ndarray, k: int) -> Any:
+    """Consensus clusters (1..k) as an ordered categorical of their names."""
+    import pandas as pd
+
+    return pd.Categorical(
+        np.asarray(labels).astype(int).astype(str), categories=[str(c) for c in range(1, k + 1)]
+    )
+
+
+def rank_survey(
+    adata: Any,
+    ks: Any = "2-10",
+    n_runs: int = 10,
+    *,
+    layer: str | None = None,
+    key_added: str = "nmf_survey",
+    copy: bool = False,
+    **survey_options: Any,
+) -> Any:
+    """A rank survey of an AnnData object (cells × genes), its tables stored in it.
+
+    Writes ``uns[key_added]``: ``summary`` (a DataFrame, one row per k: errors,
+    cophenetic, dispersion, silhouette, stability, CV error…), ``null_summary`` (the same
+    on permuted data, when run), ``runs`` (one row per fit), ``suggestion`` (``k`` and
+    ``reason``) and ``ks``; and ``obs[f"{key_added}_k{k}"]`` for every k, the consensus
+    clusters of the cells as a categorical (``"1"`` … ``"k"``).
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+    ks, n_runs, **survey_options
+        As ``scalenmf.rank_survey``.
+    layer : str, optional
+        Survey this layer instead of X.
+    copy : bool
+        Work on a copy and return it (else modify ``adata`` and return None).
+
+    Returns
+    -------
+    anndata.AnnData or None
+    """
+    from scalenmf.api import rank_survey as survey_fn
+    from scalenmf.io.anndata import anndata_source
+
+    if copy:
+        adata = adata.to_memory() if getattr(adata, "isbacked", False) else adata.copy()
+    survey_options.setdefault("progress", False)
+    survey = survey_fn(anndata_source(adata, layer), ks, n_runs, **survey_options)
+    uns: dict[str, Any] = {
+        "summary": _frame(survey.summary),
+        "runs": _frame(survey.runs),
+        "suggestion": _h5_friendly(survey.suggestion),
+        "ks": np.asarray(survey.ks, dtype=np.int64),
+    }
+    if survey.null_summary is not None:
+        uns["null_summary"] = _frame(survey.null_summary)
+    adata.uns[key_added] = uns
+    for k, cons in survey.consensus.items():
+        adata.obs[f"{key_added}_k{k}"] = _clusters(cons.clusters, int(k))
+    return adata if copy else None
+
+
+def consensus(
+    adata: Any,
+    n_components: int,
+    n_runs: int = 30,
+    *,
+    layer: str | None = None,
+    key_added: str = "nmf_consensus",
+    copy: bool = False,
+    **consensus_options: Any,
+) -> Any:
+    """Consensus NMF of an AnnData object (cells × genes), stored in it.
+
+    Writes ``obs[f"{key_added}_cluster"]`` (each cell's consensus cluster, a categorical
+    ``"1"`` … ``"k"``) and ``obs[f"{key_added}_confidence"]``, the consensus factors as
+    ``tl.nmf`` writes a fit (``obsm["X_<key>"]``, ``varm["<key>_W"]``) and
+    ``uns[key_added]`` with the summary (cophenetic, dispersion, silhouette, stability,
+    cluster sizes…) and ``runs`` (a DataFrame, one row per run).
+
+    Returns
+    -------
+    anndata.AnnData or None (see ``copy``)
+    """
+    from scalenmf.api import consensus as consensus_fn
+    from scalenmf.io.anndata import anndata_source
+
+    if copy:
+        adata = adata.to_memory() if getattr(adata, "isbacked", False) else adata.copy()
+    consensus_options.setdefault("progress", False)
+    cons = consensus_fn(anndata_source(adata, layer), n_components, n_runs, **consensus_options)
+    adata.obs[f"{key_added}_cluster"] = _clusters(cons.clusters, cons.k)
+    adata.obs[f"{key_added}_confidence"] = np.asarray(cons.samples.confidence, dtype=np.float64)
+    adata.obsm[f"X_{key_added}"] = np.ascontiguousarray(cons.result.H.T)
+    adata.varm[f"{key_added}_W"] = np.ascontiguousarray(cons.result.W)
+    adata.uns[key_added] = {
+        **_h5_friendly(cons.summary()),
+        "runs": _frame(cons.runs),
+        "fit": nmf_summary(cons.result),
+    }
+    return adata if copy else None

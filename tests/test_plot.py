@@ -82,22 +82,31 @@ def test_every_kind_renders_a_non_blank_png(
         assert any(titles), "every plot says what it shows"
 
 
+def _sbs_bars(ax) -> tuple[np.ndarray, list[tuple[float, ...]]]:
+    """Heights and face colours of a signature panel's 96 bars (one collection)."""
+    (bars,) = [c for c in ax.collections if c.get_gid() == "sbs96-bars"]
+    paths = bars.get_paths()
+    heights = np.array([p.vertices[:, 1].max() for p in paths])
+    centres = np.array([(p.vertices[:, 0].min() + p.vertices[:, 0].max()) / 2 for p in paths])
+    np.testing.assert_allclose(centres, np.arange(len(paths)))  # in channel order
+    colours = [tuple(np.round(c, 3)) for c in bars.get_facecolor()]
+    return heights, colours
+
+
 def test_signature_plot_has_96_bars_in_six_class_colours(store: Path) -> None:
     fig = sp.signature_plot(store)
-    panels = [ax for ax in fig.axes if ax.containers]
+    panels = [ax for ax in fig.axes if any(c.get_gid() == "sbs96-bars" for c in ax.collections)]
     assert len(panels) == 3
     channels = sbs96_channels()
     for ax in panels:
-        bars = list(ax.containers[0])
-        assert len(bars) == 96
-        colours = [tuple(np.round(b.get_facecolor(), 3)) for b in bars]
+        heights, colours = _sbs_bars(ax)
+        assert len(heights) == 96 and len(colours) == 96
         by_class: dict[str, set] = {}
         for channel, colour in zip(channels, colours, strict=True):
             by_class.setdefault(channel[2:5], set()).add(colour)
         assert list(by_class) == list(SUBSTITUTIONS)
         assert all(len(c) == 1 for c in by_class.values()), "one colour per substitution class"
         assert len(set.union(*by_class.values())) == 6
-        heights = np.array([b.get_height() for b in bars])
         assert heights.min() >= 0 and heights.sum() == pytest.approx(100.0)
         assert ax.get_ylabel() == "% of mutations"
     from matplotlib.colors import to_rgba
@@ -126,8 +135,8 @@ def test_signature_plot_aligns_rows_by_label(fitted: scalenmf.NMFResult) -> None
         row_labels=fitted.row_labels[perm],
         col_labels=fitted.col_labels,
     )
-    a = [b.get_height() for b in sp.signature_plot(fitted).axes[0].containers[0]]
-    b = [b.get_height() for b in sp.signature_plot(shuffled).axes[0].containers[0]]
+    a, _ = _sbs_bars(sp.signature_plot(fitted).axes[0])
+    b, _ = _sbs_bars(sp.signature_plot(shuffled).axes[0])
     np.testing.assert_allclose(a, b)
 
 
@@ -459,3 +468,20 @@ def test_plots_and_report_read_results_only() -> None:
         names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         bad = [m for m in names if m.startswith(banned)]
         assert bad == [], f"{path.name} imports {bad}"
+
+
+def test_log_axis_labels_are_plain_text_powers() -> None:
+    from scalenmf.plot.survey import PowerFormatter
+
+    f = PowerFormatter(labelOnlyBase=False)
+    assert f._num_to_string(1e6, 1e4, 1e7) == "10⁶"
+    assert f._num_to_string(3e4, 1e4, 1e7) == "3×10⁴"
+    assert f._num_to_string(2.5e-3, 1e-4, 1e-2) == "2.5×10⁻³"
+    assert f._num_to_string(1.0, 0.1, 10) == "10⁰"
+
+
+def test_convergence_plot_draws_without_mathtext(fitted: scalenmf.NMFResult) -> None:
+    fig = sp.convergence_plot(fitted, log=True)
+    fig.savefig(io.BytesIO(), format="png")
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels(minor=False) if t.get_text()]
+    assert labels and all("$" not in s and "10" in s for s in labels)

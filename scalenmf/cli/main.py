@@ -149,6 +149,12 @@ def main(verbose: int) -> None:
     default=None,
     help="CSV/TSV: column 1 holds feature labels, or is data (default: from the file).",
 )
+@click.option(
+    "--anndata-out",
+    default=None,
+    help="Also write the result as AnnData (cells × genes: obsm X_nmf, varm nmf_W, uns nmf) "
+    "to this .h5ad or .zarr.",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True, help=PROGRESS_HELP)
 @user_errors
 def fit(
@@ -165,6 +171,7 @@ def fit(
     resume: bool,
     has_header: bool | None,
     has_row_labels: bool | None,
+    anndata_out: str | None,
     **opts: Any,
 ) -> None:
     """Factorize INPUT (Zarr store, CSV/TSV, .mtx, .h5ad, .npy, or a Zarr URL) into OUT.zarr.
@@ -191,6 +198,10 @@ def fit(
         )
     if not storage.parent_exists(output):
         raise click.ClickException(f"the directory of output {output!r} does not exist")
+    if anndata_out is not None:
+        from scalenmf.cli.anndata_out import check_anndata_out
+
+        check_anndata_out(anndata_out, overwrite, output)
     if no_checkpoint and (resume or checkpoint_every):
         raise click.UsageError("--no-checkpoint contradicts --resume / --checkpoint-every")
     ckpt_kwargs: dict[str, Any] = {}
@@ -225,6 +236,10 @@ def fit(
         for w in caught:
             click.echo(f"warning: {w.message}", err=True)
         result.save(output, overwrite=overwrite)
+        if anndata_out is not None:
+            from scalenmf.cli.anndata_out import write_anndata_out
+
+            write_anndata_out(result, anndata_out)
         if ckpt_kwargs:
             # The result is published: its checkpoints have served their purpose.
             remove_checkpoints(ckpt_kwargs["checkpoint"])
@@ -373,6 +388,9 @@ def _register_optional() -> None:
     from scalenmf.cli.plan import plan
 
     main.add_command(plan)
+    from scalenmf.cli.prepare import prepare
+
+    main.add_command(prepare)
     from scalenmf.cli.linked import register as register_linked
 
     register_linked(main)

@@ -318,27 +318,27 @@ class DaskExecutor:
         # fetch it (a broadcast scatter would wait on a worker that died but is still
         # listed); if that worker dies, the step's tasks are cancelled and replayed.
         [bc] = self._scatter([broadcast])
-        outs = [
-            client.submit(
-                apply_block,
-                fn,
-                self._xref(j) if read_x else None,
-                states[j],
-                bc,
-                key=f"scalenmf-step-{tag}-{j}",
-                pure=False,
-            )
-            for j in idx
-        ]
+        n = len(idx)
+        # One ``map`` per kind of task (a message each), not one ``submit`` per task: on a
+        # step of 0.1 s the per-call cost of 3n submits was a tenth of the step.
+        outs = client.map(
+            apply_block,
+            [fn] * n,
+            [self._xref(j) if read_x else None for j in idx],
+            [states[j] for j in idx],
+            [bc] * n,
+            key=[f"scalenmf-step-{tag}-{j}" for j in idx],
+            pure=False,
+        )
         new_states = list(states)
-        for j, o in zip(idx, outs, strict=True):
-            new_states[j] = client.submit(
-                operator.getitem, o, 0, key=f"scalenmf-h-{tag}-{j}", pure=False
-            )
-        partials = [
-            client.submit(operator.getitem, o, 1, key=f"scalenmf-p-{tag}-{j}", pure=False)
-            for j, o in zip(idx, outs, strict=True)
-        ]
+        stepped = client.map(
+            operator.getitem, outs, [0] * n, key=[f"scalenmf-h-{tag}-{j}" for j in idx]
+        )
+        for j, state in zip(idx, stepped, strict=True):
+            new_states[j] = state
+        partials = client.map(
+            operator.getitem, outs, [1] * n, key=[f"scalenmf-p-{tag}-{j}" for j in idx]
+        )
         counter = iter(range(10**9))
 
         def merge(a: Any, b: Any) -> Any:
@@ -398,7 +398,7 @@ class DaskExecutor:
 
         finished_before: set[str] = set()
         while True:
-            if _settled(future, POLL_S):
+            if self._settled(future, POLL_S):
                 status = future.status
                 if status in ("cancelled", "lost"):
                     self._check_scheduler(None)
@@ -422,6 +422,28 @@ class DaskExecutor:
                 raise self._scheduler_gone(exc) from exc
             if lost:
                 raise _StateLost()
+
+    def _settled(self, future: Any, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for ``future`` to finish, err or be cancelled.
+
+        Waits on the future's own event in the client's loop, so the step's result is
+        picked up as soon as it is there. (Polling ``future.status`` with a backed-off
+        sleep added up to 20 ms to every step, a fifth of a 0.1 s iteration.) The timeout
+        is raised and caught inside the loop: nothing of it reaches this thread.
+        """
+        import asyncio
+
+        if future.status != "pending":
+            return True
+
+        async def settle() -> bool:
+            try:
+                await asyncio.wait_for(future._state.wait(), timeout)
+            except (TimeoutError, asyncio.TimeoutError):
+                return future.status != "pending"
+            return True
+
+        return bool(self.client.sync(settle))
 
     def _fetch(self, future: Any) -> Any:
         """The value of a finished future, within ``FETCH_TIMEOUT_S`` (asyncio's timeout)."""
@@ -605,19 +627,6 @@ class DaskExecutor:
             "resident": self._resident is not None,
             "recoveries": self.recoveries,
         }
-
-
-def _settled(future: Any, timeout: float) -> bool:
-    """Wait up to ``timeout`` seconds for ``future`` to leave the pending state."""
-    deadline = time.monotonic() + timeout
-    pause = 0.0005
-    while future.status == "pending":
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        time.sleep(min(pause, left))
-        pause = min(2 * pause, 0.02)
-    return True
 
 
 def _one_line(exc: BaseException) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 from scalenmf.engine.base import BlockFn, BlockRef, realign, resolve_block
 from scalenmf.engine.reduce import TreeReducer, add_partials
+from scalenmf.io.planning import MIN_SPREAD_VALUES
 from scalenmf.io.source import MatrixSource
 
 log = logging.getLogger(__name__)
@@ -21,8 +22,9 @@ CACHE_SHARE = 0.6
 #: Blocks run concurrently only when the average block holds at least this many stored
 #: values. Below it a block step takes tens of microseconds, less than handing it to a
 #: thread and back, so the blocks run in line, one after another (measured in
-#: benchmarks/bench_small.py: the crossover on 2–16 cores is near 2¹⁷ values).
-PARALLEL_MIN_VALUES = 1 << 17
+#: benchmarks/bench_small.py: the crossover on 2–16 cores is near 2¹⁷ values). The default
+#: blocking splits X over threads only above the same size.
+PARALLEL_MIN_VALUES = MIN_SPREAD_VALUES
 
 #: A problem of fewer stored values than this (about 8 MB of float64) runs its whole loop
 #: with BLAS pinned to one thread: its products take microseconds to a millisecond, and

@@ -11,6 +11,13 @@ import numpy as np
 DEFAULT_BLOCK_BYTES = 32 * 2**20
 #: Blocks narrower than this waste time in per-block overhead.
 MIN_BLOCK_COLS = 64
+#: X is spread over several blocks (one per thread or worker) only when each of them
+#: still holds at least this many stored values. A smaller block step takes tens of
+#: microseconds, less than handing it to a thread and back, so the local executor runs
+#: such blocks one after another anyway; split, they only add a step, a partial and a
+#: reduction per iteration (a 96 × 560 fit in two blocks ran 1.6× slower than in one).
+#: Measured in benchmarks/bench_small.py: the crossover on 2–16 cores is near 2¹⁷ values.
+MIN_SPREAD_VALUES = 1 << 17
 
 
 def plan_block_cols(
@@ -36,7 +43,8 @@ def plan_block_cols(
         Aim for blocks of about this many decoded bytes.
     min_blocks : int
         Ask for at least this many blocks (to keep that many threads or workers busy) when
-        that leaves each block at least ``MIN_BLOCK_COLS`` wide.
+        that leaves each block at least ``MIN_BLOCK_COLS`` wide and ``MIN_SPREAD_VALUES``
+        stored values large.
     """
     if n <= 0:
         return 1
@@ -44,7 +52,8 @@ def plan_block_cols(
     cols = max(1, int(target_bytes // col_bytes))
     if min_blocks > 1:
         spread = -(-n // min_blocks)
-        if spread >= MIN_BLOCK_COLS:
+        values = spread * m * max(density, 1e-9)
+        if spread >= MIN_BLOCK_COLS and values >= MIN_SPREAD_VALUES:
             cols = min(cols, spread)
     return int(min(cols, n))
 

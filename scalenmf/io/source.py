@@ -24,6 +24,7 @@ from scalenmf._typing import Block
 from scalenmf.io.errors import InputError
 from scalenmf.io.planning import (
     DEFAULT_BLOCK_BYTES,
+    MIN_SPREAD_VALUES,
     bounds_by_nnz,
     bounds_from_cols,
     bounds_from_sizes,
@@ -249,7 +250,7 @@ class SparseArraySource(MatrixSource):
         if block_bounds is None:
             target = DEFAULT_BLOCK_BYTES // (dtype.itemsize + 4)
             spread = max(1, csc.nnz // max(1, os.cpu_count() or 1))
-            block_bounds = bounds_by_nnz(csc.indptr, min(target, max(spread, 4096)))
+            block_bounds = bounds_by_nnz(csc.indptr, min(target, max(spread, MIN_SPREAD_VALUES)))
         self.block_bounds = block_bounds
 
     @property

@@ -37,6 +37,7 @@ from scalenmf.io.integrity import (
 )
 from scalenmf.io.planning import (
     DEFAULT_BLOCK_BYTES,
+    MIN_SPREAD_VALUES,
     align_bounds,
     bounds_by_nnz,
     plan_block_cols,
@@ -264,7 +265,7 @@ class ZarrSparseSource(MatrixSource):
         if block_bounds is None:
             target = DEFAULT_BLOCK_BYTES // (self.dtype.itemsize + 4)
             spread = max(1, int(indptr[-1]) // max(1, os.cpu_count() or 1))
-            block_bounds = bounds_by_nnz(indptr, min(target, max(spread, 4096)))
+            block_bounds = bounds_by_nnz(indptr, min(target, max(spread, MIN_SPREAD_VALUES)))
         self.block_bounds = block_bounds
 
     def _group(self) -> zarr.Group:

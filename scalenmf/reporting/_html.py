@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from scalenmf.plot._style import style_context
@@ -78,9 +79,19 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 def figure_to_img(fig: Figure, alt: str, *, dpi: float = REPORT_DPI) -> str:
-    """An ``<img>`` with the figure embedded as a base64 PNG (the report needs no other file)."""
+    """An ``<img>`` with the figure embedded as a base64 PNG (the report needs no other file).
+
+    The figure is laid out once and drawn once. ``savefig`` with a layout engine or a
+    tight bounding box draws twice and lays out on each draw (each layout measures every
+    label several times), which made drawing most of a report's time; the plots' own
+    layouts already fit their content to the figure, so the tight crop adds nothing.
+    """
+    engine = fig.get_layout_engine()
     buf = io.BytesIO()
-    with style_context():
+    with style_context(), rc_context({"savefig.bbox": "standard"}):
+        if engine is not None:
+            engine.execute(fig)
+            fig.set_layout_engine(None)  # keep the positions just computed
         fig.savefig(buf, format="png", dpi=dpi)
     data = base64.b64encode(buf.getvalue()).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}">'

@@ -64,7 +64,7 @@ def test_train_then_transform_writes_h_with_labels(inputs, mode):
     assert list(g["col_labels"][:]) == [f"s{j}" for j in range(50)]
     assert list(g["row_labels"][:]) == [f"ch{i}" for i in range(16)]
     comps = list(g["component_labels"][:])
-    assert comps == (["SBS1", "SBS5", "SBS13"] if mode == "supervised" else ["C1", "C2", "C3"])
+    assert comps == (["SBS1", "SBS5", "SBS13"] if mode == "supervised" else ["F1", "F2", "F3"])
     assert ("W" in g) == (mode == "unsupervised")
     assert np.all(np.asarray(g["H"][:]) >= 0)
     # the same H as the Python API on the same model

@@ -404,7 +404,7 @@ class DNMF:
     feature_labels_ : list of str or None
         Row labels of the training data (checked against the input of ``transform``).
     component_labels_ : list of str
-        Row labels of the training ``H`` when it had them, else ``C1..Ck``.
+        Row labels of the training ``H`` when it had them, else ``F1..Fk``.
     """
 
     def __init__(
@@ -532,7 +532,7 @@ class DNMF:
         self.feature_labels_ = _labels_list(src.row_labels)
         hlab = open_source(H).row_labels if H is not None else None
         self.component_labels_ = _labels_list(hlab) or [
-            f"C{i + 1}" for i in range(self.n_components)
+            f"F{i + 1}" for i in range(self.n_components)
         ]
         return self
 

@@ -8,7 +8,7 @@ Output store layout (``scalenmf`` attrs ``kind = "result"``, ``model = "dnmf"``)
     W                 (m, k), only for models that have a basis (unsupervised)
     row_labels        (m,)  feature labels of the input, when known
     col_labels        (n,)  sample labels of the input, when known
-    component_labels  (k,)  "C1".."Ck"
+    component_labels  (k,)  "F1".."Fk"
 
 The network runs on the device of its parameters: columns are densified on the host, copied
 there, and the coefficients copied back. With Dask every worker rebuilds the network on the
@@ -174,7 +174,7 @@ def _init_store(
     if source.col_labels is not None:
         write_labels(root, "col_labels", source.col_labels)
     if component_labels is None or len(component_labels) != k:
-        component_labels = [f"C{i + 1}" for i in range(k)]
+        component_labels = [f"F{i + 1}" for i in range(k)]
     write_labels(root, "component_labels", np.asarray(component_labels, dtype=str))
     return H
 
@@ -256,7 +256,7 @@ def transform_to_zarr(
     attrs : dict, optional
         Extra metadata for the ``scalenmf`` attrs.
     component_labels : sequence of str, optional
-        Row labels of ``H`` (default ``C1..Ck``).
+        Row labels of ``H`` (default ``F1..Fk``).
     progress : bool
     device : {"cpu", "cuda", "auto"}, optional
         Where the blocks are transformed. ``None`` keeps the model where it is (in this

@@ -6,8 +6,8 @@ import numpy as np
 import scipy.sparse as sp
 
 import scalenmf
+from scalenmf.io.matrix import as_source
 from scalenmf.io.planning import MIN_SPREAD_VALUES, plan_block_cols
-from scalenmf.io.source import as_source
 
 
 def test_small_dense_problem_is_one_block_whatever_the_cores() -> None:

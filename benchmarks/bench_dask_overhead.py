@@ -3,8 +3,8 @@
     python -m benchmarks.bench_dask_overhead [--workers 2] [--iters 30] [--repeats 3]
 
 Starts ``dask scheduler`` and ``--workers`` single-threaded ``dask worker`` processes on
-127.0.0.1 (the command-line programs, as on a cluster), writes X (2000 × 4000, rank 10,
-dense, 8 blocks of 500 samples) to a Zarr store the workers read, and times the
+127.0.0.1 (the command-line programs, as on a cluster), writes X (2000 × ``--samples``, rank 10,
+dense, chunks of 500 samples) to a Zarr store the workers read, and times the
 alternating loop (``timings["loop_s"]``: start-up, initialisation and collection excluded)
 of ``scalenmf.nmf(store, 10, solver="hals", tol=0)`` with the local executor on as many
 threads as there are workers, and with the Dask executor on the cluster; repeats
@@ -115,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--samples", type=int, default=4000, help="columns of X (12000: ~0.1 s/it on 2 cores)"
+    )
     ap.add_argument("--out", help="write the result line here too")
     args = ap.parse_args(argv)
     from distributed import Client
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-dask-"))
     procs: list[subprocess.Popen] = []
     try:
-        store = make_store(tmp / "x.zarr")
+        store = make_store(tmp / "x.zarr", n=args.samples)
         address, procs = start_cluster(args.workers, tmp)
         kw = {"solver": "hals", "max_iter": args.iters, "tol": 0, "progress": False}
         load_before = load_average()
@@ -140,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                 dask.append(r.timings["loop_s"] / args.iters)
         lo, da = min(local), min(dask)
         line = (
-            f"load average {load_before:.2f} → {load_average():.2f}; 2000×4000 k=10 hals, "
+            f"load average {load_before:.2f} → {load_average():.2f}; "
+            f"2000×{args.samples} k=10 hals, "
             f"{args.iters} iterations, best of {args.repeats}: local ({args.workers} threads) "
             f"{lo:.4f} s/it, Dask ({args.workers} workers × 1 thread on 127.0.0.1) {da:.4f} s/it, "
             f"overhead {100 * (da / lo - 1):+.1f} % (all runs: local "

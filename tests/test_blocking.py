@@ -38,6 +38,6 @@ def test_small_inputs_fit_in_one_block_dense_and_sparse() -> None:
     res = scalenmf.nmf(X, 3, max_iter=5, tol=0, threads=2, progress=False)
     assert res.info["n_blocks"] == 1
     # An explicit blocking is kept as asked.
-    assert scalenmf.nmf(X, 3, max_iter=5, tol=0, block_cols=100, progress=False).info[
-        "n_blocks"
-    ] == 6
+    assert (
+        scalenmf.nmf(X, 3, max_iter=5, tol=0, block_cols=100, progress=False).info["n_blocks"] == 6
+    )

@@ -54,7 +54,7 @@ def test_the_tree_is_the_one_we_check():
     # a renamed or new command must be placed in the sets below
     assert set(LEAVES) == {
         "consensus", "convert", "demo", "fit", "info", "inmf", "interpret", "lnmf",
-        "lnmf-ranks", "match", "plan", "plot", "project", "rank", "report",
+        "lnmf-ranks", "match", "plan", "plot", "prepare", "project", "rank", "report",
         "dnmf train", "dnmf transform", "dnmf evaluate",
     }  # fmt: skip
 
@@ -323,6 +323,7 @@ MISSING_INPUT = [
     ["inmf", "{m}", "{m}", "-k", 2, "-o", "{o}"],
     ["lnmf-ranks", "{m}", "{m}", "--ks", 2],
     ["project", "{m}", "{m}", "-o", "{o}"],
+    ["prepare", "{m}", "-o", "{o}"],
     ["dnmf", "train", "{m}", "-k", 2, "-o", "{o}"],
     ["dnmf", "transform", "{m}", "{m}", "-o", "{o}"],
 ]

@@ -251,6 +251,7 @@ def inmf_command(
 @click.option("--names", default=None, help="Dataset names, comma-separated.")
 @json_option("the proposal and its evidence")
 @click.option("--progress/--no-progress", default=True, show_default=True, help=PROGRESS_HELP)
+@backend_options
 @user_errors
 @scheduler_options
 def lnmf_ranks_command(

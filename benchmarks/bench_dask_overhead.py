@@ -35,7 +35,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_store(path: Path, m: int = 2000, n: int = 4000, k: int = 10) -> Path:  # noqa: D103
+def make_store(path: Path, m: int = 2000, n: int = 4000, k: int = 10) -> Path:
     import scalenmf
 
     rng = np.random.default_rng(1)

@@ -619,3 +619,49 @@ def test_float32_statistics_accumulate_in_float64(sparse):
     np.testing.assert_allclose(s32, s64, rtol=1e-12)
     np.testing.assert_allclose(n32, n64, rtol=1e-6)  # the ratio itself is float32
     assert d32 == pytest.approx(d64, rel=1e-5) and c32 == pytest.approx(c64, rel=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 6])
+@pytest.mark.parametrize("route", ["subsets", "pivoting"])
+def test_small_rank_exact_routes_both_equal_scipy_nnls(monkeypatch, k, route):
+    """Up to ENUMERATE_MAX_K the shared-Gram solve tries every passive set; pivoting must
+    stay exact too (it serves larger k, per-column Grams and the columns the subsets fail)."""
+    import scalenmf.kernels.nnls as nnls_module
+
+    if route == "pivoting":
+        monkeypatch.setattr(nnls_module, "ENUMERATE_MAX_K", 0)
+    rng = np.random.default_rng(10 + k)
+    A = rng.standard_normal((30, k)) + 0.3
+    Y = rng.standard_normal((30, 50))
+    X, info = nnls_bpp(A.T @ A, A.T @ Y)
+    assert info.converged
+    np.testing.assert_allclose(X, nnls_reference(A, Y), rtol=1e-9, atol=1e-10)
+
+
+def test_subsets_route_hands_a_singular_gram_to_pivoting():
+    """Two equal basis columns make some subset systems singular: the answer must still
+    reach the NNLS optimum (its objective; x itself is not unique)."""
+    rng = np.random.default_rng(3)
+    A = rng.random((20, 4))
+    A[:, 3] = A[:, 0]
+    Y = rng.random((20, 25))
+    G, B = A.T @ A, A.T @ Y
+    X, _ = nnls_bpp(G, B)
+    ref = nnls_reference(A[:, :3], Y)
+    assert (X >= 0).all()
+    got = 0.5 * np.sum((A @ X - Y) ** 2, axis=0)
+    want = 0.5 * np.sum((A[:, :3] @ ref - Y) ** 2, axis=0)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_subsets_route_batches_fits_and_penalties():
+    rng = np.random.default_rng(8)
+    bases = [rng.random((25, 3)) for _ in range(3)]
+    Y = rng.random((25, 40))
+    G = np.stack([A.T @ A for A in bases])
+    B = np.stack([A.T @ Y for A in bases])
+    X, info = nnls_bpp(G, B, l1=0.05, l2=0.1)
+    assert info.converged
+    for r, A in enumerate(bases):
+        ref = nnls_reference(A, Y, l1=0.05, l2=0.1)
+        np.testing.assert_allclose(X[r], ref, rtol=1e-8, atol=1e-9)

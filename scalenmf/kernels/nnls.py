@@ -16,6 +16,7 @@ Both return ``(X, NNLSInfo)``; a coordinate with a zero Gram diagonal (padding) 
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -32,6 +33,10 @@ BPP_TOL = 1e-12
 GROUP_MIN = 8
 #: Bytes of the (c, k, k) temporaries of a stacked solve.
 STACK_BYTES = 1 << 24
+#: Up to this rank, a shared-Gram solve tries every passive set at once (2^k small
+#: systems, a dozen numpy calls) before pivoting: for small k the pivoting's per-group
+#: work costs more than solving all the subsets.
+ENUMERATE_MAX_K = 6
 
 
 @dataclass(frozen=True)
@@ -61,11 +66,11 @@ class NNLSInfo:
 # -- coordinate descent -----------------------------------------------------------------
 
 
-def _row_times(G: np.ndarray, i: int, X: np.ndarray) -> np.ndarray:
-    """``(G X)_i`` for every fit and column, shape (R, n)."""
+def _row_times(G: np.ndarray, i: int, X: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """``(G X)_i`` for every fit and column, shape (R, n) (into ``out`` for one fit)."""
     if G.ndim == 3:
         if G.shape[0] == 1:
-            return (G[0, i] @ X[0])[None]  # one gemv beats a batched matmul of one
+            return np.dot(G[0, i], X[0], out=out)[None]  # a gemv beats a batched matmul
         return np.matmul(G[:, i : i + 1, :], X)[:, 0, :]
     return np.einsum("rnl,rln->rn", G[:, :, i, :], X)
 
@@ -81,23 +86,31 @@ def _diagonal(G: np.ndarray) -> np.ndarray:
     return d[:, :, None] if G.ndim == 3 else np.ascontiguousarray(d.transpose(0, 2, 1))
 
 
-def _sweep(
-    G: np.ndarray, B: np.ndarray, X: np.ndarray, inv: np.ndarray, weight: np.ndarray | None
-) -> np.ndarray | None:
-    """One sweep in place: ``x_i ← max(0, x_i − (G_i·X − b_i)·inv_i)`` row by row.
+def _scaled(G: np.ndarray, B: np.ndarray, inv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(G_il / G_ii with a zero diagonal, b_i / G_ii)``: a coordinate step is then
+    ``x_i ← max(0, b̃_i − G̃_i·x)``, three array calls per row."""
+    k = G.shape[-1]
+    scale = inv[:, :, 0, None] if G.ndim == 3 else inv.transpose(0, 2, 1)[..., None]
+    Gs = G * scale
+    Gs[..., np.arange(k), np.arange(k)] = 0
+    return Gs, B * inv
 
-    ``inv`` is ``1/G_ii`` (0 for a dead row). With ``weight``, returns ``max_i weight_i
-    ·|Δx_i|`` per fit and column (R, n).
+
+def _sweep(Gs: np.ndarray, Bs: np.ndarray, X: np.ndarray, weight: np.ndarray | None):
+    """One sweep in place, row by row: ``x_i ← max(0, b̃_i − G̃_i·X)`` (see :func:`_scaled`).
+
+    With ``weight`` (the Gram diagonal), returns ``max_i weight_i·|Δx_i|`` per fit and
+    column (R, n).
     """
-    moved = None if weight is None else np.zeros((X.shape[0], X.shape[2]), dtype=X.dtype)
-    for i in range(X.shape[1]):
-        step = _row_times(G, i, X)
-        step -= B[:, i, :]
-        step *= inv[:, i, :]
+    R, k, n = X.shape
+    moved = None if weight is None else np.zeros((R, n), dtype=X.dtype)
+    buf = np.empty(n, dtype=X.dtype) if R == 1 and Gs.ndim == 3 else None
+    for i in range(k):
+        step = _row_times(Gs, i, X, buf)
+        np.subtract(Bs[:, i, :], step, out=step)
         row = X[:, i, :]
-        np.subtract(row, step, out=step)
         if moved is None or weight is None:
-            np.maximum(step, 0, out=row)  # in place: one temporary per row
+            np.maximum(step, 0, out=row)  # in place: no temporary per row
             continue
         np.maximum(step, 0, out=step)
         change = np.abs(step - row)
@@ -157,11 +170,12 @@ def nnls_cd(
     diag = _diagonal(Gb)
     alive = diag > 0
     inv = np.where(alive, 1.0 / np.where(alive, diag, 1.0), 0.0).astype(work_dtype)
-    X *= alive  # a dead coordinate is 0 and stays 0 (its step is x − ∇·0)
+    X *= alive  # a dead coordinate is 0 and stays 0 (its scaled row and b are 0)
+    Gs, Bs = _scaled(Gb, Bb, inv)
     sweeps = 0
     if tol <= 0:
         for sweeps in range(1, max_sweeps + 1):  # noqa: B007 - the count is returned
-            _sweep(Gb, Bb, X, inv, None)
+            _sweep(Gs, Bs, X, None)
         out = X[0] if single else X
         return out.astype(out_dtype, copy=False), NNLSInfo(sweeps, None)
     R, n = Bb.shape[0], Bb.shape[2]
@@ -171,9 +185,9 @@ def nnls_cd(
     # The sweep runs on a working copy of the unfinished columns, re-cut only when fewer
     # than half of them are left (a copy per sweep would cost more than it saves).
     work = np.arange(n)
-    Gw, Bw, Xw, inv_w, diag_w, alive_w, lim_w = Gb, Bb, X, inv, diag, alive, limit
+    Gw, Bw, Xw, Gs_w, Bs_w, diag_w, alive_w, lim_w = Gb, Bb, X, Gs, Bs, diag, alive, limit
     for sweeps in range(1, max_sweeps + 1):  # noqa: B007
-        moved = _sweep(Gw, Bw, Xw, inv_w, diag_w)
+        moved = _sweep(Gs_w, Bs_w, Xw, diag_w)
         assert moved is not None
         # A column whose last steps were large is not optimal; test the others exactly.
         cand = np.flatnonzero(((moved <= lim_w) & ~done[:, work]).any(axis=0))
@@ -190,11 +204,11 @@ def nnls_cd(
             if Xw is not X:
                 X[:, :, work] = Xw
             work = work[left]
-            Xw, Bw, lim_w = Xw[:, :, left], Bw[:, :, left], lim_w[:, left]
+            Xw, Bw, Bs_w, lim_w = Xw[:, :, left], Bw[:, :, left], Bs_w[:, :, left], lim_w[:, left]
             if per_column:
-                Gw, inv_w, diag_w, alive_w = (
+                Gw, Gs_w, diag_w, alive_w = (
                     Gw[:, left],
-                    inv_w[:, :, left],
+                    Gs_w[:, left],
                     diag_w[:, :, left],
                     alive_w[:, :, left],
                 )
@@ -390,6 +404,80 @@ def _stacked_solve(G: np.ndarray, F: np.ndarray, b: np.ndarray) -> np.ndarray:
     return x
 
 
+@functools.lru_cache(maxsize=16)
+def _subsets(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """All 2^k passive sets (S, k) and their (S, k, k) masks ``P_i & P_j`` (read-only)."""
+    sets = ((np.arange(1 << k)[:, None] >> np.arange(k)) & 1).astype(bool)
+    pairs = sets[:, :, None] & sets[:, None, :]
+    sets.flags.writeable = pairs.flags.writeable = False
+    return sets, pairs
+
+
+def _subset_solutions(
+    G: np.ndarray, B: np.ndarray, X0: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The NNLS answer of every column found among all 2^k passive sets, shared Grams.
+
+    Every set's ``G_PP⁻¹`` is formed once. A column is first tried with the passive set of
+    its warm start (the previous factor: right for most columns after a few iterations),
+    then with every set at once: the primal-feasible candidate of least objective
+    (``−½ b_Pᵀ x_P`` at a solution). An answer is kept only where it passes the
+    pivoting's test (``x ≥ 0``, and ``G x − b ≥ −tol`` where ``x = 0``).
+
+    Parameters
+    ----------
+    G : ndarray, shape (R, k, k), positive diagonal
+    B, X0 : ndarray, shape (R, k, n)
+
+    Returns
+    -------
+    X : ndarray, shape (R, k, n), float64
+    ok : ndarray of bool, shape (R, n)
+        Columns whose answer passed the test (the others need pivoting). None where a
+        subset system is singular.
+    """
+    R, k, n = B.shape
+    sets, pairs = _subsets(k)
+    S = sets.shape[0]
+    M = G[:, None] * pairs  # (R, S, k, k): G on P × P, the identity elsewhere
+    M[..., np.arange(k), np.arange(k)] += ~sets
+    try:
+        inv = np.linalg.inv(M)
+    except np.linalg.LinAlgError:
+        return None
+    inv *= sets[:, :, None]  # rows outside P give x = 0
+    if not np.isfinite(inv).all():
+        return None
+    X = np.empty((R, k, n))
+    ok = np.zeros((R, n), dtype=bool)
+    bits = 1 << np.arange(k)
+    for r in range(R):
+        Br, todo = B[r], np.arange(n)
+        if X0 is not None:
+            warm = bits @ (X0[r] > 0)  # the index of each column's passive set
+            x = np.einsum("nkl,ln->kn", inv[r][warm], Br)
+            X[r], ok[r] = x, _passes(G[r], Br, x)
+            todo = np.flatnonzero(~ok[r])
+        chunk = max(1, STACK_BYTES // (8 * k << k))
+        inv_r = inv[r].reshape(S * k, k)  # one GEMM gives every candidate
+        for a in range(0, todo.size, chunk):
+            cols = todo[a : a + chunk]
+            b = Br[:, cols]
+            cand = (inv_r @ b).reshape(S, k, cols.size)
+            f = np.einsum("kc,skc->sc", b, cand)  # −2 × objective
+            np.putmask(f, (cand < 0).any(axis=1), -np.inf)
+            x = cand[np.argmax(f, axis=0), :, np.arange(cols.size)].T  # (k, c)
+            X[r][:, cols], ok[r, cols] = x, _passes(G[r], b, x)
+    return X, ok
+
+
+def _passes(G: np.ndarray, B: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Columns of X (k, n) that meet the pivoting's optimality test for ``G``, ``B``."""
+    y = G @ X - B
+    y += BPP_TOL * np.abs(B).max(axis=0)
+    return ((X >= 0) & ((y >= 0) | (X > 0))).all(axis=0)
+
+
 def nnls_bpp(
     G: np.ndarray,
     B: np.ndarray,
@@ -425,13 +513,36 @@ def nnls_bpp(
     out_dtype = float_dtype(B)
     Gp, Bp = fold_penalties(G, B, l1, l2, np.dtype(np.float64))
     Gb, Bb, single = as_batch(Gp, Bp)
+    k = Bb.shape[1]
+    if Gb.ndim == 3 and k <= ENUMERATE_MAX_K and (np.diagonal(Gb, axis1=1, axis2=2) > 0).all():
+        warm = None if X0 is None else np.asarray(X0).reshape(Bb.shape)
+        found = _subset_solutions(Gb, Bb, warm)
+        if found is not None:
+            X, ok = found
+            unconverged = 0
+            for r in np.flatnonzero(~ok.all(axis=1)):  # rare: pivot the columns that failed
+                cols = np.flatnonzero(~ok[r])
+                Xr, info = _pivot(Gb[r][None], Bb[r][None][:, :, cols], None, max_rounds)
+                X[r][:, cols] = Xr[0]
+                unconverged += info.unconverged or 0
+            out = X[0] if single else X
+            return out.astype(out_dtype, copy=False), NNLSInfo(0, unconverged)  # no pivoting
+    X, info = _pivot(Gb, Bb, X0 if X0 is None or not single else np.asarray(X0)[None], max_rounds)
+    out = X[0] if single else X
+    return out.astype(out_dtype, copy=False), info
+
+
+def _pivot(
+    Gb: np.ndarray, Bb: np.ndarray, X0: np.ndarray | None, max_rounds: int | None
+) -> tuple[np.ndarray, NNLSInfo]:
+    """Block principal pivoting on batched, folded float64 systems: G (R, k, k) or
+    (R, n, k, k), B and X0 (R, k, n) → X (R, k, n)."""
     R, k, n = Bb.shape
     st = _Pivoting(Gb, Bb)
     T = R * n
     live = np.arange(T)
     if X0 is not None:
-        X0b = np.asarray(X0)
-        X0b = (X0b[None] if single else X0b).transpose(1, 0, 2).reshape(k, T)
+        X0b = np.asarray(X0).transpose(1, 0, 2).reshape(k, T)
         st.F = (X0b > 0) & st.alive
         st.solve(np.flatnonzero(st.F.any(axis=0)))
     else:
@@ -482,5 +593,4 @@ def nnls_bpp(
             )
             X[r][:, cols] = Xr[0]
             unconverged += info.unconverged or 0
-    out = X[0] if single else X
-    return out.astype(out_dtype, copy=False), NNLSInfo(done_rounds, unconverged)
+    return X, NNLSInfo(done_rounds, unconverged)

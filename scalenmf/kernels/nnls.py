@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import itertools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.linalg.lapack import dposv
@@ -160,80 +161,134 @@ def nnls_cd(
     X : ndarray, shape of B, dtype of B (float64 for integer B)
     info : NNLSInfo
     """
-    out_dtype = float_dtype(B)
-    work_dtype = np.dtype(np.float64) if finish else out_dtype
-    Gp, Bp = fold_penalties(G, B, l1, l2, work_dtype)
-    Gb, Bb, single = as_batch(Gp, Bp)
-    X = np.zeros(Bb.shape, dtype=work_dtype)
-    if X0 is not None:
-        X[...] = X0
-    diag = _diagonal(Gb)
+    return descend(
+        NumpyArrays, G, B, X0, l1=l1, l2=l2, max_sweeps=max_sweeps, tol=tol, finish=finish
+    )
+
+
+class NumpyArrays:
+    """The array operations :func:`descend` needs, on numpy (torch has its own set)."""
+
+    @staticmethod
+    def prepare(G, B, X0, l1: float, l2: float, finish: bool):
+        """Folded, batched ``(G, B)``, the working X (warm start or zeros), whether B was
+        one fit, and the output dtype."""
+        out_dtype = float_dtype(B)
+        work = np.dtype(np.float64) if finish else out_dtype
+        Gb, Bb, single = as_batch(*fold_penalties(G, B, l1, l2, work))
+        X = np.zeros(Bb.shape, dtype=work)
+        if X0 is not None:
+            X[...] = X0
+        return Gb, Bb, X, single, out_dtype
+
+    diagonal = staticmethod(_diagonal)
+    scaled = staticmethod(_scaled)
+    sweep = staticmethod(_sweep)
+    kkt = staticmethod(_kkt_residual)
+    nonzero = staticmethod(np.flatnonzero)
+
+    @staticmethod
+    def inverse(diag: np.ndarray, alive: np.ndarray) -> np.ndarray:
+        return np.where(alive, 1.0 / np.where(alive, diag, 1.0), 0.0).astype(diag.dtype)
+
+    @staticmethod
+    def limit(Bb: np.ndarray, tol: float) -> np.ndarray:
+        return tol * np.maximum(np.abs(Bb).max(axis=1), np.finfo(Bb.dtype).tiny)
+
+    @staticmethod
+    def falses(like: np.ndarray) -> np.ndarray:
+        return np.zeros(like.shape, dtype=bool)
+
+    @staticmethod
+    def arange(n: int, like: np.ndarray) -> np.ndarray:
+        return np.arange(n)
+
+    @staticmethod
+    def exact(G, B, X0):
+        return nnls_bpp(G, B, X0)
+
+    @staticmethod
+    def output(X: np.ndarray, dtype) -> np.ndarray:
+        return X.astype(dtype, copy=False)
+
+
+def descend(
+    ops: Any,
+    G: Any,
+    B: Any,
+    X0: Any = None,
+    *,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    max_sweeps: int = 100,
+    tol: float = 1e-6,
+    finish: bool = False,
+) -> tuple[Any, NNLSInfo]:
+    """The coordinate-descent driver of :func:`nnls_cd`, written once for every array
+    library: ``ops`` (:class:`NumpyArrays` or the torch kernels' set) does the array work.
+
+    Sweeps run on a working copy of the unfinished columns; a column is done when its
+    projected gradient passes the KKT test (tested only where the last steps were small).
+    """
+    Gb, Bb, X, single, out_dtype = ops.prepare(G, B, X0, l1, l2, finish)
+    diag = ops.diagonal(Gb)
     alive = diag > 0
-    inv = np.where(alive, 1.0 / np.where(alive, diag, 1.0), 0.0).astype(work_dtype)
     X *= alive  # a dead coordinate is 0 and stays 0 (its scaled row and b are 0)
-    Gs, Bs = _scaled(Gb, Bb, inv)
+    Gs, Bs = ops.scaled(Gb, Bb, ops.inverse(diag, alive))
     sweeps = 0
     if tol <= 0:
         for sweeps in range(1, max_sweeps + 1):  # noqa: B007 - the count is returned
-            _sweep(Gs, Bs, X, None)
-        out = X[0] if single else X
-        return out.astype(out_dtype, copy=False), NNLSInfo(sweeps, None)
-    R, n = Bb.shape[0], Bb.shape[2]
+            ops.sweep(Gs, Bs, X, None)
+        return ops.output(X[0] if single else X, out_dtype), NNLSInfo(sweeps, None)
     per_column = Gb.ndim == 4
-    limit = tol * np.maximum(np.abs(Bb).max(axis=1), np.finfo(work_dtype).tiny)  # (R, n)
-    done = np.zeros((R, n), dtype=bool)
-    # The sweep runs on a working copy of the unfinished columns, re-cut only when fewer
-    # than half of them are left (a copy per sweep would cost more than it saves).
-    work = np.arange(n)
+    limit = ops.limit(Bb, tol)  # (R, n)
+    done = ops.falses(limit)
+    # Re-cut the working copy only when fewer than half of its columns are left (a copy
+    # per sweep would cost more than it saves).
+    work = ops.arange(Bb.shape[2], Bb)
     Gw, Bw, Xw, Gs_w, Bs_w, diag_w, alive_w, lim_w = Gb, Bb, X, Gs, Bs, diag, alive, limit
     for sweeps in range(1, max_sweeps + 1):  # noqa: B007
-        moved = _sweep(Gs_w, Bs_w, Xw, diag_w)
-        assert moved is not None
+        moved = ops.sweep(Gs_w, Bs_w, Xw, diag_w)
         # A column whose last steps were large is not optimal; test the others exactly.
-        cand = np.flatnonzero(((moved <= lim_w) & ~done[:, work]).any(axis=0))
-        if cand.size:
+        cand = ops.nonzero(((moved <= lim_w) & ~done[:, work]).any(axis=0))
+        if len(cand):
             Gc = Gw[:, cand] if per_column else Gw
             ac = alive_w[:, :, cand] if per_column else alive_w
-            res = _kkt_residual(Gc, Bw[:, :, cand], Xw[:, :, cand], ac)
+            res = ops.kkt(Gc, Bw[:, :, cand], Xw[:, :, cand], ac)
             done[:, work[cand]] |= res <= lim_w[:, cand]
         left = ~done[:, work].all(axis=0)
         n_left = int(left.sum())
         if n_left == 0:
             break
-        if n_left < work.size // 2:
+        if n_left < len(work) // 2:
             if Xw is not X:
                 X[:, :, work] = Xw
             work = work[left]
             Xw, Bw, Bs_w, lim_w = Xw[:, :, left], Bw[:, :, left], Bs_w[:, :, left], lim_w[:, left]
             if per_column:
-                Gw, Gs_w, diag_w, alive_w = (
-                    Gw[:, left],
-                    Gs_w[:, left],
-                    diag_w[:, :, left],
-                    alive_w[:, :, left],
-                )
+                Gw, Gs_w = Gw[:, left], Gs_w[:, left]
+                diag_w, alive_w = diag_w[:, :, left], alive_w[:, :, left]
     if Xw is not X:
         X[:, :, work] = Xw
-    if not done.all():
+    if not bool(done.all()):
         # The last sweep's large steps only suggested these were not optimal: test them.
-        cols = np.flatnonzero(~done.all(axis=0))
+        cols = ops.nonzero(~done.all(axis=0))
         Gc = Gb[:, cols] if per_column else Gb
         ac = alive[:, :, cols] if per_column else alive
-        done[:, cols] |= _kkt_residual(Gc, Bb[:, :, cols], X[:, :, cols], ac) <= limit[:, cols]
+        done[:, cols] |= ops.kkt(Gc, Bb[:, :, cols], X[:, :, cols], ac) <= limit[:, cols]
     finished = 0
-    if finish and not done.all():
+    if finish and not bool(done.all()):
         finished = int((~done).sum())
         unconverged = 0
-        for r in np.flatnonzero(~done.all(axis=1)):
-            cols = np.flatnonzero(~done[r])
-            Gr = Gb[r, cols][None] if per_column else Gb[r]
-            Xr, info = nnls_bpp(Gr, Bb[r][None][:, :, cols], X[r][None][:, :, cols])
+        for r in ops.nonzero(~done.all(axis=1)).tolist():
+            cols = ops.nonzero(~done[r])
+            Gr = Gb[r, cols][None] if per_column else Gb[r][None]
+            Xr, info = ops.exact(Gr, Bb[r][None][:, :, cols], X[r][None][:, :, cols])
             X[r][:, cols] = Xr[0]
             unconverged += info.unconverged or 0
     else:
         unconverged = int((~done).sum())
-    out = X[0] if single else X
-    return out.astype(out_dtype, copy=False), NNLSInfo(sweeps, unconverged, finished)
+    return ops.output(X[0] if single else X, out_dtype), NNLSInfo(sweeps, unconverged, finished)
 
 
 # -- block principal pivoting -------------------------------------------------------------
@@ -478,6 +533,19 @@ def _passes(G: np.ndarray, B: np.ndarray, X: np.ndarray) -> np.ndarray:
     return ((X >= 0) & ((y >= 0) | (X > 0))).all(axis=0)
 
 
+def exchange_in_blocks(count: Any, live: Any, best: Any, alpha: Any) -> Any:
+    """Kim & Park's rule, per live column: exchange all its infeasible variables while
+    their count keeps falling or ``alpha`` (3) block tries are left, else one (the backup
+    rule, which guarantees termination). Updates ``best`` and ``alpha`` in place (numpy or
+    torch vectors over all columns) and returns the mask of block exchanges."""
+    better = count < best[live]
+    best[live[better]] = count[better]
+    alpha[live[better]] = 3
+    spend = ~better & (alpha[live] > 0)
+    alpha[live[spend]] -= 1
+    return better | spend
+
+
 def nnls_bpp(
     G: np.ndarray,
     B: np.ndarray,
@@ -568,12 +636,7 @@ def _pivot(
             live, bad, count = live[keep], np.compress(keep, bad, axis=1), count[keep]
         if live.size == 0 or done_rounds == rounds:
             break
-        better = count < best[live]
-        best[live[better]] = count[better]
-        alpha[live[better]] = 3
-        spend = ~better & (alpha[live] > 0)
-        alpha[live[spend]] -= 1
-        block = better | spend
+        block = exchange_in_blocks(count, live, best, alpha)
         # Backup rule: flip only the last infeasible variable of the other columns.
         if not block.all():
             last = k - 1 - np.argmax(bad[::-1], axis=0)

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 import torch
 
 from scalenmf.kernels.mu import EPS
-from scalenmf.kernels.nnls import BPP_TOL, NNLSInfo
+from scalenmf.kernels.nnls import BPP_TOL, NNLSInfo, descend, exchange_in_blocks
 
 #: Entries of the (nnz, k) temporaries of sparse gathers, and of (c, k, k) stacked solves.
 GATHER_ENTRIES = 1 << 22
@@ -171,99 +171,86 @@ def _fold(G: torch.Tensor, B: torch.Tensor, l1: float, l2: float, dtype: torch.d
     return Gb, Bb, single
 
 
-# -- coordinate descent (nnls.nnls_cd, step for step) ---------------------------------------
+# -- coordinate descent (nnls.descend, the one driver) ------------------------------------
 
 
-def _sweep(G, B, X, inv, weight):
-    moved = (
-        None
-        if weight is None
-        else torch.zeros((X.shape[0], X.shape[2]), dtype=X.dtype, device=X.device)
-    )
-    for i in range(X.shape[1]):
-        step = torch.bmm(G[:, i : i + 1, :], X)[:, 0, :]
-        step -= B[:, i, :]
-        step *= inv[:, i, :]
-        new = torch.clamp_min(X[:, i, :] - step, 0)
-        if moved is not None:
-            moved = torch.maximum(moved, (new - X[:, i, :]).abs() * weight[:, i, :])
-        X[:, i, :] = new
-    return moved
+class TorchArrays:
+    """The array operations of :func:`scalenmf.kernels.nnls.descend` on torch (shared
+    Grams (R, k, k) only: blocks with hidden entries run on numpy)."""
 
+    @staticmethod
+    def prepare(G, B, X0, l1: float, l2: float, finish: bool):
+        out_dtype = B.dtype if B.is_floating_point() else torch.float64
+        work = torch.float64 if finish else out_dtype
+        Gb, Bb, single = _fold(G, B, l1, l2, work)
+        X = torch.zeros(Bb.shape, dtype=work, device=Bb.device)
+        if X0 is not None:
+            X[...] = X0.reshape(Bb.shape)
+        return Gb, Bb, X, single, out_dtype
 
-def _kkt_residual(G, B, X, alive):
-    grad = torch.bmm(G, X) - B
-    pg = torch.where(X > 0, grad.abs(), torch.clamp_min(-grad, 0)) * alive
-    return pg.amax(dim=1)
+    @staticmethod
+    def diagonal(G):
+        return torch.diagonal(G, dim1=-2, dim2=-1)[:, :, None]
+
+    @staticmethod
+    def inverse(diag, alive):
+        return torch.where(alive, 1.0 / torch.where(alive, diag, torch.ones_like(diag)), 0.0)
+
+    @staticmethod
+    def scaled(G, B, inv):
+        Gs = G * inv
+        Gs.diagonal(dim1=-2, dim2=-1).zero_()
+        return Gs, B * inv
+
+    @staticmethod
+    def sweep(Gs, Bs, X, weight):
+        moved = None
+        if weight is not None:
+            moved = torch.zeros((X.shape[0], X.shape[2]), dtype=X.dtype, device=X.device)
+        for i in range(X.shape[1]):
+            new = torch.clamp_min(Bs[:, i, :] - torch.bmm(Gs[:, i : i + 1, :], X)[:, 0, :], 0)
+            if moved is not None:
+                moved = torch.maximum(moved, (new - X[:, i, :]).abs() * weight[:, i, :])
+            X[:, i, :] = new
+        return moved
+
+    @staticmethod
+    def kkt(G, B, X, alive):
+        grad = torch.bmm(G, X) - B
+        pg = torch.where(X > 0, grad.abs(), torch.clamp_min(-grad, 0)) * alive
+        return pg.amax(dim=1)
+
+    @staticmethod
+    def nonzero(mask):
+        return torch.nonzero(mask).ravel()
+
+    @staticmethod
+    def limit(Bb, tol: float):
+        return tol * torch.clamp_min(Bb.abs().amax(dim=1), torch.finfo(Bb.dtype).tiny)
+
+    @staticmethod
+    def falses(like):
+        return torch.zeros(like.shape, dtype=torch.bool, device=like.device)
+
+    @staticmethod
+    def arange(n: int, like):
+        return torch.arange(n, device=like.device)
+
+    @staticmethod
+    def exact(G, B, X0):
+        return nnls_bpp(G, B, X0)
+
+    @staticmethod
+    def output(X, dtype):
+        return X.to(dtype)
 
 
 def nnls_cd(
-    G: torch.Tensor,
-    B: torch.Tensor,
-    X0: torch.Tensor | None = None,
-    *,
-    l1: float = 0.0,
-    l2: float = 0.0,
-    max_sweeps: int = 100,
-    tol: float = 1e-6,
-    finish: bool = False,
+    G: torch.Tensor, B: torch.Tensor, X0: torch.Tensor | None = None, **options: Any
 ) -> tuple[torch.Tensor, NNLSInfo]:
-    """:func:`scalenmf.kernels.nnls.nnls_cd` on torch: G (k, k) or (R, k, k), B (k, n) or
-    (R, k, n); the same sweeps, KKT stop and working set."""
-    out_dtype = B.dtype if B.is_floating_point() else torch.float64
-    work = torch.float64 if finish else out_dtype
-    Gb, Bb, single = _fold(G, B, l1, l2, work)
-    X = torch.zeros(Bb.shape, dtype=work, device=Bb.device)
-    if X0 is not None:
-        X[...] = X0.reshape(Bb.shape)
-    diag = torch.diagonal(Gb, dim1=-2, dim2=-1)[:, :, None]
-    alive = diag > 0
-    inv = torch.where(alive, 1.0 / torch.where(alive, diag, torch.ones_like(diag)), 0.0).to(work)
-    X *= alive
-    sweeps = 0
-    if tol <= 0:
-        for sweeps in range(1, max_sweeps + 1):  # noqa: B007 - the count is returned
-            _sweep(Gb, Bb, X, inv, None)
-        out = X[0] if single else X
-        return out.to(out_dtype), NNLSInfo(sweeps, None)
-    R, n = Bb.shape[0], Bb.shape[2]
-    limit = tol * torch.clamp_min(Bb.abs().amax(dim=1), torch.finfo(work).tiny)
-    done = torch.zeros((R, n), dtype=torch.bool, device=Bb.device)
-    cols = torch.arange(n, device=Bb.device)
-    Bw, Xw, lim_w = Bb, X, limit
-    for sweeps in range(1, max_sweeps + 1):  # noqa: B007
-        moved = _sweep(Gb, Bw, Xw, inv, diag)
-        cand = torch.nonzero(((moved <= lim_w) & ~done[:, cols]).any(dim=0)).ravel()
-        if cand.numel():
-            res = _kkt_residual(Gb, Bw[:, :, cand], Xw[:, :, cand], alive)
-            done[:, cols[cand]] |= res <= lim_w[:, cand]
-        left = ~done[:, cols].all(dim=0)
-        n_left = int(left.sum())
-        if n_left == 0:
-            break
-        if n_left < cols.numel() // 2:
-            if Xw is not X:
-                X[:, :, cols] = Xw
-            cols = cols[left]
-            Xw, Bw, lim_w = Xw[:, :, left], Bw[:, :, left], lim_w[:, left]
-    if Xw is not X:
-        X[:, :, cols] = Xw
-    if not bool(done.all()):
-        c = torch.nonzero(~done.all(dim=0)).ravel()
-        done[:, c] |= _kkt_residual(Gb, Bb[:, :, c], X[:, :, c], alive) <= limit[:, c]
-    finished = 0
-    if finish and not bool(done.all()):
-        finished = int((~done).sum())
-        unconverged = 0
-        for r in torch.nonzero(~done.all(dim=1)).ravel().tolist():
-            c = torch.nonzero(~done[r]).ravel()
-            Xr, info = nnls_bpp(Gb[r], Bb[r][:, c], X[r][:, c])
-            X[r][:, c] = Xr
-            unconverged += info.unconverged or 0
-    else:
-        unconverged = int((~done).sum())
-    out = X[0] if single else X
-    return out.to(out_dtype), NNLSInfo(sweeps, unconverged, finished)
+    """:func:`scalenmf.kernels.nnls.nnls_cd` on torch (same options): G (k, k) or
+    (R, k, k), B (k, n) or (R, k, n); the one driver, :func:`~.nnls.descend`."""
+    return descend(TorchArrays, G, B, X0, **options)
 
 
 # -- block principal pivoting (nnls.nnls_bpp) ---------------------------------------------
@@ -340,12 +327,7 @@ def nnls_bpp(
         live, bad, count = live[keep], bad[keep], count[keep]
         if live.numel() == 0 or done_rounds == rounds:
             break
-        better = count < best[live]
-        best[live[better]] = count[better]
-        alpha[live[better]] = 3
-        spend = ~better & (alpha[live] > 0)
-        alpha[live[spend]] -= 1
-        block = better | spend
+        block = exchange_in_blocks(count, live, best, alpha)
         if not bool(block.all()):
             last = k - 1 - torch.argmax(bad.flip(1).to(torch.int8), dim=1)
             bad = torch.where(block[:, None], bad, ks[None, :] == last[:, None])

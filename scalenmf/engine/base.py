@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from scalenmf.engine.allocator import keep_freed_memory
 from scalenmf.io.source import MatrixSource
 
 BlockFn = Callable[[Any, Any, Any], tuple[Any, Any]]
@@ -71,7 +72,8 @@ def realign(obj: Any) -> Any:
 
 
 def apply_block(fn: BlockFn, xref: Any, state: Any, broadcast: Any) -> tuple[Any, Any]:
-    """Run ``fn`` on one block: the one place a block is read for a step."""
+    """Run ``fn`` on one block: the one place a block is read for a step (on workers)."""
+    keep_freed_memory()  # once per worker process
     X = resolve_block(xref) if xref is not None else None
     return fn(realign(X), realign(state), realign(broadcast))
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from scalenmf.engine.allocator import keep_freed_memory
 from scalenmf.engine.base import BlockFn, BlockRef, realign, resolve_block
 from scalenmf.engine.reduce import TreeReducer, add_partials
 from scalenmf.io.planning import MIN_SPREAD_VALUES
@@ -89,6 +90,7 @@ class LocalExecutor:
         self.source = source
         self.threads = max(1, int(threads))
         self.memory_limit = memory_limit
+        keep_freed_memory()
         self._states: list[Any] = [None] * source.n_blocks
         self._cache: list[Any] | None = None
         self._cache_decided = False

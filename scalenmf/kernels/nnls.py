@@ -104,6 +104,14 @@ def _sweep(Gs: np.ndarray, Bs: np.ndarray, X: np.ndarray, weight: np.ndarray | N
     column (R, n).
     """
     R, k, n = X.shape
+    if R == 1 and Gs.ndim == 3 and weight is None:
+        # One fit, fixed sweeps (HALS): 2-D rows and one buffer, three C calls per row.
+        G1, B1, X1, buf = Gs[0], Bs[0], X[0], np.empty(n, dtype=X.dtype)
+        for i in range(k):
+            np.dot(G1[i], X1, out=buf)
+            np.subtract(B1[i], buf, out=buf)
+            np.maximum(buf, 0, out=X1[i])
+        return None
     moved = None if weight is None else np.zeros((R, n), dtype=X.dtype)
     buf = np.empty(n, dtype=X.dtype) if R == 1 and Gs.ndim == 3 else None
     for i in range(k):

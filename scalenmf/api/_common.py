@@ -20,6 +20,7 @@ import it for ``check_rank``): those are imported by the functions that use them
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -37,7 +38,10 @@ if TYPE_CHECKING:
     from scalenmf.engine.executor import Executor
     from scalenmf.engine.loop import IterationInfo, LoopSnapshot, LoopTrace
     from scalenmf.io.source import MatrixSource
+    from scalenmf.models.memory import FitShape
     from scalenmf.models.step import NMFConfig
+
+log = logging.getLogger("scalenmf")
 
 #: Inner coordinate sweeps per HALS half-step: a few cheap sweeps on the k×n_j block
 #: (no new look at X) cut the number of passes over X (accelerated HALS, Gillis & Glineur).
@@ -243,6 +247,62 @@ class ClusterOptions:
     scheduler_file: str | None = None
     security: Any = None
     connect_timeout: str | float | None = None
+    #: Hold X blocks in memory (set by ``fit_memory``'s plan; None: the executor decides).
+    keep_x: bool | None = None
+
+    def fit_memory(
+        self, source: MatrixSource, shape: FitShape, *, fixed_blocking: bool = False
+    ) -> tuple[MatrixSource, ClusterOptions]:
+        """The blocking and concurrency that keep a fit of ``source`` within ``memory_limit``.
+
+        Locally the limit is the whole process's (its resident size now counts); on a
+        LocalCluster (``workers``) it is each worker's. Without a limit, or on a cluster
+        started elsewhere (whose workers have their own limits), nothing changes.
+
+        Returns
+        -------
+        (source, options)
+            ``source`` re-blocked as planned, and these options with the planned threads
+            and ``keep_x``.
+
+        Raises
+        ------
+        MemoryLimitError
+            The limit is too small; the message names the smallest that would work.
+        """
+        if self.memory_limit is None or self.scheduler is not None or self.scheduler_file:
+            return source, self
+        import os
+        from dataclasses import replace
+
+        from scalenmf.engine.memory import process_rss, tighten_heap
+        from scalenmf.models.memory import RUNTIME_RESERVE, WORKER_BASELINE, plan_memory
+
+        threads = int(self.threads or os.cpu_count() or 1)
+        if self.workers:
+            baseline = WORKER_BASELINE
+        else:
+            tighten_heap()
+            # Rounded up, so that a few MB more or less at start give the same blocks (a
+            # checkpoint is resumed only with the blocking it was made with).
+            quantum = 8 * 2**20
+            baseline = -(-(process_rss() + RUNTIME_RESERVE) // quantum) * quantum
+        plan = plan_memory(
+            source,
+            shape,
+            self.memory_limit,
+            threads=threads,
+            baseline=baseline,
+            workers=self.workers,
+            fixed_blocking=fixed_blocking,
+        )
+        log.info("memory plan: %s", plan.to_dict())
+        if list(plan.block_bounds) != list(source.block_bounds):
+            source = source.reblock(plan.block_bounds)
+        threads_now = self.threads
+        if not self.workers and plan.in_flight < threads:
+            threads_now = plan.in_flight  # blocks in line; BLAS keeps its threads
+        return source, replace(self, threads=threads_now, keep_x=plan.keep_x)
 
     def executor_args(self) -> dict[str, Any]:
         """Keyword arguments of ``scalenmf.engine.make_executor``."""

@@ -36,6 +36,7 @@ from scalenmf.io.errors import InputError
 from scalenmf.io.source import MatrixSource
 from scalenmf.models.fits import collect
 from scalenmf.models.init import initialize
+from scalenmf.models.memory import FitShape
 from scalenmf.models.nmf import NMFConfig, NMFModel
 from scalenmf.models.online import BATCH_COLS, FORGET_FACTOR, ONLINE_MU_STEPS, run_online
 from scalenmf.models.step import fit_stats_step
@@ -224,6 +225,8 @@ def nmf(
             block_cols = p["batch_size"]
     source = open_input(X, block_cols=block_cols, ranks=[p["k"]], layer=layer)
     dtype_ = work_dtype(gpu_dtype(dtype, where["device"]), source)
+    shape = FitShape(p["k"], p["n_runs"], p["loss"], p["init"], dtype_.itemsize, mask is not None)
+    source, cluster = cluster.fit_memory(source, shape, fixed_blocking=block_cols is not None)
     if mask is not None:
         from scalenmf.io.masked import fit_source
 

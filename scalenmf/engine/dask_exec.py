@@ -31,6 +31,7 @@ from concurrent.futures import CancelledError
 from typing import Any
 
 from scalenmf.engine.base import BlockFn, BlockRef, apply_block, realign
+from scalenmf.engine.memory import WORKER_MALLOC_ENV
 from scalenmf.engine.reduce import TreeReducer, add_partials
 from scalenmf.io.source import MatrixSource
 
@@ -52,6 +53,8 @@ SCATTER_TRIES = 6
 SCATTER_TIMEOUT_S = 10.0
 #: How long to wait for the client to reconnect to its scheduler before giving up.
 RECONNECT_WAIT_S = 60.0
+#: The event a nanny logs on the scheduler when it restarts its worker for memory.
+MEMORY_KILL_TOPIC = "worker-restart-memory"
 #: Where a LocalCluster's dashboard listens: loopback only, on a free port.
 LOCAL_DASHBOARD = "127.0.0.1:0"
 
@@ -198,6 +201,8 @@ def connect(
         # The dashboard stays on loopback; a user who wants it remote asks for it.
         dashboard_address=dashboard_address,
         memory_limit=memory_limit if memory_limit else "auto",
+        # Large freed buffers go back to the OS at once: the nanny judges RSS, not use.
+        env=dict(WORKER_MALLOC_ENV),
     )
     return Client(cluster), cluster, True
 
@@ -269,6 +274,7 @@ class DaskExecutor:
         self._anchor: list[Any] = [None] * source.n_blocks
         self._log: list[tuple[BlockFn, Any, bool, Any]] = []
         self.recoveries = 0
+        self._started = time.time()
         # Workers seen at the last check: a departure since then may have taken states.
         self._known_workers = self._workers_now()
 
@@ -467,6 +473,9 @@ class DaskExecutor:
             raise self._scheduler_gone(exc or ConnectionError(f"client {client.status}"))
 
     def _scheduler_gone(self, exc: BaseException) -> ClusterError:
+        killed = self._memory_kill() if self.client.status == "running" else None
+        if killed is not None:
+            return killed
         return ClusterError(
             f"lost the Dask scheduler ({type(exc).__name__}: {_one_line(exc)}); continue the "
             "fit from its last checkpoint with --resume (resume=True) once a scheduler is up"
@@ -522,9 +531,46 @@ class DaskExecutor:
                 out[j] = f
         return out
 
+    def _memory_kill(self) -> ClusterError | None:
+        """The error to raise if a nanny restarted a worker for memory since we started.
+
+        Replaying would only fill the new worker the same way, so the fit stops at once.
+        """
+        try:
+            events = self.client.get_events(MEMORY_KILL_TOPIC)
+        except Exception:  # an older scheduler, or one already gone: nothing to add
+            return None
+        kills = [msg for stamp, msg in events if stamp >= self._started - 1]
+        if not kills:
+            return None
+        last = kills[-1] if isinstance(kills[-1], dict) else {}
+        limit = self._worker_limit(last.get("worker"))
+        used = last.get("rss")
+        size = f" at {_mb(used)}" if used else ""
+        of = f" of its {_mb(limit)} memory limit" if limit else " memory limit"
+        return ClusterError(
+            f"a Dask worker ({last.get('worker', '?')}) was restarted for exceeding 95% "
+            f"of its{of}{size} ({len(kills)} restart(s)): the blocks do not fit in the "
+            "workers' memory; give each worker more (memory_limit) or use narrower blocks "
+            "(block_cols)"
+        )
+
+    def _worker_limit(self, address: Any) -> int | None:
+        try:
+            workers = self.client.scheduler_info().get("workers", {})
+        except Exception:
+            return None
+        limits = [int(w.get("memory_limit") or 0) for w in workers.values()]
+        if address in workers:
+            limits = [int(workers[address].get("memory_limit") or 0)]
+        return max(limits, default=0) or None
+
     def _replay(self) -> tuple[list[Any], Any]:
         """Recompute the logged steps from the anchor: ``(states, summed partials of the last)``."""
         for attempt in range(1, MAX_RECOVERIES + 1):
+            killed = self._memory_kill()
+            if killed is not None:
+                raise killed
             self.recoveries += 1
             log.warning(
                 "a worker was lost with block states; recomputing %d step(s) from the last "
@@ -627,6 +673,10 @@ class DaskExecutor:
             "resident": self._resident is not None,
             "recoveries": self.recoveries,
         }
+
+
+def _mb(nbytes: Any) -> str:
+    return f"{int(nbytes) / 2**20:.0f} MB"
 
 
 def _one_line(exc: BaseException) -> str:

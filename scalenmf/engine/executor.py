@@ -31,6 +31,7 @@ def make_executor(
     workers: int | None = None,
     memory_limit: int | None = None,
     threads: int | None = None,
+    keep_x: bool | None = None,
     **cluster: Any,
 ) -> Executor:
     """Pick the executor: Dask when a scheduler or a worker count is given, else local.
@@ -46,6 +47,10 @@ def make_executor(
         Bytes. Locally: keep X blocks in memory only if they fit. On Dask: per worker.
     threads : int, optional
         Local thread count (default: the machine's cores).
+    keep_x : bool, optional
+        Hold X blocks in memory between steps (True) or re-read them (False), as a memory
+        plan decided (the local cache, the Dask resident blocks); None: decide from
+        ``memory_limit``.
     **cluster
         Passed to ``DaskExecutor`` (``scheduler_file``, ``security``, ``connect_timeout``,
         ``anchor_every``); None values are dropped.
@@ -55,10 +60,18 @@ def make_executor(
         from scalenmf.engine.dask_exec import DaskExecutor
 
         return DaskExecutor(
-            source, scheduler=scheduler, workers=workers, memory_limit=memory_limit, **cluster
+            source,
+            scheduler=scheduler,
+            workers=workers,
+            memory_limit=memory_limit,
+            resident=keep_x,
+            **cluster,
         )
     from scalenmf.engine.local import LocalExecutor
 
     return LocalExecutor(
-        source, threads=threads or (os.cpu_count() or 1), memory_limit=memory_limit
+        source,
+        threads=threads or (os.cpu_count() or 1),
+        memory_limit=memory_limit,
+        cache=keep_x,
     )

@@ -84,13 +84,24 @@ class LocalExecutor:
         (``SMALL_PROBLEM_VALUES``), where BLAS stays on one thread.
     memory_limit : int, optional
         Bytes available for X blocks and temporaries (None: cache when it fits in RAM).
+    cache : bool, optional
+        Hold X blocks in memory (True) or re-read them every step (False), as a memory
+        plan decided; None: decide from ``memory_limit``.
     """
 
-    def __init__(self, source: MatrixSource, *, threads: int = 1, memory_limit: int | None = None):
+    def __init__(
+        self,
+        source: MatrixSource,
+        *,
+        threads: int = 1,
+        memory_limit: int | None = None,
+        cache: bool | None = None,
+    ):
         self.source = source
         self.threads = max(1, int(threads))
         self.memory_limit = memory_limit
         keep_freed_memory()
+        self._want_cache = cache
         self._states: list[Any] = [None] * source.n_blocks
         self._cache: list[Any] | None = None
         self._cache_decided = False
@@ -108,6 +119,8 @@ class LocalExecutor:
     def _should_cache(self) -> bool:
         if self.source.in_memory:
             return True
+        if self._want_cache is not None:
+            return self._want_cache
         budget = self.memory_limit
         if budget is None:
             try:
@@ -134,17 +147,20 @@ class LocalExecutor:
     def _map(
         self, fn: BlockFn, broadcast: Any, read_x: bool, blocks: list[int]
     ) -> Iterator[tuple[Any, Any]]:
-        args = [(self._xref(j) if read_x else None, self._states[j]) for j in blocks]
         if self.parallel_blocks:
+            args = [(self._xref(j) if read_x else None, self._states[j]) for j in blocks]
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="scalenmf")
             pool = self._pool
             futures = [pool.submit(self._apply, fn, x, s, broadcast) for x, s in args]
+            del args
             for fut in futures:
                 yield fut.result()
         else:
-            for x, s in args:
-                yield self._apply(fn, x, s, broadcast)
+            # One block at a time, holding no list of the old states: each is released as
+            # its new state replaces it (the memory plan counts one set of states).
+            for j in blocks:
+                yield self._apply(fn, self._xref(j) if read_x else None, self._states[j], broadcast)
 
     def map_reduce(
         self, fn: BlockFn, broadcast: Any, *, read_x: bool = True, blocks: Any = None

@@ -172,9 +172,13 @@ class ZarrDenseSource(MatrixSource):
         self.shape = (int(shape[0]), int(shape[1]))
         self.dtype = float_dtype(arr.dtype)
         self.is_sparse = False
+        chunk = arr.chunks[0] if transposed else arr.chunks[1]
+        #: Columns per storage chunk and bytes per stored value: what reading a block
+        #: decodes (the memory plan counts it).
+        self.chunk_cols = int(chunk)
+        self.stored_itemsize = int(arr.dtype.itemsize)
         if block_bounds is None:
             m, n = self.shape
-            chunk = arr.chunks[0] if transposed else arr.chunks[1]
             cols = plan_block_cols(m, n, self.dtype.itemsize, min_blocks=os.cpu_count() or 1)
             block_bounds = align_bounds(int(chunk), n, cols)
         self.block_bounds = block_bounds

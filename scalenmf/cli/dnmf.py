@@ -86,6 +86,22 @@ def dnmf() -> None:
     "--loss", type=click.Choice(["frobenius", "kl"]), default="frobenius", show_default=True
 )
 @click.option("--layers", "n_layers", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option(
+    "--layer",
+    "layer",
+    type=click.Choice(["mu", "pgd", "hals"]),
+    default="mu",
+    show_default=True,
+    help="Iteration each layer unrolls: the paper's MU, projected gradient (LISTA-style) "
+    "or a HALS sweep (pgd, hals: Frobenius only).",
+)
+@click.option(
+    "--start",
+    type=click.Choice(["ones", "lsq"]),
+    default=None,
+    help="H0: all ones or the learned clipped least-squares start (default: ones for mu, "
+    "lsq for pgd/hals).",
+)
 @click.option("--epochs", type=click.IntRange(min=0), default=500, show_default=True)
 @click.option("--lr", type=float, default=None, help="Adam lr (default 1e-3 sup. / 5e-4 unsup.).")
 @click.option(
@@ -169,6 +185,8 @@ def train(
     mode: str | None,
     loss: str,
     n_layers: int,
+    layer: str,
+    start: str | None,
     epochs: int,
     lr: float | None,
     batch_size: int | None,
@@ -233,6 +251,8 @@ def train(
         resume=resume,
         keep_best=keep_best,
         device=device,
+        layer=layer,
+        start=start,
     )
     # with several processes the inputs travel by path; each process opens its own view
     V_arg: Any = input if nproc > 1 else src
@@ -243,7 +263,9 @@ def train(
     except (ValueError, OSError, RuntimeError) as exc:
         raise _fail(exc) from exc
     final = model.loss_history_[-1] if model.loss_history_ else float("nan")
-    click.echo(f"wrote {out} (k={k}, {n_layers} layers, {mode}, final loss {final:.6g})")
+    click.echo(
+        f"wrote {out} (k={k}, {n_layers} {layer} layers, {mode}, final loss {final:.6g})"
+    )
 
 
 @dnmf.command()

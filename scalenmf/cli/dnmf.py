@@ -263,9 +263,7 @@ def train(
     except (ValueError, OSError, RuntimeError) as exc:
         raise _fail(exc) from exc
     final = model.loss_history_[-1] if model.loss_history_ else float("nan")
-    click.echo(
-        f"wrote {out} (k={k}, {n_layers} {layer} layers, {mode}, final loss {final:.6g})"
-    )
+    click.echo(f"wrote {out} (k={k}, {n_layers} {layer} layers, {mode}, final loss {final:.6g})")
 
 
 @dnmf.command()

@@ -177,11 +177,45 @@ class UnrolledNMF(nn.Module):
         if self.start == "lsq":
             self.P = nn.Parameter(torch.zeros((k, m), dtype=dtype))
             self.q = nn.Parameter(torch.zeros((k,), dtype=dtype))
+        if layer != "mu":
+            # Each learned tensor X is stored relative to a fixed scale (X_eff = X · X_scale,
+            # the RMS of its initial value), so that one Adam learning rate moves every
+            # tensor by the same relative amount whatever the units of the data: a step of
+            # 1e-3 on Wᵀ (entries ~1e-2) and on its pseudo-inverse (entries ~1e2) alike.
+            for name in self._scaled():
+                self.register_buffer(f"{name}_scale", torch.ones((), dtype=dtype))
         lam = torch.tensor([lambda1, lambda2], dtype=dtype)
         if learn_lambdas:
             self.lambdas = nn.Parameter(lam)
         else:
             self.register_buffer("lambdas", lam)
+
+    def _scaled(self) -> tuple[str, ...]:
+        """Names of the tensors stored relative to a scale (the relu layers' tensors)."""
+        if self.layer_type == "mu":
+            return ()
+        names = ("A", "B", "step")
+        return names + (("P", "q") if self.start == "lsq" else ())
+
+    def eff(self, name: str) -> torch.Tensor:
+        """The effective value of the learned tensor ``name`` (its parameter times its
+        scale for the relu layers; the parameter itself for MU)."""
+        p = getattr(self, name)
+        return p * getattr(self, f"{name}_scale") if name in self._scaled() else p
+
+    @torch.no_grad()
+    def set_eff_(self, name: str, value: torch.Tensor) -> None:
+        """Set the learned tensor ``name`` so that :meth:`eff` returns ``value`` (its scale
+        becomes the RMS of ``value``)."""
+        p = getattr(self, name)
+        value = value.to(p.device, p.dtype).expand_as(p)
+        if name in self._scaled():
+            rms = float(value.double().pow(2).mean().sqrt())
+            scale = getattr(self, f"{name}_scale")
+            scale.fill_(rms if rms > 0 and math.isfinite(rms) else 1.0)
+            p.copy_(value / scale)
+        else:
+            p.copy_(value)
 
     @torch.no_grad()
     def init_constant(self, value: float) -> None:
@@ -200,27 +234,32 @@ class UnrolledNMF(nn.Module):
         """Make every layer an exact step of its iteration for the basis ``W`` (m, k), with
         the current λ (steps, momenta and the start too)."""
         W = W.to(self.B.device, self.B.dtype)
-        self.B.copy_(W.T.expand_as(self.B))
+        self.set_eff_("B", W.T)
         if self.loss == "kl":
             self.C.copy_(W.expand_as(self.C))
             return
         G = W.T @ W
-        self.A.copy_(G.expand_as(self.A))
+        self.set_eff_("A", G)
         lam1, lam2 = float(self.lambdas[0]), float(self.lambdas[1])
         G64 = G.double() + lam2 * torch.eye(self.n_components, dtype=torch.float64, device=G.device)
         if self.layer_type == "pgd":
             lip = float(torch.linalg.eigvalsh(G64).max())
-            self.step.fill_(1.0 / max(lip, EPS))
+            self.set_eff_("step", torch.full((1,), 1.0 / max(lip, EPS)))
             self.momentum.copy_(fista_momenta(self.n_layers).to(self.momentum))
         elif self.layer_type == "hals":
             diag = torch.diagonal(G64)
             # a dead coordinate (zero column of W, λ2 = 0) gets no step, as in nnls_cd
             inv = torch.where(diag > 0, 1.0 / torch.where(diag > 0, diag, 1.0), 0.0)
-            self.step.copy_(inv.to(self.step).expand_as(self.step))
+            self.set_eff_("step", inv)
         if self.start == "lsq":
             Gi = torch.linalg.pinv(G64, hermitian=True)
-            self.P.copy_((Gi @ W.T.double()).to(self.P))
-            self.q.copy_((lam1 * Gi.sum(dim=1)).to(self.q))
+            P = Gi @ W.T.double()
+            self.set_eff_("P", P)
+            q = lam1 * Gi.sum(dim=1)
+            # q is 0 without λ1: give it the scale of P's rows applied to unit columns
+            self.set_eff_("q", q)
+            if float(q.abs().max()) == 0.0:
+                self.q_scale.fill_(float(self.P_scale))
 
     @torch.no_grad()
     def clamp_(self) -> None:
@@ -239,7 +278,7 @@ class UnrolledNMF(nn.Module):
     def initial(self, V: torch.Tensor) -> torch.Tensor:
         """``H0`` for the columns ``V`` (m, b): ones, or ``relu(P V − q)``; shape (k, b)."""
         if self.start == "lsq":
-            return torch.relu(self.P @ V - self.q[:, None])
+            return torch.relu(self.eff("P") @ V - self.eff("q")[:, None])
         return V.new_ones((self.n_components, V.shape[1]))
 
     def layer(
@@ -266,11 +305,20 @@ class UnrolledNMF(nn.Module):
         """Layer ``l`` of the relu layers as ``relu(M Y + C)``: ``M = I − diag(s)(A + λ2 I)``
         (k, k) and ``C = s ⊙ (B V − λ1)`` (k, b)."""
         lam1, lam2 = self.lambdas[0], self.lambdas[1]
-        s = self.step[l][:, None]
+        s = (self.step[l] * self.step_scale)[:, None]
         eye = torch.eye(self.n_components, dtype=V.dtype, device=V.device)
-        M = eye - s * (self.A[l] + lam2 * eye)
-        C = s * (self.B[l] @ V - lam1)
+        M = eye - s * (self.A[l] * self.A_scale + lam2 * eye)
+        C = s * ((self.B[l] * self.B_scale) @ V - lam1)
         return M, C
+
+    def _pgd_maps(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All layers' ``M = I − diag(s)(A + λ2 I)`` (L, k, k), ``diag(s) B`` (L, k, m) and
+        ``−s λ1`` (L, k, 1): layer ``l`` is ``relu(M_l Y + diag(s_l) B_l V − s_l λ1)``."""
+        lam1, lam2 = self.lambdas[0], self.lambdas[1]
+        s = (self.step * self.step_scale)[:, :, None]
+        eye = torch.eye(self.n_components, dtype=s.dtype, device=s.device)
+        M = eye - s * (self.A * self.A_scale + lam2 * eye)
+        return M, s * (self.B * self.B_scale), -s * lam1
 
     def _hals_sweep(self, l: int, V: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
         """One sweep, coordinate ``i`` seeing the already updated ``0..i−1``:
@@ -307,6 +355,14 @@ class UnrolledNMF(nn.Module):
         """
         H = self.initial(V) if H0 is None else H0
         H_prev: torch.Tensor | None = None
+        if self.layer_type == "pgd":
+            # the V-independent parts of every layer at once: fewer, larger operations
+            M, SB, c = self._pgd_maps()
+            for l in range(self.n_layers):
+                Y = H if H_prev is None else torch.lerp(H, H_prev, -self.momentum[l])
+                C = torch.addmm(c[l], SB[l], V)
+                H, H_prev = torch.relu(torch.addmm(C, M[l], Y)), H
+            return H
         for l in range(self.n_layers):
             H, H_prev = self.layer(l, V, H, H_prev), H
         return H

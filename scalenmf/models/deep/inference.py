@@ -346,7 +346,10 @@ def read_result_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
     ValueError
         When ``path`` is not a DNMF result store.
     """
-    root = zarr.open_group(str(path), mode="r")
+    try:
+        root = zarr.open_group(str(path), mode="r")
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{str(path)!r} is not a DNMF result store ({exc})") from exc
     attrs = dict(root.attrs.get("scalenmf", {}))
     if attrs.get("kind") != "result" or attrs.get("model") != "dnmf":
         raise ValueError(f"{str(path)!r} is not a DNMF result store")

@@ -878,8 +878,8 @@ def layers_fold(
     H = nnls_cd(G, W.T @ Vte, max_sweeps=cfg.mu_max_iter, tol=cfg.mu_tol)[0]
     add("hals_conv", score(H), (time.perf_counter() - t0) * n_te / Vte.shape[1])
     t0 = time.perf_counter()
-    H = mu_h(Vtest, Wt, cfg.mu_max_iter, (0.0, 0.0), "frobenius", cfg.mu_tol)
-    add("mu_conv", score(H), (time.perf_counter() - t0) * n_te / Vte.shape[1])
+    Hmu = mu_h(Vtest, Wt, cfg.mu_max_iter, (0.0, 0.0), "frobenius", cfg.mu_tol)
+    add("mu_conv", score(Hmu), (time.perf_counter() - t0) * n_te / Vte.shape[1])
     epochs = cfg.epochs if cfg.layer_epochs is None else cfg.layer_epochs
     for layer in cfg.layer_types:
         for L in cfg.layer_depths:

@@ -350,7 +350,8 @@ def read_result_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
         root = zarr.open_group(str(path), mode="r")
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"{str(path)!r} is not a DNMF result store ({exc})") from exc
-    attrs = dict(root.attrs.get("scalenmf", {}))
+    raw = root.attrs.get("scalenmf", {})
+    attrs: dict[str, Any] = dict(raw) if isinstance(raw, dict) else {}
     if attrs.get("kind") != "result" or attrs.get("model") != "dnmf":
         raise ValueError(f"{str(path)!r} is not a DNMF result store")
     attrs.setdefault("layer", "mu")

@@ -146,6 +146,13 @@ class UnrolledNMF(nn.Module):
         ``(λ1, λ2)``.
     """
 
+    # scales of the relu layers' tensors (buffers; see ``eff``)
+    A_scale: torch.Tensor
+    B_scale: torch.Tensor
+    step_scale: torch.Tensor
+    P_scale: torch.Tensor
+    q_scale: torch.Tensor
+
     def __init__(
         self,
         n_features: int,
@@ -256,7 +263,7 @@ class UnrolledNMF(nn.Module):
             P = Gi @ W.T.double()
             self.set_eff_("P", P)
             q = lam1 * Gi.sum(dim=1)
-            # q is 0 without λ1: give it the scale of P's rows applied to unit columns
+            # q is 0 without λ1 (no RMS to take): give it P's scale
             self.set_eff_("q", q)
             if float(q.abs().max()) == 0.0:
                 self.q_scale.fill_(float(self.P_scale))

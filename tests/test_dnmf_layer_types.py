@@ -277,3 +277,45 @@ def test_cli_trains_and_transforms_with_a_layer_type(tmp_path):
     assert res.exit_code != 0
     assert "supports only loss='frobenius'" in res.output
     assert not (tmp_path / "m2").exists()
+
+
+def test_layer_evaluation_writes_rows_for_every_layer_type(tmp_path):
+    """A reduced `dnmf evaluate --layer ...` on the shipped slice of a synthetic set, and
+    the BRCA path (no known H: reconstruction error at the ANLS basis) on its slice."""
+    from pathlib import Path
+
+    from scalenmf.experiments import dnmf_eval as ev
+
+    data = Path(__file__).parent / "data"
+    out = tmp_path / "layers"
+    args = ["evaluate", "--data", str(data), "--sets", "syn.2.7a.7b.abst_sp.sp"]
+    args += ["--folds", "3", "--fold-limit", "1", "--epochs", "3", "--no-brca"]
+    args += ["--max-samples", "90", "--depths", "2,4", "--layer", "pgd", "--layer", "hals"]
+    args += ["--layer", "mu", "-o", str(out), "--quiet"]
+    res = CliRunner().invoke(dnmf, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    import csv
+
+    with open(out / "layers.csv") as f:
+        rows = list(csv.DictReader(f))
+    arms = {r["arm"] for r in rows}
+    for layer in ("mu", "pgd", "hals"):
+        assert {f"{layer}_2", f"{layer}_4", f"{layer}_2_iter", f"{layer}_4_iter"} <= arms
+    assert {"nnls", "mu_conv", "hals_conv"} <= arms
+    assert {r["fold"] for r in rows} == {"0"}
+    assert all(float(r["score"]) >= 0 and float(r["seconds_per_1000"]) > 0 for r in rows)
+    text = (out / "layers.md").read_text()
+    assert "| pgd × 4 |" in text and "| hals × 2 |" in text and "exact NNLS" in text
+    assert "error ≤ 10× exact NNLS" in text
+    # the untrained HALS network is HALS from the clipped start: converged HALS is
+    # (nearly) exact NNLS
+    score = {r["arm"]: float(r["score"]) for r in rows}
+    assert score["hals_conv"] == pytest.approx(score["nnls"], rel=1e-2)
+    brca = ev.load_brca(data / "icgc_brca560_sbs96_counts_first120.npy")
+    folds = ev.kfold_indices(brca.V.shape[1], 4, 1)
+    cfg = ev.EvalConfig(epochs=2, layer_types=("pgd",), layer_depths=(3,), mu_max_iter=200)
+    rows2 = ev.layers_fold(brca, *folds[0], 0, cfg)
+    got = {r.arm: r.score for r in rows2}
+    assert set(got) == {"nnls", "hals_conv", "mu_conv", "pgd_3", "pgd_3_iter"}
+    # reconstruction error: nothing beats exact NNLS with the same basis
+    assert all(v >= got["nnls"] * (1 - 1e-9) for v in got.values())

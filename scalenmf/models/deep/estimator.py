@@ -295,10 +295,12 @@ def _fingerprint(p: dict[str, Any]) -> dict[str, Any]:
         "seed",
         "block_cols",
         "keep_best",
-        "layer",
-        "start",
     )
-    return {key: p[key] for key in keys}
+    out = {key: p[key] for key in keys}
+    # the paper's layers leave the fingerprint as it was: older MU checkpoints still resume
+    if p["layer"] != "mu" or p["start"] is not None:
+        out["layer"], out["start"] = p["layer"], p["start"]
+    return out
 
 
 def _spawn_entry(

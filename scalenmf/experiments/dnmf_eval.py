@@ -326,6 +326,13 @@ class EvalConfig:
     dtype: str = "float32"
     jobs: int = 1
     paper_split: bool = False
+    #: layer types and depths of :func:`run_layer_evaluation`
+    layer_types: tuple[str, ...] = ("mu", "pgd", "hals")
+    layer_depths: tuple[int, ...] = (10, 20)
+    #: training epochs of the layer comparison (None: ``epochs``)
+    layer_epochs: int | None = None
+    #: evaluate only the first N folds of the split (None: all)
+    fold_limit: int | None = None
 
 
 @dataclass
@@ -693,6 +700,8 @@ def _one_thread() -> None:
 
 
 def _run_job(job: tuple[Any, ...], cfg: EvalConfig) -> list[Row]:
+    if job[0] == "layers":
+        return layers_fold(job[1], job[2], job[3], job[4], cfg)
     if job[0] == "sup":
         return supervised_fold(job[1], job[2], job[3], job[4], cfg)
     return unsupervised_fold(job[1], job[2], job[3], job[4], job[5], job[6], cfg)
@@ -725,17 +734,7 @@ def run_evaluation(
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
-    names = list(sets) if sets else list(SYNSIG_SETS)
-    unknown = [s for s in names if not (data_dir / "synsig" / s).is_dir()]
-    if unknown:
-        raise ValueError(f"unknown synsig set(s): {unknown}")
-    data = [load_synsig(data_dir / "synsig" / s) for s in names]
-    if cfg.brca:
-        data.append(load_brca(data_dir / "icgc_brca560_sbs96_counts.npy"))
-    if cfg.max_samples:
-        for d in data:
-            d.V = d.V[:, : cfg.max_samples]
-            d.H = None if d.H is None else d.H[:, : cfg.max_samples]
+    data = _load_sets(data_dir, cfg, sets)
     jobs: list[tuple[Any, ...]] = []
     for d in data:
         for fold, (tr, te_fair) in enumerate(kfold_indices(d.V.shape[1], cfg.folds, cfg.seed)):
@@ -747,6 +746,33 @@ def run_evaluation(
             for loss in losses:
                 for lam in cfg.lambdas:
                     jobs.append(("unsup", d, tr, te, fold, lam, loss))
+    rows = _run_jobs(jobs, cfg, progress, tqdm)
+    wall = time.perf_counter() - t_start
+    summary = summary_table(rows, cfg.n_layers)
+    claims = claims_text(rows, cfg.n_layers)
+    if out is not None:
+        write_outputs(out, rows, summary, claims, wall)
+    return Report(rows, summary, claims, wall)
+
+
+def _load_sets(data_dir: Path, cfg: EvalConfig, sets: list[str] | None) -> list[SigData]:
+    """The chosen synsig sets (default all 12) and BRCA-560, cut to ``cfg.max_samples``."""
+    names = list(sets) if sets else list(SYNSIG_SETS)
+    unknown = [s for s in names if not (data_dir / "synsig" / s).is_dir()]
+    if unknown:
+        raise ValueError(f"unknown synsig set(s): {unknown}")
+    data = [load_synsig(data_dir / "synsig" / s) for s in names]
+    if cfg.brca:
+        data.append(load_brca(data_dir / "icgc_brca560_sbs96_counts.npy"))
+    if cfg.max_samples:
+        for d in data:
+            d.V = d.V[:, : cfg.max_samples]
+            d.H = None if d.H is None else d.H[:, : cfg.max_samples]
+    return data
+
+
+def _run_jobs(jobs: list[tuple[Any, ...]], cfg: EvalConfig, progress: bool, tqdm: Any) -> list[Row]:
+    """Run the jobs here or in ``cfg.jobs`` spawned processes (one torch thread each)."""
     rows: list[Row] = []
     bar = tqdm(total=len(jobs), disable=not progress, desc="dnmf evaluate")
     if cfg.jobs > 1:
@@ -763,9 +789,298 @@ def run_evaluation(
             rows += _run_job(job, cfg)
             bar.update(1)
     bar.close()
+    return rows
+
+
+# ----------------------------------------------------------------------------- layer types
+#
+# Inference with a fixed basis: how close does an unrolled network of each layer type get
+# to exact inference (NNLS) with the same W, and at what cost? Per data set and fold (the
+# same disjoint folds as above):
+#
+# * synthetic sets: W = the least-squares basis of the training columns (NNLS from V_train,
+#   H_train); the networks are trained supervised on the true H_train; score = held-out
+#   ``‖ĥ − h‖²`` per column;
+# * BRCA-560 (no known exposures): W from alternating NNLS on the training columns (from
+#   NNDSVD-A); the networks are trained supervised on the exact NNLS coefficients of the
+#   training columns (they learn to imitate exact inference); score = held-out
+#   reconstruction error ``‖v − Wĥ‖²`` per column, the quantity NNLS minimizes.
+#
+# Arms: ``{layer}_{L}`` (trained networks), ``{layer}_{L}_iter`` (the same network before
+# training: exactly L steps of the iteration it unrolls), ``nnls`` (block principal
+# pivoting), ``mu_conv`` (MU from ones to convergence), ``hals_conv`` (HALS from zeros until
+# the KKT conditions hold to 1e-6, capped at ``mu_max_iter`` sweeps). ``seconds`` is the
+# inference time per 1,000 samples (best of 3, one thread; networks in their dtype).
+
+#: Setting name of the layer-type rows.
+LAYER_SETTING = "inference"
+
+
+def _best_time(fn: Any, n_cols: int, repeats: int = 3) -> tuple[Any, float]:
+    """``fn()``'s result and its best wall time of ``repeats`` per 1,000 columns."""
+    best, out = math.inf, None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return out, best * 1000.0 / max(n_cols, 1)
+
+
+def anls_basis(V: np.ndarray, k: int, n_iter: int = 60) -> np.ndarray:
+    """Basis of ``V ≈ WH`` by alternating exact NNLS from NNDSVD-A (BRCA-560's fixed W).
+
+    Returns
+    -------
+    ndarray, shape (m, k)
+    """
+    W0, _ = nndsvda(V, k)
+    W, Vt = _t(W0), _t(V)
+    for _ in range(n_iter):
+        H = nnls_h(Vt, W)
+        W = nnls_w_from_gram(H @ H.T, Vt @ H.T, W)
+    return W.numpy()
+
+
+def layers_fold(
+    d: SigData, tr: np.ndarray, te: np.ndarray, fold: int, cfg: EvalConfig
+) -> list[Row]:
+    """Every layer type and depth of ``cfg`` against exact and iterative inference with the
+    same basis, on one fold (see the comment above for the protocol)."""
+    from scalenmf.kernels import nnls_bpp, nnls_cd
+
+    Vtr, Vte = d.V[:, tr], d.V[:, te]
+    if d.H is not None:
+        Htr, Hte = d.H[:, tr], d.H[:, te]
+        W = nnls_w_from_gram(_t(Htr @ Htr.T), _t(Vtr @ Htr.T)).numpy()
+
+        def score(H: Any) -> float:
+            return h_mse(H, Hte)
+    else:
+        W = anls_basis(Vtr, d.k)
+        Htr = nnls_h(_t(Vtr), _t(W)).numpy()
+
+        def score(H: Any) -> float:
+            return recon_score(Vte, W, H, "frobenius")
+
+    rows: list[Row] = []
+    # timed on 1,000 columns (the test columns repeated or cut): the time per 1,000 samples
+    # at a batch of that size, whatever the fold's size
+    n_te = 1000
+    Vtime = np.ascontiguousarray(Vte[:, np.resize(np.arange(Vte.shape[1]), n_te)])
+
+    def add(arm: str, value: float, seconds: float) -> None:
+        rows.append(Row(d.name, fold, LAYER_SETTING, arm, value, seconds))
+
+    G, Wt, Vtest = W.T @ W, _t(W), _t(Vte)
+    _, sec = _best_time(lambda: nnls_bpp(G, W.T @ Vtime), n_te)
+    add("nnls", score(nnls_bpp(G, W.T @ Vte)[0]), sec)
+    t0 = time.perf_counter()
+    H = nnls_cd(G, W.T @ Vte, max_sweeps=cfg.mu_max_iter, tol=cfg.mu_tol)[0]
+    add("hals_conv", score(H), (time.perf_counter() - t0) * n_te / Vte.shape[1])
+    t0 = time.perf_counter()
+    Hmu = mu_h(Vtest, Wt, cfg.mu_max_iter, (0.0, 0.0), "frobenius", cfg.mu_tol)
+    add("mu_conv", score(Hmu), (time.perf_counter() - t0) * n_te / Vte.shape[1])
+    epochs = cfg.epochs if cfg.layer_epochs is None else cfg.layer_epochs
+    for layer in cfg.layer_types:
+        for L in cfg.layer_depths:
+            for trained in (False, True):
+                model = DNMF(
+                    d.k,
+                    n_layers=L,
+                    mode="supervised",
+                    epochs=epochs if trained else 0,
+                    dtype=cfg.dtype,
+                    seed=cfg.seed + fold,
+                    layer=layer,
+                    n_threads=1,
+                )
+                model.fit(Vtr, Htr)
+                net = model.model_
+                assert net is not None
+                np_dtype = np.dtype(cfg.dtype)
+                Vn = torch.from_numpy(np.ascontiguousarray(Vtime, dtype=np_dtype))
+
+                def forward(net: Any = net, Vn: torch.Tensor = Vn) -> np.ndarray:
+                    with torch.inference_mode():
+                        return net(Vn).numpy()
+
+                _, sec = _best_time(forward, n_te)
+                with torch.inference_mode():
+                    H = net(torch.from_numpy(np.ascontiguousarray(Vte, dtype=np_dtype))).numpy()
+                add(f"{layer}_{L}" if trained else f"{layer}_{L}_iter", score(H), sec)
+    return rows
+
+
+#: Reference arms of the layer table: (arm, column title); ``{it}`` is the network's own
+#: untrained iteration, ``mu_{L}_iter`` / ``hals_{L}_iter`` the same number of MU / HALS
+#: iterations.
+LAYER_REFS = (
+    ("nnls", "exact NNLS"),
+    ("mu_conv", "MU converged"),
+    ("hals_conv", "HALS converged"),
+    ("mu_{L}_iter", "{L} MU iterations"),
+    ("hals_{L}_iter", "{L} HALS sweeps"),
+    ("{it}", "its own iteration untrained"),
+)
+
+
+def _per_set(rows: list[Row], stat: str) -> dict[tuple[str, str], float]:
+    """Mean over folds of the score (``stat="score"``) or seconds, per (data set, arm)."""
+    acc: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for r in rows:
+        if r.setting == LAYER_SETTING:
+            acc[(r.dataset, r.arm)].append(r.score if stat == "score" else r.seconds)
+    return {key: float(np.mean(v)) for key, v in acc.items()}
+
+
+def layer_table(rows: list[Row]) -> str:
+    """Markdown: per trained network, the geometric mean over data sets of its held-out
+    error divided by each reference's (``< 1``: the network is better), with the count of
+    sets where it is better, and its inference time per 1,000 samples beside exact NNLS's."""
+    score, secs = _per_set(rows, "score"), _per_set(rows, "seconds")
+    sets = sorted({ds for ds, _ in score})
+    nets = sorted(
+        {a for _, a in score if a.rsplit("_", 1)[-1].isdigit() and not a.startswith("mu_conv")},
+        key=lambda a: (a.split("_")[0] != "mu", a.split("_")[0], int(a.rsplit("_", 1)[1])),
+    )
+    head = [title for _, title in LAYER_REFS]
+    lines = [
+        "| network | "
+        + " | ".join(f"÷ {h.replace('{L}', 'L')}" for h in head)
+        + " | ms / 1,000 samples | time ÷ exact NNLS |",
+        "|---|" + "---|" * (len(head) + 2),
+    ]
+    for net in nets:
+        layer, L = net.rsplit("_", 1)
+        cells = []
+        for ref, _ in LAYER_REFS:
+            ref = ref.replace("{L}", L).replace("{it}", f"{net}_iter")
+            vals = [
+                score[(ds, net)] / score[(ds, ref)]
+                for ds in sets
+                if (ds, net) in score and (ds, ref) in score and score[(ds, ref)] > 0
+            ]
+            if not vals:
+                cells.append("—")
+                continue
+            better = sum(v < 1 for v in vals)
+            cells.append(f"{geo_mean(vals):.3g} ({better}/{len(vals)})")
+        t_net = [secs[(ds, net)] for ds in sets if (ds, net) in secs]
+        t_rat = [
+            secs[(ds, net)] / secs[(ds, "nnls")]
+            for ds in sets
+            if (ds, net) in secs and secs.get((ds, "nnls"), 0) > 0
+        ]
+        lines.append(
+            f"| {layer} × {L} | "
+            + " | ".join(cells)
+            + f" | {1000 * geo_mean(t_net):.3g} | {geo_mean(t_rat):.3g} |"
+        )
+    t_nnls = [secs[(ds, "nnls")] for ds in sets if (ds, "nnls") in secs]
+    lines.append(
+        f"| exact NNLS (reference) | 1 | — | — | — | — | — | {1000 * geo_mean(t_nnls):.3g} | 1 |"
+    )
+    return "\n".join(lines)
+
+
+def layer_goals(rows: list[Row], depths: tuple[int, int] = (10, 20)) -> str:
+    """The issue's goals, checked: best trained network at the shallow depth within 10× of
+    exact NNLS (geometric mean) and at most 0.3× its time; at the deep depth within 1.5×."""
+    score, secs = _per_set(rows, "score"), _per_set(rows, "seconds")
+    sets = sorted({ds for ds, _ in score})
+    out = ["| goal | best network | measured | met? |", "|---|---|---|---|"]
+
+    def ratio(net: str, ref: str, table: dict[tuple[str, str], float]) -> float:
+        vals = [
+            table[(ds, net)] / table[(ds, ref)]
+            for ds in sets
+            if (ds, net) in table and table.get((ds, ref), 0) > 0
+        ]
+        return geo_mean(vals) if len(vals) == len(sets) else math.nan
+
+    nets = sorted({a for _, a in score if a.rsplit("_", 1)[-1].isdigit()})
+    for L, limit in ((depths[0], 10.0), (depths[1], 1.5)):
+        cands = [(ratio(n, "nnls", score), n) for n in nets if n.endswith(f"_{L}")]
+        cands = [c for c in cands if math.isfinite(c[0])]
+        if not cands:
+            continue
+        g, n = min(cands)
+        met = "yes" if g <= limit else "no"
+        out.append(f"| {L} layers: error ≤ {limit:g}× exact NNLS | {n} | {g:.3g}× | {met} |")
+    L = depths[0]
+    cands = [
+        (ratio(n, "nnls", secs), n)
+        for n in nets
+        if n.endswith(f"_{L}") and ratio(n, "nnls", score) <= 10.0
+    ]
+    cands = [c for c in cands if math.isfinite(c[0])]
+    if cands:
+        g, n = min(cands)
+        met = "yes" if g <= 0.3 else "no"
+        out.append(
+            f"| {L} layers: inference ≤ 0.3× exact NNLS's time (of those within 10×) "
+            f"| {n} | {g:.3g}× | {met} |"
+        )
+    return "\n".join(out)
+
+
+#: Header of ``layers.md``: what the table measures.
+LAYER_PROTOCOL = """# DNMF layer types at a fixed basis
+
+Each cell: geometric mean over the data sets of (network's held-out error) ÷ (the
+reference's), with the number of sets where the network is better. Synthetic sets: W is
+the least-squares basis of the training columns, networks trained supervised on the true
+H, error = held-out ‖ĥ − h‖² per sample. BRCA-560: W from alternating NNLS on the training
+columns, networks trained on the exact NNLS coefficients of the training columns, error =
+held-out ‖v − Wĥ‖² per sample. "its own iteration untrained" is the same network before
+training (exactly L steps of the iteration it unrolls: MU from ones, FISTA or HALS from the
+clipped least-squares start). Times: per 1,000 samples at a batch of 1,000, one thread,
+best of 3; networks in float32 torch, NNLS (block principal pivoting) in float64 numpy.
+"""
+
+
+def run_layer_evaluation(
+    data_dir: Path,
+    out: Path | None,
+    cfg: EvalConfig,
+    sets: list[str] | None = None,
+    progress: bool = False,
+) -> Report:
+    """Run :func:`layers_fold` on every chosen set (and BRCA-560), the first
+    ``cfg.fold_limit`` folds of the same split; write ``layers.csv`` and ``layers.md``.
+
+    Returns
+    -------
+    Report
+        ``summary_markdown``: the layer table; ``claims_markdown``: the goals.
+    """
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    data = _load_sets(data_dir, cfg, sets)
+    jobs: list[tuple[Any, ...]] = []
+    for d in data:
+        folds = kfold_indices(d.V.shape[1], cfg.folds, cfg.seed)
+        for fold, (tr, te) in enumerate(folds[: cfg.fold_limit or len(folds)]):
+            jobs.append(("layers", d, tr, te, fold))
+    rows = _run_jobs(jobs, cfg, progress, tqdm)
     wall = time.perf_counter() - t_start
-    summary = summary_table(rows, cfg.n_layers)
-    claims = claims_text(rows, cfg.n_layers)
+    depths = tuple(sorted(cfg.layer_depths))
+    table = layer_table(rows)
+    goals = layer_goals(rows, (depths[0], depths[-1])) if depths else ""
     if out is not None:
-        write_outputs(out, rows, summary, claims, wall)
-    return Report(rows, summary, claims, wall)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "layers.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["dataset", "fold", "setting", "arm", "score", "seconds_per_1000"])
+            for r in rows:
+                w.writerow(
+                    [r.dataset, r.fold, r.setting, r.arm, f"{r.score:.8g}", f"{r.seconds:.6f}"]
+                )
+        (out / "layers.md").write_text(
+            f"{LAYER_PROTOCOL}\n{table}\n\n{goals}\n\nEpochs per network: "
+            f"{cfg.epochs if cfg.layer_epochs is None else cfg.layer_epochs}; folds: "
+            f"{cfg.fold_limit or cfg.folds} of {cfg.folds}; data sets: {len(data)}; "
+            f"wall time: {wall:.1f} s\n"
+        )
+    return Report(rows, table, goals, wall)

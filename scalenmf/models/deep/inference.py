@@ -202,6 +202,8 @@ def model_state(model: UnrolledNMF, device: str | None = "cpu") -> dict[str, Any
     return {
         "shape": (model.n_features, model.n_components, model.n_layers),
         "loss": model.loss,
+        "layer": model.layer_type,
+        "start": model.start,
         "learn": isinstance(model.lambdas, torch.nn.Parameter),
         "weights": {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
         "device": "cpu" if device is None else str(device),
@@ -214,7 +216,16 @@ def model_from_state(state: dict[str, Any]) -> UnrolledNMF:
     m, k, L = state["shape"]
     weights = state["weights"]
     dtype = torch.from_numpy(weights["B"]).dtype
-    model = UnrolledNMF(m, k, L, state["loss"], learn_lambdas=state["learn"], dtype=dtype)
+    model = UnrolledNMF(
+        m,
+        k,
+        L,
+        state["loss"],
+        learn_lambdas=state["learn"],
+        dtype=dtype,
+        layer=state.get("layer", "mu"),
+        start=state.get("start"),
+    )
     model.load_state_dict({key: torch.from_numpy(v) for key, v in weights.items()})
     model.eval()
     # a fresh model: moving it in place is safe
@@ -322,3 +333,27 @@ def _transform_dask(
     finally:
         if own:
             client.close()
+
+
+def read_result_attrs(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``scalenmf`` attrs of a DNMF result store, with the layer type filled in.
+
+    Stores written before the layer types existed have no ``layer``/``start``: they were
+    written by MU networks from the all-ones start and read as ``"mu"`` / ``"ones"``.
+
+    Raises
+    ------
+    ValueError
+        When ``path`` is not a DNMF result store.
+    """
+    try:
+        root = zarr.open_group(str(path), mode="r")
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{str(path)!r} is not a DNMF result store ({exc})") from exc
+    raw = root.attrs.get("scalenmf", {})
+    attrs: dict[str, Any] = dict(raw) if isinstance(raw, dict) else {}
+    if attrs.get("kind") != "result" or attrs.get("model") != "dnmf":
+        raise ValueError(f"{str(path)!r} is not a DNMF result store")
+    attrs.setdefault("layer", "mu")
+    attrs.setdefault("start", "ones")
+    return attrs

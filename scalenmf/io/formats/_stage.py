@@ -59,6 +59,9 @@ class StageContext:
         Show a progress bar.
     text : TextOptions, optional
         How text matrices read their first row and column (``formats.delimited``).
+    stream : bool
+        A stager may return a source that parses the input while the store is written
+        (read once, block by block in order), raising ``RestageNeeded`` if that fails.
     """
 
     workdir: Path
@@ -67,6 +70,13 @@ class StageContext:
     plan: Callable[[int, int, float], int]
     progress: bool = False
     text: Any = None
+    stream: bool = True
+
+
+class RestageNeeded(Exception):
+    """Raised while a streamed source is being written when the input turns out not to
+    allow streaming (a Matrix Market file not sorted by column): ``convert`` discards the
+    partial output and stages the file again with ``StageContext.stream`` false."""
 
 
 def _stage_codec() -> Any:

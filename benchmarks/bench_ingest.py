@@ -12,12 +12,16 @@ peak and as the rise above the process's RSS after imports):
   factor (``--scale 0.05`` is 20,000 × 25,000 with 2.5·10⁷).
 - TSV 2,000 × 10,000 against pandas' chunked reader (goal ≤ 1×).
 - h5ad of the first matrix against ``anndata.read_h5ad`` (goal ≤ 2×).
+- start-up (``--only startup``): wall and CPU time of ``scalenmf --help``, ``info --help``,
+  ``plan --help`` and ``info STORE`` on a small dense store, best of ``--repeat`` (goal
+  < 0.5 s); ``info STORE`` needs numpy and zarr to read the store, nothing else.
 
 Usage::
 
     python -m benchmarks.bench_ingest --workdir /tmp/ingest            # everything
     python -m benchmarks.bench_ingest --only mtx,tsv --repeat 3
     python -m benchmarks.bench_ingest --only tenx --scale 0.05         # 1/20 of the 10x file
+    python -m benchmarks.bench_ingest --only startup --repeat 5
 
 Inputs are generated once per size (seeded) in ``--workdir`` and reused.
 """
@@ -164,6 +168,27 @@ def measure(kind: str, src: Path, out: Path, limit: str | None, repeat: int) -> 
     return best
 
 
+def startup(args: list[str], repeat: int) -> tuple[float, float]:
+    """Best wall and CPU (user + system) seconds of ``scalenmf ARGS`` in a fresh process."""
+    import resource
+
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    walls, cpus = [], []
+    for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "scalenmf.cli.main", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            check=True,
+        )
+        walls.append(time.perf_counter() - t)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return min(walls), min(cpus)
+
+
 def _mb(x: float) -> str:
     return f"{x / 2**20:.0f} MiB"
 
@@ -241,6 +266,26 @@ def main(argv: list[str] | None = None) -> int:
             f"--memory-limit 1GB | {ours['wall_s']:.1f} s | {_mb(ours['peak_rss'])} "
             f"({_mb(ours['rise_rss'])}) | – | – | – |"
         )
+    if "startup" in only:
+        store = work / "startup.zarr"
+        if not store.exists():
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    "import numpy as np, scalenmf; "
+                    f"scalenmf.write_matrix({str(store)!r}, np.ones((20, 30)))",
+                ],
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+                check=True,
+            )
+        emit("")
+        emit("| start-up | wall | CPU |")
+        emit("|---|---|---|")
+        for argv in (["--help"], ["info", "--help"], ["plan", "--help"], ["info", str(store)]):
+            wall, cpu = startup(argv, args.repeat)
+            shown = " ".join("STORE" if a == str(store) else a for a in argv)
+            emit(f"| `scalenmf {shown}` | {wall:.2f} s | {cpu:.2f} s |")
     (work / "bench_ingest.md").write_text("\n".join(lines) + "\n")
     return 0
 

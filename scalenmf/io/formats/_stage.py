@@ -22,17 +22,22 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 import zarr
 from zarr.codecs import BloscCodec
 
+from scalenmf.io._lazy import lazy_module
 from scalenmf.io.errors import InputError
 from scalenmf.io.planning import bounds_from_cols
 from scalenmf.io.source import Bounds, MatrixSource, float_dtype
 from scalenmf.io.zarr_store import ZarrDenseSource
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+else:
+    sp = lazy_module("scipy.sparse")
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,11 @@ Supported: ``coordinate`` (``integer``, ``real``, ``pattern``; ``general`` or
 Coordinate entries are parsed by fast_matrix_market (the C++ parser inside
 ``scipy.io.mmread``) over byte ranges of the file: after the header, any run of whole
 lines is an independent Matrix Market body, so the file is read in chunks of bounded size
-(gzip through ISA-L), each parsed in parallel and bucketed into column blocks. A chunk the
-fast parser does not take outright (a comment or blank line, odd spacing, text, a bad
-index or value) is parsed again line by line, which names the line of the first problem.
+(gzip through ISA-L), each parsed in parallel. A file sorted by column (as 10x writes it)
+is written to the store as it is parsed (``SortedStream``); any other is bucketed into
+column blocks first. A chunk the fast parser does not take outright (a comment or blank
+line, odd spacing, text, a bad index or value) is parsed again line by line, which names
+the line of the first problem.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ import logging
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 
+from scalenmf.io._lazy import lazy_module
 from scalenmf.io.errors import InputError
 from scalenmf.io.formats._files import byte_progress, open_binary, warn_duplicates
 from scalenmf.io.formats._stage import (
@@ -44,6 +46,11 @@ from scalenmf.io.formats._stage import (
 from scalenmf.io.formats.delimited import open_text
 from scalenmf.io.planning import bounds_from_cols
 from scalenmf.io.source import DenseArraySource, MatrixSource, SparseArraySource
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+else:
+    sp = lazy_module("scipy.sparse")
 
 log = logging.getLogger(__name__)
 

@@ -66,7 +66,6 @@ def test_sparse_round_trip(tmp_path, rng):
     assert list(g["X"].attrs["shape"]) == [30, 50]
 
 
-
 def test_sparse_write_spanning_many_chunks_in_uneven_blocks(tmp_path, monkeypatch):
     """Entries are stored in whole chunks (1,048,576 entries) whatever the block sizes;
     the blocks' entries carried between chunks all land in place."""
@@ -92,6 +91,7 @@ def test_sparse_write_spanning_many_chunks_in_uneven_blocks(tmp_path, monkeypatc
     got = back.read_columns(0, X.shape[1])
     assert (got != X).nnz == 0
     assert all(a % 2**20 == 0 for a, _ in writes) and writes[-1][1] == X.nnz
+
 
 def test_integer_and_float32_dtypes(tmp_path, rng):
     X = rng.integers(0, 9, size=(4, 9), dtype=np.int32)

@@ -359,7 +359,6 @@ def test_info_does_not_start_dask(tmp_path):
     assert not any(loaded.values()), loaded
 
 
-
 def test_info_on_a_dense_store_loads_only_what_reading_it_needs(tmp_path):
     """``scalenmf info`` on a dense store reads it with zarr and numpy; scipy.sparse (a
     large share of start-up), the text and HDF5 parsers and dask stay unloaded."""
@@ -384,6 +383,7 @@ def test_lazy_scipy_sparse_is_the_real_module_once_used():
 
     assert source.sp.csc_matrix is sp.csc_matrix
     assert source.sp.issparse(sp.eye(2)) and not source.sp.issparse(np.eye(2))
+
 
 PUBLIC = ("nmf", "rank_survey", "consensus", "project", "lnmf", "inmf")
 

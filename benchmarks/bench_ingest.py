@@ -146,26 +146,47 @@ print(json.dumps({"wall_s": wall, "peak_rss": peak, "rise_rss": max(0, peak - ba
 """
 
 
+def _child(kind: str, src: Path, out: Path, limit: str | None) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    res = subprocess.run(
+        [sys.executable, "-c", CHILD, kind, str(src), str(out), limit or "-"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if res.returncode != 0:
+        raise RuntimeError(f"{kind} {src} failed:\n{res.stderr[-2000:]}")
+    rec: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+    return rec
+
+
 def measure(kind: str, src: Path, out: Path, limit: str | None, repeat: int) -> dict[str, Any]:
     """Best wall time of ``repeat`` child runs, with the peak RSS of that run."""
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     best: dict[str, Any] | None = None
     for _ in range(repeat):
-        res = subprocess.run(
-            [sys.executable, "-c", CHILD, kind, str(src), str(out), limit or "-"],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-        )
-        if res.returncode != 0:
-            raise RuntimeError(f"{kind} {src} failed:\n{res.stderr[-2000:]}")
-        rec = json.loads(res.stdout.strip().splitlines()[-1])
+        rec = _child(kind, src, out, limit)
         if best is None or rec["wall_s"] < best["wall_s"]:
             best = rec
     shutil.rmtree(out, ignore_errors=True)
     assert best is not None
     return best
+
+
+def pair(
+    ref_kind: str, src: Path, out: Path, limit: str | None, repeat: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``convert`` and the reference, alternated (so both see the same machine load):
+    the best of ``repeat`` runs of each."""
+    ours = ref = None
+    for _ in range(repeat):
+        a = _child("convert", src, out, limit)
+        b = _child(ref_kind, src, out, None)
+        ours = a if ours is None or a["wall_s"] < ours["wall_s"] else ours
+        ref = b if ref is None or b["wall_s"] < ref["wall_s"] else ref
+    shutil.rmtree(out, ignore_errors=True)
+    assert ours is not None and ref is not None
+    return ours, ref
 
 
 def startup(args: list[str], repeat: int) -> tuple[float, float]:
@@ -217,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     lines = [
         f"uptime: {os.getloadavg()[0]:.1f} / {os.getloadavg()[1]:.1f} (1/5 min load), "
-        f"{os.cpu_count()} CPUs; best of {args.repeat}; peak RSS (rise above imports)",
+        f"{os.cpu_count()} CPUs; best of {args.repeat}, each case alternating with its "
+        "reference; peak RSS (rise above imports)",
         "",
         "| case | scalenmf.convert | peak RSS | reference | peak RSS | ratio |",
         "|---|---|---|---|---|---|",
@@ -238,19 +260,16 @@ def main(argv: list[str] | None = None) -> int:
     if "mtx" in only:
         for label, path in ((f"mtx 20000×{n}, {nnz:.1e} nnz", plain), ("same, gzipped", gz)):
             assert path is not None
-            ours = measure("convert", path, out, args.memory_limit, args.repeat)
-            ref = measure("mmread", path, out, None, args.repeat)
+            ours, ref = pair("mmread", path, out, args.memory_limit, args.repeat)
             emit(row(label, ours, ref, "mmread", 1.5))
     if "tsv" in only:
         tn = max(1, int(10_000 * args.scale))
         tsv = make_tsv(work / f"x-{tn}.tsv", 2000, tn)
-        ours = measure("convert", tsv, out, args.memory_limit, args.repeat)
-        ref = measure("pandas", tsv, out, None, args.repeat)
+        ours, ref = pair("pandas", tsv, out, args.memory_limit, args.repeat)
         emit(row(f"tsv 2000×{tn}", ours, ref, "pandas chunks", 1.0))
     if "h5ad" in only:
         h5 = make_h5ad(work / f"x-{n}.h5ad", plain)
-        ours = measure("convert", h5, out, args.memory_limit, args.repeat)
-        ref = measure("anndata", h5, out, None, args.repeat)
+        ours, ref = pair("anndata", h5, out, args.memory_limit, args.repeat)
         emit(row(f"h5ad {n} cells × 20000", ours, ref, "read_h5ad", 2.0))
     if "tenx" in only:
         tn = max(1, int(500_000 * args.tenx_scale))

@@ -142,6 +142,7 @@ class _TextLines:
 
 
 _NUMBER_BYTES = b"0123456789.eE+-"
+_DIGITS = b"0123456789"
 
 
 def _read_block(fh: IO[bytes], size: int) -> bytearray:
@@ -196,16 +197,26 @@ def _chunks(fh: IO[bytes], chunk_bytes: int) -> Generator[bytes, None, None]:
         pool.shutdown(wait=False)
 
 
-def _entry_count(chunk: bytes, ncols: int) -> tuple[int, int] | None:
-    """Entry lines in ``chunk`` if every line holds exactly ``ncols`` tokens of number
-    characters (then the fast parser reads it exactly); None when it must be checked line
-    by line."""
+def _entry_count(chunk: bytes, ncols: int, integers: bool) -> tuple[int, int, bool] | None:
+    """Entry lines and lines in ``chunk`` if every line holds exactly ``ncols`` tokens of
+    number characters (then the fast parser reads it exactly), and whether every token is
+    a plain unsigned integer (then it may be parsed as one, exactly and much faster);
+    None when the chunk must be checked line by line.
+
+    ``integers`` (an ``integer`` or ``pattern`` file): try digits-only first, the usual
+    case of count matrices, at the cost of one more pass when it fails."""
+    pattern = b" " * (ncols - 1) + b"\n"
+    if integers:
+        gaps = chunk.translate(None, _DIGITS)
+        lines = gaps.count(b"\n")
+        if gaps == pattern * lines:
+            return lines, lines, True
     gaps = chunk.translate(None, _NUMBER_BYTES)  # what separates the numbers
     if gaps.translate(None, b" \t\r\n"):
         return None  # comments, text, NaN/inf, other bytes
     lines = gaps.count(b"\n")
-    if gaps == (b" " * (ncols - 1) + b"\n") * lines:
-        return lines, lines  # single-spaced lines (what mmwrite and 10x write)
+    if gaps == pattern * lines:
+        return lines, lines, False  # single-spaced lines (what mmwrite and 10x write)
     buf = np.frombuffer(chunk, dtype=np.uint8)
     nl = buf == 10
     gap = nl | (buf == 32) | (buf == 9) | (buf == 13)
@@ -215,7 +226,7 @@ def _entry_count(chunk: bytes, ncols: int) -> tuple[int, int] | None:
     per_line = np.bincount(line_of[start], minlength=lines)
     if not np.all((per_line == ncols) | (per_line == 0)):
         return None
-    return int(np.count_nonzero(per_line)), lines
+    return int(np.count_nonzero(per_line)), lines, False
 
 
 def _fast_coords(
@@ -224,20 +235,22 @@ def _fast_coords(
     """0-based rows, cols, values of one chunk by fast_matrix_market and its number of
     lines, or None (use the line-by-line parser)."""
     ncols = 2 if header.field == "pattern" else 3
-    counted = _entry_count(chunk, ncols)
+    counted = _entry_count(chunk, ncols, header.field in ("integer", "pattern"))
     if counted is None:
         return None
-    count, n_lines = counted
+    count, n_lines, integral = counted
     try:
         import fast_matrix_market as fmm
     except ImportError:  # pragma: no cover - a dependency; the line parser still works
         return None
     m, n = header.shape
-    field = "pattern" if header.field == "pattern" else "real"  # never truncate 3.5 to 3
+    # Integers are parsed as such only when every token is digits: the integer parser
+    # would read 3.5 as 3 and 1e3 as 1.
+    field = "pattern" if header.field == "pattern" else "integer" if integral else "real"
     body = f"%%MatrixMarket matrix coordinate {field} general\n{m} {n} {count}\n".encode()
     try:
         (vals, (rows, cols)), _ = fmm.read_coo(io.BytesIO(body + chunk), parallelism=parallelism)
-    except (ValueError, RuntimeError):
+    except (ValueError, RuntimeError, OverflowError):
         return None  # out-of-range or malformed indices: the line parser names the line
     vals = np.asarray(vals, dtype=np.float64)
     if vals.size and not (np.isfinite(vals).all() and vals.min() >= 0):

@@ -249,6 +249,16 @@ def test_convert_sorted_mtx_streams_in_one_pass(tmp_path, monkeypatch):
     assert leftovers(tmp_path, {"x.zarr", "matrix.mtx", "features.tsv", "barcodes.tsv"}) == []
 
 
+def test_sorted_mtx_stream_shows_byte_progress_to_the_end(tmp_path, capsys):
+    X = sp.random(50, 400, density=0.2, format="csc", random_state=8)
+    X.data = np.ceil(X.data * 30)
+    path = _sorted_mtx(tmp_path / "x.mtx", X)
+    convert(path, tmp_path / "x.zarr", progress=True, memory_limit="200KB")
+    err = capsys.readouterr().err
+    assert f"reading {path.name}" in err and "B/s" in err and "100%" in err
+    np.testing.assert_array_equal(dense(open_matrix(tmp_path / "x.zarr")), X.toarray())
+
+
 def test_convert_mtx_found_unsorted_late_is_staged_again(tmp_path, monkeypatch):
     import scalenmf.io.formats.mtx as mtx
 

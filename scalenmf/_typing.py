@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
-import scipy.sparse as sp
 
-#: A column block of X: dense (m, n_j) or sparse CSC (m, n_j).
-Block = Union[np.ndarray, sp.csc_matrix, sp.spmatrix, sp.sparray]  # noqa: UP007 - runtime alias
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+
+#: A column block of X: dense (m, n_j) or sparse CSC (m, n_j). The sparse types are named
+#: as strings so that importing this alias does not import scipy.sparse.
+Block = Union[np.ndarray, "sp.csc_matrix", "sp.spmatrix", "sp.sparray"]

@@ -203,6 +203,107 @@ def test_convert_mtx_streaming_buckets(tmp_path, rng, transpose):
     assert leftovers(tmp_path, {"x.zarr", "matrix.mtx", "features.tsv", "barcodes.tsv"}) == []
 
 
+def _sorted_mtx(path: Path, X: sp.spmatrix, extra: str = "") -> Path:
+    """X written by column (as 10x does), then ``extra`` lines appended to the body."""
+    coo = sp.coo_matrix(X)
+    order = np.lexsort((coo.row, coo.col))
+    lines = [
+        f"{r + 1} {c + 1} {int(v)}\n"
+        for r, c, v in zip(coo.row[order], coo.col[order], coo.data[order], strict=True)
+    ]
+    body = "".join(lines) + extra
+    count = len(lines) + extra.count("\n")
+    banner = "%%MatrixMarket matrix coordinate integer general\n"
+    path.write_text(f"{banner}{X.shape[0]} {X.shape[1]} {count}\n{body}")
+    return path
+
+
+class _NoBuckets:
+    def __init__(self, *args, **kwargs):
+        raise AssertionError("a column-sorted file must stream without staging")
+
+
+def test_convert_sorted_mtx_streams_in_one_pass(tmp_path, monkeypatch):
+    import scalenmf.io.formats.mtx as mtx
+
+    X = sp.random(300, 2000, density=0.05, format="csc", random_state=4)
+    X.data = np.ceil(X.data * 30)
+    # A repeated entry (summed) and a column whose rows are out of order.
+    extra_dup = f"5 {X.shape[1]} 2\n3 {X.shape[1]} 1\n5 {X.shape[1]} 4\n"
+    path = _sorted_mtx(tmp_path / "matrix.mtx", X, extra_dup)
+    expected = X.toarray()
+    expected[4, -1] += 6
+    expected[2, -1] += 1
+    (tmp_path / "features.tsv").write_text("".join(f"g{i}\tG\n" for i in range(300)))
+    (tmp_path / "barcodes.tsv").write_text("".join(f"b{j}\n" for j in range(2000)))
+    monkeypatch.setattr(mtx, "BucketStage", _NoBuckets)
+    reads = []
+    read = mtx.SortedStream._read
+    monkeypatch.setattr(mtx.SortedStream, "_read", lambda s, a, b: reads.append(a) or read(s, a, b))
+    # 200 kB: chunks of 64 kB (about 6 of them) and blocks of about 25 kB.
+    out = convert(path, tmp_path / "x.zarr", memory_limit="200KB")
+    src = open_matrix(out)
+    assert src.is_sparse and len(reads) > 5 and reads == sorted(reads)
+    np.testing.assert_array_equal(dense(src), expected)
+    assert src.row_labels[7] == "g7" and src.col_labels[1999] == "b1999"
+    assert leftovers(tmp_path, {"x.zarr", "matrix.mtx", "features.tsv", "barcodes.tsv"}) == []
+
+
+def test_sorted_mtx_stream_shows_byte_progress_to_the_end(tmp_path, capsys):
+    X = sp.random(50, 400, density=0.2, format="csc", random_state=8)
+    X.data = np.ceil(X.data * 30)
+    path = _sorted_mtx(tmp_path / "x.mtx", X)
+    convert(path, tmp_path / "x.zarr", progress=True, memory_limit="200KB")
+    err = capsys.readouterr().err
+    assert f"reading {path.name}" in err and "B/s" in err and "100%" in err
+    np.testing.assert_array_equal(dense(open_matrix(tmp_path / "x.zarr")), X.toarray())
+
+
+def test_convert_mtx_found_unsorted_late_is_staged_again(tmp_path, monkeypatch):
+    import scalenmf.io.formats.mtx as mtx
+
+    staged = []
+    bucket_stage = mtx.BucketStage
+    monkeypatch.setattr(
+        mtx, "BucketStage", lambda *a, **k: staged.append(1) or bucket_stage(*a, **k)
+    )
+    X = sp.random(200, 1500, density=0.05, format="csc", random_state=5)
+    X.data = np.ceil(X.data * 30)
+    # An entry of column 1 at the very end: found only after most blocks are written.
+    path = _sorted_mtx(tmp_path / "x.mtx", X, "7 1 9\n")
+    expected = X.toarray()
+    expected[6, 0] += 9
+    out = convert(path, tmp_path / "x.zarr", memory_limit="200KB")
+    np.testing.assert_array_equal(dense(open_matrix(out)), expected)
+    assert staged == [1]
+    assert leftovers(tmp_path, {"x.zarr", "x.mtx"}) == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "fix_count", "match"),
+    [
+        ("12 1499 -3\n", True, r"entry line \d+: value -3.0 is negative"),
+        ("12 1499\n", True, r"line \d+: expected 3 number"),
+        ("12 1499 3\n", False, r"has \d+ entries, more than the"),
+        ("", False, r"truncated: the header promises"),
+    ],
+)
+def test_convert_sorted_mtx_bad_late_line_leaves_nothing(tmp_path, extra, fix_count, match):
+    X = sp.random(200, 1500, density=0.05, format="csc", random_state=6)
+    X.data = np.ceil(X.data * 30)
+    path = _sorted_mtx(tmp_path / "x.mtx", X, extra)
+    if not fix_count:
+        # The header says one entry fewer (extra line) or one more (no extra line).
+        text = path.read_text().split("\n", 2)
+        m, n, k = text[1].split()
+        shift = -1 if extra else 1
+        text[1] = f"{m} {n} {int(k) + shift}"
+        path.write_text("\n".join(text))
+    with pytest.raises(InputError, match=match):
+        convert(path, tmp_path / "x.zarr", memory_limit="200KB")
+    assert leftovers(tmp_path, {"x.mtx"}) == []
+
+
 @pytest.mark.parametrize("transpose", [False, True])
 def test_convert_mtx_array_format(tmp_path, rng, transpose):
     A = rng.integers(0, 9, size=(6, 25)).astype(float)

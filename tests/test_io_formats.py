@@ -410,6 +410,18 @@ def test_mtx_values_and_spacing_read_exactly(tmp_path):
     np.testing.assert_array_equal(dense(src), [[3.5, 0], [7, 0], [0, 3]])  # duplicates summed
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("3.5", 3.5), ("1e3", 1000.0), ("7", 7.0), ("99999999999999999999", 1e20)],
+)
+def test_mtx_integer_file_values_are_never_truncated(tmp_path, value, expected):
+    # Plain digits are parsed as integers (faster); anything else in an "integer" file is
+    # read as the number it spells, not cut at the first non-digit.
+    text = f"%%MatrixMarket matrix coordinate integer general\n2 2 2\n1 1 {value}\n2 2 4\n"
+    src = open_matrix(write_text(tmp_path / "x.mtx", text))
+    np.testing.assert_array_equal(dense(src), [[expected, 0], [0, 4]])
+
+
 def test_mtx_streamed_over_many_chunks_names_late_bad_line(tmp_path):
     from scalenmf.io.convert import convert
 

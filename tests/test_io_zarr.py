@@ -66,6 +66,33 @@ def test_sparse_round_trip(tmp_path, rng):
     assert list(g["X"].attrs["shape"]) == [30, 50]
 
 
+def test_sparse_write_spanning_many_chunks_in_uneven_blocks(tmp_path, monkeypatch):
+    """Entries are stored in whole chunks (1,048,576 entries) whatever the block sizes;
+    the blocks' entries carried between chunks all land in place."""
+    rng = np.random.default_rng(3)
+    parts = [
+        sp.random(500, 3000, density=d, format="csc", random_state=rng, dtype=np.float32)
+        for d in (0.9, 0.01, 0.5)
+    ]
+    X = sp.hstack(parts, format="csc")  # blocks of 1000 columns: 450k, 5k, 250k entries
+    writes = []
+    setitem = zarr.Array.__setitem__
+
+    def spy(self, key, value):
+        if self.path.endswith("data"):
+            writes.append((key.start, key.stop))
+        return setitem(self, key, value)
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", spy)
+    src = write_matrix(tmp_path / "x.zarr", X, block_cols=1000)
+    monkeypatch.undo()
+    back = open_matrix(src)
+    assert back.nnz == X.nnz and X.nnz > 2 * 2**20
+    got = back.read_columns(0, X.shape[1])
+    assert (got != X).nnz == 0
+    assert all(a % 2**20 == 0 for a, _ in writes) and writes[-1][1] == X.nnz
+
+
 def test_integer_and_float32_dtypes(tmp_path, rng):
     X = rng.integers(0, 9, size=(4, 9), dtype=np.int32)
     src = open_matrix(write_matrix(tmp_path / "i.zarr", X))

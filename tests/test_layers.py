@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 import scalenmf
 
@@ -356,6 +357,32 @@ def test_info_does_not_start_dask(tmp_path):
     )
     loaded = _fresh(code)
     assert not any(loaded.values()), loaded
+
+
+def test_info_on_a_dense_store_loads_only_what_reading_it_needs(tmp_path):
+    """``scalenmf info`` on a dense store reads it with zarr and numpy; scipy.sparse (a
+    large share of start-up), the text and HDF5 parsers and dask stay unloaded."""
+    store = tmp_path / "x.zarr"
+    scalenmf.write_matrix(store, np.ones((4, 6)))
+    unwanted = ("scipy", "pandas", "h5py", "fast_matrix_market", "dask", "tqdm", "anndata")
+    code = (
+        "import sys, json\n"
+        "from scalenmf.cli.main import main\n"
+        "try:\n"
+        f"    main(['info', {str(store)!r}])\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        f"print(json.dumps({{m: m in sys.modules for m in {unwanted!r}}}))\n"
+    )
+    loaded = _fresh(code)
+    assert not any(loaded.values()), loaded
+
+
+def test_lazy_scipy_sparse_is_the_real_module_once_used():
+    from scalenmf.io import source
+
+    assert source.sp.csc_matrix is sp.csc_matrix
+    assert source.sp.issparse(sp.eye(2)) and not source.sp.issparse(np.eye(2))
 
 
 PUBLIC = ("nmf", "rank_survey", "consensus", "project", "lnmf", "inmf")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,12 @@ from scalenmf._typing import Block
 from scalenmf.io.atomic import OutputExistsError
 from scalenmf.io.errors import InputError
 from scalenmf.io.formats import stager_for
-from scalenmf.io.formats._stage import StageContext, transpose_dense, transpose_sparse
+from scalenmf.io.formats._stage import (
+    RestageNeeded,
+    StageContext,
+    transpose_dense,
+    transpose_sparse,
+)
 from scalenmf.io.matrix import as_source
 from scalenmf.io.planning import DEFAULT_BLOCK_BYTES, plan_block_cols
 from scalenmf.io.readers import open_path
@@ -177,22 +183,43 @@ def convert(
         size = itemsize + (4 if density < 1.0 else 0)
         return plan_block_cols(m, n, size, density=density, target_bytes=block_target)
 
-    from tqdm.auto import tqdm
-
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.stage-", dir=parent) as work:
         ctx = StageContext(Path(work), budget, bool(transpose), plan, bool(progress), text)
-        source = _prepare(src, ctx)
+        try:
+            _write(src, dst, ctx, sparse, out_dtype, overwrite)
+        except RestageNeeded:
+            # A streamed input (a Matrix Market file) turned out to need staging; the
+            # partial output is already gone (atomic), so read it again the staged way.
+            _write(src, dst, replace(ctx, stream=False), sparse, out_dtype, overwrite)
+    return str(dst)
+
+
+def _write(
+    src: Any,
+    dst: str | os.PathLike[str],
+    ctx: StageContext,
+    sparse: bool | None,
+    out_dtype: np.dtype | None,
+    overwrite: bool,
+) -> None:
+    from tqdm.auto import tqdm
+
+    source = _prepare(src, ctx)
+    try:
         m, n = source.shape
         if m == 0 or n == 0:
             raise InputError(f"X is empty (shape {m} × {n}); nothing to convert")
         kind = source.is_sparse if sparse is None else bool(sparse)
         final_dtype = out_dtype if out_dtype is not None else np.dtype(source.dtype)
         density = source.nnz / (m * n) if source.is_sparse else 1.0
-        cols = plan(m, n, density)
-        with tqdm(total=n, unit="col", desc="writing", disable=not progress) as bar:
+        cols = ctx.plan(m, n, density)
+        with tqdm(total=n, unit="col", desc="writing", disable=not ctx.progress) as bar:
             checked = CheckedSource(source, final_dtype, kind, bar)
             write_source(dst, checked, block_cols=cols, dtype=final_dtype, overwrite=overwrite)
-    return str(dst)
+    finally:
+        close = getattr(source, "close", None)
+        if callable(close):
+            close()  # a streamed source holds its input file open until read to the end
 
 
 def _check_dtype(dtype: Any) -> np.dtype | None:

@@ -9,14 +9,19 @@ it). This module joins them; nothing below imports it, so the I/O layer has no c
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 
+from scalenmf.io._lazy import lazy_module
 from scalenmf.io.readers import open_path
 from scalenmf.io.source import DaskArraySource, DenseArraySource, MatrixSource, SparseArraySource
 from scalenmf.io.zarr_store import write_source
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+else:
+    sp = lazy_module("scipy.sparse")
 
 
 def as_source(X: Any, *, block_cols: Any = None) -> MatrixSource:

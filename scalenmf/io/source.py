@@ -15,12 +15,12 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from scalenmf._typing import Block
+from scalenmf.io._lazy import lazy_module
 from scalenmf.io.errors import InputError
 from scalenmf.io.planning import (
     DEFAULT_BLOCK_BYTES,
@@ -30,6 +30,11 @@ from scalenmf.io.planning import (
     bounds_from_sizes,
     plan_block_cols,
 )
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+else:
+    sp = lazy_module("scipy.sparse")
 
 Bounds = list[tuple[int, int]]
 

@@ -17,14 +17,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 import zarr
 from zarr.codecs import BloscCodec
 
 from scalenmf.io import storage
+from scalenmf.io._lazy import lazy_module
 from scalenmf.io.atomic import atomic_output
 from scalenmf.io.errors import InputError
 from scalenmf.io.integrity import (
@@ -43,6 +43,11 @@ from scalenmf.io.planning import (
     plan_block_cols,
 )
 from scalenmf.io.source import Bounds, MatrixSource, as_str_array, float_dtype
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+else:
+    sp = lazy_module("scipy.sparse")
 
 FORMAT_VERSION = 1
 
@@ -550,20 +555,43 @@ def _write_sparse(root: zarr.Group, src: MatrixSource, dtype: np.dtype) -> None:
         config=WRITE_CONFIG,
     )
     indptr = np.zeros(n + 1, dtype=np.int64)
-    pos = 0
+    pos = 0  # entries read so far
+    written = 0  # entries stored so far: always a whole number of chunks until the end
+    carry: list[tuple[np.ndarray, np.ndarray]] = []  # read, not yet stored (< one chunk)
+
+    def store(stop: int) -> None:
+        # Whole chunks only (except at the very end): a write that ends inside a chunk
+        # would make the next one read, decode and encode that chunk again.
+        nonlocal written, carry
+        if stop > data.shape[0]:
+            data.resize((stop,))
+            indices.resize((stop,))
+        values = np.concatenate([c[0] for c in carry]) if len(carry) > 1 else carry[0][0]
+        rows = np.concatenate([c[1] for c in carry]) if len(carry) > 1 else carry[0][1]
+        take = stop - written
+        data[written:stop] = values[:take]
+        indices[written:stop] = rows[:take]
+        carry = [(values[take:], rows[take:])] if take < len(values) else []
+        written = stop
+
     for j in range(src.n_blocks):
         a, b = src.block_bounds[j]
         block = sp.csc_matrix(src.read_block(j))
         block.sum_duplicates()
         k = block.nnz
-        if pos + k > data.shape[0]:
-            data.resize((pos + k,))
-            indices.resize((pos + k,))
         if k:
-            data[pos : pos + k] = block.data.astype(dtype, copy=False)
-            indices[pos : pos + k] = block.indices.astype(index_dtype, copy=False)
+            carry.append(
+                (
+                    block.data.astype(dtype, copy=False),
+                    block.indices.astype(index_dtype, copy=False),
+                )
+            )
         indptr[a + 1 : b + 1] = pos + block.indptr[1:]
         pos += k
+        if pos - written >= chunk:
+            store(written + (pos - written) // chunk * chunk)
+    if pos > written:
+        store(pos)
     if pos != data.shape[0]:
         data.resize((pos,))
         indices.resize((pos,))

@@ -22,17 +22,22 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 import zarr
 from zarr.codecs import BloscCodec
 
+from scalenmf.io._lazy import lazy_module
 from scalenmf.io.errors import InputError
 from scalenmf.io.planning import bounds_from_cols
 from scalenmf.io.source import Bounds, MatrixSource, float_dtype
 from scalenmf.io.zarr_store import ZarrDenseSource
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+else:
+    sp = lazy_module("scipy.sparse")
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,9 @@ class StageContext:
         Show a progress bar.
     text : TextOptions, optional
         How text matrices read their first row and column (``formats.delimited``).
+    stream : bool
+        A stager may return a source that parses the input while the store is written
+        (read once, block by block in order), raising ``RestageNeeded`` if that fails.
     """
 
     workdir: Path
@@ -67,6 +75,13 @@ class StageContext:
     plan: Callable[[int, int, float], int]
     progress: bool = False
     text: Any = None
+    stream: bool = True
+
+
+class RestageNeeded(Exception):
+    """Raised while a streamed source is being written when the input turns out not to
+    allow streaming (a Matrix Market file not sorted by column): ``convert`` discards the
+    partial output and stages the file again with ``StageContext.stream`` false."""
 
 
 def _stage_codec() -> Any:

@@ -14,15 +14,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 
+from scalenmf.io._lazy import lazy_module
 from scalenmf.io.errors import InputError
 from scalenmf.io.formats._stage import StageContext, transpose_sparse
 from scalenmf.io.planning import DEFAULT_BLOCK_BYTES, bounds_by_nnz, plan_block_cols
 from scalenmf.io.source import Bounds, MatrixSource, SparseArraySource, as_str_array, float_dtype
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+else:
+    sp = lazy_module("scipy.sparse")
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,11 @@ Supported: ``coordinate`` (``integer``, ``real``, ``pattern``; ``general`` or
 Coordinate entries are parsed by fast_matrix_market (the C++ parser inside
 ``scipy.io.mmread``) over byte ranges of the file: after the header, any run of whole
 lines is an independent Matrix Market body, so the file is read in chunks of bounded size
-(gzip through ISA-L), each parsed in parallel and bucketed into column blocks. A chunk the
-fast parser does not take outright (a comment or blank line, odd spacing, text, a bad
-index or value) is parsed again line by line, which names the line of the first problem.
+(gzip through ISA-L), each parsed in parallel. A file sorted by column (as 10x writes it)
+is written to the store as it is parsed (``SortedStream``); any other is bucketed into
+column blocks first. A chunk the fast parser does not take outright (a comment or blank
+line, odd spacing, text, a bad index or value) is parsed again line by line, which names
+the line of the first problem.
 """
 
 from __future__ import annotations
@@ -27,21 +29,28 @@ import logging
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 
+from scalenmf.io._lazy import lazy_module
 from scalenmf.io.errors import InputError
 from scalenmf.io.formats._files import byte_progress, open_binary, warn_duplicates
 from scalenmf.io.formats._stage import (
     BucketStage,
+    RestageNeeded,
     RowStage,
     StageContext,
     stage_rows_budget,
 )
 from scalenmf.io.formats.delimited import open_text
+from scalenmf.io.planning import bounds_from_cols
 from scalenmf.io.source import DenseArraySource, MatrixSource, SparseArraySource
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
+else:
+    sp = lazy_module("scipy.sparse")
 
 log = logging.getLogger(__name__)
 
@@ -133,16 +142,34 @@ class _TextLines:
 
 
 _NUMBER_BYTES = b"0123456789.eE+-"
+_DIGITS = b"0123456789"
+
+
+def _read_block(fh: IO[bytes], size: int) -> bytearray:
+    """Up to ``size`` bytes of ``fh`` (fewer only at the end) read into one new buffer."""
+    buf = bytearray(size)
+    got = 0
+    with memoryview(buf) as view:
+        while got < size:
+            k = fh.readinto(view[got:])  # type: ignore[attr-defined]
+            if not k:
+                break
+            got += k
+    del buf[got:]
+    return buf
 
 
 def _chunks(fh: IO[bytes], chunk_bytes: int) -> Generator[bytes, None, None]:
     """Yield the body as runs of whole lines, in order. The next run is read (and
-    decompressed) in a background thread while the caller parses the current one."""
+    decompressed) in a background thread while the caller parses the current one.
+
+    The runs are the read buffers themselves (``bytearray``), with the partial last line
+    moved to the front of the next: no copy of a whole chunk is made here."""
     from concurrent.futures import ThreadPoolExecutor
 
     rest = b""
     pool = ThreadPoolExecutor(1, thread_name_prefix="mtx-read")
-    ahead = pool.submit(fh.read, chunk_bytes)
+    ahead = pool.submit(_read_block, fh, chunk_bytes)
     try:
         while True:
             block = ahead.result()
@@ -150,13 +177,16 @@ def _chunks(fh: IO[bytes], chunk_bytes: int) -> Generator[bytes, None, None]:
                 if rest:
                     yield rest if rest.endswith(b"\n") else rest + b"\n"
                 return
-            ahead = pool.submit(fh.read, chunk_bytes)
+            ahead = pool.submit(_read_block, fh, chunk_bytes)
+            if rest:
+                block[0:0] = rest  # moves the buffer in place (one line's worth of growth)
             cut = block.rfind(b"\n") + 1
             if cut == 0:
-                rest += block
+                rest = bytes(block)
                 continue
-            yield rest + block[:cut] if rest else block[:cut]
-            rest = block[cut:]
+            rest = bytes(block[cut:])
+            del block[cut:]  # shrinks in place
+            yield block  # type: ignore[misc]
     finally:
         # Wait for the read in flight (fh must be free when we return), but never join the
         # thread here: a generator left unclosed is finalized by the garbage collector,
@@ -167,16 +197,26 @@ def _chunks(fh: IO[bytes], chunk_bytes: int) -> Generator[bytes, None, None]:
         pool.shutdown(wait=False)
 
 
-def _entry_count(chunk: bytes, ncols: int) -> tuple[int, int] | None:
-    """Entry lines in ``chunk`` if every line holds exactly ``ncols`` tokens of number
-    characters (then the fast parser reads it exactly); None when it must be checked line
-    by line."""
+def _entry_count(chunk: bytes, ncols: int, integers: bool) -> tuple[int, int, bool] | None:
+    """Entry lines and lines in ``chunk`` if every line holds exactly ``ncols`` tokens of
+    number characters (then the fast parser reads it exactly), and whether every token is
+    a plain unsigned integer (then it may be parsed as one, exactly and much faster);
+    None when the chunk must be checked line by line.
+
+    ``integers`` (an ``integer`` or ``pattern`` file): try digits-only first, the usual
+    case of count matrices, at the cost of one more pass when it fails."""
+    pattern = b" " * (ncols - 1) + b"\n"
+    if integers:
+        gaps = chunk.translate(None, _DIGITS)
+        lines = gaps.count(b"\n")
+        if gaps == pattern * lines:
+            return lines, lines, True
     gaps = chunk.translate(None, _NUMBER_BYTES)  # what separates the numbers
     if gaps.translate(None, b" \t\r\n"):
         return None  # comments, text, NaN/inf, other bytes
     lines = gaps.count(b"\n")
-    if gaps == (b" " * (ncols - 1) + b"\n") * lines:
-        return lines, lines  # single-spaced lines (what mmwrite and 10x write)
+    if gaps == pattern * lines:
+        return lines, lines, False  # single-spaced lines (what mmwrite and 10x write)
     buf = np.frombuffer(chunk, dtype=np.uint8)
     nl = buf == 10
     gap = nl | (buf == 32) | (buf == 9) | (buf == 13)
@@ -186,7 +226,7 @@ def _entry_count(chunk: bytes, ncols: int) -> tuple[int, int] | None:
     per_line = np.bincount(line_of[start], minlength=lines)
     if not np.all((per_line == ncols) | (per_line == 0)):
         return None
-    return int(np.count_nonzero(per_line)), lines
+    return int(np.count_nonzero(per_line)), lines, False
 
 
 def _fast_coords(
@@ -195,20 +235,22 @@ def _fast_coords(
     """0-based rows, cols, values of one chunk by fast_matrix_market and its number of
     lines, or None (use the line-by-line parser)."""
     ncols = 2 if header.field == "pattern" else 3
-    counted = _entry_count(chunk, ncols)
+    counted = _entry_count(chunk, ncols, header.field in ("integer", "pattern"))
     if counted is None:
         return None
-    count, n_lines = counted
+    count, n_lines, integral = counted
     try:
         import fast_matrix_market as fmm
     except ImportError:  # pragma: no cover - a dependency; the line parser still works
         return None
     m, n = header.shape
-    field = "pattern" if header.field == "pattern" else "real"  # never truncate 3.5 to 3
+    # Integers are parsed as such only when every token is digits: the integer parser
+    # would read 3.5 as 3 and 1e3 as 1.
+    field = "pattern" if header.field == "pattern" else "integer" if integral else "real"
     body = f"%%MatrixMarket matrix coordinate {field} general\n{m} {n} {count}\n".encode()
     try:
         (vals, (rows, cols)), _ = fmm.read_coo(io.BytesIO(body + chunk), parallelism=parallelism)
-    except (ValueError, RuntimeError):
+    except (ValueError, RuntimeError, OverflowError):
         return None  # out-of-range or malformed indices: the line parser names the line
     vals = np.asarray(vals, dtype=np.float64)
     if vals.size and not (np.isfinite(vals).all() and vals.min() >= 0):
@@ -455,25 +497,166 @@ def read(path: Path) -> MatrixSource:
 def stage(path: Path, ctx: StageContext) -> MatrixSource:
     """A block-readable source for ``convert``, in bounded memory.
 
-    Coordinate files are read once in chunks of about a 64th of the budget (parsed by
-    fast_matrix_market; about 8× that while parsed) and their entries scattered into
-    per-column-block buckets (``BucketStage``, a scatter buffer of an eighth of the
-    budget; kept in memory when the whole file fits in it). Array files are staged as rows
-    of Xᵀ (``RowStage``). ``ctx.transpose`` reads a samples × features file.
+    A ``general`` coordinate file in X's orientation is first tried as a stream
+    (``SortedStream``): when its entries come sorted by column (as 10x, ``mmwrite`` of a CSC
+    matrix and R's ``writeMM`` write them) each column block is complete as soon as the
+    parser has passed it, so the store is written while the file is read, in one pass and
+    without staging. Otherwise (or when the stream finds entries out of column order and
+    raises ``RestageNeeded``), coordinate files are read once in chunks of about a 64th of
+    the budget (parsed by fast_matrix_market; about 8× that while parsed) and their entries
+    scattered into per-column-block buckets (``BucketStage``, a scatter buffer of an eighth
+    of the budget; kept in memory when the whole file fits in it). Array files are staged
+    as rows of Xᵀ (``RowStage``). ``ctx.transpose`` reads a samples × features file.
     """
     where = str(path)
     bar = byte_progress(path, ctx.progress)
+    owned = True  # this function closes the file and the bar (unless a stream took them)
     try:
-        with open_binary(path, bar) as fh:
+        fh = open_binary(path, bar)
+        try:
             header = _read_header(path, _TextLines(fh))
+            row_labels, col_labels = side_labels(path, header.shape)
+            if (
+                ctx.stream
+                and not ctx.transpose
+                and header.fmt == "coordinate"
+                and header.symmetry == "general"
+            ):
+                stream = SortedStream(path, fh, header, ctx, bar)
+                owned = False
+                return stream.set_labels(row_labels, col_labels)
             out = _stage_body(path, fh, header, ctx)
+        finally:
+            if owned:
+                fh.close()
     finally:
-        bar.close()
-    row_labels, col_labels = side_labels(path, header.shape)
+        if owned:
+            bar.close()
     if ctx.transpose:
         row_labels, col_labels = col_labels, row_labels
     log.debug("staged %s", where)
     return out.set_labels(row_labels, col_labels)
+
+
+class SortedStream(MatrixSource):
+    """The entries of a coordinate file sorted by column, as CSC column blocks parsed on demand.
+
+    Made by ``stage`` for ``convert``: blocks must be read once each, in order (as the
+    store writer does); reading block ``j`` parses the file until it passes the block's last
+    column. Entries out of column order raise ``RestageNeeded`` (the caller then stages the
+    file through buckets); every other problem raises ``InputError`` as the staged path
+    does. Memory: one block plus one chunk of text and its parse.
+
+    Parameters
+    ----------
+    path : Path
+        The file (for messages).
+    fh : binary stream
+        Positioned after the size line; closed by ``close`` (or when the last block is read).
+    header : Header
+    ctx : StageContext
+        Plans the block width and the chunk size from the budget.
+    bar : tqdm-like, optional
+        The byte-progress bar, closed with the stream.
+    """
+
+    def __init__(self, path: Path, fh: IO[bytes], header: Header, ctx: StageContext, bar: Any):
+        super().__init__()
+        m, n = header.shape
+        self.shape = (m, n)
+        self.dtype = np.dtype(np.float64)
+        self.is_sparse = True
+        self._nnz = header.nnz
+        density = header.nnz / max(1, m * n)
+        self.block_bounds = bounds_from_cols(n, ctx.plan(m, n, density))
+        # Larger chunks than the staged path's (no scatter buffer to share the budget with):
+        # the parser runs faster on long runs of lines.
+        chunk_bytes = int(min(1 << 26, max(1 << 16, ctx.budget // 32)))
+        self._fh: IO[bytes] | None = fh
+        self._bar = bar
+        self._entries: Any = _coordinate_entries(path, fh, header, chunk_bytes)
+        self._next = 0  # first column not yet returned
+        self._last = 0  # largest column index parsed so far
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    @property
+    def nnz(self) -> int:
+        # The header's count; duplicates (summed) make the store a little smaller.
+        return self._nnz
+
+    def _pull(self) -> bool:
+        """Parse one more chunk into the pending entries; False at the end of the file."""
+        assert self._entries is not None
+        item = next(self._entries, None)
+        if item is None:
+            return False
+        rows, cols, vals = item
+        if cols.size:
+            if int(cols[0]) < self._last or not bool(np.all(cols[1:] >= cols[:-1])):
+                raise RestageNeeded("entries are not sorted by column")
+            self._last = int(cols[-1])
+            self._parts.append((rows, cols, vals))
+        return True
+
+    def _read(self, start: int, stop: int) -> sp.csc_matrix:
+        if start != self._next or self._entries is None:
+            raise RuntimeError("a SortedStream is read once, block by block in column order")
+        m, width = self.shape[0], stop - start
+        try:
+            while not self._parts or int(self._parts[-1][1][-1]) < stop:
+                if not self._pull():
+                    break
+            # Entries of this block: the leading parts up to the first column >= stop.
+            taken: list[tuple[np.ndarray, np.ndarray]] = []
+            counts = np.zeros(width, dtype=np.int64)
+            while self._parts:
+                rows, cols, vals = self._parts[0]
+                # A scalar of the array's own type: a Python int would cast the array.
+                cut = int(np.searchsorted(cols, cols.dtype.type(stop), side="left"))
+                if cut:
+                    taken.append((rows[:cut], vals[:cut]))
+                    counts += np.bincount(cols[:cut] - start, minlength=width)
+                if cut < len(cols):
+                    self._parts[0] = (rows[cut:], cols[cut:], vals[cut:])
+                    break
+                self._parts.pop(0)
+            self._next = stop
+            if stop >= self.shape[1]:
+                # The parser has run to its end (all columns are < n), where it checked the
+                # entry count against the header.
+                self.close()
+        except BaseException:
+            self.close()
+            raise
+        indptr = np.zeros(width + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        if len(taken) == 1:
+            rows, vals = taken[0][0], taken[0][1]
+        elif taken:
+            rows = np.concatenate([t[0] for t in taken])
+            vals = np.concatenate([t[1] for t in taken])
+        else:
+            rows, vals = np.empty(0, dtype=np.int32), np.empty(0)
+        block = sp.csc_matrix((vals, rows, indptr), shape=(m, width))
+        if not block.has_canonical_format:
+            block.sum_duplicates()  # rows out of order in a column, or repeated (summed)
+        return block
+
+    def close(self) -> None:
+        """Stop reading: close the parser, the file and the progress bar (idempotent)."""
+        entries, self._entries = self._entries, None
+        if entries is not None:
+            entries.close()
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            fh.close()
+        bar, self._bar = self._bar, None
+        if bar is not None:
+            bar.close()
+        self._parts = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError("a SortedStream reads an open file once; it cannot be pickled")
 
 
 def _stage_body(path: Path, fh: IO[bytes], header: Header, ctx: StageContext) -> MatrixSource:
@@ -525,4 +708,4 @@ def _stage_body(path: Path, fh: IO[bytes], header: Header, ctx: StageContext) ->
     return buckets.finish()
 
 
-__all__ = ["Header", "can_open", "read", "side_labels", "stage"]
+__all__ = ["Header", "SortedStream", "can_open", "read", "side_labels", "stage"]

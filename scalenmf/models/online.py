@@ -34,7 +34,7 @@ import numpy as np
 from scalenmf.engine.loop import IterationInfo, LoopTrace
 from scalenmf.kernels.mu import EPS
 from scalenmf.models.fits import FitsModel, objective, penalty, squared_error, update_w
-from scalenmf.models.step import fit_step, initial_states
+from scalenmf.models.step import NMFConfig, fit_step, initial_states
 
 #: Columns per mini-batch by default (whole blocks are batched until they reach it).
 BATCH_COLS = 4096

@@ -71,8 +71,8 @@ if TYPE_CHECKING:
     from scalenmf.api.fit import fit_fingerprint, fit_on_executor, nmf, run_manifest
     from scalenmf.api.linked import RankProposal, inmf, jnmf, lnmf, lnmf_ranks
     from scalenmf.api.project import project
-    from scalenmf.api.selection import consensus, parse_ks, rank_survey
     from scalenmf.api.refit import update
+    from scalenmf.api.selection import consensus, parse_ks, rank_survey
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""``update`` (incremental refit): refine a fitted result with a new batch of samples (incremental refit)."""
+"""``update``: refine a fitted result with a new batch of samples (incremental refit)."""
 
 from __future__ import annotations
 
@@ -136,8 +136,8 @@ def update(
     >>> new.H.shape, new.info["update"]["min_cosine"] > 0.99
     ((3, 50), True)
     """
-    from scalenmf.api.project import PROJECT_RULES, _default_tol, _project_on, align_to_basis
     from scalenmf.api.fit import run_manifest
+    from scalenmf.api.project import PROJECT_RULES, _default_tol, _project_on, align_to_basis
     from scalenmf.engine.checksum import input_checksum
     from scalenmf.models.fits import collect
     from scalenmf.models.step import BlockState, fit_stats_step
@@ -216,7 +216,7 @@ def update(
         ev_before = float(proj.explained["total_r2"])
         if freeze_w:
             W1, H1 = W0, proj.H
-            summary = {
+            summary: dict[str, Any] = {
                 "loss_history": [float(proj.objective)],
                 "relative_error": float(proj.overall_relative_error),
                 "n_iter": 0,

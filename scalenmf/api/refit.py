@@ -137,7 +137,7 @@ def update(
     ((3, 50), True)
     """
     from scalenmf.api.fit import run_manifest
-    from scalenmf.api.project import PROJECT_RULES, _default_tol, _project_on, align_to_basis
+    from scalenmf.api.project import PROJECT_RULES, align_to_basis, default_tol, project_on_executor
     from scalenmf.engine.checksum import input_checksum
     from scalenmf.models.fits import collect
     from scalenmf.models.step import BlockState, fit_stats_step
@@ -200,7 +200,7 @@ def update(
         k_new=0,
         bootstrap=0,
         max_iter=1000,
-        tol=_default_tol(None, proj_solver, p["loss"]),
+        tol=default_tol(None, proj_solver, p["loss"]),
         seed=0 if seed is None else seed,
         n_runs=1,
     )
@@ -211,7 +211,7 @@ def update(
         checksum = input_checksum(executor)
         # W₀ with every new sample's H solved exactly: the explained variance before, and
         # (frozen W) the result itself.
-        proj = _project_on(executor, source, W0, pp, dtype_, None, None, False, None, t0)
+        proj = project_on_executor(executor, source, W0, pp, dtype_, None, None, False, None, t0)
         t_init = time.perf_counter() - t0
         ev_before = float(proj.explained["total_r2"])
         if freeze_w:

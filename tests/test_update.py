@@ -152,6 +152,24 @@ def test_update_from_a_store_records_where_it_came_from(tmp_path, old_new):
     assert back.info["update"] == json.loads(json.dumps(up.info["update"]))
 
 
+def test_rows_are_aligned_by_label_and_an_online_result_is_refit_by_als(old_new):
+    from scalenmf.io.matrix import as_source
+
+    X_old, X_new = old_new
+    rows = np.array([f"g{i}" for i in range(30)])
+    old = scalenmf.nmf(as_source(X_old).set_labels(rows, None), 4, max_iter=300, tol=1e-9)
+    perm = np.random.default_rng(5).permutation(30)
+    straight = scalenmf.update(old, as_source(X_new).set_labels(rows, None), max_iter=20)
+    shuffled = scalenmf.update(
+        old, as_source(X_new[perm]).set_labels(rows[perm], None), max_iter=20
+    )
+    np.testing.assert_allclose(shuffled.W, straight.W, rtol=1e-12)
+    assert list(shuffled.row_labels) == list(rows)
+    online = scalenmf.nmf(X_old, 4, solver="online", batch_size=250, max_iter=3)
+    up = scalenmf.update(online, X_new[:, :3], max_iter=20)  # fewer new samples than k
+    assert up.params["solver"] == "als" and up.H.shape == (4, 3)
+
+
 def test_api_bad_input(tmp_path, old_new):
     X_old, X_new = old_new
     old = converged(X_old)
@@ -221,6 +239,19 @@ def test_cli_update_end_to_end(stores, new):
     frozen = scalenmf.load(out)
     np.testing.assert_array_equal(frozen.W, scalenmf.load(stores / "fit.zarr").W)
     assert frozen.info["update"]["freeze_w"] is True
+
+
+def test_cli_transposed_text_input(stores, old_new):
+    _, X_new = old_new
+    np.savetxt(stores / "new_t.tsv", X_new.T, delimiter="\t")
+    res = cli(
+        "update", stores / "fit.zarr", stores / "new_t.tsv", "--transpose", "--no-header",
+        "--no-row-labels", "-o", stores / "up.zarr", "--no-progress",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    ref = scalenmf.update(stores / "fit.zarr", stores / "new.zarr")
+    np.testing.assert_allclose(scalenmf.load(stores / "up.zarr").W, ref.W, rtol=1e-10)
+    assert sorted(p.name for p in stores.iterdir() if p.name.startswith(".scalenmf-")) == []
 
 
 def test_cli_json_report(stores):

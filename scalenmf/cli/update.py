@@ -63,6 +63,18 @@ from scalenmf.cli.cluster import CLUSTER_OPTIONS, cluster_kwargs, cluster_option
 @click.option("--transpose", is_flag=True, help="NEW_INPUT is samples × features.")
 @click.option("--block-cols", type=int, default=None, help="Columns per block (default: planned).")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None)
+@click.option(
+    "--header/--no-header",
+    "has_header",
+    default=None,
+    help="CSV/TSV: line 1 holds sample names, or is data (default: from the file).",
+)
+@click.option(
+    "--row-labels/--no-row-labels",
+    "has_row_labels",
+    default=None,
+    help="CSV/TSV: column 1 holds feature labels, or is data (default: from the file).",
+)
 @backend_options
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @json_option("the update report (how far W moved)")
@@ -75,6 +87,8 @@ def update_command(
     transpose: bool,
     overwrite: bool,
     json_path: str | None,
+    has_header: bool | None,
+    has_row_labels: bool | None,
     **opts: Any,
 ) -> None:
     """Update RESULT (a store of `scalenmf fit`) with the samples of NEW_INPUT into OUT.zarr.
@@ -106,7 +120,8 @@ def update_command(
         base = Path(storage.local_path(output)).parent if local_out else None
         workdir = Path(tempfile.mkdtemp(prefix=".scalenmf-", dir=base))
     try:
-        source = input_source(new_input, transpose, workdir)
+        text = {"has_header": has_header, "has_row_labels": has_row_labels}
+        source = input_source(new_input, transpose, workdir, **text)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = update(result_path, source, **cluster, **opts)

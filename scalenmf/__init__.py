@@ -42,10 +42,13 @@ _EXPORTS: dict[str, str] = {
     "nmf": "scalenmf.api",
     "open_matrix": "scalenmf.io",
     "predict": "scalenmf.interpret",
-    "project": "scalenmf.api",
+    # The defining module itself: once ``scalenmf.api.project`` (the module) is imported,
+    # the attribute ``scalenmf.api.project`` is that module, not the function.
+    "project": "scalenmf.api.project",
     "rank_survey": "scalenmf.api",
     "sparseness": "scalenmf.interpret",
     "top_features": "scalenmf.interpret",
+    "update": "scalenmf.api",
     "write_matrix": "scalenmf.io",
 }
 
@@ -93,6 +96,7 @@ __all__ = [
     "rank_survey",
     "sparseness",
     "top_features",
+    "update",
     "write_matrix",
 ]
 
@@ -106,6 +110,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         nmf,
         project,
         rank_survey,
+        update,
     )
     from scalenmf.engine.loop import ConvergenceWarning, IterationInfo
     from scalenmf.interpret import (

@@ -31,10 +31,15 @@ from scalenmf._sklearn import (
 )
 from scalenmf.api import nmf
 from scalenmf.kernels import sq_norm
+from scalenmf.kernels.mu import kl_block
+from scalenmf.validation import NMF_RULES
 
 #: Solver names of scikit-learn's NMF accepted as aliases: its ``cd`` is one coordinate
 #: sweep per half-step, which is scalenmf's ``hals``.
 SOLVER_ALIASES = {"cd": "hals"}
+#: KL multiplicative H steps of a partial_fit batch (seen once; scikit-learn's
+#: MiniBatchNMF solves a batch's H with up to 30 steps too).
+PARTIAL_FIT_MU_STEPS = 30
 
 
 def _features_by_samples(X: Any) -> Any:
@@ -71,9 +76,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     n_components : int or None, default 2
         Rank k; None uses all features (k = n_features). At most
         ``min(n_samples, n_features)``.
-    solver : {"als", "hals", "mu", "cd"} or None
+    solver : {"als", "hals", "mu", "cd", "online"} or None
         Default ``"als"`` for Frobenius and ``"mu"`` for KL; ``"cd"`` (scikit-learn's
-        name) is ``"hals"``.
+        name) is ``"hals"``; ``"online"``: ``fit`` by mini-batches (``scalenmf.nmf``).
+        ``partial_fit`` always solves H exactly (Frobenius) or by MU (KL).
     loss : {"frobenius", "kl", "kullback-leibler"}
     init : {"nndsvda", "nndsvd", "random"}
     l1_w, l1_h, l2_w, l2_h : float
@@ -81,6 +87,14 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         is scalenmf's basis, features × k, i.e. ``components_.T``.)
     max_iter, tol, n_runs, scheduler, workers, memory_limit, nnls, dtype, backend, device :
         See ``scalenmf.nmf`` (``device="cuda"`` fits on a GPU).
+    batch_size : int or None
+        ``solver="online"``: samples per mini-batch of ``fit`` (see ``scalenmf.nmf``).
+    forget_factor : float in (0, 1] or None
+        How much of the accumulated statistics one pass over ``n_ref`` samples keeps
+        (``n_ref``: the samples of the first ``partial_fit`` batch, or of ``fit``); a
+        ``partial_fit`` batch of b samples scales them by ``forget_factor ** (b / n_ref)``.
+        Default 0.7 (scikit-learn's MiniBatchNMF). With ``solver="online"`` it is passed
+        to ``fit`` (where its default is 1 for Frobenius, 0.7 for KL).
     random_state : int, None, numpy RandomState or Generator, default 0
         Seeds the fit; a RandomState or Generator is drawn from once per fit.
 
@@ -96,7 +110,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     feature_names_in_ : ndarray of str
         When X was a DataFrame with string column names.
     result_ : NMFResult
-        The full result of the fit (features × samples orientation).
+        The full result of ``fit`` (features × samples orientation); ``partial_fit``
+        removes it (it no longer describes the basis).
+    n_steps_ : int
+        Mini-batches seen by ``partial_fit`` (0 after ``fit``).
 
     Examples
     --------
@@ -107,6 +124,11 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     ((60, 3), (3, 12))
     >>> list(model.get_feature_names_out())
     ['nmf0', 'nmf1', 'nmf2']
+    >>> online = scalenmf.NMF(n_components=3, random_state=0)
+    >>> for batch in np.array_split(X, 3):
+    ...     online = online.partial_fit(batch)
+    >>> online.n_steps_, online.transform(X).shape
+    (3, (60, 3))
     """
 
     def __init__(
@@ -131,6 +153,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         dtype: Any = None,
         backend: str | None = None,
         device: str | None = None,
+        batch_size: int | None = None,
+        forget_factor: float | None = None,
     ):
         self.n_components = n_components
         self.solver = solver
@@ -151,6 +175,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.dtype = dtype
         self.backend = backend
         self.device = device
+        self.batch_size = batch_size
+        self.forget_factor = forget_factor
 
     if HAVE_SKLEARN:
 
@@ -194,8 +220,15 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return SOLVER_ALIASES.get(self.solver, self.solver) if self.solver else None
 
     # -- fitting ------------------------------------------------------------------------
+    def _loss(self) -> str:
+        """The loss's canonical name ("frobenius" or "kl"), checked."""
+        return str(NMF_RULES["loss"].check("loss", self.loss))
+
     def _fit_kwargs(self) -> dict[str, Any]:
+        online = self._solver() == "online"
         return {
+            "batch_size": self.batch_size if online else None,
+            "forget_factor": self.forget_factor if online else None,
             "solver": self._solver(),
             "loss": self.loss,
             "init": self.init,
@@ -239,7 +272,112 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.n_components_ = int(result.k)
         self.n_iter_ = int(result.n_iter)
         self.reconstruction_err_ = result.relative_error * float(np.sqrt(sq_norm(X)))
+        # The statistics partial_fit continues from: those of the fitted samples.
+        self._stats_ = self._fit_statistics(result, _features_by_samples(X))
+        self._n_ref_ = int(X.shape[0])
+        self.n_steps_ = 0
         return np.ascontiguousarray(result.H.T)
+
+    def _fit_statistics(self, result: Any, X_fs: Any) -> tuple[np.ndarray, np.ndarray]:
+        """``(A, B)`` of the online W step for the fitted W, H on X (features × samples)."""
+        W = result.W
+        H64 = result.H.astype(np.float64)
+        if self._loss() == "kl":
+            numer, hsum, _, _ = kl_block(W, X_fs, result.H)
+            return W.astype(np.float64) * numer, hsum
+        return H64 @ H64.T, np.asarray(X_fs @ H64.T, dtype=np.float64)
+
+    def partial_fit(self, X: Any, y: Any = None) -> NMF:
+        """Update the basis with one mini-batch of samples X (n_samples, n_features).
+
+        Online NMF as scalenmf's ``solver="online"`` (``models/online.py``) and
+        scikit-learn's ``MiniBatchNMF.partial_fit``: the batch's coefficients are solved
+        with the current basis (exact NNLS for Frobenius, ``30`` multiplicative steps for
+        KL), its sufficient statistics are added to the accumulated ones, which are first
+        scaled by ``forget_factor ** (n_batch / n_ref)`` — Frobenius ``A = Σ H Hᵀ``,
+        ``B = Σ X Hᵀ``; KL the multiplicative-update numerator and denominator — and the
+        basis is the W step of the accumulated statistics (with the W penalties).
+
+        The first call (on an unfitted estimator) initialises the basis from its batch with
+        ``init`` (so that batch needs at least ``n_components`` samples) and fixes
+        ``n_features_in_``; later batches may have any number of samples but must have the
+        same features. After ``fit``, ``partial_fit`` continues from the fitted basis and
+        the statistics of the fitted samples.
+
+        Parameters
+        ----------
+        X : array-like or sparse matrix, shape (n_samples, n_features)
+            Non-negative data.
+        y : ignored
+
+        Returns
+        -------
+        NMF
+            The estimator, its ``components_`` updated.
+        """
+        from dataclasses import replace
+
+        from scalenmf.api import cluster_options
+        from scalenmf.api._common import kernel_backend, model_config
+        from scalenmf.io.matrix import as_source
+        from scalenmf.models.init import initialize
+        from scalenmf.models.nmf import NMFModel
+        from scalenmf.models.online import batch_statistics, w_from_statistics
+        from scalenmf.models.step import fit_step, initial_states
+
+        first = not hasattr(self, "components_")
+        X = self._check_X(X, reset=first)
+        loss = self._loss()
+        if first:
+            k = self._rank(*X.shape)
+            seed = _seed(self.random_state)
+        else:
+            k = int(self.n_components_)
+        forget = 0.7 if self.forget_factor is None else self.forget_factor
+        if not (isinstance(forget, numbers.Real) and 0.0 < float(forget) <= 1.0):
+            raise ValueError(f"forget_factor must be in (0, 1]; got {self.forget_factor!r}")
+        X_fs = _features_by_samples(X)
+        m, n_b = X_fs.shape
+        source = as_source(X_fs)
+        where = kernel_backend(self.backend, self.device)
+        solver = "mu" if loss == "kl" else "als"
+        p = {"solver": solver, "loss": loss, "nnls": self.nnls}
+        p.update(l1_w=self.l1_w, l1_h=self.l1_h, l2_w=self.l2_w, l2_h=self.l2_h)
+        config = model_config(p, k=k, mu_steps=PARTIAL_FIT_MU_STEPS if loss == "kl" else 1)
+        config = replace(config, backend=where["backend"], device=where["device"])
+        dtype = X.dtype if first else self.components_.dtype
+        cluster = cluster_options(self.scheduler, self.workers, self.memory_limit)
+        with cluster.executor(source) as executor:
+            if first:
+                start = initialize(executor, k, self.init, seed, 1, np.dtype(dtype))
+                if start.xx == 0:
+                    raise ValueError(
+                        "the first batch of partial_fit is all zeros; there is nothing to "
+                        "initialise the components from"
+                    )
+                W = np.ascontiguousarray(start.Ws[0], dtype=dtype)
+            else:
+                W = np.ascontiguousarray(self.components_.T, dtype=dtype)
+            mean = float(X_fs.sum()) / max(1, m * n_b)
+            model = NMFModel(config, [W], [float(np.sqrt(mean / k)) or 1.0], 0.0)
+            executor.set_states(initial_states([0] * source.n_blocks))
+            part, a = model.part(executor.map_reduce(fit_step, model.broadcast([0], False)), 0)
+        A_b, B_b = batch_statistics(config, W, part, a)
+        stats = getattr(self, "_stats_", None)
+        if first or stats is None:
+            self._n_ref_ = int(n_b)
+            A, B = A_b, B_b
+        else:
+            rho = float(forget) ** (n_b / max(1, self._n_ref_))
+            A, B = rho * stats[0] + A_b, rho * stats[1] + B_b
+        W = w_from_statistics(config, W, A, B)
+        self._stats_ = (A, B)
+        self.components_ = np.ascontiguousarray(W.T)
+        self.n_components_ = k
+        self.n_steps_ = getattr(self, "n_steps_", 0) + 1
+        if hasattr(self, "result_"):
+            del self.result_
+        return self
 
     def fit(self, X: Any, y: Any = None) -> NMF:
         """Fit to X (n_samples, n_features); returns the estimator."""
@@ -265,7 +403,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             return np.zeros((n_samples, self.n_components_), dtype=dtype)
         from scalenmf.api.project import project
 
-        loss = self.result_.params["loss"]
+        loss = self._loss()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=UserWarning)
             projected = project(

@@ -55,7 +55,7 @@ def test_the_tree_is_the_one_we_check():
     assert set(LEAVES) == {
         "consensus", "convert", "demo", "fit", "info", "inmf", "interpret", "lnmf",
         "lnmf-ranks", "match", "plan", "plot", "prepare", "project", "rank", "report",
-        "dnmf train", "dnmf transform", "dnmf evaluate",
+        "update", "dnmf train", "dnmf transform", "dnmf evaluate",
     }  # fmt: skip
 
 
@@ -68,19 +68,20 @@ def test_every_help_works(name):
 
 #: Commands that fit at one rank (-k/--rank), that write an output (-o/--output), that
 #: run long enough for a progress bar, that run on Dask, that run on local threads.
-AT_ONE_RANK = {"fit", "consensus", "inmf", "plan", "demo", "dnmf train"}
+AT_ONE_RANK = {"fit", "consensus", "inmf", "plan", "demo", "update", "dnmf train"}
 WRITE_OUTPUT = {
     "fit", "rank", "consensus", "lnmf", "inmf", "project", "match", "interpret", "plot",
-    "report", "demo", "dnmf train", "dnmf transform", "dnmf evaluate",
+    "report", "demo", "update", "dnmf train", "dnmf transform", "dnmf evaluate",
 }  # fmt: skip
 PROGRESS = {
     "fit", "rank", "consensus", "lnmf", "inmf", "lnmf-ranks", "project", "convert",
-    "report", "dnmf train", "dnmf transform", "dnmf evaluate",
+    "report", "update", "dnmf train", "dnmf transform", "dnmf evaluate",
 }  # fmt: skip
 ON_DASK = {
-    "fit", "rank", "consensus", "lnmf", "inmf", "lnmf-ranks", "project", "dnmf transform"
+    "fit", "rank", "consensus", "lnmf", "inmf", "lnmf-ranks", "project", "update",
+    "dnmf transform",
 }  # fmt: skip
-THREADS = {"fit", "rank", "consensus", "lnmf", "inmf", "lnmf-ranks", "project"}
+THREADS = {"fit", "rank", "consensus", "lnmf", "inmf", "lnmf-ranks", "project", "update"}
 CLUSTER = ("--scheduler", "--scheduler-file", "--workers", "--tls-ca-file", "--tls-cert",
            "--tls-key", "--connect-timeout")  # fmt: skip
 
@@ -93,9 +94,9 @@ CLUSTER = ("--scheduler", "--scheduler-file", "--workers", "--tls-ca-file", "--t
         (PROGRESS, ("--progress", "--no-progress")),
         (ON_DASK, CLUSTER),
         (THREADS, ("--threads",)),
-        ({"fit", "rank", "consensus", "project", "convert"}, ("--transpose",)),
+        ({"fit", "rank", "consensus", "project", "convert", "update"}, ("--transpose",)),
         ({"fit", "rank", "consensus", "lnmf"}, ("--init",)),
-        ({"plan", "lnmf-ranks"}, ("--json",)),
+        ({"plan", "lnmf-ranks", "update"}, ("--json",)),
     ],
 )
 def test_the_shared_options_are_present(commands, flags):
@@ -324,6 +325,7 @@ MISSING_INPUT = [
     ["lnmf-ranks", "{m}", "{m}", "--ks", 2],
     ["project", "{m}", "{m}", "-o", "{o}"],
     ["prepare", "{m}", "-o", "{o}"],
+    ["update", "{m}", "{m}", "-o", "{o}"],
     ["dnmf", "train", "{m}", "-k", 2, "-o", "{o}"],
     ["dnmf", "transform", "{m}", "{m}", "-o", "{o}"],
 ]

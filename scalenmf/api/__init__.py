@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "consensus": "scalenmf.api.selection",
     "parse_ks": "scalenmf.api.selection",
     "rank_survey": "scalenmf.api.selection",
+    "update": "scalenmf.api.refit",
 }
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "rank_survey",
     "resolve_solver",
     "run_manifest",
+    "update",
 ]
 
 if TYPE_CHECKING:
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
     from scalenmf.api.fit import fit_fingerprint, fit_on_executor, nmf, run_manifest
     from scalenmf.api.linked import RankProposal, inmf, jnmf, lnmf, lnmf_ranks
     from scalenmf.api.project import project
+    from scalenmf.api.refit import update
     from scalenmf.api.selection import consensus, parse_ks, rank_survey
 
 

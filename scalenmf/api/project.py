@@ -274,7 +274,7 @@ def project(
         resample=resample,
         ci=ci,
         max_iter=max_iter,
-        tol=_default_tol(tol, solver, loss),
+        tol=default_tol(tol, solver, loss),
         seed=seed,
         n_runs=n_runs,
         workers=workers,
@@ -302,12 +302,12 @@ def project(
     dtype_ = work_dtype(gpu_dtype(dtype, where["device"]), source)
     basis = np.ascontiguousarray(basis, dtype=dtype_)
     with cluster.executor(source) as executor:
-        return _project_on(
+        return project_on_executor(
             executor, source, basis, p, dtype_, W_labels, factor_labels, progress, callback, t0
         )
 
 
-def _project_on(
+def project_on_executor(
     executor: Executor,
     source: MatrixSource,
     basis: np.ndarray,
@@ -319,6 +319,8 @@ def _project_on(
     callback: Callable[[IterationInfo], Any] | None,
     t0: float,
 ) -> ProjectionResult:
+    """``project`` on an open executor, from checked parameters ``p`` (``update`` solves
+    the new samples' H with it on the executor it then refits on)."""
     k = basis.shape[1]
     plan = ProjectionPlan(
         W=basis,
@@ -410,7 +412,8 @@ def _project_on(
     )
 
 
-def _default_tol(tol: float | None, solver: str | None, loss: str) -> float:
+def default_tol(tol: float | None, solver: str | None, loss: str) -> float:
+    """``tol`` of a projection: given, or 1e-6 for multiplicative updates, else 1e-10."""
     if tol is not None:
         return tol
     iterative = str(solver).lower() == "mu" or str(loss).lower() in ("kl", "kullback-leibler")

@@ -391,6 +391,9 @@ def _register_optional() -> None:
     from scalenmf.cli.prepare import prepare
 
     main.add_command(prepare)
+    from scalenmf.cli.update import update_command
+
+    main.add_command(update_command)
     from scalenmf.cli.linked import register as register_linked
 
     register_linked(main)

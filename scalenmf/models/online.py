@@ -34,7 +34,7 @@ import numpy as np
 from scalenmf.engine.loop import IterationInfo, LoopTrace
 from scalenmf.kernels.mu import EPS
 from scalenmf.models.fits import FitsModel, objective, penalty, squared_error, update_w
-from scalenmf.models.step import fit_step, initial_states
+from scalenmf.models.step import NMFConfig, fit_step, initial_states
 
 #: Columns per mini-batch by default (whole blocks are batched until they reach it).
 BATCH_COLS = 4096
@@ -58,6 +58,45 @@ def block_batches(widths: list[int], batch_cols: int, rng: np.random.Generator) 
     if current:
         out.append(sorted(current))
     return out
+
+
+def batch_statistics(
+    config: NMFConfig, W: np.ndarray, part: dict[str, Any], a: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One batch's share ``(A_b, B_b)`` of the sufficient statistics of the W step.
+
+    Parameters
+    ----------
+    config : NMFConfig
+    W : ndarray, shape (m, k)
+        The basis the batch's H was solved with.
+    part, a : dict, int
+        The batch's summed block-step statistics and the fit's slot in them.
+
+    Returns
+    -------
+    A_b, B_b : ndarray
+        Frobenius: ``H Hᵀ`` (k, k) and ``X Hᵀ`` (m, k); KL: ``W ⊙ (X ⊘ WH) Hᵀ`` (m, k)
+        and ``H 1`` (k,), all float64.
+    """
+    if config.loss == "kl":
+        return W.astype(np.float64) * part["numer"][a], np.asarray(part["hsum"][a], np.float64)
+    return np.asarray(part["HHt"][a]), np.asarray(part["XHt"][a])
+
+
+def w_from_statistics(config: NMFConfig, W: np.ndarray, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """The W step from accumulated statistics ``A``, ``B`` (as ``batch_statistics``).
+
+    Frobenius: ``argmin_{W ≥ 0} ½ tr(W A Wᵀ) − tr(Wᵀ B)`` plus the W penalties (exact
+    NNLS, warm-started at ``W``); KL: ``W = A ⊘ (B + l1_w + l2_w·W)``, the multiplicative
+    step of the accumulated numerator and denominator. Returns W's shape (m, k) and dtype.
+    """
+    if config.loss == "kl":
+        denom = B[None, :] + (config.l1_w + EPS)
+        if config.l2_w:
+            denom = denom + config.l2_w * W
+        return (A / np.maximum(denom, EPS)).astype(W.dtype)
+    return update_w(config, W, {"XHt": B, "HHt": A})
 
 
 def run_online(
@@ -128,26 +167,17 @@ def run_online(
             total_sq += sq
             total_xx += xx_b
             seen[batch] = True
-            if kl:
-                rho = forget_factor ** (sum(widths[j] for j in batch) / n)
-                A = rho * A + W.astype(np.float64) * part["numer"][a]
-                B = rho * B + part["hsum"][a]
-                denom = B[None, :] + (config.l1_w + EPS)
-                if config.l2_w:
-                    denom = denom + config.l2_w * W
-                W = (A / np.maximum(denom, EPS)).astype(W.dtype)
-            else:
-                if exact:
-                    A += part["HHt_change"][a]
-                    B += part["XHt"][a]
-                    share = float(sum(w for w, s in zip(widths, seen, strict=True) if s)) / n
-                else:
-                    rho = forget_factor ** (sum(widths[j] for j in batch) / n)
-                    A = rho * A + part["HHt"][a]
-                    B = rho * B + part["XHt"][a]
-                    share = 1.0
+            if exact:
+                A += part["HHt_change"][a]
+                B += part["XHt"][a]
+                share = float(sum(w for w, s in zip(widths, seen, strict=True) if s)) / n
                 cfg = replace(config, l1_w=config.l1_w * share, l2_w=config.l2_w * share)
-                W = update_w(cfg, W, {"XHt": B, "HHt": A})
+                W = w_from_statistics(cfg, W, A, B)
+            else:
+                rho = forget_factor ** (sum(widths[j] for j in batch) / n)
+                A_b, B_b = batch_statistics(config, W, part, a)
+                A, B = rho * A + A_b, rho * B + B_b
+                W = w_from_statistics(config, W, A, B)
             model.Ws[0] = W
             if progress is not None:
                 progress.update(0)

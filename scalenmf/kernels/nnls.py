@@ -106,11 +106,11 @@ def _sweep(Gs: np.ndarray, Bs: np.ndarray, X: np.ndarray, weight: np.ndarray | N
     R, k, n = X.shape
     if R == 1 and Gs.ndim == 3 and weight is None:
         # One fit, fixed sweeps (HALS): 2-D rows and one buffer, three C calls per row.
-        G1, B1, X1, buf = Gs[0], Bs[0], X[0], np.empty(n, dtype=X.dtype)
+        G1, B1, X1, row_buf = Gs[0], Bs[0], X[0], np.empty(n, dtype=X.dtype)
         for i in range(k):
-            np.dot(G1[i], X1, out=buf)
-            np.subtract(B1[i], buf, out=buf)
-            np.maximum(buf, 0, out=X1[i])
+            np.dot(G1[i], X1, out=row_buf)
+            np.subtract(B1[i], row_buf, out=row_buf)
+            np.maximum(row_buf, 0, out=X1[i])
         return None
     moved = None if weight is None else np.zeros((R, n), dtype=X.dtype)
     buf = np.empty(n, dtype=X.dtype) if R == 1 and Gs.ndim == 3 else None

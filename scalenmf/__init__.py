@@ -60,6 +60,7 @@ _SUBMODULES = ("pp", "tl")
 _OPTIONAL: dict[str, str] = {
     "DNMF": "scalenmf.models.deep",  # the torch extra
     "NMF": "scalenmf.estimators",
+    "MiniBatchNMF": "scalenmf.estimators",
     "report": "scalenmf.reporting",  # the plot extra (matplotlib)
 }
 

@@ -432,3 +432,75 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 f"expected coefficients of shape (n_samples, {self.n_components_}); got {H.shape}"
             )
         return H @ self.components_
+
+
+class MiniBatchNMF(NMF):
+    """:class:`NMF` fitted by mini-batches: ``solver="online"`` and scikit-learn's
+    ``MiniBatchNMF`` defaults (``batch_size=1024``, ``forget_factor=0.7``).
+
+    ``fit`` makes passes (epochs) over X in mini-batches, updating the basis from
+    accumulated statistics (``scalenmf.nmf(..., solver="online")``, out of core and on
+    Dask like every fit); ``partial_fit`` takes one batch at a time, for data that arrive
+    in pieces or never fit in memory. Every other parameter is :class:`NMF`'s.
+
+    Examples
+    --------
+    >>> import numpy as np, scalenmf
+    >>> X = np.random.default_rng(0).poisson(4.0, size=(300, 12)).astype(float)
+    >>> model = scalenmf.MiniBatchNMF(n_components=3, batch_size=100, random_state=0)
+    >>> model.fit_transform(X).shape
+    (300, 3)
+    >>> for batch in np.array_split(X, 3):
+    ...     model = model.partial_fit(batch)
+    >>> model.components_.shape
+    (3, 12)
+    """
+
+    def __init__(
+        self,
+        n_components: int | None = 2,
+        *,
+        solver: str | None = "online",
+        loss: str = "frobenius",
+        init: str = "nndsvda",
+        l1_w: float = 0.0,
+        l1_h: float = 0.0,
+        l2_w: float = 0.0,
+        l2_h: float = 0.0,
+        max_iter: int = 200,
+        tol: float = 1e-4,
+        random_state: Any = 0,
+        n_runs: int = 1,
+        scheduler: Any = None,
+        workers: int | None = None,
+        memory_limit: Any = None,
+        nnls: str = "bpp",
+        dtype: Any = None,
+        backend: str | None = None,
+        device: str | None = None,
+        batch_size: int | None = 1024,
+        forget_factor: float | None = 0.7,
+    ):
+        super().__init__(
+            n_components,
+            solver=solver,
+            loss=loss,
+            init=init,
+            l1_w=l1_w,
+            l1_h=l1_h,
+            l2_w=l2_w,
+            l2_h=l2_h,
+            max_iter=max_iter,
+            tol=tol,
+            random_state=random_state,
+            n_runs=n_runs,
+            scheduler=scheduler,
+            workers=workers,
+            memory_limit=memory_limit,
+            nnls=nnls,
+            dtype=dtype,
+            backend=backend,
+            device=device,
+            batch_size=batch_size,
+            forget_factor=forget_factor,
+        )

@@ -26,7 +26,7 @@ from sklearn.preprocessing import MaxAbsScaler  # noqa: E402
 from sklearn.utils import get_tags  # noqa: E402
 from sklearn.utils.estimator_checks import estimator_checks_generator  # noqa: E402
 
-from scalenmf.estimators import NMF  # noqa: E402
+from scalenmf.estimators import NMF, MiniBatchNMF  # noqa: E402
 
 #: Checks of sklearn.utils.estimator_checks that cannot apply to scalenmf.NMF, with the
 #: reason. Empty: every check of scikit-learn 1.9 passes. (A new sklearn release may add
@@ -47,8 +47,9 @@ def _check_name(check) -> str:
 
 CHECKS = [
     (est, check)
+    for model in (NMF(), MiniBatchNMF(batch_size=8))
     for est, check in estimator_checks_generator(
-        NMF(), legacy=True, expected_failed_checks=EXPECTED_FAILED_CHECKS, mark="xfail"
+        model, legacy=True, expected_failed_checks=EXPECTED_FAILED_CHECKS, mark="xfail"
     )
     if _check_name(check) not in SKIPPED_BY_SKLEARN
 ]
@@ -60,7 +61,9 @@ def counts(n: int = 40, m: int = 12, seed: int = 0) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("estimator", "check"), CHECKS, ids=[_check_name(check) for _, check in CHECKS]
+    ("estimator", "check"),
+    CHECKS,
+    ids=[f"{type(est).__name__}-{_check_name(check)}" for est, check in CHECKS],
 )
 def test_check_estimator(estimator, check):
     with warnings.catch_warnings():
@@ -230,3 +233,21 @@ def test_estimator_works_without_sklearn(tmp_path: Path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("ok")
+
+
+def test_minibatch_nmf_is_the_online_solver_with_sklearn_defaults():
+    model = scalenmf.MiniBatchNMF(n_components=3)
+    assert isinstance(model, NMF)
+    params = model.get_params()
+    assert (params["solver"], params["batch_size"], params["forget_factor"]) == (
+        "online",
+        1024,
+        0.7,
+    )
+    X = counts(n=400)
+    online = scalenmf.MiniBatchNMF(n_components=3, batch_size=100, max_iter=50, random_state=0)
+    H = online.fit_transform(X)
+    full = NMF(n_components=3, max_iter=500, tol=1e-6, random_state=0).fit(X)
+    assert H.shape == (400, 3) and (H >= 0).all() and (online.components_ >= 0).all()
+    assert online.reconstruction_err_ <= 1.05 * full.reconstruction_err_
+    assert clone(online).get_params() == online.get_params()

@@ -164,15 +164,19 @@ def kl_block(W: np.ndarray, X: Block, H: np.ndarray) -> tuple[np.ndarray, np.nda
         x = np.asarray(X, dtype=np.float64).ravel()
         whf = np.asarray(wh, dtype=np.float64).ravel()
         total_wh = float(whf.sum())
-    div = _x_log_ratio(x, whf) - float(x.sum()) + total_wh
+    values = ratio.data if sp.issparse(ratio) else ratio.ravel()
+    if values.dtype == np.float64:  # the ratio at hand is x / max(wh, EPS) already
+        log_term = _x_log(x, values)
+    else:  # float32 factors: the books stay in float64
+        log_term = _x_log(x, x / np.maximum(whf, EPS))
+    div = log_term - float(x.sum()) + total_wh
     return numer, h_sum, div, float(x @ whf)
 
 
-def _x_log_ratio(x: np.ndarray, wh: np.ndarray) -> float:
-    """``Σ x·log(x / wh)`` with ``0·log 0 = 0``."""
-    nz = x > 0
-    xs = x[nz]
-    return float(xs @ np.log(xs / np.maximum(wh[nz], EPS)))
+def _x_log(x: np.ndarray, ratio: np.ndarray) -> float:
+    """``Σ x·log(ratio)`` with ``0·log 0 = 0`` (ratio = x / wh, 0 where x is): the zeros
+    are lifted to the smallest normal number, whose finite log times x = 0 adds 0."""
+    return float(x @ np.log(np.maximum(ratio, np.finfo(np.float64).tiny)))
 
 
 def kl_divergence(X: Block, W: np.ndarray, H: np.ndarray) -> float:

@@ -164,7 +164,7 @@ def kl_block(W: np.ndarray, X: Block, H: np.ndarray) -> tuple[np.ndarray, np.nda
         x = np.asarray(X, dtype=np.float64).ravel()
         whf = np.asarray(wh, dtype=np.float64).ravel()
         total_wh = float(whf.sum())
-    values = ratio.data if sp.issparse(ratio) else ratio.ravel()
+    values = np.asarray(ratio.data if sp.issparse(ratio) else ratio).ravel()
     if values.dtype == np.float64:  # the ratio at hand is x / max(wh, EPS) already
         log_term = _x_log(x, values)
     else:  # float32 factors: the books stay in float64

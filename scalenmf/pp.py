@@ -34,6 +34,7 @@ import scipy.sparse as sp
 from scalenmf._typing import Block
 from scalenmf.io.anndata import is_anndata
 from scalenmf.io.combine import RowOrderedSource
+from scalenmf.io.errors import user_stacklevel
 from scalenmf.io.matrix import as_source
 from scalenmf.io.source import MatrixSource
 
@@ -340,7 +341,7 @@ def _seurat_v3(source: MatrixSource, n_top: int, span: float) -> tuple[dict[str,
         warnings.warn(
             'flavor="seurat_v3" expects raw counts, but non-integers were found',
             UserWarning,
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     # The same expression, in the same order, as scanpy's.
     norm_var = (1 / ((n - 1) * np.square(reg_std))) * ((n * np.square(mean)) + s2 - 2 * s1 * mean)

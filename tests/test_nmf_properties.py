@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import numpy as np
@@ -378,3 +379,14 @@ def test_integer_counts_are_accepted_as_float64():
     ref = scalenmf.nmf(GOOD, 2, max_iter=5, tol=0)
     assert res.W.dtype == np.float64
     assert np.array_equal(res.W, ref.W) and np.array_equal(res.H, ref.H)
+
+
+def test_convergence_warning_points_at_the_callers_line():
+    """The warning names the user's file and line, not a line inside scalenmf."""
+    X = make_counts(30, 20, 3, seed=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scalenmf.nmf(X, 3, max_iter=2, tol=1e-12, progress=False)
+        line = sys._getframe().f_lineno - 1
+    [w] = [w for w in caught if issubclass(w.category, scalenmf.ConvergenceWarning)]
+    assert (w.filename, w.lineno) == (__file__, line)

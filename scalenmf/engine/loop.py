@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from scalenmf.engine.checkpoint import Checkpointer, LoopSnapshot
 from scalenmf.engine.executor import Executor
 from scalenmf.engine.progress import finish as finish_progress
+from scalenmf.io.errors import user_stacklevel
 
 _CONVERGENCE_WARNING: type[UserWarning] | None = None
 
@@ -209,7 +210,7 @@ def run_alternating(
             f"stopped at max_iter={max_iter} before the objective's relative change fell "
             f"below tol={tol:g} ({R - sum(converged)} of {R} runs); raise max_iter or tol",
             convergence_warning(),
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     return trace
 

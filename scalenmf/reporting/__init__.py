@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from scalenmf._version import __version__
+from scalenmf.io.errors import user_stacklevel
 from scalenmf.io.selection_store import SUMMARY_COLUMNS
 from scalenmf.plot import (
     basis_heatmap,
@@ -186,7 +187,7 @@ def _check_companions(view: Any, survey: Any, cons: Any) -> None:
             warnings.warn(
                 f"the rank survey in {survey.path!r} covers k={sorted(ks)}, not the "
                 f"result's k={view.k}",
-                stacklevel=3,
+                stacklevel=user_stacklevel(),
             )
 
 

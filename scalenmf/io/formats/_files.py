@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from scalenmf.io.errors import InputError
+from scalenmf.io.errors import InputError, user_stacklevel
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -123,7 +123,7 @@ def warn_duplicates(labels: Any, what: str, where: str) -> None:
         f"and {b + 1}); kept as given, in file order, so those {what}s cannot be told apart "
         "by label",
         UserWarning,
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )
 
 

@@ -676,7 +676,7 @@ class DaskExecutor:
 
 
 def _mb(nbytes: Any) -> str:
-    return f"{int(nbytes) / 2**20:.0f} MB"
+    return f"{int(nbytes) / 10**6:.0f} MB"
 
 
 def _one_line(exc: BaseException) -> str:

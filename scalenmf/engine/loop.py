@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -24,24 +25,29 @@ from scalenmf.io.errors import user_stacklevel
 _CONVERGENCE_WARNING: type[UserWarning] | None = None
 
 
-def convergence_warning() -> type[UserWarning]:
+def convergence_warning(named: bool = True) -> type[UserWarning]:
     """The class of the warning a fit gives when it stops at ``max_iter`` before ``tol``.
 
     Built once, on first use: a subclass of scikit-learn's ``ConvergenceWarning`` when
     scikit-learn is installed (so ``pytest.warns(sklearn.exceptions.ConvergenceWarning)``
     and sklearn's own filters catch it), else of ``UserWarning``. It is built lazily
     because importing scikit-learn takes about a second; a process pays that only when it
-    names ``ConvergenceWarning`` or a fit warns. Import it as
-    ``scalenmf.ConvergenceWarning`` or ``scalenmf.engine.loop.ConvergenceWarning``.
+    names ``ConvergenceWarning`` (``named``). A fit that warns first (``named=False``)
+    imports scikit-learn only if it is imported already: that takes about 80 MB, which a fit
+    under ``memory_limit`` cannot spend on a warning, and a process that filters on
+    sklearn's class has imported sklearn. Import it as ``scalenmf.ConvergenceWarning`` or
+    ``scalenmf.engine.loop.ConvergenceWarning``.
     """
     global _CONVERGENCE_WARNING
     if _CONVERGENCE_WARNING is None:
-        try:
-            from sklearn.exceptions import ConvergenceWarning as sklearn_warning
+        base: type[UserWarning] = UserWarning
+        if named or "sklearn" in sys.modules:
+            try:
+                from sklearn.exceptions import ConvergenceWarning as sklearn_warning
 
-            base: type[UserWarning] = sklearn_warning
-        except ImportError:
-            base = UserWarning
+                base = sklearn_warning
+            except ImportError:
+                pass
 
         class ConvergenceWarning(base):  # type: ignore[valid-type,misc]
             """A fit stopped at ``max_iter`` before meeting ``tol``."""
@@ -209,7 +215,7 @@ def run_alternating(
         warnings.warn(
             f"stopped at max_iter={max_iter} before the objective's relative change fell "
             f"below tol={tol:g} ({R - sum(converged)} of {R} runs); raise max_iter or tol",
-            convergence_warning(),
+            convergence_warning(named=False),
             stacklevel=user_stacklevel(),
         )
     return trace

@@ -125,8 +125,44 @@ def atomic_output(path: str | os.PathLike[str], overwrite: bool = False) -> Iter
                 raise one_line from exc
             raise
         except BaseException:
+            # Ctrl-C lands in the thread waiting on zarr's I/O loop, whose write tasks go
+            # on: stop them before removing what they write into.
+            settle_zarr()
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+#: Seconds to wait for zarr's cancelled write tasks to end after an interruption.
+SETTLE_S = 10.0
+
+
+def settle_zarr(timeout: float = SETTLE_S) -> None:
+    """Cancel the tasks left on zarr's I/O loop and wait for them to end.
+
+    A ``KeyboardInterrupt`` stops the thread waiting on a zarr write, not the write: its
+    tasks would still create chunk files, and at exit zarr's loop would be closed under
+    them ("Task was destroyed but it is pending!").
+    """
+    import asyncio
+
+    try:
+        from zarr.core import sync as zarr_sync
+    except ImportError:  # pragma: no cover - zarr is a dependency
+        return
+    loop = zarr_sync.loop[0]
+    if loop is None or loop.is_closed() or not loop.is_running():
+        return
+
+    async def cancel_others() -> None:
+        me = asyncio.current_task()
+        others = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+        for task in others:
+            task.cancel()
+        if others:
+            await asyncio.wait(others, timeout=timeout)
+
+    with contextlib.suppress(Exception):
+        asyncio.run_coroutine_threadsafe(cancel_others(), loop).result(timeout + 1)
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -34,9 +34,9 @@ from scalenmf.io.source import MatrixSource
 
 MB = 2**20
 #: Memory the process takes beyond its RSS when the fit starts: the codec's and BLAS's
-#: threads and buffers, malloc arenas, the modules the first step imports (measured 30–35
+#: threads and buffers, malloc arenas, the modules the first step imports (measured 7–30
 #: MB for a dense Zarr store on Linux).
-RUNTIME_RESERVE = 32 * MB
+RUNTIME_RESERVE = 16 * MB
 #: Resident size of a Dask worker process that has run a block step (interpreter,
 #: distributed, numpy, scipy, zarr and the engine: 100 MB measured on Linux).
 WORKER_BASELINE = 110 * MB

@@ -55,6 +55,9 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "pgd": ("frobenius",),
     "hals": ("frobenius",),
 }
+#: Above this many entries of ``(L, k, b)`` the projected-gradient layers compute ``B_l V``
+#: layer by layer instead of in one batched product (bounds the memory of large batches).
+PGD_BATCHED_ENTRIES = 1 << 23
 #: Starts (``None``: "ones" for MU, "lsq" for the others).
 STARTS = ("ones", "lsq")
 
@@ -365,10 +368,17 @@ class UnrolledNMF(nn.Module):
         if self.layer_type == "pgd":
             # the V-independent parts of every layer at once: fewer, larger operations
             M, SB, c = self._pgd_maps()
-            for l in range(self.n_layers):
-                Y = H if H_prev is None else torch.lerp(H, H_prev, -self.momentum[l])
-                C = torch.addmm(c[l], SB[l], V)
-                H, H_prev = torch.relu(torch.addmm(C, M[l], Y)), H
+            Ms, betas = M.unbind(0), (-self.momentum).unbind(0)
+            L, k, b = self.n_layers, self.n_components, V.shape[1]
+            if L * k * b <= PGD_BATCHED_ENTRIES:
+                # every layer's B_l V in one batched product (per-call overhead, not
+                # arithmetic, is what a small layer costs)
+                Cs = torch.baddbmm(c, SB, V.expand(L, *V.shape)).unbind(0)
+            else:
+                Cs = tuple(torch.addmm(c[l], SB[l], V) for l in range(L))
+            for l in range(L):
+                Y = H if H_prev is None else torch.lerp(H, H_prev, betas[l])
+                H, H_prev = torch.relu(torch.addmm(Cs[l], Ms[l], Y)), H
             return H
         for l in range(self.n_layers):
             H, H_prev = self.layer(l, V, H, H_prev), H

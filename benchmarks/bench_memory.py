@@ -135,8 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         info = datasets.write_zarr_store(
             args.store, nbytes=STORE_BYTES, m=2000, array_path="X", seed=7
         )
-        print(f"store {info['shape']} float32, {info['nbytes'] / 1e9:.2f} GB decoded, "
-              f"{info['disk_bytes'] / 1e6:.0f} MB on disk", flush=True)
+        print(
+            f"store {info['shape']} float32, {info['nbytes'] / 1e9:.2f} GB decoded, "
+            f"{info['disk_bytes'] / 1e6:.0f} MB on disk",
+            flush=True,
+        )
         rows = []
         for mode in args.modes.split(","):
             for limit in args.limits.split(","):

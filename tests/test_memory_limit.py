@@ -9,6 +9,7 @@ RSS of a ``scalenmf fit`` process stays within 1.25 × ``--memory-limit``).
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def test_the_plan_narrows_blocks_and_concurrency_as_the_limit_falls(store):
         assert plan.need == sum(plan.breakdown.values())
         # The blocks cover X in order, and narrow ones never straddle a storage chunk.
         assert plan.block_bounds[0][0] == 0 and plan.block_bounds[-1][1] == 20000
-        assert all(a == b0 for (_, a), (b0, _) in zip(plan.block_bounds, plan.block_bounds[1:]))
+        assert all(a == b0 for (_, a), (b0, _) in itertools.pairwise(plan.block_bounds))
         if cols < 2500:
             assert all(a // 2500 == (b - 1) // 2500 for a, b in plan.block_bounds)
         seen.append((limit, cols, plan.in_flight, plan.keep_x))
@@ -180,7 +181,9 @@ def test_a_worker_restarted_for_memory_is_reported_as_that():
     executor = DaskExecutor(source, workers=1, memory_limit=400 * MB)
     try:
         started = time.monotonic()
-        with pytest.raises(ClusterError, match="restarted for exceeding 95% of its 400 MB memory limit"):
+        with pytest.raises(
+            ClusterError, match="restarted for exceeding 95% of its 400 MB memory limit"
+        ):
             executor.map_reduce(_hog, 600 * MB, read_x=False)
         # At the first restart, not after five replays that would fill the new worker.
         assert time.monotonic() - started < 60

@@ -124,8 +124,12 @@ def nmf(
     workers : int, optional
         Start a local Dask cluster with this many worker processes.
     memory_limit : int or str, optional
-        Memory budget (``"2GB"``). Locally, X blocks are cached only if they fit; on a
-        LocalCluster it is the per-worker limit.
+        Memory budget (``"2GB"``): the peak of this process, its baseline included
+        (on a LocalCluster: of each worker). The blocking (unless ``block_cols`` is given),
+        the blocks run at once and whether X stays in memory are chosen to keep within
+        it; a limit below what the narrowest blocking needs raises ``MemoryLimitError``
+        (a ``ValueError``) naming the smallest that works. A cluster started elsewhere
+        keeps its workers' own limits.
     progress : bool, optional
         Progress bar on stderr (default: when stderr is a terminal).
     block_cols : int, list of int or list of (int, int), optional

@@ -255,6 +255,8 @@ class DaskExecutor:
         connect_timeout: str | float = "30s",
     ):
         self.source = source
+        # The workers' limit when this executor starts them (None: the cluster's own).
+        self._memory_limit = memory_limit if scheduler is None and workers else None
         self.client, self._cluster, self._owns_client = connect(
             scheduler,
             workers,
@@ -544,13 +546,13 @@ class DaskExecutor:
         if not kills:
             return None
         last = kills[-1] if isinstance(kills[-1], dict) else {}
-        limit = self._worker_limit(last.get("worker"))
+        limit = self._memory_limit or self._worker_limit(last.get("worker"))
         used = last.get("rss")
-        size = f" at {_mb(used)}" if used else ""
-        of = f" of its {_mb(limit)} memory limit" if limit else " memory limit"
+        size = f"; it reached {_mb(used)}" if used else ""
+        of = f"its {_mb(limit)} memory limit" if limit else "its memory limit"
         return ClusterError(
             f"a Dask worker ({last.get('worker', '?')}) was restarted for exceeding 95% "
-            f"of its{of}{size} ({len(kills)} restart(s)): the blocks do not fit in the "
+            f"of {of}{size} ({len(kills)} restart(s)): the blocks do not fit in the "
             "workers' memory; give each worker more (memory_limit) or use narrower blocks "
             "(block_cols)"
         )

@@ -5,7 +5,10 @@ The conversion has two steps:
 1. **Stage** the input into something readable by column blocks. Stores, ``.npy`` (memory
    mapped), ``.h5ad`` with CSR/dense X, and in-memory arrays already are. Text files and
    gene-major (CSC) AnnData X are not; their format's ``Stager`` re-orders them into a
-   temporary directory beside the output (see ``scalenmf.io.formats._stage``).
+   temporary directory beside the output (see ``scalenmf.io.formats._stage``). A Matrix
+   Market file sorted by column is not staged: it is parsed while step 2 writes it (one
+   pass); if it turns out not to be sorted, the partial output is dropped and the file is
+   staged after all (``RestageNeeded``).
    ``transpose=True`` is applied here too (a samples × features input becomes X).
 2. **Write** the final store block by block with ``write_source``, checking every value
    (finite, ≥ 0) and casting dtype / kind (dense ↔ sparse) on the way.

@@ -345,7 +345,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         p.update(l1_w=self.l1_w, l1_h=self.l1_h, l2_w=self.l2_w, l2_h=self.l2_h)
         config = model_config(p, k=k, mu_steps=PARTIAL_FIT_MU_STEPS if loss == "kl" else 1)
         config = replace(config, backend=where["backend"], device=where["device"])
-        dtype = X.dtype if first else self.components_.dtype
+        # The working dtype: ``dtype`` or the first batch's, then that of the components.
+        dtype = np.dtype(self.dtype or X.dtype) if first else self.components_.dtype
         cluster = cluster_options(self.scheduler, self.workers, self.memory_limit)
         with cluster.executor(source) as executor:
             if first:

@@ -79,6 +79,7 @@ def test_float32_batches_stay_float32():
     est = epochs(NMF(3), X, 1, 4)
     assert est.components_.dtype == np.float32
     assert est.transform(X).dtype == np.float32
+    assert NMF(3, dtype="float32").partial_fit(X.astype(float)).components_.dtype == np.float32
 
 
 def test_feature_mismatch_and_first_batch_errors():

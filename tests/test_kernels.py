@@ -665,3 +665,18 @@ def test_subsets_route_batches_fits_and_penalties():
     for r, A in enumerate(bases):
         ref = nnls_reference(A, Y, l1=0.05, l2=0.1)
         np.testing.assert_allclose(X[r], ref, rtol=1e-8, atol=1e-9)
+
+
+def test_subsets_route_keeps_padding_coordinates_at_zero():
+    """Rank surveys pad smaller ranks with zero basis columns: those coordinates stay 0 and
+    the others are the NNLS answer of the live basis alone."""
+    rng = np.random.default_rng(12)
+    A = rng.random((30, 5))
+    A[:, [1, 4]] = 0.0  # two padding columns
+    Y = rng.random((30, 40))
+    X, info = nnls_bpp(np.stack([A.T @ A, A.T @ A]), np.stack([A.T @ Y, A.T @ Y]))
+    assert info.converged
+    assert (X[:, [1, 4]] == 0).all()
+    live = nnls_reference(A[:, [0, 2, 3]], Y)
+    for r in range(2):
+        np.testing.assert_allclose(X[r][[0, 2, 3]], live, rtol=1e-9, atol=1e-10)

@@ -37,7 +37,7 @@ STACK_BYTES = 1 << 24
 #: Up to this rank, a shared-Gram solve tries every passive set at once (2^k small
 #: systems, a dozen numpy calls) before pivoting: for small k the pivoting's per-group
 #: work costs more than solving all the subsets.
-ENUMERATE_MAX_K = 6
+ENUMERATE_MAX_K = 7
 
 
 @dataclass(frozen=True)
@@ -489,7 +489,8 @@ def _subset_solutions(
 
     Parameters
     ----------
-    G : ndarray, shape (R, k, k), positive diagonal
+    G : ndarray, shape (R, k, k)
+        A zero diagonal entry (rank padding) is a coordinate held at 0.
     B, X0 : ndarray, shape (R, k, n)
 
     Returns
@@ -502,43 +503,55 @@ def _subset_solutions(
     R, k, n = B.shape
     sets, pairs = _subsets(k)
     S = sets.shape[0]
-    M = G[:, None] * pairs  # (R, S, k, k): G on P × P, the identity elsewhere
-    M[..., np.arange(k), np.arange(k)] += ~sets
+    alive = np.diagonal(G, axis1=1, axis2=2) > 0  # (R, k): padding coordinates are dead
+    if alive.all():
+        live, live_pairs = sets[None], pairs[None]
+    else:  # a dead coordinate is never passive: sets with it act as the sets without it
+        live = sets[None] & alive[:, None, :]  # (R, S, k)
+        live_pairs = live[:, :, :, None] & live[:, :, None, :]
+    M = G[:, None] * live_pairs  # (R, S, k, k): G on P × P, the identity elsewhere
+    M[..., np.arange(k), np.arange(k)] += ~live
     try:
         inv = np.linalg.inv(M)
     except np.linalg.LinAlgError:
         return None
-    inv *= sets[:, :, None]  # rows outside P give x = 0
+    inv *= live[..., None]  # rows outside P give x = 0
     if not np.isfinite(inv).all():
         return None
     X = np.empty((R, k, n))
     ok = np.zeros((R, n), dtype=bool)
-    bits = 1 << np.arange(k)
-    for r in range(R):
-        Br, todo = B[r], np.arange(n)
-        if X0 is not None:
-            warm = bits @ (X0[r] > 0)  # the index of each column's passive set
-            x = np.einsum("nkl,ln->kn", inv[r][warm], Br)
-            X[r], ok[r] = x, _passes(G[r], Br, x)
-            todo = np.flatnonzero(~ok[r])
-        chunk = max(1, STACK_BYTES // (8 * k << k))
-        inv_r = inv[r].reshape(S * k, k)  # one GEMM gives every candidate
-        for a in range(0, todo.size, chunk):
-            cols = todo[a : a + chunk]
-            b = Br[:, cols]
-            cand = (inv_r @ b).reshape(S, k, cols.size)
-            f = np.einsum("kc,skc->sc", b, cand)  # −2 × objective
-            np.putmask(f, (cand < 0).any(axis=1), -np.inf)
-            x = cand[np.argmax(f, axis=0), :, np.arange(cols.size)].T  # (k, c)
-            X[r][:, cols], ok[r, cols] = x, _passes(G[r], b, x)
+    if X0 is not None:
+        # Every fit's columns at once with the passive set of their warm start.
+        warm = np.einsum("k,rkn->rn", 1 << np.arange(k), X0 > 0)  # each column's set index
+        fits = np.arange(inv.shape[0])[:, None] if inv.shape[0] > 1 else 0
+        step = max(1, STACK_BYTES // (8 * k * k * R))
+        for a in range(0, n, step):
+            x = np.einsum("rnkl,rln->rkn", inv[fits, warm[:, a : a + step]], B[:, :, a : a + step])
+            X[:, :, a : a + step] = x
+            ok[:, a : a + step] = _passes(G, B[:, :, a : a + step], x)
+    # The other columns of every fit at once against all sets: the feasible candidate of
+    # least objective.
+    rows, cols = np.nonzero(~ok)
+    S = sets.shape[0]
+    step = max(1, STACK_BYTES // (8 * S * k * (k + 1)))
+    for a in range(0, rows.size, step):
+        r, c = rows[a : a + step], cols[a : a + step]
+        b = B[r, :, c]  # (c, k)
+        cand = np.einsum("cskl,cl->csk", inv[r], b)
+        f = np.einsum("ck,csk->cs", b, cand)  # −2 × objective
+        np.putmask(f, (cand < 0).any(axis=2), -np.inf)
+        x = cand[np.arange(r.size), np.argmax(f, axis=1)]  # (c, k)
+        X[r, :, c] = x
+        ok[r, c] = _passes(G[r], b[:, :, None], x[:, :, None])[:, 0]
     return X, ok
 
 
 def _passes(G: np.ndarray, B: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """Columns of X (k, n) that meet the pivoting's optimality test for ``G``, ``B``."""
-    y = G @ X - B
-    y += BPP_TOL * np.abs(B).max(axis=0)
-    return ((X >= 0) & ((y >= 0) | (X > 0))).all(axis=0)
+    """Columns of X (R, k, n) that meet the pivoting's optimality test for ``G`` (R, k, k)
+    and ``B`` (R, k, n): (R, n)."""
+    y = np.matmul(G, X) - B
+    y += BPP_TOL * np.abs(B).max(axis=1, keepdims=True)
+    return ((X >= 0) & ((y >= 0) | (X > 0))).all(axis=1)
 
 
 def exchange_in_blocks(count: Any, live: Any, best: Any, alpha: Any) -> Any:
@@ -590,7 +603,7 @@ def nnls_bpp(
     Gp, Bp = fold_penalties(G, B, l1, l2, np.dtype(np.float64))
     Gb, Bb, single = as_batch(Gp, Bp)
     k = Bb.shape[1]
-    if Gb.ndim == 3 and k <= ENUMERATE_MAX_K and (np.diagonal(Gb, axis1=1, axis2=2) > 0).all():
+    if Gb.ndim == 3 and k <= ENUMERATE_MAX_K:
         warm = None if X0 is None else np.asarray(X0).reshape(Bb.shape)
         found = _subset_solutions(Gb, Bb, warm)
         if found is not None:

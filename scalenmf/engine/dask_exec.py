@@ -538,11 +538,19 @@ class DaskExecutor:
 
         Replaying would only fill the new worker the same way, so the fit stops at once.
         """
+        import asyncio
+
+        client = self.client
+
+        async def fetch() -> Any:
+            # Bounded: this runs on the way to an error, maybe with the scheduler gone.
+            return await asyncio.wait_for(client.scheduler.events(topic=MEMORY_KILL_TOPIC), 5)
+
         try:
-            events = self.client.get_events(MEMORY_KILL_TOPIC)
+            found = client.sync(fetch)
         except Exception:  # an older scheduler, or one already gone: nothing to add
             return None
-        kills = [msg for stamp, msg in events if stamp >= self._started - 1]
+        kills = [msg for stamp, msg in (found or ()) if stamp >= self._started - 1]
         if not kills:
             return None
         last = kills[-1] if isinstance(kills[-1], dict) else {}

@@ -56,3 +56,26 @@ def test_a_local_executor_keeps_temporaries_off_fresh_pages():
 
 def test_the_user_s_own_glibc_settings_win():
     assert probe(MALLOC_TRIM_THRESHOLD_="1000000")["applied"] is False
+
+
+def test_a_fit_under_a_memory_limit_keeps_its_own_heap_setting():
+    """Under ``memory_limit`` freed buffers go back to the OS at once (the limit is on RSS):
+    the executor must not turn that off."""
+    script = r"""
+import json, numpy as np, scalenmf
+from scalenmf.engine import allocator, memory
+X = np.random.default_rng(0).poisson(3.0, (40, 60)).astype(float)
+scalenmf.nmf(X, 3, max_iter=2, tol=0, memory_limit="200MB", progress=False)
+print(json.dumps({"tightened": memory.heap_tightened(), "kept": allocator.keep_freed_memory()}))
+"""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"tightened": True, "kept": False}

@@ -10,8 +10,10 @@ heap, and up to 16 MiB of freed heap before trimming, removes those faults; the 
 most that much memory held for reuse. Larger arrays are still mapped and unmapped as
 before (numpy asks huge pages for them).
 
-Applied once per process, on Linux with glibc only, unless ``SCALENMF_MALLOC_TUNING=0`` or
-the user has set glibc's own ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``.
+Applied once per process, on Linux with glibc only, unless ``SCALENMF_MALLOC_TUNING=0``,
+the user has set glibc's own ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``, or a
+fit under ``memory_limit`` has set the opposite (:func:`.memory.tighten_heap`: a limit on
+RSS needs freed buffers returned at once, which this setting would hold back).
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ def keep_freed_memory() -> bool:
     global _applied
     if _applied is not None:
         return _applied
+    from scalenmf.engine.memory import heap_tightened
+
+    if heap_tightened():
+        return False  # decided for this process, without caching: a limit's setting wins
     _applied = False
     if not sys.platform.startswith("linux") or os.environ.get("SCALENMF_MALLOC_TUNING") == "0":
         return False

@@ -36,6 +36,11 @@ def process_rss() -> int:
         return 0
 
 
+def heap_tightened() -> bool:
+    """Whether :func:`tighten_heap` has set this process's heap (a fit under a limit)."""
+    return _TIGHTENED
+
+
 def tighten_heap() -> bool:
     """Make glibc's malloc return large freed buffers to the OS (once per process).
 

@@ -26,7 +26,7 @@ print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")
 PY
 echo "== tests"
-timeout 240 $py -m pytest -q -p no:cacheprovider tests/test_backend_torch.py 2>&1 | tee "$out/tests.txt"
+timeout 240 $py -m pytest -q -p no:cacheprovider tests/kernels/test_backend_torch.py 2>&1 | tee "$out/tests.txt"
 echo "== benchmark"
 timeout 300 $py benchmarks/bench_gpu.py --iters "${ITERS:-100}" --out "$out/gpu_table.md" \
     2>&1 | tee "$out/bench.txt"

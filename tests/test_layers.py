@@ -415,3 +415,19 @@ def test_the_cluster_options_reach_the_executor(name, tmp_path):
         calls[name](scheduler_file=missing, connect_timeout=1, progress=False)
     with pytest.raises(ValueError, match="workers"):
         calls[name](workers=0, progress=False)
+
+
+def test_the_tests_mirror_the_package():
+    """Every folder of tests/ is named after the subpackage or module its tests cover, and
+    only the whole-project checks stay at the top."""
+    tests = Path(__file__).parent
+    for folder in sorted(p for p in tests.rglob("*") if p.is_dir()):
+        rel = folder.relative_to(tests)
+        if rel.parts[0] in {"data", "__pycache__"} or "__pycache__" in rel.parts:
+            continue
+        target = ROOT.joinpath(*rel.parts)
+        assert target.is_dir() or target.with_suffix(".py").is_file(), (
+            f"tests/{rel.as_posix()} mirrors nothing in scalenmf/"
+        )
+    top = {p.name for p in tests.glob("test_*.py")}
+    assert top == {"test_deploy.py", "test_fresh_machine.py", "test_layers.py"}, top

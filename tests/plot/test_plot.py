@@ -15,7 +15,7 @@ pytest.importorskip("matplotlib")
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.image import imread
-from plot_fixtures import (
+from tests.plot_fixtures import (
     PLANTED,
     consensus_dir,
     fit_catalogue,

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 pytest.importorskip("matplotlib")
 
-from plot_fixtures import catalogue, consensus_dir, rank_dir
+from tests.plot_fixtures import catalogue, consensus_dir, rank_dir
 
 import scalenmf
 from scalenmf.cli.main import main

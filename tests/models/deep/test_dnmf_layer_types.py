@@ -286,7 +286,7 @@ def test_layer_evaluation_writes_rows_for_every_layer_type(tmp_path):
 
     from scalenmf.experiments import dnmf_eval as ev
 
-    data = Path(__file__).parent / "data"
+    data = Path(__file__).parent.parent.parent / "data"
     out = tmp_path / "layers"
     args = ["evaluate", "--data", str(data), "--sets", "syn.2.7a.7b.abst_sp.sp"]
     args += ["--folds", "3", "--fold-limit", "1", "--epochs", "3", "--no-brca"]

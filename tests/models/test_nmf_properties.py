@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import make_counts
+from tests.conftest import make_counts
 from scipy.optimize import linear_sum_assignment
 
 import scalenmf

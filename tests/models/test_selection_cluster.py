@@ -9,8 +9,8 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from test_cluster import BIN, scheduler_address  # noqa: F401 - the real-cluster fixture
-from test_rank_survey import planted
+from tests.engine.test_cluster import BIN, scheduler_address  # noqa: F401 - the real-cluster fixture
+from tests.models.test_rank_survey import planted
 
 import scalenmf
 from scalenmf.io.tables import read_csv

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from plot_fixtures import (
+from tests.plot_fixtures import (
     PLANTED,
     consensus_dir,
     fit_catalogue,

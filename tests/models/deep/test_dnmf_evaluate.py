@@ -16,7 +16,7 @@ from scalenmf.experiments import dnmf_eval as ev
 
 #: Small real data shipped with the tests: the first 200 samples of one synthetic set and
 #: the first 120 BRCA-560 genomes (tests/data/README.md).
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent.parent / "data"
 COSMIC = Path(scalenmf.data.__file__).parent / "COSMIC_v3.4_SBS_GRCh37.tsv"
 SET = "syn.2.7a.7b.abst_sp.sp"
 

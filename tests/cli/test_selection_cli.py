@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 import zarr
 from click.testing import CliRunner
-from test_consensus import seed001_example
+from tests.models.test_consensus import seed001_example
 
 import scalenmf
 from scalenmf.cli.main import main

@@ -24,7 +24,7 @@ from scalenmf.io.formats.delimited import combine_labels
 from scalenmf.io.formats.h5ad import H5adSource
 
 #: Small real data shipped with the tests (tests/data/README.md says where it comes from).
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 CATALOG = DATA / "synsig" / "syn.2.7a.7b.abst_sp.sp" / "ground.truth.syn.catalog.csv"
 COSMIC = Path(scalenmf.data.__file__).parent / "COSMIC_v3.4_SBS_GRCh37.tsv"
 

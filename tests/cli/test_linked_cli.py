@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from click.testing import CliRunner
-from test_linked import M, make_linked
+from tests.models.test_linked import M, make_linked
 
 import scalenmf
 from scalenmf.cli.main import main

@@ -24,7 +24,7 @@ from scalenmf.io.info import describe, format_description
 from scalenmf.io.zarr_store import ZarrDenseSource, ZarrSparseSource
 
 #: Small real data shipped with the tests (tests/data/README.md says where it comes from).
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 CATALOG = DATA / "synsig" / "syn.2.7a.7b.abst_sp.sp" / "ground.truth.syn.catalog.csv"
 
 

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from conftest import make_counts
+from tests.conftest import make_counts
 
 import scalenmf
 from scalenmf.engine import dask_exec

@@ -29,7 +29,7 @@ try:
     from sklearn.utils.validation import check_is_fitted, check_non_negative, validate_data
 
     HAVE_SKLEARN = True
-except ImportError:  # the stand-ins: exercised by tests/estimators/test_sklearn.py in a child process
+except ImportError:  # the stand-ins: tests/estimators/test_sklearn.py runs them in a child
     HAVE_SKLEARN = False
 
     class NotFittedError(ValueError, AttributeError):  # type: ignore[no-redef]

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from click.testing import CliRunner
-from tests.models.test_linked import M, make_linked
 
 import scalenmf
 from scalenmf.cli.main import main
+from tests.models.test_linked import M, make_linked
 
 
 def run(*args: object):

@@ -11,12 +11,11 @@ from click.testing import CliRunner
 
 pytest.importorskip("matplotlib")
 
-from tests.plot_fixtures import catalogue, consensus_dir, rank_dir
-
 import scalenmf
 from scalenmf.cli.main import main
 from scalenmf.cli.plot import PLOT_KINDS
 from scalenmf.plot import KINDS
+from tests.plot_fixtures import catalogue, consensus_dir, rank_dir
 
 #: The module's result is fitted on a local Dask cluster (worker processes start).
 pytestmark = pytest.mark.timeout(180)

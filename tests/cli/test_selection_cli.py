@@ -10,13 +10,13 @@ import pytest
 import scipy.sparse as sp
 import zarr
 from click.testing import CliRunner
-from tests.models.test_consensus import seed001_example
 
 import scalenmf
 from scalenmf.cli.main import main
 from scalenmf.io.tables import read_csv
 from scalenmf.models.survey import SUMMARY_COLUMNS
 from scalenmf.signatures import cosmic_reference, simulate_catalogue
+from tests.models.test_consensus import seed001_example
 
 
 def run(*args):

@@ -12,12 +12,12 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from tests.conftest import make_counts
 
 import scalenmf
 from scalenmf.engine import dask_exec
 from scalenmf.io.source import MatrixSource
 from scalenmf.models import memory
+from tests.conftest import make_counts
 
 #: Half start from NNDSVDA (three passes over X on the executor), half at random (one).
 SOLVERS = {

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from tests.engine.test_cluster import BIN, scheduler_address  # noqa: F401 - the process-cluster fixture
-from tests.models.test_linked import M, make_linked
 
 import scalenmf
+from tests.engine.test_cluster import BIN, scheduler_address  # noqa: F401 - the process-cluster fixture
+from tests.models.test_linked import M, make_linked
 
 
 @pytest.fixture(scope="module")

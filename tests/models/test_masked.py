@@ -7,10 +7,10 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from tests.conftest import make_counts
 
 import scalenmf
 from scalenmf.io.errors import InputError
+from tests.conftest import make_counts
 
 SOLVERS = [("als", "frobenius"), ("hals", "frobenius"), ("mu", "frobenius"), ("mu", "kl")]
 

@@ -8,11 +8,11 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from tests.conftest import make_counts
 from scipy.optimize import linear_sum_assignment
 
 import scalenmf
 from scalenmf import ConvergenceWarning, InputError
+from tests.conftest import make_counts
 
 #: (solver, loss, nnls): every solver × loss the engine offers.
 METHODS = [

@@ -9,12 +9,12 @@ import warnings
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from tests.engine.test_cluster import BIN, scheduler_address  # noqa: F401 - the real-cluster fixture
-from tests.models.test_rank_survey import planted
 
 import scalenmf
 from scalenmf.io.tables import read_csv
 from scalenmf.models.survey import SUMMARY_COLUMNS
+from tests.engine.test_cluster import BIN, scheduler_address  # noqa: F401 - the real-cluster fixture
+from tests.models.test_rank_survey import planted
 
 
 @pytest.fixture(scope="module")

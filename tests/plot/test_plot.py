@@ -15,6 +15,11 @@ pytest.importorskip("matplotlib")
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.image import imread
+
+import scalenmf
+import scalenmf.plot as sp
+from scalenmf.plot._data import MIN_SAMPLE_CHUNKS, pick_chunks
+from scalenmf.plot.sbs import SUBSTITUTION_COLORS, SUBSTITUTIONS, sbs96_channels
 from tests.plot_fixtures import (
     PLANTED,
     consensus_dir,
@@ -25,11 +30,6 @@ from tests.plot_fixtures import (
     write_csv,
     write_large_store,
 )
-
-import scalenmf
-import scalenmf.plot as sp
-from scalenmf.plot._data import MIN_SAMPLE_CHUNKS, pick_chunks
-from scalenmf.plot.sbs import SUBSTITUTION_COLORS, SUBSTITUTIONS, sbs96_channels
 
 
 @pytest.fixture(scope="module")

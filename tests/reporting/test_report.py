@@ -13,6 +13,10 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
+import scalenmf
+from scalenmf import reporting
+from scalenmf.plot._data import MIN_SAMPLE_CHUNKS, find_companions
+from scalenmf.reporting import SECTION_IDS, build_report, report
 from tests.plot_fixtures import (
     PLANTED,
     consensus_dir,
@@ -23,11 +27,6 @@ from tests.plot_fixtures import (
     write_csv,
     write_large_store,
 )
-
-import scalenmf
-from scalenmf import reporting
-from scalenmf.plot._data import MIN_SAMPLE_CHUNKS, find_companions
-from scalenmf.reporting import SECTION_IDS, build_report, report
 
 #: Chromium's flags for a quiet, offline, throw-away headless session.
 CHROMIUM_FLAGS = (

@@ -227,6 +227,23 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def text_layout_options(f: Any) -> Any:
+    """``--header/--no-header`` and ``--row-labels/--no-row-labels``: whether a CSV/TSV
+    input's first line and first column are labels (default: judged from the file)."""
+    f = click.option(
+        "--row-labels/--no-row-labels",
+        "has_row_labels",
+        default=None,
+        help="CSV/TSV: column 1 holds feature labels, or is data (default: from the file).",
+    )(f)
+    return click.option(
+        "--header/--no-header",
+        "has_header",
+        default=None,
+        help="CSV/TSV: line 1 holds sample names, or is data (default: from the file).",
+    )(f)
+
+
 def backend_options(f: Any) -> Any:
     """``--backend``, ``--device`` and ``--gpu-memory-limit``: where the block kernels run."""
     f = click.option(

@@ -20,6 +20,7 @@ from scalenmf.cli._common import (
     InputPath,
     backend_options,
     input_source,
+    text_layout_options,
     threads_option,
     user_errors,
 )
@@ -149,18 +150,7 @@ def main(verbose: int) -> None:
     "--resume", is_flag=True, help="Continue from the newest checkpoint (same INPUT and options)."
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-@click.option(
-    "--header/--no-header",
-    "has_header",
-    default=None,
-    help="CSV/TSV: line 1 holds sample names, or is data (default: from the file).",
-)
-@click.option(
-    "--row-labels/--no-row-labels",
-    "has_row_labels",
-    default=None,
-    help="CSV/TSV: column 1 holds feature labels, or is data (default: from the file).",
-)
+@text_layout_options
 @click.option(
     "--anndata-out",
     default=None,
@@ -291,18 +281,7 @@ def _finished(output: str, checkpoint_path: str | None, no_checkpoint: bool) -> 
 @click.option(
     "--sparse/--dense", "sparse", default=None, help="Force the stored kind (default: keep)."
 )
-@click.option(
-    "--header/--no-header",
-    "has_header",
-    default=None,
-    help="CSV/TSV: line 1 holds sample names, or is data (default: from the file).",
-)
-@click.option(
-    "--row-labels/--no-row-labels",
-    "has_row_labels",
-    default=None,
-    help="CSV/TSV: column 1 holds feature labels, or is data (default: from the file).",
-)
+@text_layout_options
 @click.option(
     "--progress/--no-progress",
     default=None,

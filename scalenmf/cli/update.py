@@ -19,6 +19,7 @@ from scalenmf.cli._common import (
     emit_json,
     input_source,
     json_option,
+    text_layout_options,
     threads_option,
     user_errors,
 )
@@ -63,18 +64,7 @@ from scalenmf.cli.cluster import CLUSTER_OPTIONS, cluster_kwargs, cluster_option
 @click.option("--transpose", is_flag=True, help="NEW_INPUT is samples × features.")
 @click.option("--block-cols", type=int, default=None, help="Columns per block (default: planned).")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None)
-@click.option(
-    "--header/--no-header",
-    "has_header",
-    default=None,
-    help="CSV/TSV: line 1 holds sample names, or is data (default: from the file).",
-)
-@click.option(
-    "--row-labels/--no-row-labels",
-    "has_row_labels",
-    default=None,
-    help="CSV/TSV: column 1 holds feature labels, or is data (default: from the file).",
-)
+@text_layout_options
 @backend_options
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @json_option("the update report (how far W moved)")

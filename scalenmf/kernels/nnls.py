@@ -93,7 +93,9 @@ def _scaled(G: np.ndarray, B: np.ndarray, inv: np.ndarray) -> tuple[np.ndarray, 
     k = G.shape[-1]
     scale = inv[:, :, 0, None] if G.ndim == 3 else inv.transpose(0, 2, 1)[..., None]
     Gs = G * scale
-    Gs[..., np.arange(k), np.arange(k)] = 0
+    if not Gs.flags.c_contiguous:  # the diagonal is zeroed through a flat view below
+        Gs = np.ascontiguousarray(Gs)
+    Gs.reshape(*Gs.shape[:-2], k * k)[..., :: k + 1] = 0
     return Gs, B * inv
 
 
@@ -184,10 +186,9 @@ class NumpyArrays:
         out_dtype = float_dtype(B)
         work = np.dtype(np.float64) if finish else out_dtype
         Gb, Bb, single = as_batch(*fold_penalties(G, B, l1, l2, work))
-        X = np.zeros(Bb.shape, dtype=work)
-        if X0 is not None:
-            X[...] = X0
-        return Gb, Bb, X, single, out_dtype
+        if X0 is None:
+            return Gb, Bb, np.zeros(Bb.shape, dtype=work), single, out_dtype
+        return Gb, Bb, np.array(X0, dtype=work).reshape(Bb.shape), single, out_dtype
 
     diagonal = staticmethod(_diagonal)
     scaled = staticmethod(_scaled)
@@ -197,7 +198,7 @@ class NumpyArrays:
 
     @staticmethod
     def inverse(diag: np.ndarray, alive: np.ndarray) -> np.ndarray:
-        return np.where(alive, 1.0 / np.where(alive, diag, 1.0), 0.0).astype(diag.dtype)
+        return np.divide(1, diag, out=np.zeros_like(diag), where=alive)
 
     @staticmethod
     def limit(Bb: np.ndarray, tol: float) -> np.ndarray:
@@ -468,12 +469,34 @@ def _stacked_solve(G: np.ndarray, F: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def _subsets(k: int) -> tuple[np.ndarray, np.ndarray]:
-    """All 2^k passive sets (S, k) and their (S, k, k) masks ``P_i & P_j`` (read-only)."""
+def _subsets(k: int) -> np.ndarray:
+    """All 2^k passive sets (S, k), set s holding the coordinates of s's bits (read-only)."""
     sets = ((np.arange(1 << k)[:, None] >> np.arange(k)) & 1).astype(bool)
-    pairs = sets[:, :, None] & sets[:, None, :]
-    sets.flags.writeable = pairs.flags.writeable = False
-    return sets, pairs
+    sets.flags.writeable = False
+    return sets
+
+
+def _set_inverses(G: np.ndarray, live: np.ndarray) -> np.ndarray | None:
+    """``G_PP⁻¹`` of each system's passive set, zero outside P: G (T, k, k) and the sets
+    ``live`` (T, k) → (T, k, k); None where one is singular."""
+    k = G.shape[-1]
+    M = G * (live[:, :, None] & live[:, None, :])  # G on P × P, the identity elsewhere
+    M[:, np.arange(k), np.arange(k)] += ~live
+    try:
+        inv = np.linalg.inv(M)
+    except np.linalg.LinAlgError:
+        return None
+    inv *= live[:, :, None]  # rows outside P give x = 0
+    return inv if np.isfinite(inv).all() else None
+
+
+def _every_inverse(G: np.ndarray, sets: np.ndarray, alive: np.ndarray) -> np.ndarray | None:
+    """Every set's ``G_PP⁻¹`` per fit, (R, S, k, k). A dead coordinate is never passive:
+    the sets with it act as the sets without it."""
+    R, k, S = G.shape[0], G.shape[-1], sets.shape[0]
+    live = (sets[None] & alive[:, None, :]).reshape(R * S, k)
+    inv = _set_inverses(np.repeat(G, S, axis=0), live)
+    return None if inv is None else inv.reshape(R, S, k, k)
 
 
 def _subset_solutions(
@@ -481,11 +504,12 @@ def _subset_solutions(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """The NNLS answer of every column found among all 2^k passive sets, shared Grams.
 
-    Every set's ``G_PP⁻¹`` is formed once. A column is first tried with the passive set of
-    its warm start (the previous factor: right for most columns after a few iterations),
-    then with every set at once: the primal-feasible candidate of least objective
-    (``−½ b_Pᵀ x_P`` at a solution). An answer is kept only where it passes the
-    pivoting's test (``x ≥ 0``, and ``G x − b ≥ −tol`` where ``x = 0``).
+    A column is first tried with the passive set of its warm start (the previous factor:
+    right for most columns after a few iterations); only the sets that occur are inverted.
+    The columns that fail are solved against every set at once, each set's ``G_PP⁻¹``
+    formed once per fit (the primal-feasible candidate of least objective, ``−½ b_Pᵀ x_P``
+    at a solution). An answer is kept only where it passes the pivoting's test (``x ≥ 0``,
+    and ``G x − b ≥ −tol`` where ``x = 0``).
 
     Parameters
     ----------
@@ -501,46 +525,49 @@ def _subset_solutions(
         subset system is singular.
     """
     R, k, n = B.shape
-    sets, pairs = _subsets(k)
+    sets = _subsets(k)
     S = sets.shape[0]
     alive = np.diagonal(G, axis1=1, axis2=2) > 0  # (R, k): padding coordinates are dead
-    if alive.all():
-        live, live_pairs = sets[None], pairs[None]
-    else:  # a dead coordinate is never passive: sets with it act as the sets without it
-        live = sets[None] & alive[:, None, :]  # (R, S, k)
-        live_pairs = live[:, :, :, None] & live[:, :, None, :]
-    M = G[:, None] * live_pairs  # (R, S, k, k): G on P × P, the identity elsewhere
-    M[..., np.arange(k), np.arange(k)] += ~live
-    try:
-        inv = np.linalg.inv(M)
-    except np.linalg.LinAlgError:
-        return None
-    inv *= live[..., None]  # rows outside P give x = 0
-    if not np.isfinite(inv).all():
-        return None
     X = np.empty((R, k, n))
     ok = np.zeros((R, n), dtype=bool)
+    every: np.ndarray | None = None  # (R, S, k, k) every set's inverse, once needed
     if X0 is not None:
-        # Every fit's columns at once with the passive set of their warm start.
-        warm = np.einsum("k,rkn->rn", 1 << np.arange(k), X0 > 0)  # each column's set index
-        fits = np.arange(inv.shape[0])[:, None] if inv.shape[0] > 1 else 0
+        # Every fit's columns at once with the passive set of their warm start; only the
+        # sets that occur are inverted when they are few (after the first iterations).
+        warm = np.einsum("k,rkn->rn", 1 << np.arange(k), (X0 > 0) & alive[:, :, None])
+        warm += S * np.arange(R)[:, None]  # index into the (R·S) sets of all fits
+        used = np.flatnonzero(np.bincount(warm.ravel(), minlength=R * S))
+        if 2 * used.size < R * S:
+            inv = _set_inverses(G[used // S], sets[used % S] & alive[used // S])
+            lookup = np.zeros(R * S, dtype=np.intp)
+            lookup[used] = np.arange(used.size)
+            which = lookup[warm]
+        else:
+            every = _every_inverse(G, sets, alive)
+            inv, which = None if every is None else every.reshape(R * S, k, k), warm
+        if inv is None:
+            return None
         step = max(1, STACK_BYTES // (8 * k * k * R))
         for a in range(0, n, step):
-            x = np.einsum("rnkl,rln->rkn", inv[fits, warm[:, a : a + step]], B[:, :, a : a + step])
+            x = np.einsum("rnkl,rln->rkn", inv[which[:, a : a + step]], B[:, :, a : a + step])
             X[:, :, a : a + step] = x
             ok[:, a : a + step] = _passes(G, B[:, :, a : a + step], x)
-    # The other columns of every fit at once against all sets: the feasible candidate of
-    # least objective.
     rows, cols = np.nonzero(~ok)
-    S = sets.shape[0]
+    if rows.size == 0:
+        return X, ok
+    # The other columns against all sets at once: the feasible candidate of least objective.
+    if every is None:
+        every = _every_inverse(G, sets, alive)
+        if every is None:
+            return None
     step = max(1, STACK_BYTES // (8 * S * k * (k + 1)))
     for a in range(0, rows.size, step):
         r, c = rows[a : a + step], cols[a : a + step]
         b = B[r, :, c]  # (c, k)
-        cand = np.einsum("cskl,cl->csk", inv[r], b)
-        f = np.einsum("ck,csk->cs", b, cand)  # −2 × objective
-        np.putmask(f, (cand < 0).any(axis=2), -np.inf)
-        x = cand[np.arange(r.size), np.argmax(f, axis=1)]  # (c, k)
+        cand = np.einsum("cskl,cl->csk", every[r], b)
+        score = np.einsum("ck,csk->cs", b, cand)  # −2 × objective
+        np.putmask(score, (cand < 0).any(axis=2), -np.inf)
+        x = cand[np.arange(r.size), np.argmax(score, axis=1)]  # (c, k)
         X[r, :, c] = x
         ok[r, c] = _passes(G[r], b[:, :, None], x[:, :, None])[:, 0]
     return X, ok

@@ -680,3 +680,29 @@ def test_subsets_route_keeps_padding_coordinates_at_zero():
     live = nnls_reference(A[:, [0, 2, 3]], Y)
     for r in range(2):
         np.testing.assert_allclose(X[r][[0, 2, 3]], live, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("n", [6, 200])
+def test_subsets_route_with_warm_starts_equals_scipy_nnls(n):
+    """Warm-started solves invert only the warm sets that occur when the columns are few
+    (n < 2^k·2) and every set otherwise; a warm start that is wrong for some columns (here
+    a perturbed answer, some of its zeros flipped) must still give the exact answer, with
+    padding coordinates held at 0."""
+    rng = np.random.default_rng(40 + n)
+    k = 6
+    bases = [rng.random((30, k)) for _ in range(3)]
+    bases[2][:, 5] = 0.0  # a padded rank
+    Y = rng.random((30, n))
+    G = np.stack([A.T @ A for A in bases])
+    B = np.stack([A.T @ Y for A in bases])
+    exact, _ = nnls_bpp(G, B)
+    warm = exact * rng.uniform(0.5, 1.5, exact.shape)
+    flip = rng.random(exact.shape) < 0.2
+    warm[flip] = np.where(warm[flip] > 0, 0.0, 1.0)
+    X, info = nnls_bpp(G, B, warm)
+    assert info.converged
+    assert (X[2, 5] == 0).all()
+    for r, A in enumerate(bases):
+        live = [0, 1, 2, 3, 4] if r == 2 else list(range(k))
+        ref = nnls_reference(A[:, live], Y)
+        np.testing.assert_allclose(X[r][live], ref, rtol=1e-9, atol=1e-10)

@@ -361,10 +361,22 @@ def test_info_does_not_start_dask(tmp_path):
 
 def test_info_on_a_dense_store_loads_only_what_reading_it_needs(tmp_path):
     """``scalenmf info`` on a dense store reads it with zarr and numpy; scipy.sparse (a
-    large share of start-up), the text and HDF5 parsers and dask stay unloaded."""
+    large share of start-up), the text and HDF5 parsers (and our modules for them), the
+    result readers and dask stay unloaded."""
     store = tmp_path / "x.zarr"
     scalenmf.write_matrix(store, np.ones((4, 6)))
-    unwanted = ("scipy", "pandas", "h5py", "fast_matrix_market", "dask", "tqdm", "anndata")
+    unwanted = (
+        "scipy",
+        "pandas",
+        "h5py",
+        "fast_matrix_market",
+        "dask",
+        "tqdm",
+        "anndata",
+        "scalenmf.io.formats",
+        "scalenmf.io.linked_results",
+        "scalenmf.io.results",
+    )
     code = (
         "import sys, json\n"
         "from scalenmf.cli.main import main\n"

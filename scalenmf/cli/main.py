@@ -288,6 +288,7 @@ def _finished(output: str, checkpoint_path: str | None, no_checkpoint: bool) -> 
     help="Progress bars with the read rate (default: when stderr is a terminal).",
 )
 @click.option("--overwrite", is_flag=True)
+@cluster_options
 @user_errors
 def convert(
     src: str,
@@ -301,27 +302,35 @@ def convert(
     has_header: bool | None,
     has_row_labels: bool | None,
     progress: bool | None,
+    **launch: Any,
 ) -> None:
-    """Stream SRC (CSV/TSV, .mtx, .h5ad, .npy, Zarr) into a scalenmf Zarr matrix store DST."""
+    """Stream SRC (CSV/TSV, .mtx, .h5ad, .npy, Zarr) into a scalenmf Zarr matrix store DST.
+
+    With a Dask cluster (--scheduler, --scheduler-file or --workers), the workers parse a
+    Matrix Market file sorted by column, several chunks at once."""
     from scalenmf import convert as convert_api
+    from scalenmf.cli.cluster import dask_client
     from scalenmf.io import open_matrix
     from scalenmf.io.atomic import check_output
 
     check_output(dst, overwrite)
+    cluster = cluster_kwargs(*(launch.pop(name) for name in CLUSTER_OPTIONS))
     t0 = time.perf_counter()
-    convert_api(
-        src,
-        dst,
-        block_cols=block_cols,
-        memory_limit=memory_limit,
-        transpose=transpose,
-        dtype=dtype,
-        sparse=sparse,
-        overwrite=overwrite,
-        progress=sys.stderr.isatty() if progress is None else progress,
-        has_header=has_header,
-        has_row_labels=has_row_labels,
-    )
+    with dask_client(cluster) as client:
+        convert_api(
+            src,
+            dst,
+            block_cols=block_cols,
+            memory_limit=memory_limit,
+            transpose=transpose,
+            dtype=dtype,
+            sparse=sparse,
+            overwrite=overwrite,
+            progress=sys.stderr.isatty() if progress is None else progress,
+            has_header=has_header,
+            has_row_labels=has_row_labels,
+            scheduler=client,
+        )
     out = open_matrix(dst)
     kind = "sparse" if out.is_sparse else "dense"
     click.echo(

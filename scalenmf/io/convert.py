@@ -110,6 +110,7 @@ def convert(
     progress: bool = False,
     has_header: bool | None = None,
     has_row_labels: bool | None = None,
+    scheduler: Any = None,
 ) -> str:
     """Write any supported input as a scalenmf Zarr matrix store, streaming.
 
@@ -139,6 +140,12 @@ def convert(
     has_header, has_row_labels : bool, optional
         CSV/TSV input: whether line 1 holds sample names and column 1 feature labels
         (default: decided from the file; ambiguous files are refused, naming these).
+    scheduler : str or distributed.Client, optional
+        A Dask cluster (``"tcp://host:port"`` or a Client) whose workers parse a Matrix
+        Market file sorted by column (as 10x writes it), several chunks at once: a plain
+        file as byte ranges the workers read themselves (they must see it: a local
+        cluster or a shared file system), a gzipped one decompressed here and sent in
+        chunks. This process writes the store. Other inputs are converted here.
 
     Returns
     -------
@@ -186,15 +193,34 @@ def convert(
         size = itemsize + (4 if density < 1.0 else 0)
         return plan_block_cols(m, n, size, density=density, target_bytes=block_target)
 
-    with tempfile.TemporaryDirectory(prefix=f".{target.name}.stage-", dir=parent) as work:
-        ctx = StageContext(Path(work), budget, bool(transpose), plan, bool(progress), text)
-        try:
-            _write(src, dst, ctx, sparse, out_dtype, overwrite)
-        except RestageNeeded:
-            # A streamed input (a Matrix Market file) turned out to need staging; the
-            # partial output is already gone (atomic), so read it again the staged way.
-            _write(src, dst, replace(ctx, stream=False), sparse, out_dtype, overwrite)
+    client, owned = _client(scheduler)
+    try:
+        with tempfile.TemporaryDirectory(prefix=f".{target.name}.stage-", dir=parent) as work:
+            ctx = StageContext(
+                Path(work), budget, bool(transpose), plan, bool(progress), text, client=client
+            )
+            try:
+                _write(src, dst, ctx, sparse, out_dtype, overwrite)
+            except RestageNeeded:
+                # A streamed input (a Matrix Market file) turned out to need staging; the
+                # partial output is already gone (atomic), so read it again the staged way.
+                _write(src, dst, replace(ctx, stream=False), sparse, out_dtype, overwrite)
+    finally:
+        if owned:
+            client.close()
     return str(dst)
+
+
+def _client(scheduler: Any) -> tuple[Any, bool]:
+    """A Client for ``scheduler`` (an address is connected here, and owned) or None."""
+    if scheduler is None or not isinstance(scheduler, str):
+        return scheduler, False
+    from distributed import Client
+
+    try:
+        return Client(scheduler, timeout="30s"), True
+    except OSError as exc:
+        raise InputError(f"cannot reach the Dask scheduler at {scheduler!r}: {exc}") from exc
 
 
 def _write(

@@ -10,10 +10,11 @@ import numpy as np
 import zarr
 
 from scalenmf.io.errors import InputError
-from scalenmf.io.linked_results import describe_model, model_rows
-from scalenmf.io.matrix import as_source
 from scalenmf.io.readers import readers
 from scalenmf.io.source import MatrixSource
+
+# ``scalenmf info`` starts in a fresh process: what only some inputs need (the text and
+# single-cell format modules, the result readers, in-memory arrays) is imported when used.
 
 #: How many labels of each axis ``describe`` shows.
 N_FIRST_LABELS = 5
@@ -56,6 +57,8 @@ def describe(obj: Any) -> dict[str, Any]:
         The path does not exist or no reader can open it.
     """
     if not isinstance(obj, (str, os.PathLike)):
+        from scalenmf.io.matrix import as_source
+
         src = as_source(obj)
         return _matrix(src, f"in-memory {type(obj).__name__}")
     path = Path(obj)
@@ -64,6 +67,14 @@ def describe(obj: Any) -> dict[str, Any]:
     result = _result(path)
     if result is not None:
         return result
+    from scalenmf.io.readers import is_zarr_dir, open_zarr_dir
+
+    if is_zarr_dir(path):
+        # The first reader tried; the other formats' modules are not needed for a store.
+        out = _matrix(open_zarr_dir(path), "zarr")
+        out["path"] = str(path)
+        out["disk_bytes"] = _disk_bytes(path)
+        return out
     for reader in readers():
         if reader.can_open(path):
             out = _matrix(reader.open(path), reader.name)
@@ -126,6 +137,8 @@ def _result(path: Path) -> dict[str, Any] | None:
         out[f"{name}_shape"] = list(node.shape) if isinstance(node, zarr.Array) else None
     for name in ("row_labels", "col_labels"):
         out[f"has_{name}"] = name in root
+    from scalenmf.io.linked_results import describe_model
+
     out.update(describe_model(root, attrs))
     out["disk_bytes"] = _disk_bytes(path)
     return out
@@ -176,6 +189,8 @@ def format_description(d: dict[str, Any]) -> str:
             rows.append((name, " × ".join(map(str, shape)) if shape else "missing"))
         rows.append(("row labels", "yes" if d.get("has_row_labels") else "no"))
         rows.append(("column labels", "yes" if d.get("has_col_labels") else "no"))
+        from scalenmf.io.linked_results import model_rows
+
         rows.extend(model_rows(d))
     else:
         m, n = d["shape"]

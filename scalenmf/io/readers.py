@@ -46,11 +46,13 @@ def readers() -> list[Reader]:
     return list(_READERS)
 
 
-def _is_zarr(path: Path) -> bool:
+def is_zarr_dir(path: Path) -> bool:
+    """True for a local Zarr (v3 or v2) group directory: what the first reader opens."""
     return path.is_dir() and ((path / "zarr.json").exists() or (path / ".zgroup").exists())
 
 
-def _open_zarr(path: Path) -> MatrixSource:
+def open_zarr_dir(path: Path) -> MatrixSource:
+    """Open a local Zarr store, as the first reader does (without loading the others)."""
     from scalenmf.io.zarr_store import open_zarr
 
     return open_zarr(path)
@@ -73,7 +75,7 @@ def _load_builtin() -> None:
     if _BUILTIN_LOADED:
         return
     _BUILTIN_LOADED = True
-    register_reader(Reader("zarr", _is_zarr, _open_zarr))
+    register_reader(Reader("zarr", is_zarr_dir, open_zarr_dir))
     register_reader(Reader("npy", lambda p: p.suffix.lower() == ".npy" and p.is_file(), _open_npy))
     # Text and single-cell formats live in their own modules, imported on first use: they
     # bring zarr and the staging code, which opening a .npy does not need.

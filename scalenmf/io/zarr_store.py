@@ -14,6 +14,7 @@ the CSR of Xᵀ is the CSC of X, so its row blocks are our column blocks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -531,6 +532,94 @@ def _labels_checked(labels: Any, length: int, what: str) -> np.ndarray:
     return arr
 
 
+class _ChunkFiles:
+    """Whole chunks of a new 1-D array of a local store, encoded and written by a small
+    thread pool straight to their files, byte for byte as zarr writes them (the array's
+    own Blosc settings and chunk keys); ``put`` falls back to zarr's writer for any other
+    store or codec chain.
+
+    Why: zarr's asynchronous write path costs about as much CPU again as the compression
+    itself, and it runs while the caller waits; here blosc (which releases the GIL) encodes
+    in the background while the caller reads or parses the next block. At most ``depth``
+    chunks are in flight, so memory stays a few chunks."""
+
+    def __init__(self, arr: zarr.Array, depth: int = 4):
+        from zarr.codecs import BytesCodec
+        from zarr.storage import LocalStore
+
+        self.arr = arr
+        self.chunk = int(arr.chunks[0])
+        codecs = tuple(arr.metadata.codecs) if hasattr(arr.metadata, "codecs") else ()
+        self._blosc: Any = None
+        if (
+            isinstance(arr.store, LocalStore)
+            and len(codecs) == 2
+            and isinstance(codecs[0], BytesCodec)
+            and (codecs[0].endian is None or codecs[0].endian.value == "little")
+            and isinstance(codecs[1], BloscCodec)
+        ):
+            from numcodecs import Blosc
+
+            blosc = codecs[1]
+            shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[blosc.shuffle.value]
+            self._blosc = Blosc(
+                cname=blosc.cname.value,
+                clevel=blosc.clevel,
+                shuffle=shuffle,
+                blocksize=blosc.blocksize,
+                typesize=arr.dtype.itemsize,
+            )
+            self._root = Path(arr.store.root) / arr.path
+        self._depth = depth
+        self._pending: list[Any] = []
+        self._pool: Any = None
+
+    def put(self, start: int, values: np.ndarray) -> None:
+        """Store ``values`` at ``start`` (a chunk boundary); ``values`` covers whole chunks
+        or ends the array."""
+        if self._blosc is None:
+            self.arr[start : start + len(values)] = values
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix="zarr-chunks")
+        values = np.ascontiguousarray(values, dtype=self.arr.dtype.newbyteorder("<"))
+        first = start // self.chunk
+        for k in range(0, len(values), self.chunk):
+            while len(self._pending) >= self._depth:
+                self._pending.pop(0).result()
+            key = self.arr.metadata.encode_chunk_key((first + k // self.chunk,))
+            future = self._pool.submit(self._write, key, values[k : k + self.chunk])
+            self._pending.append(future)
+
+    def _write(self, key: str, piece: np.ndarray) -> None:
+        if len(piece) < self.chunk:  # the last chunk is stored whole, padded with zeros
+            piece = np.concatenate([piece, np.zeros(self.chunk - len(piece), piece.dtype)])
+        path = self._root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self._blosc.encode(piece))
+
+    def finish(self, quiet: bool = False) -> None:
+        """Wait for every chunk and stop the threads; raise the first write error unless
+        ``quiet`` (another error is already on its way)."""
+        try:
+            while self._pending:
+                future = self._pending.pop(0)
+                if quiet:
+                    future.cancel()
+                    with contextlib.suppress(Exception):
+                        future.result()
+                else:
+                    future.result()
+        finally:
+            for future in self._pending:
+                future.cancel()
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+
 def _write_sparse(root: zarr.Group, src: MatrixSource, dtype: np.dtype) -> None:
     m, n = src.shape
     g = root.create_group("X")
@@ -555,6 +644,7 @@ def _write_sparse(root: zarr.Group, src: MatrixSource, dtype: np.dtype) -> None:
         config=WRITE_CONFIG,
     )
     indptr = np.zeros(n + 1, dtype=np.int64)
+    data_out, indices_out = _ChunkFiles(data), _ChunkFiles(indices)
     pos = 0  # entries read so far
     written = 0  # entries stored so far: always a whole number of chunks until the end
     carry: list[tuple[np.ndarray, np.ndarray]] = []  # read, not yet stored (< one chunk)
@@ -569,29 +659,36 @@ def _write_sparse(root: zarr.Group, src: MatrixSource, dtype: np.dtype) -> None:
         values = np.concatenate([c[0] for c in carry]) if len(carry) > 1 else carry[0][0]
         rows = np.concatenate([c[1] for c in carry]) if len(carry) > 1 else carry[0][1]
         take = stop - written
-        data[written:stop] = values[:take]
-        indices[written:stop] = rows[:take]
+        data_out.put(written, values[:take])
+        indices_out.put(written, rows[:take])
         carry = [(values[take:], rows[take:])] if take < len(values) else []
         written = stop
 
-    for j in range(src.n_blocks):
-        a, b = src.block_bounds[j]
-        block = sp.csc_matrix(src.read_block(j))
-        block.sum_duplicates()
-        k = block.nnz
-        if k:
-            carry.append(
-                (
-                    block.data.astype(dtype, copy=False),
-                    block.indices.astype(index_dtype, copy=False),
+    try:
+        for j in range(src.n_blocks):
+            a, b = src.block_bounds[j]
+            block = sp.csc_matrix(src.read_block(j))
+            block.sum_duplicates()
+            k = block.nnz
+            if k:
+                carry.append(
+                    (
+                        block.data.astype(dtype, copy=False),
+                        block.indices.astype(index_dtype, copy=False),
+                    )
                 )
-            )
-        indptr[a + 1 : b + 1] = pos + block.indptr[1:]
-        pos += k
-        if pos - written >= chunk:
-            store(written + (pos - written) // chunk * chunk)
-    if pos > written:
-        store(pos)
+            indptr[a + 1 : b + 1] = pos + block.indptr[1:]
+            pos += k
+            if pos - written >= chunk:
+                store(written + (pos - written) // chunk * chunk)
+        if pos > written:
+            store(pos)
+    except BaseException:
+        data_out.finish(quiet=True)
+        indices_out.finish(quiet=True)
+        raise
+    data_out.finish()
+    indices_out.finish()
     if pos != data.shape[0]:
         data.resize((pos,))
         indices.resize((pos,))

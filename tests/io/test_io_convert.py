@@ -538,3 +538,107 @@ def test_describe_errors(tmp_path):
     (tmp_path / "x.bin").write_bytes(b"\x00")
     with pytest.raises(InputError, match="cannot tell the format"):
         describe(tmp_path / "x.bin")
+
+
+# -- Matrix Market parsed by the workers of a real Dask cluster -------------------------------
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    from tests.procs import ProcCluster
+
+    procs = ProcCluster(tmp_path_factory.mktemp("procs")).start(2)
+    try:
+        with procs.client() as client:
+            yield procs, client
+    finally:
+        procs.stop()
+
+
+def _gzip_copy(path: Path) -> Path:
+    out = path.with_name(path.name + ".gz")
+    out.write_bytes(gzip.compress(path.read_bytes()))
+    return out
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_convert_sorted_mtx_on_dask_workers_matches_serial(tmp_path, cluster, gz):
+    _, client = cluster
+    X = sp.random(300, 2000, density=0.05, format="csc", random_state=11)
+    X.data = np.ceil(X.data * 30)
+    # A duplicate (summed) and rows out of order inside the last column.
+    path = _sorted_mtx(tmp_path / "matrix.mtx", X, "5 2000 2\n3 2000 1\n5 2000 4\n")
+    expected = X.toarray()
+    expected[4, -1] += 6
+    expected[2, -1] += 1
+    (tmp_path / "features.tsv").write_text("".join(f"g{i}\tG\n" for i in range(300)))
+    (tmp_path / "barcodes.tsv").write_text("".join(f"b{j}\n" for j in range(2000)))
+    src_path = _gzip_copy(path) if gz else path
+
+    def executed() -> int:
+        return sum(client.run(lambda dask_worker: dask_worker.state.executed_count).values())
+
+    before = executed()
+    # 200 kB: chunks of 64 kB, so the file is parsed as several pieces by the workers.
+    out = convert(src_path, tmp_path / "x.zarr", memory_limit="200KB", scheduler=client)
+    src = open_matrix(out)
+    np.testing.assert_array_equal(dense(src), expected)
+    assert src.row_labels[7] == "g7" and src.col_labels[1999] == "b1999"
+    size = path.stat().st_size
+    assert executed() - before >= size // (64 << 10)  # one task per chunk ran on a worker
+    serial = convert(src_path, tmp_path / "serial.zarr", memory_limit="200KB")
+    assert dense(open_matrix(serial)).tolist() == dense(src).tolist()
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize(
+    ("extra", "fix_count", "match"),
+    [
+        ("12 1499 -3\n", True, r"entry line {line}: value -3.0 is negative"),
+        ("12 1499\n", True, r"line {line}: expected 3 number"),
+        ("12 1499 3\n", False, r"has \d+ entries, more than the"),
+        ("", False, r"truncated: the header promises"),
+    ],
+)
+def test_convert_mtx_on_dask_workers_names_bad_lines_as_serial(
+    tmp_path, cluster, gz, extra, fix_count, match
+):
+    _, client = cluster
+    X = sp.random(200, 1500, density=0.05, format="csc", random_state=6)
+    X.data = np.ceil(X.data * 30)
+    path = _sorted_mtx(tmp_path / "x.mtx", X, extra)
+    line = 2 + X.nnz + 1  # banner, size line, the entries, then the extra line
+    if not fix_count:
+        text = path.read_text().split("\n", 2)
+        m, n, k = text[1].split()
+        text[1] = f"{m} {n} {int(k) + (-1 if extra else 1)}"
+        path.write_text("\n".join(text))
+    src_path = _gzip_copy(path) if gz else path
+    with pytest.raises(InputError, match=match.format(line=line)):
+        convert(src_path, tmp_path / "x.zarr", memory_limit="200KB", scheduler=client)
+    assert leftovers(tmp_path, {"x.mtx", "x.mtx.gz"}) == []
+
+
+def test_convert_unsorted_mtx_on_dask_workers_is_staged_again(tmp_path, cluster):
+    _, client = cluster
+    X = sp.random(200, 1500, density=0.05, format="csc", random_state=5)
+    X.data = np.ceil(X.data * 30)
+    path = _sorted_mtx(tmp_path / "x.mtx", X, "7 1 9\n")  # column 1 again, at the end
+    expected = X.toarray()
+    expected[6, 0] += 9
+    out = convert(path, tmp_path / "x.zarr", memory_limit="200KB", scheduler=client)
+    np.testing.assert_array_equal(dense(open_matrix(out)), expected)
+    assert leftovers(tmp_path, {"x.zarr", "x.mtx"}) == []
+
+
+def test_cli_convert_on_a_scheduler(tmp_path, cluster):
+    from click.testing import CliRunner
+
+    from scalenmf.cli.main import main
+
+    procs, _ = cluster
+    X = sp.random(100, 800, density=0.1, format="csc", random_state=3)
+    X.data = np.ceil(X.data * 30)
+    path = _gzip_copy(_sorted_mtx(tmp_path / "x.mtx", X))
+    args = ["convert", str(path), str(tmp_path / "x.zarr"), "--scheduler", procs.address]
+    res = CliRunner().invoke(main, [*args, "--memory-limit", "200KB"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    np.testing.assert_array_equal(dense(open_matrix(tmp_path / "x.zarr")), X.toarray())

@@ -399,6 +399,40 @@ def test_mtx_fast_parser_does_not_accept_what_the_line_parser_refuses(tmp_path, 
         open_matrix(path)
 
 
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ("1 1 3 4\n", r"line 3: expected 3 number\(s\)"),
+        ("1 1 3a\n", r"line 3: expected 3"),
+        ("1 2-0\n", r"line 3: expected 3"),  # a sign where a space should be
+        ("1 1 3\x00\n", r"line 3: expected 3"),  # a NUL byte (crashes the C parser)
+        ("1 1 -3\n", r"line 3: value -3.0 is negative"),
+    ],
+)
+def test_mtx_integer_fast_path_refuses_what_the_line_parser_refuses(tmp_path, body, match):
+    # An "integer" file is parsed as integers first and accepted only when its text is
+    # exactly the canonical spelling of what was parsed; anything else goes to the checks.
+    path = write_text(tmp_path / "bad.mtx", HEAD + "2 2 1\n" + body)
+    with pytest.raises(InputError, match=match):
+        open_matrix(path)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("1 1 05\n2 2 1\n", [[5, 0], [0, 1]]),  # leading zero
+        ("1\t1 5\n2 2 1\n", [[5, 0], [0, 1]]),  # a tab
+        ("1 1  5\n2 2 1\n", [[5, 0], [0, 1]]),  # two spaces
+        ("1 1 +5\n2 2 1\n", [[5, 0], [0, 1]]),  # a plus sign
+        ("1 1 5 \n2 2 1\n", [[5, 0], [0, 1]]),  # trailing space
+        ("1 1 0\n2 2 10\n", [[0, 0], [0, 10]]),  # an explicit zero
+    ],
+)
+def test_mtx_integer_files_off_the_canonical_spelling_read_exactly(tmp_path, body, expected):
+    src = open_matrix(write_text(tmp_path / "x.mtx", HEAD + "2 2 2\n" + body))
+    np.testing.assert_array_equal(dense(src), expected)
+
+
 def test_mtx_values_and_spacing_read_exactly(tmp_path):
     # A non-integer value in an "integer" file is kept (never truncated), odd spacing and
     # CRLF line ends parse, blank lines and comments inside the body are skipped.

@@ -75,15 +75,17 @@ def test_sparse_write_spanning_many_chunks_in_uneven_blocks(tmp_path, monkeypatc
         for d in (0.9, 0.01, 0.5)
     ]
     X = sp.hstack(parts, format="csc")  # blocks of 1000 columns: 450k, 5k, 250k entries
+    from scalenmf.io.zarr_store import _ChunkFiles
+
     writes = []
-    setitem = zarr.Array.__setitem__
+    put = _ChunkFiles.put
 
-    def spy(self, key, value):
-        if self.path.endswith("data"):
-            writes.append((key.start, key.stop))
-        return setitem(self, key, value)
+    def spy(self, start, values):
+        if self.arr.path.endswith("data"):
+            writes.append((start, start + len(values)))
+        return put(self, start, values)
 
-    monkeypatch.setattr(zarr.Array, "__setitem__", spy)
+    monkeypatch.setattr(_ChunkFiles, "put", spy)
     src = write_matrix(tmp_path / "x.zarr", X, block_cols=1000)
     monkeypatch.undo()
     back = open_matrix(src)
@@ -91,6 +93,30 @@ def test_sparse_write_spanning_many_chunks_in_uneven_blocks(tmp_path, monkeypatc
     got = back.read_columns(0, X.shape[1])
     assert (got != X).nnz == 0
     assert all(a % 2**20 == 0 for a, _ in writes) and writes[-1][1] == X.nnz
+
+
+def test_sparse_chunk_written_in_the_background_that_fails_leaves_nothing(tmp_path, monkeypatch):
+    """Chunks are encoded and written by threads: a failed write (here a full disk) still
+    stops the write with the one-line error, and nothing is left at the output."""
+    import errno
+
+    from scalenmf.io.atomic import OutputError
+    from scalenmf.io.zarr_store import _ChunkFiles
+
+    calls = []
+
+    def full(self, key, piece):
+        calls.append(key)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(self, key, piece)
+
+    write = _ChunkFiles._write
+    monkeypatch.setattr(_ChunkFiles, "_write", full)
+    X = sp.random(500, 9000, density=0.5, format="csc", random_state=1, dtype=np.float32)
+    with pytest.raises(OutputError, match="no space left on device"):
+        write_matrix(tmp_path / "x.zarr", X, block_cols=1000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_integer_and_float32_dtypes(tmp_path, rng):

@@ -67,6 +67,8 @@ class StageContext:
     stream : bool
         A stager may return a source that parses the input while the store is written
         (read once, block by block in order), raising ``RestageNeeded`` if that fails.
+    client : distributed.Client, optional
+        A Dask cluster whose workers may parse the input (Matrix Market streams only).
     """
 
     workdir: Path
@@ -76,6 +78,7 @@ class StageContext:
     progress: bool = False
     text: Any = None
     stream: bool = True
+    client: Any = None
 
 
 class RestageNeeded(Exception):

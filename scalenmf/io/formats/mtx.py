@@ -229,11 +229,75 @@ def _entry_count(chunk: bytes, ncols: int, integers: bool) -> tuple[int, int, bo
     return int(np.count_nonzero(per_line)), lines, False
 
 
+def _digits(values: np.ndarray, offset: int = 0) -> int:
+    """Total decimal digits of ``values + offset`` (non-negative integers) as written
+    without leading zeros: one per value plus one for each power of ten it reaches."""
+    if not values.size:
+        return 0
+    total = int(values.size)
+    top = int(values.max()) + offset
+    power = 10
+    while power <= top:
+        # values + offset >= power, without a shifted copy of the array
+        total += int(np.count_nonzero(values >= power - offset))
+        power *= 10
+    return total
+
+
+def _canonical_integers(
+    chunk: bytes, header: Header
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+    """The chunk parsed as integers by fast_matrix_market when it is written exactly as
+    ``mmwrite`` and 10x write an integer (or pattern) file: one entry per line, tokens of
+    plain digits without leading zeros, one space between them, nothing else. None
+    otherwise (the general check decides).
+
+    Why the check is exact: the parser reads each line's leading tokens, so a line is at
+    least as long as the shortest text of the numbers it yields plus one separator per
+    token; a chunk whose length equals that sum over its lines holds nothing more (no
+    fourth column, trailing text, leading zero, decimal point, exponent or extra space, none of
+    which the parser would report). Counting digits of the parsed numbers costs a few
+    comparisons per entry, far less than a pass over the text."""
+    try:
+        import fast_matrix_market as fmm
+    except ImportError:  # pragma: no cover - a dependency; the line parser still works
+        return None
+    if b"-" in chunk or b"+" in chunk or b"\x00" in chunk:
+        # A sign can stand where a separator should ("2 3-0" reads as 2 3 0), and a NUL
+        # byte crashes the parser (it reads C strings). Each test is one memchr.
+        return None
+    n_lines = chunk.count(b"\n")
+    m, n = header.shape
+    field = "pattern" if header.field == "pattern" else "integer"
+    body = f"%%MatrixMarket matrix coordinate {field} general\n{m} {n} {n_lines}\n".encode()
+    try:
+        # One thread: the parser holds the GIL throughout, and its own threads cost more
+        # CPU than they save on chunks of this size (measured on 2 cores).
+        (vals, (rows, cols)), _ = fmm.read_coo(io.BytesIO(body + chunk), parallelism=1)
+    except (ValueError, RuntimeError, OverflowError):
+        return None
+    if len(rows) != n_lines:
+        return None
+    ncols = 2 if field == "pattern" else 3
+    size = ncols * n_lines + _digits(rows, 1) + _digits(cols, 1)
+    if field == "integer":
+        if vals.size and int(vals.min()) < 0:
+            return None  # the line parser names the line
+        size += _digits(vals)
+    if size != len(chunk):
+        return None
+    return rows, cols, np.asarray(vals, dtype=np.float64), n_lines
+
+
 def _fast_coords(
     chunk: bytes, header: Header, parallelism: Any
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
     """0-based rows, cols, values of one chunk by fast_matrix_market and its number of
     lines, or None (use the line-by-line parser)."""
+    if header.field in ("integer", "pattern"):
+        canonical = _canonical_integers(chunk, header)
+        if canonical is not None:
+            return canonical
     ncols = 2 if header.field == "pattern" else 3
     counted = _entry_count(chunk, ncols, header.field in ("integer", "pattern"))
     if counted is None:
@@ -461,7 +525,7 @@ def _coordinate_entries(
                 ) from exc
             if item is None:
                 break
-            rows, cols, vals, count, n_lines = _chunk_coords(where, item, first, header, None)
+            rows, cols, vals, count, n_lines = _chunk_coords(where, item, first, header, 1)
             first += n_lines
             seen += count
             if seen > header.nnz:
@@ -469,6 +533,138 @@ def _coordinate_entries(
             yield rows, cols, vals
     if seen != header.nnz:
         raise _count_error(where, header, seen)
+
+
+def _parse_piece(piece: Any, header: Header) -> tuple[Any, ...] | None:
+    """Run on a Dask worker: the fast parse of one run of whole lines of the body, given
+    as bytes or as ``(path, start, stop)`` (a byte range the worker reads itself); None
+    when the run needs the line parser (the client parses it, naming the line)."""
+    if isinstance(piece, tuple):
+        name, start, stop = piece
+        with open(name, "rb") as fh:
+            fh.seek(start)
+            piece = fh.read(stop - start)
+    return _fast_coords(piece, header, 1)
+
+
+def _body_ranges(path: Path, header: Header, chunk_bytes: int) -> list[tuple[int, int]]:
+    """Byte ranges of whole lines covering the body of a plain (uncompressed) file, each
+    about ``chunk_bytes`` long: any run of whole lines is a body of its own."""
+    with open(path, "rb") as fh:
+        for _ in range(header.first_data_line - 1):
+            fh.readline()
+        start = fh.tell()
+        end = fh.seek(0, io.SEEK_END)
+        cuts = [start]
+        while end - cuts[-1] > chunk_bytes:
+            pos = cuts[-1] + chunk_bytes
+            fh.seek(pos)
+            while True:  # the cut goes after the next newline
+                window = fh.read(1 << 16)
+                if not window:
+                    pos = end
+                    break
+                nl = window.find(b"\n")
+                if nl >= 0:
+                    pos += nl + 1
+                    break
+                pos += len(window)
+            if pos >= end:
+                break
+            cuts.append(pos)
+        cuts.append(end)
+    return [(a, b) for a, b in itertools.pairwise(cuts) if b > a]
+
+
+def _dask_entries(
+    client: Any, path: Path, fh: IO[bytes], header: Header, ctx: StageContext, bar: Any
+) -> Generator[tuple[np.ndarray, np.ndarray, np.ndarray], None, None]:
+    """What ``_coordinate_entries`` yields, parsed by the workers of a Dask cluster.
+
+    A plain file is cut into byte ranges of whole lines that the workers read themselves
+    (they must see the file: a local cluster or a shared file system; a range a worker
+    cannot open is read here); a gzip stream cannot be split, so it is decompressed here
+    and its chunks sent to the workers. A few chunks per worker are in flight, results are
+    taken in file order, so memory stays bounded by the window, not the file. Chunks the
+    fast parser does not take are parsed here, which names the line of a problem exactly
+    as the serial reader does; so does the entry count check."""
+    from scalenmf.io.formats._files import is_gzip
+
+    where = str(path)
+    chunk_bytes = _chunk_bytes(ctx.budget)
+    try:
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+    except Exception:  # an old or unusual client: a small window still works
+        n_workers = 1
+    window = 2 * n_workers
+    counted = bar is not None and not is_gzip(path)  # gzip: the reader counts bytes
+
+    def pieces() -> Generator[tuple[Any, Any, int], None, None]:
+        if is_gzip(path):
+            # Closed here on every exit (see _coordinate_entries): the read-ahead thread
+            # must be done with fh before anyone else touches it.
+            with contextlib.closing(_chunks(fh, chunk_bytes)) as chunks:
+                for chunk in chunks:
+                    data = bytes(chunk)
+                    yield client.scatter(data, direct=True, hash=False), data, 0
+        else:
+            name = str(path.resolve())
+            for a, b in _body_ranges(path, header, chunk_bytes):
+                yield (name, a, b), (name, a, b), b - a
+
+    def local(spec: Any) -> bytes:
+        if isinstance(spec, tuple):
+            name, a, b = spec
+            with open(name, "rb") as f:
+                f.seek(a)
+                return f.read(b - a)
+        return bytes(spec)
+
+    source = pieces()
+    pending: list[tuple[Any, Any, int]] = []
+
+    def submit() -> None:
+        try:
+            payload, spec, size = next(source)
+        except StopIteration:
+            return
+        except Exception as exc:  # zlib / ISA-L / OS errors of a damaged stream
+            raise InputError(f"cannot read {where!r} (corrupt or truncated file?): {exc}") from exc
+        future = client.submit(_parse_piece, payload, header, pure=False)
+        pending.append((future, spec, size))
+
+    seen = 0
+    first = header.first_data_line
+    try:
+        for _ in range(window):
+            submit()
+        while pending:
+            future, spec, size = pending.pop(0)
+            try:
+                parsed = future.result()
+            except OSError:
+                parsed = None  # the worker cannot see the file: read that range here
+            submit()
+            if parsed is None:
+                rows, cols, vals, count, n_lines = _chunk_coords(
+                    where, local(spec), first, header, 1
+                )
+            else:
+                rows, cols, vals, n_lines = parsed
+                count = len(vals)
+            if counted and size:
+                bar.update(size)
+            first += n_lines
+            seen += count
+            if seen > header.nnz:
+                raise _count_error(where, header, seen)
+            yield rows, cols, vals
+        if seen != header.nnz:
+            raise _count_error(where, header, seen)
+    finally:
+        for future, _, _ in pending:
+            future.cancel()
+        source.close()
 
 
 def read(path: Path) -> MatrixSource:
@@ -530,7 +726,10 @@ def stage(path: Path, ctx: StageContext) -> MatrixSource:
                 and header.fmt == "coordinate"
                 and header.symmetry == "general"
             ):
-                stream = SortedStream(path, fh, header, ctx, bar)
+                entries = None
+                if ctx.client is not None:
+                    entries = _dask_entries(ctx.client, path, fh, header, ctx, bar)
+                stream = SortedStream(path, fh, header, ctx, bar, entries)
                 owned = False
                 return stream.set_labels(row_labels, col_labels)
             out = _stage_body(path, fh, header, ctx)
@@ -566,9 +765,20 @@ class SortedStream(MatrixSource):
         Plans the block width and the chunk size from the budget.
     bar : tqdm-like, optional
         The byte-progress bar, closed with the stream.
+    entries : iterator, optional
+        Where the parsed (rows, cols, values) come from, in file order (default: this
+        process parses ``fh``; ``_dask_entries`` has a cluster's workers parse it).
     """
 
-    def __init__(self, path: Path, fh: IO[bytes], header: Header, ctx: StageContext, bar: Any):
+    def __init__(
+        self,
+        path: Path,
+        fh: IO[bytes],
+        header: Header,
+        ctx: StageContext,
+        bar: Any,
+        entries: Any = None,
+    ):
         super().__init__()
         m, n = header.shape
         self.shape = (m, n)
@@ -580,7 +790,9 @@ class SortedStream(MatrixSource):
         chunk_bytes = _chunk_bytes(ctx.budget)
         self._fh: IO[bytes] | None = fh
         self._bar = bar
-        self._entries: Any = _coordinate_entries(path, fh, header, chunk_bytes)
+        if entries is None:
+            entries = _coordinate_entries(path, fh, header, chunk_bytes)
+        self._entries: Any = entries
         self._next = 0  # first column not yet returned
         self._last = 0  # largest column index parsed so far
         self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []

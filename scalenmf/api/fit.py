@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,15 @@ from scalenmf.models.fits import collect
 from scalenmf.models.init import initialize
 from scalenmf.models.memory import FitShape
 from scalenmf.models.nmf import NMFConfig, NMFModel
-from scalenmf.models.online import BATCH_COLS, FORGET_FACTOR, ONLINE_MU_STEPS, run_online
+from scalenmf.models.online import (
+    BATCH_COLS,
+    FORGET_FACTOR,
+    ONLINE_MU_STEPS,
+    ONLINE_SWEEPS,
+    init_passes,
+    run_online,
+    warmup_sample,
+)
 from scalenmf.models.step import fit_stats_step
 from scalenmf.results.nmf import NMFResult
 from scalenmf.validation import NMF_RULES
@@ -245,9 +254,11 @@ def nmf(
         inner = (
             {"solver": "mu", "mu_steps": ONLINE_MU_STEPS}
             if p["loss"] == "kl"
-            else {"solver": "als"}
+            else {"solver": "hals", "inner_sweeps": ONLINE_SWEEPS}
         )
     config = model_config({**p, **inner}, k=p["k"], masked_data=mask is not None, **where)
+    if inner.get("solver") == "hals":
+        config = replace(config, inner_sweeps=ONLINE_SWEEPS)
     if (
         checkpoint_every is not None or checkpoint_seconds is not None or resume
     ) and not checkpoint:
@@ -374,13 +385,26 @@ def online_params(
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"batch_size must be a whole number ≥ 1; got {batch_size!r}")
     if forget_factor is None:
-        forget_factor = FORGET_FACTOR if loss == "kl" else 1.0
-    if not (isinstance(forget_factor, (int, float)) and 0.0 < float(forget_factor) <= 1.0):
+        # KL: scikit-learn's; Frobenius: None, the schedule of models/online.py.
+        return {"batch_size": int(size), "forget_factor": FORGET_FACTOR if loss == "kl" else None}
+    if (
+        isinstance(forget_factor, bool)
+        or not isinstance(forget_factor, (int, float))
+        or not 0.0 < float(forget_factor) <= 1.0
+    ):
         raise ValueError(f"forget_factor must be in (0, 1]; got {forget_factor!r}")
     return {"batch_size": int(size), "forget_factor": float(forget_factor)}
 
 
-def _online(model: Any, executor: Executor, p: dict[str, Any], progress: Any, callback: Any):
+def _online(
+    model: Any,
+    executor: Executor,
+    p: dict[str, Any],
+    progress: Any,
+    callback: Any,
+    sample: list[int] | None,
+    info: dict[str, Any],
+):
     bar = progress_bar(progress, p["max_iter"], f"online nmf k={p['k']} (epochs)")
     try:
         return run_online(
@@ -393,6 +417,8 @@ def _online(model: Any, executor: Executor, p: dict[str, Any], progress: Any, ca
             seed=p["seed"],
             progress=bar,
             callback=callback,
+            sample=sample,
+            info=info,
         )
     finally:
         if bar is not None:
@@ -418,6 +444,10 @@ def fit_on_executor(
     """
     t0 = time.perf_counter()
     snapshot = checkpoint.load() if (resume and checkpoint is not None) else None
+    # The online fit starts (and warms up) on a sample of blocks: see models/online.py.
+    sample = (
+        warmup_sample(executor.source.block_bounds, p["seed"]) if p["solver"] == "online" else None
+    )
     if snapshot is not None:
         if snapshot.iteration >= p["max_iter"]:
             raise ValueError(
@@ -428,13 +458,18 @@ def fit_on_executor(
         model = NMFModel(config, state["Ws"], state["h_start"], state["xx"])
         log.info("resuming from the checkpoint at iteration %d", snapshot.iteration)
     else:
-        start = initialize(executor, config.k, p["init"], p["seed"], p["n_runs"], dtype)
-        if start.xx == 0:
+        start = initialize(
+            executor, config.k, p["init"], p["seed"], p["n_runs"], dtype, blocks=sample
+        )
+        if start.xx == 0 and sample is None:  # a sample's zeros are the first epoch's to judge
             raise InputError("X is all zeros; there is nothing to factorize")
         model = NMFModel(config, start.Ws, start.h_start, start.xx)
     t_init = time.perf_counter() - t0
+    online_info: dict[str, Any] = {}
     if p["solver"] == "online":
-        trace = _online(model, executor, p, progress, callback)
+        trace = _online(model, executor, p, progress, callback, sample, online_info)
+        bounds = executor.source.block_bounds
+        online_info["passes"] += init_passes(p["init"], bounds, sample)
     else:
         trace = iterate(
             model,
@@ -449,7 +484,7 @@ def fit_on_executor(
         )
     best = best_run(trace)
     H_kept, _ = collect(executor, model, [best], labels=False)
-    return NMFResult(
+    result = NMFResult(
         W=model.Ws[best],
         H=H_kept[best].astype(dtype, copy=False),
         **fit_summary(trace, best),
@@ -466,3 +501,6 @@ def fit_on_executor(
             checkpoints=list(checkpoint.saved) if checkpoint is not None else [],
         ),
     )
+    if online_info:
+        result.info["online"] = online_info
+    return result

@@ -35,9 +35,10 @@ class InitResult:
     has_state: bool  # block states already hold H for some runs
 
 
-def data_stats(executor: Executor) -> dict[str, float]:
-    """One validating pass: ‖X‖², ΣX (raises InputError on NaN/Inf/negative)."""
-    return executor.map_reduce(stats_step, None)
+def data_stats(executor: Executor, blocks: list[int] | None = None) -> dict[str, float]:
+    """One validating pass: ‖X‖², ΣX (raises InputError on NaN/Inf/negative); of the
+    column blocks ``blocks`` only if given."""
+    return executor.map_reduce(stats_step, None, blocks=blocks)
 
 
 def _range_step(X: Any, state: Any, omega: np.ndarray):
@@ -92,18 +93,29 @@ def random_w(m: int, k: int, mean: float, rng: np.random.Generator, dtype: np.dt
 
 
 def initialize(
-    executor: Executor, k: int, init: str, seed: int | None, n_runs: int, dtype: np.dtype
+    executor: Executor,
+    k: int,
+    init: str,
+    seed: int | None,
+    n_runs: int,
+    dtype: np.dtype,
+    blocks: list[int] | None = None,
 ) -> InitResult:
     """Starting W for every run (and H for run 0 under NNDSVD, left in the block states).
 
     Run 0 uses ``init``; further runs are restarts from independent random starts (NNDSVD is
-    deterministic, so repeating it would repeat the same fit).
+    deterministic, so repeating it would repeat the same fit). ``blocks``: only these column
+    blocks are read (the online solver's sample); ``xx`` and ``xsum`` are then theirs, and
+    the other blocks get no state.
     """
     m, n = executor.source.shape
+    if blocks is not None:
+        bounds = executor.source.block_bounds
+        n = sum(bounds[j][1] - bounds[j][0] for j in blocks)
     seeds = np.random.SeedSequence(seed).spawn(n_runs + 1)
     rngs = [np.random.default_rng(s) for s in seeds]
     if init == "random":
-        stats = data_stats(executor)
+        stats = data_stats(executor, blocks)
         mean = stats["xsum"] / max(1, m * n)
         Ws = [random_w(m, k, mean, rngs[r], dtype) for r in range(n_runs)]
         start = float(np.sqrt(mean / k)) or 1.0
@@ -111,10 +123,10 @@ def initialize(
 
     l = min(k + OVERSAMPLE, m, n)
     omega = rngs[n_runs].standard_normal((m, l)).astype(dtype)
-    first = executor.map_reduce(_range_step, omega)
+    first = executor.map_reduce(_range_step, omega, blocks=blocks)
     mean = first["xsum"] / max(1, m * n)
     Q, _ = np.linalg.qr(first["Y"])
-    second = executor.map_reduce(_project_step, Q.astype(dtype))
+    second = executor.map_reduce(_project_step, Q.astype(dtype), blocks=blocks)
     evals, evecs = np.linalg.eigh(second["TTt"])
     order = np.argsort(evals)[::-1][:k]
     s = np.sqrt(np.maximum(evals[order], 0))
@@ -122,7 +134,7 @@ def initialize(
     s_safe = np.where(s > 0, s, 1.0)
     Ut = evecs[:, order]
     U = Q @ Ut  # (m, kk) left singular vectors
-    norms = executor.map_reduce(_vnorm_step, (Ut, s_safe), read_x=False)
+    norms = executor.map_reduce(_vnorm_step, (Ut, s_safe), read_x=False, blocks=blocks)
     W0 = np.zeros((m, k))
     sign = np.ones(k)
     scale = np.zeros(k)
@@ -151,6 +163,6 @@ def initialize(
         W0[W0 < EPS_ZERO] = fill
     start = float(np.sqrt(mean / k)) or 1.0
     plan = _HPlan(sign, scale, fill, start, n_runs, str(np.dtype(dtype)))
-    executor.map_reduce(_h_step, plan, read_x=False)
+    executor.map_reduce(_h_step, plan, read_x=False, blocks=blocks)
     Ws = [W0.astype(dtype)] + [random_w(m, k, mean, rngs[r], dtype) for r in range(1, n_runs)]
     return InitResult(Ws, [start] * n_runs, first["xx"], first["xsum"], True)

@@ -16,9 +16,27 @@ warm-started at their previous H), then W is updated from sufficient statistics:
   (Lefèvre, Bach & Févotte 2011; scikit-learn's MiniBatchNMF), and ``W = A / (B + l1 +
   l2·W)``: the numerator depends on the W a block was seen with, so it cannot be exact.
 
-Every epoch's objective is the sum of its batches' objectives (each with the W it saw), a
-pass of X at no extra cost; the fit stops when it decreases by less than ``tol`` or after
-``max_epochs``. One last pass solves every H with the final W and measures the objective
+**The first epoch's schedule.** Before the first epoch the fit is started and warmed up on
+a seeded sample of blocks (about ``WARMUP_SHARE`` of the columns): the initialisation
+(NNDSVDa or random) reads only the sample, and the same batch step is iterated on the
+sample until its objective decreases by less than ``WARMUP_TOL`` or the warm-up has read
+``WARMUP_PASSES`` passes' worth of columns. A mini-batch W learnt from the first batches
+alone is poor and is paid for with whole epochs later; a few iterations on 2 % of X cost
+a fraction of one. For Frobenius the sample's statistics are exact like every block's, so
+they carry on into the first epoch. Where the sample would be more than half of X (small
+data) there is no warm-up and the initialisation reads all of X.
+
+**The H step (Frobenius)** is ``ONLINE_SWEEPS`` coordinate (HALS) sweeps, warm-started at
+the block's previous H; a block seen for the first time starts at the clipped
+unconstrained solution (``StepCast.ls_start``), from which the sweeps come within 1e-6 of
+exact NNLS at a quarter of its cost. The W step is exact NNLS on the statistics.
+
+**Stopping.** For exact Frobenius statistics the end-of-epoch objective is the *full*
+objective of the current W and of every block's current H, read off the statistics at no
+cost: ``½(‖X‖² − 2⟨W, B⟩ + ⟨WᵀW, A⟩)`` plus the penalties. For KL it is the sum of the
+batches' objectives, each with the W the batch saw. The fit stops when it decreases by
+less than ``tol`` from one epoch to the next, or after ``max_epochs`` epochs; then one
+last pass (the only extra one) solves every H with the final W and measures the objective
 exactly.
 """
 
@@ -32,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from scalenmf.engine.loop import IterationInfo, LoopTrace
+from scalenmf.io.errors import InputError
 from scalenmf.kernels.mu import EPS
 from scalenmf.models.fits import FitsModel, objective, penalty, squared_error, update_w
 from scalenmf.models.step import NMFConfig, fit_step, initial_states
@@ -42,6 +61,20 @@ BATCH_COLS = 4096
 FORGET_FACTOR = 0.7
 #: KL multiplicative H steps per visit of a block (a block is seen once per epoch).
 ONLINE_MU_STEPS = 10
+#: Frobenius coordinate (HALS) sweeps of H per visit of a block.
+ONLINE_SWEEPS = 10
+#: Share of the columns in the warm-up sample.
+WARMUP_SHARE = 0.02
+#: The warm-up reads at most this many passes' worth of columns.
+WARMUP_PASSES = 0.5
+#: The warm-up stops when the sample's objective decreases by less than this (relative).
+WARMUP_TOL = 1e-4
+#: Frobenius, first epoch: the statistics forget with a window of this many batches...
+WINDOW_BATCHES = 1
+#: ... and the window grows to this share of the columns read so far.
+WINDOW_GROWTH = 0.25
+#: The last pass solves H by exact NNLS (warm-started), so the result's H is exact for W.
+FINAL_EXACT = True
 
 
 def block_batches(widths: list[int], batch_cols: int, rng: np.random.Generator) -> list[list[int]]:
@@ -58,6 +91,35 @@ def block_batches(widths: list[int], batch_cols: int, rng: np.random.Generator) 
     if current:
         out.append(sorted(current))
     return out
+
+
+def warmup_sample(block_bounds: list[tuple[int, int]], seed: int | None) -> list[int] | None:
+    """The seeded sample of blocks the online fit starts and warms up on, or None.
+
+    Blocks in a random order until they hold ``WARMUP_SHARE`` of the columns; None where
+    that sample would leave the warm-up fewer than two iterations within its budget of
+    ``WARMUP_PASSES`` (then the start reads all of X and there is no warm-up).
+    """
+    widths = [b - a for a, b in block_bounds]
+    n = sum(widths)
+    rng = np.random.default_rng(None if seed is None else [int(seed), 15])
+    sample: list[int] = []
+    cols = 0
+    for j in rng.permutation(len(widths)):
+        if cols >= WARMUP_SHARE * n:
+            break
+        sample.append(int(j))
+        cols += widths[j]
+    if cols == 0 or WARMUP_PASSES * n / cols < 2:
+        return None
+    return sorted(sample)
+
+
+def init_passes(init: str, block_bounds: list[tuple[int, int]], sample: list[int] | None) -> float:
+    """Passes over X (in columns read ÷ n) the initialisation makes on ``sample`` or all."""
+    widths = [b - a for a, b in block_bounds]
+    share = 1.0 if sample is None else sum(widths[j] for j in sample) / max(1, sum(widths))
+    return (1.0 if init == "random" else 2.0) * share
 
 
 def batch_statistics(
@@ -88,15 +150,170 @@ def w_from_statistics(config: NMFConfig, W: np.ndarray, A: np.ndarray, B: np.nda
     """The W step from accumulated statistics ``A``, ``B`` (as ``batch_statistics``).
 
     Frobenius: ``argmin_{W ≥ 0} ½ tr(W A Wᵀ) − tr(Wᵀ B)`` plus the W penalties (exact
-    NNLS, warm-started at ``W``); KL: ``W = A ⊘ (B + l1_w + l2_w·W)``, the multiplicative
-    step of the accumulated numerator and denominator. Returns W's shape (m, k) and dtype.
+    NNLS, warm-started at ``W``, whatever the H solver); KL: ``W = A ⊘ (B + l1_w +
+    l2_w·W)``, the multiplicative step of the accumulated numerator and denominator.
+    Returns W's shape (m, k) and dtype.
     """
     if config.loss == "kl":
         denom = B[None, :] + (config.l1_w + EPS)
         if config.l2_w:
             denom = denom + config.l2_w * W
         return (A / np.maximum(denom, EPS)).astype(W.dtype)
-    return update_w(config, W, {"XHt": B, "HHt": A})
+    exact = replace(config, solver="als", nnls="bpp")
+    return update_w(exact, W, {"XHt": B, "HHt": A})
+
+
+def statistics_objective(
+    config: NMFConfig, xx: float, W: np.ndarray, A: np.ndarray, B: np.ndarray, hsum: np.ndarray
+) -> tuple[float, float]:
+    """The full Frobenius objective and relative error of W and the H behind ``A``, ``B``.
+
+    ``A = Σ_j H_j H_jᵀ`` (k, k), ``B = Σ_j X_j H_jᵀ`` (m, k) and ``hsum = Σ_j H_j 1`` (k,)
+    exact for every block's current H, ``xx = ‖X‖²``: ``‖X − WH‖² = xx − 2⟨W, B⟩ +
+    ⟨WᵀW, A⟩`` with no pass over X.
+    """
+    W64 = W.astype(np.float64, copy=False)
+    sq = max(
+        xx
+        - 2.0 * float(np.einsum("ij,ij->", W64, B))
+        + float(np.einsum("ij,ij->", W64.T @ W64, A)),
+        0.0,
+    )
+    obj = 0.5 * sq + penalty(config, W, float(hsum.sum()), float(np.trace(A)))
+    return obj, (math.sqrt(sq / xx) if xx > 0 else 0.0)
+
+
+class _Online:
+    """The driver's state of one online fit: W, the statistics, the columns read.
+
+    Frobenius: ``A = Σ_j ω_j H_j H_jᵀ``, ``B = Σ_j ω_j X_j H_jᵀ``, ``hsum = Σ_j ω_j H_j 1``
+    over every block's latest H, ``ω_j`` its weight: 1 when it is solved, times ``ρ`` per
+    batch since. KL: the decayed sums of every batch's statistics (``batch_statistics``).
+    """
+
+    def __init__(self, model: FitsModel, executor: Any, forget_factor: float | None) -> None:
+        self.model, self.executor = model, executor
+        self.config = model.config
+        self.kl = self.config.loss == "kl"
+        self.forget_factor = forget_factor
+        self.widths = np.array([b - a for a, b in executor.source.block_bounds])
+        self.n = int(self.widths.sum())
+        m, k = model.Ws[0].shape
+        self.A = np.zeros((m, k) if self.kl else (k, k))
+        self.B = np.zeros(k if self.kl else (m, k))
+        self.hsum = np.zeros(k)
+        self.weight = np.zeros(len(self.widths))
+        self.cols_read = 0
+
+    @property
+    def W(self) -> np.ndarray:
+        return self.model.Ws[0]
+
+    @property
+    def exact(self) -> bool:
+        """Every block's latest statistics are in the sums with weight 1 (Frobenius)."""
+        return not self.kl and bool(np.all(self.weight == 1.0))
+
+    def rho(self, cols: int, epoch: int, window: float) -> float:
+        """The decay of the statistics before a batch of ``cols`` columns in ``epoch``."""
+        if self.forget_factor is not None:
+            return float(self.forget_factor ** (cols / self.n))
+        if epoch > 1:
+            return 1.0
+        # The first epoch's schedule: a window of ``window`` columns at first, growing with
+        # the columns read (Mairal et al.'s (1 − 1/t)^β with β = 1 / WINDOW_GROWTH).
+        return math.exp(-cols / max(window, WINDOW_GROWTH * self.cols_read))
+
+    def share_config(self, cols: float) -> NMFConfig:
+        """The config with the W penalties scaled to ``cols`` of the n columns."""
+        share = cols / self.n
+        return replace(self.config, l1_w=self.config.l1_w * share, l2_w=self.config.l2_w * share)
+
+    def step(
+        self, blocks: list[int] | None, exact_h: bool = False
+    ) -> tuple[Any, dict[str, Any], int, Any]:
+        """The block step of ``blocks`` (None: all) with the current W; ``exact_h``: H by
+        exact NNLS (block principal pivoting, warm-started) whatever the solver."""
+        bc = replace(self.model.broadcast([0], first=False), validate=True)
+        if exact_h and not self.kl:
+            bc = replace(bc, config=replace(bc.config, solver="als", nnls="bpp"))
+        if not self.kl:
+            chosen = range(len(self.widths)) if blocks is None else blocks
+            bc = replace(
+                bc,
+                delta=True,
+                ls_start=True,
+                old_weight={int(j): float(self.weight[j]) for j in chosen},
+            )
+        partials = self.executor.map_reduce(fit_step, bc, blocks=blocks)
+        self.cols_read += self.n if blocks is None else int(self.widths[blocks].sum())
+        part, a = self.model.part(partials, 0)
+        return bc, part, a, partials
+
+    def batch_objective(
+        self, bc: Any, part: dict[str, Any], a: int, xx_b: float
+    ) -> tuple[float, float]:
+        """A batch's data term plus H penalties (with the W it saw), and its ‖X − WH‖²."""
+        sq = squared_error(xx_b, part, a, bc.groups[0].grams[0][a])
+        h_sq = float(np.trace(part["HHt"][a]))
+        data = float(part["div"][a]) if self.kl else 0.5 * sq
+        pen = penalty(
+            replace(self.config, l1_w=0.0, l2_w=0.0), self.W, float(part["hsum"][a].sum()), h_sq
+        )
+        return data + pen, sq
+
+    def decay(self, rho: float) -> None:
+        if rho != 1.0:
+            self.A *= rho
+            self.B *= rho
+            self.hsum *= rho
+            self.weight *= rho
+
+    def add(self, blocks: list[int] | None, part: dict[str, Any], a: int) -> None:
+        """Add a step's statistics (already decayed by ``decay``), then the W step."""
+        if self.kl:
+            A_b, B_b = batch_statistics(self.config, self.W, part, a)
+            self.A += A_b
+            self.B += B_b
+            if blocks is None:
+                self.weight[:] = 1.0
+            else:
+                self.weight[blocks] = 1.0
+            cfg = self.config
+        else:
+            # The blocks' previous statistics leave with the weight they had: each block is
+            # in the sums once, with its latest H.
+            self.A += part["HHt_change"][a]
+            self.B += part["XHt"][a]
+            self.hsum += part["hsum_change"][a]
+            if blocks is None:
+                self.weight[:] = 1.0
+            else:
+                self.weight[blocks] = 1.0
+            cfg = self.share_config(float(self.weight @ self.widths))
+        self.model.Ws[0] = w_from_statistics(cfg, self.W, self.A, self.B)
+
+
+def _warm_up(fit: _Online, sample: list[int]) -> int:
+    """Iterate the batch step on the sample blocks (see the module notes); iterations run."""
+    cols = float(fit.widths[sample].sum())
+    budget = max(1, int(WARMUP_PASSES * fit.n // cols))
+    prev = math.inf
+    for it in range(1, budget + 1):
+        bc, part, a, partials = fit.step(sample)
+        obj, _ = fit.batch_objective(bc, part, a, float(partials["xx"]))
+        obj += penalty(replace(fit.share_config(cols), l1_h=0.0, l2_h=0.0), fit.W, 0.0, 0.0)
+        if fit.kl:
+            # The sample's full-batch MU step: its statistics alone start the epoch's.
+            fit.A, fit.B = batch_statistics(fit.config, fit.W, part, a)
+            fit.weight[sample] = 1.0
+            fit.model.Ws[0] = w_from_statistics(fit.share_config(cols), fit.W, fit.A, fit.B)
+        else:
+            fit.add(sample, part, a)
+        if math.isfinite(prev) and prev - obj <= WARMUP_TOL * abs(prev):
+            return it
+        prev = obj
+    return budget
 
 
 def run_online(
@@ -106,16 +323,26 @@ def run_online(
     max_epochs: int,
     tol: float,
     batch_cols: int = BATCH_COLS,
-    forget_factor: float = FORGET_FACTOR,
+    forget_factor: float | None = None,
     seed: int | None = 0,
     progress: Any = None,
     callback: Any = None,
     warm_start: bool = False,
+    sample: list[int] | None = None,
+    info: dict[str, Any] | None = None,
 ) -> LoopTrace:
     """Fit ``model`` (one fit) by mini-batches; its ``Ws[0]`` is updated in place.
 
-    ``warm_start``: W is already good (a previous fit): solve every block's H with it
-    first, one extra pass, so that the statistics are complete from the start.
+    ``forget_factor``: the share of the statistics one pass over X keeps (each batch of b
+    columns decays them by ``forget_factor ** (b / n)``); None: KL 0.7, Frobenius the
+    schedule of the module notes (a window of ``WINDOW_BATCHES`` batches in the first
+    epoch, then none). ``warm_start``: W is already good (a previous fit): solve every
+    block's H with it first, one extra pass, so that the statistics are complete from the
+    start, and forget nothing (Frobenius). ``sample``: the blocks of the warm-up
+    (``warmup_sample``; the start was computed on them, so ``model.xx`` may be theirs
+    only: the first epoch sets it to ‖X‖²). ``info``, if given, receives ``passes``
+    (columns read ÷ n, the start excluded), ``passes_at_epoch``, ``warmup_iterations``
+    and ``warmup_cols``.
 
     Returns
     -------
@@ -123,66 +350,56 @@ def run_online(
         One run: the epochs' objectives and relative errors, then the exact ones of the
         final pass; ``n_iter`` counts epochs.
     """
-    config = model.config
-    kl = config.loss == "kl"
-    exact = not kl and forget_factor >= 1.0
-    # Exact statistics start from H = 0 in every block (an initialisation's H is dropped;
-    # its W is kept): then A = B = 0 are the statistics of the blocks' H.
+    kl = model.config.loss == "kl"
+    if kl and forget_factor is None:
+        forget_factor = FORGET_FACTOR
+    if warm_start and not kl and forget_factor is None:
+        forget_factor = 1.0
+    fit = _Online(model, executor, forget_factor)
+    # Every block starts at H = 0 (an initialisation's H is dropped; its W is kept): the
+    # statistics of those H are A = B = 0.
     executor.set_states(initial_states([0] * executor.source.n_blocks))
-    bounds = executor.source.block_bounds
-    widths = [b - a for a, b in bounds]
-    n = sum(widths)
+    widths = [int(w) for w in fit.widths]
+    window = float(WINDOW_BATCHES * max(batch_cols, max(widths)))
     rng = np.random.default_rng(seed)
-    W = model.Ws[0]
-    m, k = W.shape
-    A = np.zeros((m, k) if kl else (k, k))
-    B = np.zeros(k if kl else (m, k))
-    seen = np.zeros(len(widths), dtype=bool)
-    if exact and warm_start:
+    warm_iters = 0
+    if warm_start:
         # One H step of every block with the starting W: the statistics are then those of
-        # all of X from the first batch on, and a start at the optimum stays there. (From a
-        # rough start, blocks at H = 0 that add nothing converge faster: the default.)
-        bc = replace(model.broadcast([0], first=False), delta=True)
-        part, a0 = model.part(executor.map_reduce(fit_step, bc), 0)
-        A += part["HHt_change"][a0]
-        B += part["XHt"][a0]
-        seen[:] = True
+        # all of X from the first batch on, and a start at the optimum stays there.
+        _, part, a0, _ = fit.step(None)
+        fit.add(None, part, a0)
+    elif sample:
+        warm_iters = _warm_up(fit, sample)
     trace = LoopTrace(objectives=[[]], relative_errors=[[]])
+    passes_at_epoch: list[float] = []
     t0 = time.perf_counter()
     converged = False
     epoch = 0
     for epoch in range(1, max_epochs + 1):
         total_obj = total_sq = total_xx = 0.0
         for batch in block_batches(widths, batch_cols, rng):
-            bc = replace(model.broadcast([0], first=False), validate=True, delta=exact)
-            partials = executor.map_reduce(fit_step, bc, blocks=batch)
-            part, a = model.part(partials, 0)
+            fit.decay(fit.rho(sum(widths[j] for j in batch), epoch, window))
+            bc, part, a, partials = fit.step(batch)
             xx_b = float(partials["xx"])
-            G = bc.groups[0].grams[0][a]
-            sq = squared_error(xx_b, part, a, G)
-            h_sq = float(np.trace(part["HHt"][a]))
-            total_obj += (float(part["div"][a]) if kl else 0.5 * sq) + penalty(
-                replace(config, l1_w=0.0, l2_w=0.0), W, float(part["hsum"][a].sum()), h_sq
-            )
-            total_sq += sq
+            obj_b, sq_b = fit.batch_objective(bc, part, a, xx_b)
+            total_obj += obj_b
+            total_sq += sq_b
             total_xx += xx_b
-            seen[batch] = True
-            if exact:
-                A += part["HHt_change"][a]
-                B += part["XHt"][a]
-                share = float(sum(w for w, s in zip(widths, seen, strict=True) if s)) / n
-                cfg = replace(config, l1_w=config.l1_w * share, l2_w=config.l2_w * share)
-                W = w_from_statistics(cfg, W, A, B)
-            else:
-                rho = forget_factor ** (sum(widths[j] for j in batch) / n)
-                A_b, B_b = batch_statistics(config, W, part, a)
-                A, B = rho * A + A_b, rho * B + B_b
-                W = w_from_statistics(config, W, A, B)
-            model.Ws[0] = W
+            fit.add(batch, part, a)
             if progress is not None:
                 progress.update(0)
-        total_obj += penalty(replace(config, l1_h=0.0, l2_h=0.0), W, 0.0, 0.0)
-        rel = math.sqrt(total_sq / total_xx) if total_xx > 0 else 0.0
+        if epoch == 1 and total_xx == 0:
+            raise InputError("X is all zeros; there is nothing to factorize")
+        model.xx = total_xx  # ‖X‖², whatever the start read
+        if fit.exact:
+            # Every block's latest H is in the sums with weight 1: the full objective.
+            total_obj, rel = statistics_objective(
+                fit.config, total_xx, fit.W, fit.A, fit.B, fit.hsum
+            )
+        else:
+            total_obj += penalty(replace(fit.config, l1_h=0.0, l2_h=0.0), fit.W, 0.0, 0.0)
+            rel = math.sqrt(total_sq / total_xx) if total_xx > 0 else 0.0
+        passes_at_epoch.append(fit.cols_read / fit.n)
         history = trace.objectives[0]
         history.append(total_obj)
         trace.relative_errors[0].append(rel)
@@ -198,14 +415,19 @@ def run_online(
                 converged = True
                 break
     # The last pass: every H with the final W, and the exact objective of the result.
-    bc = replace(model.broadcast([0], first=False), delta=False)
-    partials = executor.map_reduce(fit_step, bc)
-    part, a = model.part(partials, 0)
-    obj, rel = objective(config, model.xx, part, a, bc.groups[0].grams[0][a], W)
+    bc, part, a, _ = fit.step(None, exact_h=FINAL_EXACT)
+    obj, rel = objective(fit.config, model.xx, part, a, bc.groups[0].grams[0][a], fit.W)
     trace.objectives[0].append(obj)
     trace.relative_errors[0].append(rel)
     trace.iter_times.append(time.perf_counter() - t0)
     trace.n_iter = [epoch]
     trace.converged = [converged]
     trace.total_s = time.perf_counter() - t0
+    if info is not None:
+        info.update(
+            passes=fit.cols_read / fit.n,
+            passes_at_epoch=passes_at_epoch,
+            warmup_iterations=warm_iters,
+            warmup_cols=int(fit.widths[sample].sum()) if sample and warm_iters else 0,
+        )
     return trace

@@ -151,6 +151,14 @@ class StepCast:
     #: block's previous H): the online solver keeps exact full-data statistics by adding
     #: them (Frobenius only).
     delta: bool = False
+    #: Columns of H still all zero (never solved, Frobenius) start the solve at the clipped
+    #: unconstrained solution ``max(G⁻¹ (B − l1), 0)``: a few coordinate sweeps from there
+    #: come within 1e-6 of exact NNLS where the same sweeps from 0 miss by 1 % (online).
+    ls_start: bool = False
+    #: With ``delta``: per block index, the weight its previous statistics carry in the
+    #: driver's sums (absent: 1); the block then returns ``X (H − α H_old)ᵀ``, ``H Hᵀ −
+    #: α H_old H_oldᵀ``, so the sums hold every block once, its latest H weighted 1.
+    old_weight: dict[int, float] | None = None
 
 
 @dataclass
@@ -369,12 +377,27 @@ def _variants_step(fb: FitBlock, st: BlockState, bc: StepCast, legacy: Any, grou
             for i in idx:
                 stacks[i], groups[i] = _kl_group(config, bc.groups[i], d, Xv, stacks[i], masks[i])
         else:
-            groups.update(_frobenius_groups(config, bc.groups, idx, d, Xv, stacks, masks, bc.delta))
+            groups.update(
+                _frobenius_groups(
+                    config,
+                    bc.groups,
+                    idx,
+                    d,
+                    Xv,
+                    stacks,
+                    masks,
+                    bc.delta,
+                    bc.ls_start,
+                    bc.old_weight.get(st.index, 1.0) if bc.old_weight else 1.0,
+                )
+            )
         for i in idx:
             st.H[bc.groups[i].key] = stacks[i]
 
 
-def _frobenius_groups(config, casts, idx, d, Xv, stacks, masks, delta=False) -> dict[int, Any]:
+def _frobenius_groups(
+    config, casts, idx, d, Xv, stacks, masks, delta=False, ls_start=False, old_weight=1.0
+) -> dict[int, Any]:
     """H steps of the Frobenius groups of one variant; their partials per group index.
 
     The products with X and the solves run on the config's backend; the corrections of
@@ -394,6 +417,9 @@ def _frobenius_groups(config, casts, idx, d, Xv, stacks, masks, delta=False) -> 
         whole = A == g.n_slots and bool(np.all(np.diff(g.slots) > 0))
         H0 = stacks[i] if whole else stacks[i][g.slots]
         G = g.grams[d]
+        start = H0
+        if ls_start and masks[i] is None and not H0.any(axis=1).all():
+            start = _clipped_ls_start(G, ops.host(B, np.float64), H0, config.l1_h, config.l2_h)
         removed = None
         if masks[i] is not None:
             B = B.copy()
@@ -405,12 +431,11 @@ def _frobenius_groups(config, casts, idx, d, Xv, stacks, masks, delta=False) -> 
                 if not mp.empty:
                     removed[a] = removed_grams(mp.missing, Wa)
             G = G[:, None] - removed
-        H0d = ops.array(H0)
-        H = solve_nnls(config, ops.array(G), B, H0d, config.l1_h, config.l2_h, ops)
+        H = solve_nnls(config, ops.array(G), B, ops.array(start), config.l1_h, config.l2_h, ops)
         H = ops.cast(H, H0.dtype)  # the state's dtype: X Hᵀ is taken of the H kept
         solved.append((i, H, B, removed, H0))
         if delta:
-            H = H - H0d
+            H = H - (ops.array(H0) if old_weight == 1.0 else old_weight * ops.array(H0))
         for_xht.append(H.reshape(-1, n_j))
     XHt_all = ops.host(ops.x_ht(Xb, ops.vstack(for_xht)))
     m = XHt_all.shape[0]
@@ -433,11 +458,38 @@ def _frobenius_groups(config, casts, idx, d, Xv, stacks, masks, delta=False) -> 
             "hsum": H64.sum(axis=2),
         }
         if delta:  # XHt is then X (H − H_old)ᵀ
-            part["HHt_change"] = part["HHt"] - _gram(H_old)
+            part["HHt_change"] = part["HHt"] - old_weight * _gram(H_old)
+            part["hsum_change"] = part["hsum"] - old_weight * H_old.astype(np.float64).sum(axis=2)
         if removed is not None:
             _mask_terms(part, g, d, H64, masks[i], removed)
         out[i] = part
     return out
+
+
+def _clipped_ls_start(
+    G: np.ndarray, B: np.ndarray, H0: np.ndarray, l1: float, l2: float
+) -> np.ndarray:
+    """``H0`` (A, k, n) with its all-zero columns replaced by ``max((G + l2 I)⁻¹ (B − l1), 0)``.
+
+    ``G`` (A, k, k) and ``B = Wᵀ X`` (A, k, n) are the NNLS problem's Gram and right-hand
+    side; a singular Gram (a zero factor) falls back to its pseudo-inverse."""
+    fresh = np.logical_not(np.asarray(H0).any(axis=1)).reshape(H0.shape[0], -1)  # (A, n)
+    if not fresh.any():
+        return H0
+    out = np.array(H0, copy=True)
+    k = G.shape[-1]
+    for a in range(G.shape[0]):
+        cols = np.flatnonzero(fresh[a])
+        if not cols.size:
+            continue
+        Ga = G[a] + l2 * np.eye(k)
+        rhs_a = B[a][:, cols] - l1
+        try:
+            sol = np.linalg.solve(Ga, rhs_a)
+        except np.linalg.LinAlgError:
+            sol = np.linalg.pinv(Ga) @ rhs_a
+        out[a][:, cols] = np.maximum(sol, 0.0)
+    return out.astype(H0.dtype, copy=False)
 
 
 def _gram(H: np.ndarray) -> np.ndarray:

@@ -134,3 +134,182 @@ def test_the_cli_fits_online(tmp_path):
     assert res.exit_code == 0, res.output
     saved = scalenmf.load(out)
     assert saved.params["solver"] == "online" and saved.params["batch_size"] == 100
+
+
+# -- the first-epoch schedule, the exact statistics and the passes over X ------------------
+
+
+class _CountingSource:
+    """A source that counts the columns its blocks are read with (the executor re-reads
+    blocks with ``cache=False``, so this is the I/O of a fit)."""
+
+    def __init__(self, source):
+        self._source = source
+        self.cols_read = 0
+
+    def read_block(self, j):
+        a, b = self._source.block_bounds[j]
+        self.cols_read += b - a
+        return self._source.read_block(j)
+
+    def __getattr__(self, name):
+        return getattr(self._source, name)
+
+
+def _online_model(X, config, block_cols, seed=0, sample=True, tmp_path=None):
+    """An online model on X, started (NNDSVDa) on the warm-up sample; with ``tmp_path`` X
+    is a Zarr store there, read (and counted) block by block."""
+    from scalenmf.models.init import initialize
+    from scalenmf.models.online import warmup_sample
+
+    if tmp_path is not None:
+        import zarr
+
+        path = str(tmp_path / "x.zarr")
+        zarr.create_array(
+            store=path, shape=X.shape, chunks=(X.shape[0], block_cols), dtype="float64"
+        )[...] = X
+        X = path
+    source = _CountingSource(as_source(X, block_cols=block_cols))
+    executor = LocalExecutor(source, cache=False)
+    blocks = warmup_sample(source.block_bounds, seed) if sample else None
+    start = initialize(executor, config.k, "nndsvda", seed, 1, np.dtype(np.float64), blocks=blocks)
+    model = NMFModel(config, start.Ws, start.h_start, start.xx)
+    return source, executor, model, blocks
+
+
+def test_the_reported_passes_are_the_columns_read(tmp_path):
+    from scalenmf.models.online import init_passes
+
+    X = _catalogue(n=2000)
+    config = NMFConfig(k=4, solver="hals", inner_sweeps=10)
+    source, executor, model, sample = _online_model(X, config, 50, tmp_path=tmp_path)
+    assert (
+        sample is not None and sum(b - a for a, b in (source.block_bounds[j] for j in sample)) < 100
+    )
+    init_cols = source.cols_read
+    assert init_cols == init_passes("nndsvda", source.block_bounds, sample) * 2000
+    info = {}
+    run_online(model, executor, max_epochs=2, tol=0, batch_cols=100, sample=sample, info=info)
+    assert info["warmup_iterations"] >= 2
+    assert source.cols_read == pytest.approx(init_cols + info["passes"] * 2000)
+    # warm-up + 2 epochs + the last pass, each epoch one pass exactly
+    assert info["passes_at_epoch"][1] - info["passes_at_epoch"][0] == pytest.approx(1.0)
+    assert info["passes"] == pytest.approx(info["passes_at_epoch"][-1] + 1.0)
+
+
+def test_the_statistics_hold_every_block_once_with_its_weight():
+    """A = Σ_j ω_j H_j H_jᵀ, B = Σ_j ω_j X_j H_jᵀ over the blocks' current H, whatever the
+    decays and revisits (the first epoch forgets, later epochs do not)."""
+    from scalenmf.models.online import _Online, block_batches
+
+    X = _catalogue(n=600)
+    config = NMFConfig(k=4, solver="hals", inner_sweeps=10)
+    _, executor, model, _ = _online_model(X, config, 50, sample=False)
+    from scalenmf.models.step import initial_states
+
+    executor.set_states(initial_states([0] * executor.source.n_blocks))
+    fit = _Online(model, executor, None)
+    rng = np.random.default_rng(4)
+    widths = [b - a for a, b in executor.source.block_bounds]
+    for epoch in (1, 1, 2):
+        for batch in block_batches(widths, 100, rng):
+            fit.decay(fit.rho(sum(widths[j] for j in batch), epoch, 50.0))
+            _, part, a, _ = fit.step(batch)
+            fit.add(batch, part, a)
+    A = np.zeros((4, 4))
+    B = np.zeros((24, 4))
+    hsum = np.zeros(4)
+    for j, state in enumerate(executor.states()):
+        (H,) = state.H.values()
+        a, b = executor.source.block_bounds[j]
+        A += fit.weight[j] * H[0] @ H[0].T
+        B += fit.weight[j] * X[:, a:b] @ H[0].T
+        hsum += fit.weight[j] * H[0].sum(axis=1)
+    assert fit.exact and np.all(fit.weight == 1.0)
+    np.testing.assert_allclose(fit.A, A, rtol=1e-9)
+    np.testing.assert_allclose(fit.B, B, rtol=1e-9)
+    np.testing.assert_allclose(fit.hsum, hsum, rtol=1e-9)
+
+
+def test_the_objective_read_off_the_statistics_is_the_full_objective():
+    from scalenmf.models.online import statistics_objective
+
+    rng = np.random.default_rng(2)
+    X = rng.poisson(3.0, (30, 200)).astype(float)
+    W, H = rng.random((30, 5)), rng.random((5, 200))
+    config = NMFConfig(k=5, l1_w=0.3, l2_w=0.2, l1_h=0.1, l2_h=0.4)
+    obj, rel = statistics_objective(config, float((X * X).sum()), W, H @ H.T, X @ H.T, H.sum(1))
+    sq = float(((X - W @ H) ** 2).sum())
+    direct = 0.5 * sq + 0.3 * W.sum() + 0.1 * (W**2).sum() + 0.1 * H.sum() + 0.2 * (H**2).sum()
+    np.testing.assert_allclose(obj, direct, rtol=1e-10)
+    np.testing.assert_allclose(rel, np.sqrt(sq / (X * X).sum()), rtol=1e-10)
+
+
+def test_the_clipped_least_squares_start_fills_only_unsolved_columns():
+    from scalenmf.models.step import _clipped_ls_start
+
+    rng = np.random.default_rng(3)
+    W = rng.random((20, 3))
+    H_true = rng.random((3, 8))
+    G, B = (W.T @ W)[None], (W.T @ (W @ H_true))[None]
+    H0 = np.zeros((1, 3, 8))
+    H0[0, :, :2] = 7.0  # already solved: kept as they are
+    out = _clipped_ls_start(G, B, H0, 0.0, 0.0)
+    np.testing.assert_array_equal(out[0, :, :2], 7.0)
+    np.testing.assert_allclose(out[0, :, 2:], H_true[:, 2:], rtol=1e-8)
+    assert (_clipped_ls_start(G, -B, np.zeros((1, 3, 8)), 0.0, 0.0) == 0).all()
+
+
+def test_the_default_online_solver_keeps_the_full_batch_optimum():
+    """HALS sweeps from the clipped start, exact W steps: a warm start at the optimum of the
+    full-batch fit stays there (to the sweeps' accuracy)."""
+    X = _catalogue()
+    full = scalenmf.nmf(X, 4, max_iter=3000, tol=1e-13, seed=3)
+    source = as_source(X, block_cols=40)
+    config = NMFConfig(k=4, solver="hals", inner_sweeps=10)
+    model = NMFModel(config, [full.W.copy()], [1.0], float((X * X).sum()))
+    trace = run_online(
+        model, LocalExecutor(source), max_epochs=2, tol=0, batch_cols=80, warm_start=True
+    )
+    np.testing.assert_allclose(model.Ws[0], full.W, rtol=1e-4, atol=1e-5 * full.W.max())
+    np.testing.assert_allclose(trace.objectives[0][-1], full.loss_history[-1], rtol=1e-7)
+
+
+def test_one_epoch_after_the_warm_up_comes_close_to_full_batch():
+    """Within three passes (start and warm-up on a sample, one epoch, the last pass) the
+    objective is near the full-batch optimum, and further epochs bring it closer."""
+    X = _catalogue(n=4000)
+    full = scalenmf.nmf(X, 4, max_iter=3000, tol=1e-10, seed=0)
+    one = scalenmf.nmf(X, 4, solver="online", batch_size=50, max_iter=1, tol=0)
+    assert one.info["online"]["passes"] <= 3.0
+    assert one.info["online"]["warmup_iterations"] >= 2
+    assert one.loss_history[-1] <= 1.02 * full.loss_history[-1]
+    three = scalenmf.nmf(X, 4, solver="online", batch_size=50, max_iter=3, tol=0)
+    assert full.loss_history[-1] * (1 - 1e-9) <= three.loss_history[-1] < one.loss_history[-1]
+
+
+def test_the_epoch_budget_and_the_tolerance_stop_the_fit():
+    X = _catalogue(n=1000)
+    budget = scalenmf.nmf(X, 4, solver="online", batch_size=50, max_iter=3, tol=0)
+    assert budget.n_iter == 3 and not budget.converged
+    loose = scalenmf.nmf(X, 4, solver="online", batch_size=50, max_iter=50, tol=0.5)
+    assert loose.n_iter == 2 and loose.converged
+    assert len(loose.info["online"]["passes_at_epoch"]) == 2
+
+
+@pytest.mark.parametrize("loss", ["frobenius", "kl"])
+def test_out_of_core_online_fit_equals_the_in_memory_one(tmp_path, loss):
+    """A Zarr store read block by block under a memory limit that keeps no X in memory
+    gives the fit of the same matrix in memory."""
+    import zarr
+
+    X = _catalogue(n=3000).astype(np.float32)
+    path = str(tmp_path / "x.zarr")
+    arr = zarr.create_array(store=path, shape=X.shape, chunks=(24, 100), dtype="float32")
+    arr[...] = X
+    kw = dict(loss=loss, solver="online", batch_size=100, max_iter=2, tol=0, l1_w=0.1, l2_h=0.1)
+    disk = scalenmf.nmf(path, 4, memory_limit="400MB", **kw)
+    memory = scalenmf.nmf(X, 4, **kw)
+    np.testing.assert_allclose(disk.W, memory.W, rtol=1e-5, atol=1e-6 * memory.W.max())
+    np.testing.assert_allclose(disk.loss_history, memory.loss_history, rtol=1e-6)

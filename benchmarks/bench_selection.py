@@ -12,6 +12,11 @@
    time in laptop mode (local threads) and on a LocalCluster with 2 worker processes
    (one BLAS thread each; its start-up is reported apart), both reading the same Zarr
    store, for a fixed number of iterations (``--iters``).
+4. Rank survey k = 2..12 × 5 runs on COSMIC-simulated catalogues of 96 × n, n in
+   ``--scale-samples`` (default 10⁵ and 10⁶; float32 Zarr), HALS, ``--iters`` iterations,
+   under ``--memory-limit`` (default 1GB; "none" for no limit): wall time, seconds per
+   iteration per sample, and the peak RSS of a fresh process running the survey alone
+   (the cohort-scale issue's benchmark 4: memory should not grow with n).
 
 R gets the same matrix (written to a CSV file) and is timed inside R (``system.time``
 around the ``nmf`` call only); it runs its restarts in parallel on ``--threads`` cores
@@ -304,12 +309,94 @@ def _catalogue_run(
     }
 
 
+def catalogue_store(path: Path, n: int, seed: int = 1, chunk: int = 100_000) -> Path:
+    """A 96 × n COSMIC-simulated float32 catalogue store, generated ``chunk`` samples at a
+    time (8 reference signatures, 3 active per sample)."""
+    import scalenmf
+    from scalenmf.signatures import cosmic_reference, simulate_catalogue
+
+    ref = cosmic_reference()
+    sigs = ref.matrix[:, np.random.default_rng(0).choice(ref.matrix.shape[1], 8, replace=False)]
+    parts = [
+        simulate_catalogue(sigs, min(chunk, n - a), seed=seed + a)[0].astype(np.float32)
+        for a in range(0, n, chunk)
+    ]
+    scalenmf.write_matrix(path, np.hstack(parts), row_labels=ref.channels)
+    return path
+
+
+def survey_in_child(store: str, iters: int, memory_limit: str | None) -> dict[str, Any]:
+    """The survey of benchmark 4, run inside ``run_in_child`` (its peak RSS is measured)."""
+    import scalenmf
+
+    t0 = time.perf_counter()
+    res = _quiet(
+        scalenmf.rank_survey,
+        store,
+        "2-12",
+        n_runs=5,
+        null=False,
+        cv_reps=0,
+        max_iter=iters,
+        tol=0.0,
+        progress=False,
+        solver="hals",
+        memory_limit=memory_limit,
+    )
+    timings = res.info["timings"]
+    return {
+        "wall_s": time.perf_counter() - t0,
+        "loop_s": timings["loop_s"],
+        "iterations": timings["iterations"],
+        "n_fits": len(res.runs),
+    }
+
+
+def bench_survey_scale(
+    threads: int, samples: list[int], iters: int, memory_limit: str | None
+) -> list[dict[str, Any]]:
+    from benchmarks.common import run_in_child
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="scalenmf-bench-scale-") as tmp:
+        for n in samples:
+            store = catalogue_store(Path(tmp) / f"catalogue-{n}.zarr", n)
+            load = load_average()
+            child = run_in_child(
+                "benchmarks.bench_selection:survey_in_child",
+                {"store": str(store), "iters": iters, "memory_limit": memory_limit},
+                threads=threads,
+            )
+            out = child.value or {}
+            per_iter = out.get("loop_s", float("nan")) / max(1, out.get("iterations", 1))
+            rows.append(
+                {
+                    "benchmark": f"4. rank survey k=2..12 × 5 runs, 96×{n:,}",
+                    "config": f"laptop, memory_limit={memory_limit}",
+                    "scalenmf_s": out.get("wall_s"),
+                    "s_per_iter": per_iter,
+                    "s_per_iter_per_sample": per_iter / n,
+                    "peak_rss_mb": child.peak_rss_bytes / 2**20,
+                    "error": child.extra.get("error"),
+                    "load": load,
+                }
+            )
+            shutil.rmtree(store, ignore_errors=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="Smaller runs (a smoke test).")
-    ap.add_argument("--only", default="1,2,3", help="Which benchmarks, e.g. 1,2.")
+    ap.add_argument("--only", default="1,2,3", help="Which benchmarks, e.g. 1,2 (or 4).")
     ap.add_argument("--threads", type=int, default=DEFAULT_THREADS)
-    ap.add_argument("--iters", type=int, default=20, help="Iterations of benchmark 3.")
+    ap.add_argument("--iters", type=int, default=20, help="Iterations of benchmarks 3 and 4.")
+    ap.add_argument(
+        "--scale-samples",
+        default="100000,1000000",
+        help="Benchmark 4: sample counts n of the 96 × n catalogues.",
+    )
+    ap.add_argument("--memory-limit", default="1GB", help='Benchmark 4\'s limit ("none": none).')
     ap.add_argument("--out", default=None, help="Write the Markdown table here.")
     ap.add_argument("--json", default=None, help="Write every record here.")
     args = ap.parse_args(argv)
@@ -320,6 +407,12 @@ def main(argv: list[str] | None = None) -> int:
         1: lambda: bench_survey_vs_r(args.threads, args.quick),
         2: lambda: bench_consensus_vs_r(args.threads, args.quick),
         3: lambda: bench_catalogue(args.threads, args.quick, args.iters),
+        4: lambda: bench_survey_scale(
+            args.threads,
+            [int(x) for x in args.scale_samples.split(",") if x],
+            args.iters,
+            None if args.memory_limit.lower() == "none" else args.memory_limit,
+        ),
     }
     for number, step in steps.items():
         if number in only:
@@ -341,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
             ("cophenetic_str", "cophenetic (scalenmf)"),
             ("r_cophenetic_str", "cophenetic (R)"),
             ("s_per_iter", "s / iteration"),
+            ("s_per_iter_per_sample", "s / iteration / sample"),
+            ("peak_rss_mb", "peak RSS MB"),
             ("load", "load avg"),
         ],
     )

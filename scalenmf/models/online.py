@@ -62,7 +62,7 @@ FORGET_FACTOR = 0.7
 #: KL multiplicative H steps per visit of a block (a block is seen once per epoch).
 ONLINE_MU_STEPS = 10
 #: Frobenius coordinate (HALS) sweeps of H per visit of a block.
-ONLINE_SWEEPS = 10
+ONLINE_SWEEPS = 5
 #: Share of the columns in the warm-up sample.
 WARMUP_SHARE = 0.02
 #: The warm-up reads at most this many passes' worth of columns.
@@ -73,8 +73,6 @@ WARMUP_TOL = 1e-4
 WINDOW_BATCHES = 1
 #: ... and the window grows to this share of the columns read so far.
 WINDOW_GROWTH = 0.25
-#: The last pass solves H by exact NNLS (warm-started), so the result's H is exact for W.
-FINAL_EXACT = True
 
 
 def block_batches(widths: list[int], batch_cols: int, rng: np.random.Generator) -> list[list[int]]:
@@ -229,14 +227,9 @@ class _Online:
         share = cols / self.n
         return replace(self.config, l1_w=self.config.l1_w * share, l2_w=self.config.l2_w * share)
 
-    def step(
-        self, blocks: list[int] | None, exact_h: bool = False
-    ) -> tuple[Any, dict[str, Any], int, Any]:
-        """The block step of ``blocks`` (None: all) with the current W; ``exact_h``: H by
-        exact NNLS (block principal pivoting, warm-started) whatever the solver."""
+    def step(self, blocks: list[int] | None) -> tuple[Any, dict[str, Any], int, Any]:
+        """The block step of ``blocks`` (None: all) with the current W."""
         bc = replace(self.model.broadcast([0], first=False), validate=True)
-        if exact_h and not self.kl:
-            bc = replace(bc, config=replace(bc.config, solver="als", nnls="bpp"))
         if not self.kl:
             chosen = range(len(self.widths)) if blocks is None else blocks
             bc = replace(
@@ -415,7 +408,7 @@ def run_online(
                 converged = True
                 break
     # The last pass: every H with the final W, and the exact objective of the result.
-    bc, part, a, _ = fit.step(None, exact_h=FINAL_EXACT)
+    bc, part, a, _ = fit.step(None)
     obj, rel = objective(fit.config, model.xx, part, a, bc.groups[0].grams[0][a], fit.W)
     trace.objectives[0].append(obj)
     trace.relative_errors[0].append(rel)

@@ -4,13 +4,16 @@ An epoch visits the column blocks once, in a seeded random order, in batches of 
 ``batch_cols`` columns. A batch's blocks solve their H with the current W (the block step,
 warm-started at their previous H), then W is updated from sufficient statistics:
 
-- **Frobenius** keeps ``A = Σ_j H_j H_jᵀ`` and ``B = Σ_j X_j H_jᵀ`` exact for the current H
-  of every block: a block returns the *change* of its statistics (``X_j (H_j − H_j')ᵀ``,
-  ``H_j H_jᵀ − H_j' H_j'ᵀ``, from the previous H it holds), so no statistic goes stale
-  and no forgetting factor is needed. The W step is then the full-batch W step of the
-  current H: every batch decreases the full objective, and the full-batch optimum is a
-  fixed point. Until every block has been seen once, the W penalties are scaled to the
-  share of the columns seen.
+- **Frobenius** keeps ``A = Σ_j ω_j H_j H_jᵀ``, ``B = Σ_j ω_j X_j H_jᵀ`` over the *latest*
+  H of every block, ``ω_j`` its weight: a block returns the change of its statistics
+  (``X_j (H_j − ω_j H_j')ᵀ``, ``H_j H_jᵀ − ω_j H_j' H_j'ᵀ``, from the previous H it holds),
+  so a revisited block replaces its old share and nothing goes stale. Before each batch
+  the weights decay by ρ: in the first epoch ``exp(−b / window)``, the window one batch at
+  first and a quarter of the columns read later (W follows the improving H quickly, as
+  Mairal et al.'s ``(1 − 1/t)^β``), then 1: from the end of the second epoch every weight
+  is 1, the statistics are exact, the W step is the full-batch W step of the current H and
+  the full-batch optimum is a fixed point. A ``forget_factor`` f sets ρ = f^(b/n)
+  throughout. The W penalties are scaled to the weighted share of the columns.
 - **KL** keeps the multiplicative-update statistics ``A = Σ W ⊙ (X ⊘ WH) Hᵀ`` and
   ``B = Σ 1 Hᵀ`` with a forgetting factor ``ρ = forget_factor ** (batch / n)`` per batch
   (Lefèvre, Bach & Févotte 2011; scikit-learn's MiniBatchNMF), and ``W = A / (B + l1 +
@@ -29,15 +32,16 @@ data) there is no warm-up and the initialisation reads all of X.
 **The H step (Frobenius)** is ``ONLINE_SWEEPS`` coordinate (HALS) sweeps, warm-started at
 the block's previous H; a block seen for the first time starts at the clipped
 unconstrained solution (``StepCast.ls_start``), from which the sweeps come within 1e-6 of
-exact NNLS at a quarter of its cost. The W step is exact NNLS on the statistics.
+exact NNLS at a quarter of its cost. The W step is the same sweeps on the statistics,
+warm-started at W (an exact solve per batch costs as much as the batch where m is large).
 
-**Stopping.** For exact Frobenius statistics the end-of-epoch objective is the *full*
+**Stopping.** Where the Frobenius statistics are exact the end-of-epoch objective is the *full*
 objective of the current W and of every block's current H, read off the statistics at no
-cost: ``½(‖X‖² − 2⟨W, B⟩ + ⟨WᵀW, A⟩)`` plus the penalties. For KL it is the sum of the
-batches' objectives, each with the W the batch saw. The fit stops when it decreases by
-less than ``tol`` from one epoch to the next, or after ``max_epochs`` epochs; then one
-last pass (the only extra one) solves every H with the final W and measures the objective
-exactly.
+cost: ``½(‖X‖² − 2⟨W, B⟩ + ⟨WᵀW, A⟩)`` plus the penalties. Otherwise (the first epoch,
+KL) it is the sum of the batches' objectives, each with the W the batch saw. The fit
+stops when it decreases by less than ``tol`` from one epoch to the next, or after
+``max_epochs`` epochs; then one last pass (the only extra one) solves every H with the
+final W and measures the objective exactly.
 """
 
 from __future__ import annotations
@@ -147,18 +151,18 @@ def batch_statistics(
 def w_from_statistics(config: NMFConfig, W: np.ndarray, A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """The W step from accumulated statistics ``A``, ``B`` (as ``batch_statistics``).
 
-    Frobenius: ``argmin_{W ≥ 0} ½ tr(W A Wᵀ) − tr(Wᵀ B)`` plus the W penalties (exact
-    NNLS, warm-started at ``W``, whatever the H solver); KL: ``W = A ⊘ (B + l1_w +
-    l2_w·W)``, the multiplicative step of the accumulated numerator and denominator.
-    Returns W's shape (m, k) and dtype.
+    Frobenius: ``argmin_{W ≥ 0} ½ tr(W A Wᵀ) − tr(Wᵀ B)`` plus the W penalties by the
+    config's solver, warm-started at ``W`` (online: HALS sweeps, which keep the cost of a
+    batch's W step small where m is large); KL: ``W = A ⊘ (B + l1_w + l2_w·W)``, the
+    multiplicative step of the accumulated numerator and denominator. Returns W's shape
+    (m, k) and dtype.
     """
     if config.loss == "kl":
         denom = B[None, :] + (config.l1_w + EPS)
         if config.l2_w:
             denom = denom + config.l2_w * W
         return (A / np.maximum(denom, EPS)).astype(W.dtype)
-    exact = replace(config, solver="als", nnls="bpp")
-    return update_w(exact, W, {"XHt": B, "HHt": A})
+    return update_w(config, W, {"XHt": B, "HHt": A})
 
 
 def statistics_objective(

@@ -4,13 +4,16 @@ An epoch visits the column blocks once, in a seeded random order, in batches of 
 ``batch_cols`` columns. A batch's blocks solve their H with the current W (the block step,
 warm-started at their previous H), then W is updated from sufficient statistics:
 
-- **Frobenius** keeps ``A = Σ_j H_j H_jᵀ`` and ``B = Σ_j X_j H_jᵀ`` exact for the current H
-  of every block: a block returns the *change* of its statistics (``X_j (H_j − H_j')ᵀ``,
-  ``H_j H_jᵀ − H_j' H_j'ᵀ``, from the previous H it holds), so no statistic goes stale
-  and no forgetting factor is needed. The W step is then the full-batch W step of the
-  current H: every batch decreases the full objective, and the full-batch optimum is a
-  fixed point. Until every block has been seen once, the W penalties are scaled to the
-  share of the columns seen.
+- **Frobenius** keeps ``A = Σ_j ω_j H_j H_jᵀ``, ``B = Σ_j ω_j X_j H_jᵀ`` over the *latest*
+  H of every block, ``ω_j`` its weight: a block returns the change of its statistics
+  (``X_j (H_j − ω_j H_j')ᵀ``, ``H_j H_jᵀ − ω_j H_j' H_j'ᵀ``, from the previous H it holds),
+  so a revisited block replaces its old share and nothing goes stale. Before each batch
+  the weights decay by ρ: in the first epoch ``exp(−b / window)``, the window one batch at
+  first and a quarter of the columns read later (W follows the improving H quickly, as
+  Mairal et al.'s ``(1 − 1/t)^β``), then 1: from the end of the second epoch every weight
+  is 1, the statistics are exact, the W step is the full-batch W step of the current H and
+  the full-batch optimum is a fixed point. A ``forget_factor`` f sets ρ = f^(b/n)
+  throughout. The W penalties are scaled to the weighted share of the columns.
 - **KL** keeps the multiplicative-update statistics ``A = Σ W ⊙ (X ⊘ WH) Hᵀ`` and
   ``B = Σ 1 Hᵀ`` with a forgetting factor ``ρ = forget_factor ** (batch / n)`` per batch
   (Lefèvre, Bach & Févotte 2011; scikit-learn's MiniBatchNMF), and ``W = A / (B + l1 +
@@ -29,15 +32,16 @@ data) there is no warm-up and the initialisation reads all of X.
 **The H step (Frobenius)** is ``ONLINE_SWEEPS`` coordinate (HALS) sweeps, warm-started at
 the block's previous H; a block seen for the first time starts at the clipped
 unconstrained solution (``StepCast.ls_start``), from which the sweeps come within 1e-6 of
-exact NNLS at a quarter of its cost. The W step is exact NNLS on the statistics.
+exact NNLS at a quarter of its cost. The W step is the same sweeps on the statistics,
+warm-started at W (an exact solve per batch costs as much as the batch where m is large).
 
-**Stopping.** For exact Frobenius statistics the end-of-epoch objective is the *full*
+**Stopping.** Where the Frobenius statistics are exact the end-of-epoch objective is the *full*
 objective of the current W and of every block's current H, read off the statistics at no
-cost: ``½(‖X‖² − 2⟨W, B⟩ + ⟨WᵀW, A⟩)`` plus the penalties. For KL it is the sum of the
-batches' objectives, each with the W the batch saw. The fit stops when it decreases by
-less than ``tol`` from one epoch to the next, or after ``max_epochs`` epochs; then one
-last pass (the only extra one) solves every H with the final W and measures the objective
-exactly.
+cost: ``½(‖X‖² − 2⟨W, B⟩ + ⟨WᵀW, A⟩)`` plus the penalties. Otherwise (the first epoch,
+KL) it is the sum of the batches' objectives, each with the W the batch saw. The fit
+stops when it decreases by less than ``tol`` from one epoch to the next, or after
+``max_epochs`` epochs; then one last pass (the only extra one) solves every H with the
+final W and measures the objective exactly.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ FORGET_FACTOR = 0.7
 #: KL multiplicative H steps per visit of a block (a block is seen once per epoch).
 ONLINE_MU_STEPS = 10
 #: Frobenius coordinate (HALS) sweeps of H per visit of a block.
-ONLINE_SWEEPS = 10
+ONLINE_SWEEPS = 5
 #: Share of the columns in the warm-up sample.
 WARMUP_SHARE = 0.02
 #: The warm-up reads at most this many passes' worth of columns.
@@ -73,8 +77,6 @@ WARMUP_TOL = 1e-4
 WINDOW_BATCHES = 1
 #: ... and the window grows to this share of the columns read so far.
 WINDOW_GROWTH = 0.25
-#: The last pass solves H by exact NNLS (warm-started), so the result's H is exact for W.
-FINAL_EXACT = True
 
 
 def block_batches(widths: list[int], batch_cols: int, rng: np.random.Generator) -> list[list[int]]:
@@ -149,18 +151,18 @@ def batch_statistics(
 def w_from_statistics(config: NMFConfig, W: np.ndarray, A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """The W step from accumulated statistics ``A``, ``B`` (as ``batch_statistics``).
 
-    Frobenius: ``argmin_{W ≥ 0} ½ tr(W A Wᵀ) − tr(Wᵀ B)`` plus the W penalties (exact
-    NNLS, warm-started at ``W``, whatever the H solver); KL: ``W = A ⊘ (B + l1_w +
-    l2_w·W)``, the multiplicative step of the accumulated numerator and denominator.
-    Returns W's shape (m, k) and dtype.
+    Frobenius: ``argmin_{W ≥ 0} ½ tr(W A Wᵀ) − tr(Wᵀ B)`` plus the W penalties by the
+    config's solver, warm-started at ``W`` (online: HALS sweeps, which keep the cost of a
+    batch's W step small where m is large); KL: ``W = A ⊘ (B + l1_w + l2_w·W)``, the
+    multiplicative step of the accumulated numerator and denominator. Returns W's shape
+    (m, k) and dtype.
     """
     if config.loss == "kl":
         denom = B[None, :] + (config.l1_w + EPS)
         if config.l2_w:
             denom = denom + config.l2_w * W
         return (A / np.maximum(denom, EPS)).astype(W.dtype)
-    exact = replace(config, solver="als", nnls="bpp")
-    return update_w(exact, W, {"XHt": B, "HHt": A})
+    return update_w(config, W, {"XHt": B, "HHt": A})
 
 
 def statistics_objective(
@@ -229,14 +231,9 @@ class _Online:
         share = cols / self.n
         return replace(self.config, l1_w=self.config.l1_w * share, l2_w=self.config.l2_w * share)
 
-    def step(
-        self, blocks: list[int] | None, exact_h: bool = False
-    ) -> tuple[Any, dict[str, Any], int, Any]:
-        """The block step of ``blocks`` (None: all) with the current W; ``exact_h``: H by
-        exact NNLS (block principal pivoting, warm-started) whatever the solver."""
+    def step(self, blocks: list[int] | None) -> tuple[Any, dict[str, Any], int, Any]:
+        """The block step of ``blocks`` (None: all) with the current W."""
         bc = replace(self.model.broadcast([0], first=False), validate=True)
-        if exact_h and not self.kl:
-            bc = replace(bc, config=replace(bc.config, solver="als", nnls="bpp"))
         if not self.kl:
             chosen = range(len(self.widths)) if blocks is None else blocks
             bc = replace(
@@ -415,7 +412,7 @@ def run_online(
                 converged = True
                 break
     # The last pass: every H with the final W, and the exact objective of the result.
-    bc, part, a, _ = fit.step(None, exact_h=FINAL_EXACT)
+    bc, part, a, _ = fit.step(None)
     obj, rel = objective(fit.config, model.xx, part, a, bc.groups[0].grams[0][a], fit.W)
     trace.objectives[0].append(obj)
     trace.relative_errors[0].append(rel)

@@ -410,11 +410,38 @@ def test_mtx_fast_parser_does_not_accept_what_the_line_parser_refuses(tmp_path, 
     ],
 )
 def test_mtx_integer_fast_path_refuses_what_the_line_parser_refuses(tmp_path, body, match):
-    # An "integer" file is parsed as integers first and accepted only when its text is
-    # exactly the canonical spelling of what was parsed; anything else goes to the checks.
+    # Text the C parser would misread (a sign where a space should be), drop (a fourth
+    # column, trailing text) or crash on (a NUL byte) goes to the line parser, which names it.
     path = write_text(tmp_path / "bad.mtx", HEAD + "2 2 1\n" + body)
     with pytest.raises(InputError, match=match):
         open_matrix(path)
+
+
+@pytest.mark.parametrize(
+    ("header", "body", "match"),
+    [
+        ("real", "2 1.8 1\n", r"line 3: column index 1.8 is not an integer"),
+        ("real", "2 1.5e0 1\n", r"line 3: column index 1.5 is not an integer"),
+        ("pattern", "2 1E\n", r"line 3: expected 2"),
+        ("pattern", "2 1.5\n", r"line 3: column index 1.5"),
+        ("integer", "2  1.5 1\n", r"line 3: column index 1.5"),
+    ],
+)
+def test_mtx_index_with_a_decimal_point_or_exponent_is_refused(tmp_path, header, body, match):
+    # The C parser reads an index token up to its first non-digit and takes the rest as
+    # the next token ("2 1.8 1" as row 2, column 1, value .8): the fast path must not
+    # accept such a line; the line parser names it.
+    text = f"%%MatrixMarket matrix coordinate {header} general\n2 2 1\n{body}"
+    with pytest.raises(InputError, match=match):
+        open_matrix(write_text(tmp_path / "bad.mtx", text))
+
+
+@pytest.mark.parametrize("body", ["2.0 1 7\n", "2 1e0 7\n", "2 1.0 7\n", "2 1 7\n"])
+def test_mtx_integral_index_spelled_as_a_real_reads_as_that_integer(tmp_path, body):
+    text = f"%%MatrixMarket matrix coordinate real general\n2 2 1\n{body}"
+    np.testing.assert_array_equal(
+        dense(open_matrix(write_text(tmp_path / "x.mtx", text))), [[0, 0], [7, 0]]
+    )
 
 
 @pytest.mark.parametrize(

@@ -26,13 +26,13 @@ sample until its objective decreases by less than ``WARMUP_TOL`` or the warm-up 
 ``WARMUP_PASSES`` passes' worth of columns. A mini-batch W learnt from the first batches
 alone is poor and is paid for with whole epochs later; a few iterations on 2 % of X cost
 a fraction of one. For Frobenius the sample's statistics are exact like every block's, so
-they carry on into the first epoch. Where the sample would be more than half of X (small
-data) there is no warm-up and the initialisation reads all of X.
+they carry on into the first epoch. Where the sample would be more than a quarter of X
+(small data) there is no warm-up and the initialisation reads all of X.
 
 **The H step (Frobenius)** is ``ONLINE_SWEEPS`` coordinate (HALS) sweeps, warm-started at
 the block's previous H; a block seen for the first time starts at the clipped
 unconstrained solution (``StepCast.ls_start``), from which the sweeps come within 1e-6 of
-exact NNLS at a quarter of its cost. The W step is the same sweeps on the statistics,
+exact NNLS at 0.4× the cost of pivoting from 0. The W step is the same sweeps on the statistics,
 warm-started at W (an exact solve per batch costs as much as the batch where m is large).
 
 **Stopping.** Where the Frobenius statistics are exact the end-of-epoch objective is the *full*

@@ -249,6 +249,11 @@ class ClusterOptions:
     connect_timeout: str | float | None = None
     #: Hold X blocks in memory (set by ``fit_memory``'s plan; None: the executor decides).
     keep_x: bool | None = None
+    #: Keep the block states in a scratch store (set by ``fit_memory``'s plan; None: the
+    #: executor decides).
+    spill_states: bool | None = None
+    #: Where scratch stores go (block states, the Dask anchor); None: the default.
+    scratch: Any = None
 
     def fit_memory(
         self, source: MatrixSource, shape: FitShape, *, fixed_blocking: bool = False
@@ -302,7 +307,8 @@ class ClusterOptions:
         threads_now = self.threads
         if not self.workers and plan.in_flight < threads:
             threads_now = plan.in_flight  # blocks in line; BLAS keeps its threads
-        return source, replace(self, threads=threads_now, keep_x=plan.keep_x)
+        spill = plan.spill_states if not self.workers else None
+        return source, replace(self, threads=threads_now, keep_x=plan.keep_x, spill_states=spill)
 
     def executor_args(self) -> dict[str, Any]:
         """Keyword arguments of ``scalenmf.engine.make_executor``."""

@@ -491,10 +491,13 @@ def fit_on_executor(
             resume=snapshot,
         )
     best = best_run(trace)
-    H_kept, _ = collect(executor, model, [best], labels=False)
+    H_kept, _ = collect(executor, model, [best], labels=False, dtype=dtype)
+    H = H_kept[best]
     result = NMFResult(
         W=model.Ws[best],
-        H=H_kept[best].astype(dtype, copy=False),
+        # An ndarray, or (block states kept out of memory) a Zarr array written block by
+        # block, saved chunk by chunk.
+        H=H.astype(dtype, copy=False) if isinstance(H, np.ndarray) else H,
         **fit_summary(trace, best),
         params=result_params(p, backend=config.backend, device=config.device),
         row_labels=source.row_labels,

@@ -30,6 +30,7 @@ from scalenmf.engine.loop import IterationInfo
 from scalenmf.io.combine import RowOrderedSource, row_order
 from scalenmf.io.errors import InputError
 from scalenmf.io.source import MatrixSource, as_str_array
+from scalenmf.io.state_store import columns_array
 from scalenmf.models.init import random_w
 from scalenmf.models.linked import LinkedLayout, LinkedModel
 from scalenmf.models.step import dataset_totals, fit_stats_step, initial_states
@@ -350,16 +351,13 @@ def project_on_executor(
         executor.set_states([ProjectedBlock(index=j) for j in range(source.n_blocks)])
     t_loop = time.perf_counter()
     totals = executor.map_reduce(project_step, plan)
-    blocks = list(executor.states())
     if totals["xx"] == 0:
         raise InputError("the new data is all zeros; there is nothing to project")
-    H_full = np.hstack([b.H for b in blocks]).astype(dtype, copy=False)
-    cosine = np.concatenate([b.cosine for b in blocks])
-    rel = np.concatenate([b.relative_error for b in blocks])
+    got = _gather_blocks(executor, source, dtype, p["bootstrap"])
+    H_full, cosine, rel = got["H"], got["cosine"], got["relative_error"]
     if p["k_new"]:
-        bcos = np.concatenate([b.basis_cosine for b in blocks])
-        brel = np.concatenate([b.basis_relative_error for b in blocks])
-        new_share = np.concatenate([b.new_share for b in blocks])
+        bcos, brel = got["basis_cosine"], got["basis_relative_error"]
+        new_share = got["new_share"]
     else:
         bcos, brel, new_share = cosine, rel, None
     novel, rule = novelty_flags(bcos, brel, p["novelty_cosine"], p["novelty_z"])
@@ -375,16 +373,15 @@ def project_on_executor(
     objective = data + p["l1_h"] * totals["h_l1"] + 0.5 * p["l2_h"] * totals["h_l2"]
     lower = upper = None
     if p["bootstrap"]:
-        lower = np.hstack([b.H_lower for b in blocks]).astype(dtype, copy=False)
-        upper = np.hstack([b.H_upper for b in blocks]).astype(dtype, copy=False)
+        lower, upper = got["H_lower"], got["H_upper"]
     U = V = None
     if p["k_new"]:
         U = np.ascontiguousarray(plan.W[:, k:])
         V = np.ascontiguousarray(H_full[k:])
         if lower is not None and upper is not None:
-            lower, upper = lower[:k], upper[:k]
+            lower, upper = _rows(lower, k), _rows(upper, k)
     return ProjectionResult(
-        H=np.ascontiguousarray(H_full[:k]),
+        H=_rows(H_full, k),
         W=basis,
         cosine=cosine,
         relative_error=rel,
@@ -424,6 +421,60 @@ def _replace(plan: ProjectionPlan, **changes: Any) -> ProjectionPlan:
     import dataclasses
 
     return dataclasses.replace(plan, **changes)
+
+
+#: Per-sample columns of a ``ProjectedBlock`` (the H-like ones first: (rows, n_j) each).
+_MATRICES = ("H", "H_lower", "H_upper")
+_VECTORS = ("cosine", "relative_error", "basis_cosine", "basis_relative_error", "new_share")
+
+
+def _rows(H: Any, k: int) -> Any:
+    """The first ``k`` rows of H: a contiguous ndarray, or a stored H itself when it has
+    no more (a stored H with more rows, of a transfer, is read: its extra rows are V)."""
+    if not isinstance(H, np.ndarray) and H.shape[0] == k:
+        return H
+    return np.ascontiguousarray(np.asarray(H[:k]))
+
+
+def _gather_blocks(
+    executor: Executor, source: MatrixSource, dtype: np.dtype, bootstrap: bool
+) -> dict[str, Any]:
+    """The blocks' per-sample results joined along samples, one block state at a time.
+
+    When the executor keeps its block states in a scratch store (``spill``), H and its
+    bootstrap bounds are written block by block to scratch Zarr arrays (k × n never in
+    memory); the per-sample vectors are joined in memory.
+    """
+    n = source.shape[1]
+    spill = getattr(executor, "stream_states", False)
+    bounds = source.block_bounds
+    widest = max(b - a for a, b in bounds)
+    matrices = _MATRICES if bootstrap else _MATRICES[:1]
+    out: dict[str, Any] = {}
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in (*matrices, *_VECTORS)}
+    for j, block in enumerate(executor.states()):
+        a, b = bounds[j]
+        for name in parts:
+            value = getattr(block, name)
+            if value is None:
+                continue
+            if spill and name in matrices:
+                if name not in out:
+                    where = getattr(executor, "scratch", None)
+                    out[name] = columns_array(where, (value.shape[0], n), dtype, widest, name)
+                out[name][:, a:b] = value
+            else:
+                parts[name].append(value)
+    for name, values in parts.items():
+        if name in out:
+            continue
+        if not values:
+            out[name] = None
+        elif name in matrices:
+            out[name] = np.hstack(values).astype(dtype, copy=False)
+        else:
+            out[name] = np.concatenate(values)
+    return out
 
 
 def _transfer(

@@ -247,8 +247,11 @@ def update(
                 progress=progress,
                 callback=callback,
             )
-            H_kept, _ = collect(executor, model, [0], labels=False)
-            W1, H1 = model.Ws[0], H_kept[0].astype(dtype_, copy=False)
+            H_kept, _ = collect(executor, model, [0], labels=False, dtype=dtype_)
+            H1 = H_kept[0]  # a stored H (states kept out of memory) is in dtype_ already
+            W1 = model.Ws[0]
+            if isinstance(H1, np.ndarray):
+                H1 = H1.astype(dtype_, copy=False)
             summary = fit_summary(trace, 0)
             timings = fit_timings(t0, t_init, trace, 0)
         match, cosine = matched_cosines(W0, W1)

@@ -10,13 +10,19 @@ ones, so the graph does not grow.
 Fault tolerance. A task output whose worker dies can be recomputed only while its inputs
 still exist, and the previous H blocks are released after every step (else the graph would
 grow). So the executor keeps its own lineage, bounded: an *anchor* (a copy of the block
-states on the client, taken every ``anchor_every`` steps or whenever the loop brings the
-states home for a checkpoint) and the log of the steps since (their block function and
-broadcast). When a worker is lost and a block state with it, the executor re-submits the
-logged steps from the anchor. The block functions are pure and the reduction order is
-fixed, so the replayed states and partials are bit-identical to the lost ones: the fit
-ends exactly as an undisturbed one. Client memory is one copy of the states plus at most
-``anchor_every`` broadcasts.
+states, taken every ``anchor_every`` steps) and the log of the steps since (their block
+function and broadcast). When a worker is lost and a block state with it, the executor
+re-submits the logged steps from the anchor. The block functions are pure and the
+reduction order is fixed, so the replayed states and partials are bit-identical to the lost
+ones: the fit ends exactly as an undisturbed one.
+
+The anchor is kept in storage when the workers can reach it (``anchor="storage"``; the
+default when every worker runs on this host, or when a ``scratch`` location is given): each
+worker writes the states it holds to a scratch Zarr store (``io/state_store.py``) and the
+client holds only their names, so client memory does not grow with n. A new anchor is
+written as a new generation and the old one dropped only once it is complete. Otherwise
+(``anchor="client"``) the states are copied to the client, as one copy of them. Either way
+the client holds at most ``anchor_every`` broadcasts.
 """
 
 from __future__ import annotations
@@ -30,10 +36,12 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import CancelledError
 from typing import Any
 
+from scalenmf.engine import local
 from scalenmf.engine.base import BlockFn, BlockRef, apply_block, realign
 from scalenmf.engine.memory import WORKER_MALLOC_ENV
 from scalenmf.engine.reduce import TreeReducer, add_partials
 from scalenmf.io.source import MatrixSource
+from scalenmf.io.state_store import StateStore, scratch_location, state_nbytes
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,11 @@ log = logging.getLogger(__name__)
 RESIDENT_SHARE = 0.5
 #: Steps between two copies of the block states to the client (the replay anchor).
 ANCHOR_EVERY = 10
+#: Where the anchor is kept by default ("auto": storage when the workers can reach it).
+ANCHOR = "auto"
+#: A step's partials are summed on the client (one gather) rather than by a tree of tasks
+#: when all of them together take at most this many bytes (measured on the step before).
+CLIENT_REDUCE_BYTES = 32 * 2**20
 #: Recoveries in a row (worker lost again during a replay) before giving up.
 MAX_RECOVERIES = 5
 #: Seconds between two checks for lost block states while a step runs.
@@ -55,6 +68,8 @@ SCATTER_TIMEOUT_S = 10.0
 RECONNECT_WAIT_S = 60.0
 #: The event a nanny logs on the scheduler when it restarts its worker for memory.
 MEMORY_KILL_TOPIC = "worker-restart-memory"
+#: Hosts whose workers share this machine's file system (the default anchor goes to storage).
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 #: Where a LocalCluster's dashboard listens: loopback only, on a free port.
 LOCAL_DASHBOARD = "127.0.0.1:0"
 
@@ -215,6 +230,24 @@ def _load(ref: BlockRef) -> Any:
     return realign(ref.load())
 
 
+def _anchor_state(state: Any, store: StateStore, j: int, generation: str) -> bool:
+    """Write one block state to the anchor store (a task on the worker that holds it)."""
+    store.write(j, state, generation)
+    return True
+
+
+def _anchored_state(store: StateStore, j: int, generation: str) -> Any:
+    """Read one block state back from the anchor store (a task, for a replay)."""
+    return realign(store.read(j, generation))
+
+
+def _worker_host(address: str) -> str:
+    """``tcp://127.0.0.1:4000`` → ``127.0.0.1``; ``tcp://[::1]:4000`` → ``::1``."""
+    rest = address.split("://", 1)[-1]
+    host = rest.rsplit(":", 1)[0] if ":" in rest else rest
+    return host.strip("[]")
+
+
 class DaskExecutor:
     """Run block steps as tasks on a ``distributed`` cluster.
 
@@ -234,9 +267,17 @@ class DaskExecutor:
         Connect through the file a scheduler wrote (``dask scheduler --scheduler-file``).
     security : distributed.security.Security, optional
         TLS credentials for a cluster that requires them.
-    anchor_every : int
-        Steps between copies of the block states to the client (the replay anchor); the
-        replay after a lost worker is at most this long.
+    anchor_every : int, optional
+        Steps between two anchors (copies of the block states); the replay after a lost
+        worker is at most this long.
+    anchor : {"auto", "storage", "client"}, optional
+        Where the anchor is kept: a scratch Zarr store the workers write (``"storage"``),
+        or the client's memory (``"client"``). ``"auto"``: storage when ``scratch`` is
+        given or every worker runs on this host, else the client (default ``ANCHOR``).
+    scratch : path or URL, optional
+        Where the anchor store goes: a directory or URL every worker can reach (a shared
+        file system, an object store); default ``$SCALENMF_SCRATCH`` or the system's
+        temporary directory (this host's workers only).
     connect_timeout : str or float
         How long to try reaching the scheduler.
     """
@@ -251,9 +292,15 @@ class DaskExecutor:
         resident: bool | None = None,
         scheduler_file: Any = None,
         security: Any = None,
-        anchor_every: int = ANCHOR_EVERY,
+        anchor_every: int | None = None,
         connect_timeout: str | float = "30s",
+        anchor: str | None = None,
+        scratch: Any = None,
     ):
+        anchor = ANCHOR if anchor is None else anchor
+        anchor_every = ANCHOR_EVERY if anchor_every is None else anchor_every
+        if anchor not in ("auto", "storage", "client"):
+            raise ValueError(f"anchor must be 'auto', 'storage' or 'client', not {anchor!r}")
         self.source = source
         # The workers' limit when this executor starts them (None: the cluster's own).
         self._memory_limit = memory_limit if scheduler is None and workers else None
@@ -272,13 +319,28 @@ class DaskExecutor:
         self._want_resident = resident
         self._decided = False
         self.anchor_every = max(1, int(anchor_every))
-        # The lineage the executor keeps itself: states on the client, and the steps since.
+        # The lineage the executor keeps itself: the anchor, and the steps since. With a
+        # storage anchor, ``_anchor[j]`` is True where block j's state is in generation
+        # ``_generation`` of ``anchor_store`` (None: the block had no state).
         self._anchor: list[Any] = [None] * source.n_blocks
         self._log: list[tuple[BlockFn, Any, bool, Any]] = []
         self.recoveries = 0
         self._started = time.time()
         # Workers seen at the last check: a departure since then may have taken states.
         self._known_workers = self._workers_now()
+        self.scratch = scratch
+        if anchor == "auto":
+            hosts = {_worker_host(a) for a in self._known_workers}
+            local = bool(hosts) and hosts <= LOCAL_HOSTS
+            anchor = "storage" if scratch is not None or local else "client"
+        #: The anchor's scratch store (None: the anchor is on the client).
+        self.anchor_store: StateStore | None = (
+            StateStore(scratch_location(scratch)) if anchor == "storage" else None
+        )
+        self._generation = 0
+        self._stream: bool | None = None
+        # One partial's bytes per block function: unknown before its first step (a tree).
+        self._partial_bytes: dict[Any, int] = {}
 
     # -- X blocks ---------------------------------------------------------------------
     def _cluster_memory(self) -> int:
@@ -314,9 +376,10 @@ class DaskExecutor:
         read_x: bool,
         states: Sequence[Any],
         blocks: Sequence[int] | None = None,
-    ) -> tuple[list[Any], Any]:
+    ) -> tuple[list[Any], list[Any]]:
         """Submit one step on ``states`` (of the blocks numbered in ``blocks``; the others
-        keep theirs): ``(new state futures, future of the summed partials)``."""
+        keep theirs): ``(new state futures, futures of the partials)`` (one future of
+        their tree sum, or every block's partial for ``_total`` to sum)."""
         idx = list(range(self.source.n_blocks)) if blocks is None else [int(j) for j in blocks]
         client = self.client
         self._step += 1
@@ -339,25 +402,63 @@ class DaskExecutor:
             pure=False,
         )
         new_states = list(states)
+        # The small tasks that split a step's output run before the next block step on the
+        # same worker (``priority``): a block's partial is ready as soon as its step is,
+        # instead of queueing behind the worker's other steps.
         stepped = client.map(
-            operator.getitem, outs, [0] * n, key=[f"scalenmf-h-{tag}-{j}" for j in idx]
+            operator.getitem,
+            outs,
+            [0] * n,
+            key=[f"scalenmf-h-{tag}-{j}" for j in idx],
+            priority=1,
         )
         for j, state in zip(idx, stepped, strict=True):
             new_states[j] = state
         partials = client.map(
-            operator.getitem, outs, [1] * n, key=[f"scalenmf-p-{tag}-{j}" for j in idx]
+            operator.getitem,
+            outs,
+            [1] * n,
+            key=[f"scalenmf-p-{tag}-{j}" for j in idx],
+            priority=1,
         )
+        size = self._partial_bytes.get(fn, CLIENT_REDUCE_BYTES + 1)
+        if n > 1 and n * size <= CLIENT_REDUCE_BYTES:
+            # Small partials are summed here, in the same pairing, after one gather: a
+            # tree of tasks costs a scheduler round trip and a transfer per level.
+            return new_states, partials
         counter = iter(range(10**9))
 
         def merge(a: Any, b: Any) -> Any:
             return client.submit(
-                add_partials, a, b, key=f"scalenmf-sum-{tag}-{next(counter)}", pure=False
+                add_partials,
+                a,
+                b,
+                key=f"scalenmf-sum-{tag}-{next(counter)}",
+                pure=False,
+                priority=1,
             )
 
         reducer: TreeReducer[Any] = TreeReducer(merge)
         for p in partials:
             reducer.push(p)
-        return new_states, reducer.result()
+        return new_states, [reducer.result()]
+
+    def _total(self, fn: BlockFn, parts: list[Any], watch: Sequence[Any]) -> Any:
+        """The summed partials of a step: waits for ``parts`` (one sum, or every block's
+        partial), fetches them in one gather and sums them in the tree's pairing."""
+        if len(parts) == 1:
+            total = realign(self._result(parts[0], watch))
+        else:
+            for part in parts[:-1]:
+                self._result(part, watch, fetch=False)
+            values = self._result(parts[-1], watch, also=parts[:-1])
+            reducer: TreeReducer[Any] = TreeReducer(add_partials)
+            for value in values:
+                reducer.push(realign(value))
+            total = reducer.result()
+        # One partial's size (they share the total's structure), for the next steps of ``fn``.
+        self._partial_bytes[fn] = max(1, state_nbytes(total))
+        return total
 
     def _workers_now(self) -> set[str]:
         info = self.client.sync(self.client.scheduler.identity)
@@ -387,7 +488,9 @@ class DaskExecutor:
         holders = self.client.who_has(finished)
         return any(not holders.get(f.key) for f in finished)
 
-    def _result(self, future: Any, watch: Sequence[Any]) -> Any:
+    def _result(
+        self, future: Any, watch: Sequence[Any], *, fetch: bool = True, also: Sequence[Any] = ()
+    ) -> Any:
         """``future.result()``, raising ``_StateLost`` if an input it needs was lost.
 
         Watches ``future.status`` (kept up to date by the client's own thread; reading it
@@ -398,6 +501,9 @@ class DaskExecutor:
         raised at every poll also keeps the futures alive in its traceback's frames,
         delaying their release on the scheduler; a done-callback holds the future in
         another thread for a while after it fires.
+
+        ``fetch=False``: wait only (returns None). ``also``: futures already finished whose
+        values come back with this one's, in one gather (a list, ``future``'s last).
         """
         import asyncio
 
@@ -412,8 +518,12 @@ class DaskExecutor:
                     self._check_scheduler(None)
                     raise _StateLost()
                 if status in ("finished", "error"):
+                    if not fetch and status == "finished":
+                        return None
                     try:
                         # A task's own exception is raised here, as before.
+                        if also:
+                            return self._fetch_all([*also, future])
                         return self._fetch(future)
                     except (TimeoutError, asyncio.TimeoutError):
                         pass  # the value is being moved or recomputed: check for losses
@@ -455,15 +565,19 @@ class DaskExecutor:
 
     def _fetch(self, future: Any) -> Any:
         """The value of a finished future, within ``FETCH_TIMEOUT_S`` (asyncio's timeout)."""
+        [value] = self._fetch_all([future])
+        return value
+
+    def _fetch_all(self, futures: list[Any]) -> list[Any]:
+        """The values of finished futures, in one gather within ``FETCH_TIMEOUT_S``."""
         import asyncio
 
         client = self.client
 
         async def gather() -> Any:
-            return await asyncio.wait_for(client._gather([future]), FETCH_TIMEOUT_S)
+            return await asyncio.wait_for(client._gather(futures), FETCH_TIMEOUT_S)
 
-        [value] = client.sync(gather)
-        return value
+        return list(client.sync(gather))
 
     def _check_scheduler(self, exc: BaseException | None) -> None:
         """Raise ``ClusterError`` if the client lost its scheduler (waiting out a reconnect)."""
@@ -523,6 +637,73 @@ class DaskExecutor:
                 time.sleep(POLL_S)
                 timeout *= 2
         raise AssertionError("unreachable")
+
+    def _anchored(self) -> list[Any]:
+        """The anchor's states as futures on the cluster (read from storage by tasks)."""
+        if self.anchor_store is None:
+            return self._scatter_states(self._anchor)
+        stored = [j for j, held in enumerate(self._anchor) if held]
+        out: list[Any] = [None] * self.source.n_blocks
+        if stored:
+            gen = self._generation_name()
+            self._step += 1
+            futures = self.client.map(
+                _anchored_state,
+                [self.anchor_store] * len(stored),
+                stored,
+                [gen] * len(stored),
+                key=[f"scalenmf-anchor-{self._token}-{self._step}-{j}" for j in stored],
+                pure=False,
+            )
+            for j, f in zip(stored, futures, strict=True):
+                out[j] = f
+        return out
+
+    def _generation_name(self, generation: int | None = None) -> str:
+        return f"a{self._generation if generation is None else generation}"
+
+    def _write_anchor(self) -> None:
+        """The workers write the states they hold to a new generation of the anchor store;
+        the old generation is dropped once the new one is complete."""
+        store = self.anchor_store
+        assert store is not None
+        while True:
+            gen = self._generation + 1
+            name = self._generation_name(gen)
+            store.prepare(name)
+            held = [(j, s) for j, s in enumerate(self._states) if s is not None]
+            futures = [s for _, s in held if _is_future(s)]
+            index = [j for j, s in held if _is_future(s)]
+            # States already on the client (restored from a checkpoint) are written here.
+            for j, s in held:
+                if not _is_future(s):
+                    store.write(j, s, name)
+            self._step += 1
+            written = self.client.map(
+                _anchor_state,
+                futures,
+                [store] * len(futures),
+                index,
+                [name] * len(futures),
+                key=[f"scalenmf-anchoring-{self._token}-{self._step}-{j}" for j in index],
+                pure=False,
+            )
+            try:
+                for w in written:
+                    self._result(w, self._states)
+                break
+            except _StateLost:
+                # The last logged step is replayed; its partials were already used.
+                store.drop(name)
+                self._states, _ = self._replay()
+            finally:
+                del written
+        old = self._generation
+        self._generation = gen
+        self._anchor = [True if s is not None else None for s in self._states]
+        self._log.clear()
+        if old:
+            store.drop(self._generation_name(old))
 
     def _scatter_states(self, states: Sequence[Any]) -> list[Any]:
         present = [(j, s) for j, s in enumerate(states) if s is not None]
@@ -595,14 +776,17 @@ class DaskExecutor:
                 self._known_workers = self._workers_now()
             except (OSError, TimeoutError, AttributeError) as exc:
                 raise self._scheduler_gone(exc) from exc
-            states = self._scatter_states(self._anchor)
+            states = self._anchored()
             watch = list(states)
-            total = None
+            parts: list[Any] = []
+            last = None
             for fn, broadcast, read_x, blocks in self._log:
-                states, total = self._submit(fn, broadcast, read_x, states, blocks)
+                states, parts = self._submit(fn, broadcast, read_x, states, blocks)
                 watch.extend(states)
+                last = fn
+            assert last is not None  # the step being recovered is logged
             try:
-                return states, self._result(total, watch)
+                return states, self._total(last, parts, watch)
             except _StateLost:
                 continue
         raise ClusterError(
@@ -618,21 +802,24 @@ class DaskExecutor:
             self._decide_resident()
         self._log.append((fn, broadcast, read_x, blocks))
         inputs = self._states
-        new_states, total = self._submit(fn, broadcast, read_x, inputs, blocks)
+        new_states, parts = self._submit(fn, broadcast, read_x, inputs, blocks)
         try:
-            result = self._result(total, inputs)
+            result = self._total(fn, parts, inputs)
         except _StateLost:
             new_states, result = self._replay()
         # New states replace the old; dropping the references frees the old tasks.
         self._states = new_states
-        del inputs, total
+        del inputs, parts
         if len(self._log) >= self.anchor_every:
-            self._gather_states()
-        # Received arrays may be unaligned (see ``realign``): copy those before any math.
-        return realign(result)
+            if self.anchor_store is not None:
+                self._write_anchor()
+            else:
+                self._gather_states()
+        # Received arrays were realigned (see ``realign``) before any math, in ``_total``.
+        return result
 
     def _gather_states(self) -> list[Any]:
-        """Bring the states to the client; they become the new anchor."""
+        """Bring the states to the client (with a client anchor, they become the anchor)."""
         while True:
             try:
                 values = [
@@ -642,19 +829,50 @@ class DaskExecutor:
             except _StateLost:
                 # The last logged step is replayed; its partials were already used.
                 self._states, _ = self._replay()
-        self._anchor = [realign(v) for v in values]
-        self._log.clear()
-        return self._anchor
+        values = [realign(v) for v in values]
+        if self.anchor_store is None:
+            self._anchor = values
+            self._log.clear()
+        return values
+
+    @property
+    def stream_states(self) -> bool:
+        """Whether the states are brought to the client one at a time (and a result's H
+        written to storage block by block): when all of them would take more than
+        ``STATE_SHARE`` of the workers' memory limit (known when this executor started
+        the cluster)."""
+        if self._stream is None:
+            self._stream = False
+            held = [s for s in self._states if _is_future(s)]
+            if self._memory_limit and held:
+                sizes = self.client.gather(self.client.map(state_nbytes, held, pure=False))
+                self._stream = sum(sizes) > local.STATE_SHARE * self._memory_limit
+        return self._stream
 
     def states(self) -> Iterator[Any]:
-        yield from self._gather_states()
+        if not self.stream_states:
+            yield from self._gather_states()
+            return
+        for j in range(self.source.n_blocks):
+            while True:
+                state = self._states[j]
+                try:
+                    value = self._result(state, self._states) if _is_future(state) else state
+                    break
+                except _StateLost:
+                    self._states, _ = self._replay()
+            yield realign(value)
 
     def set_states(self, states: list[Any]) -> None:
         if len(states) != self.source.n_blocks:
             raise ValueError(f"expected {self.source.n_blocks} block states, got {len(states)}")
-        self._anchor = list(states)
         self._log.clear()
-        self._states = self._scatter_states(self._anchor)
+        if self.anchor_store is not None:
+            self._states = list(states)
+            self._write_anchor()
+        else:
+            self._anchor = list(states)
+        self._states = self._scatter_states(states)
 
     def close(self) -> None:
         held = [f for f in [*self._states, *(self._resident or [])] if _is_future(f)]
@@ -667,6 +885,8 @@ class DaskExecutor:
         self._anchor = [None] * self.source.n_blocks
         self._log.clear()
         self._resident = None
+        if self.anchor_store is not None:
+            self.anchor_store.remove()
         if self._owns_client:
             self.client.close()
             self._owns_client = False
@@ -682,6 +902,7 @@ class DaskExecutor:
             "n_workers": len(info.get("workers", {})),
             "resident": self._resident is not None,
             "recoveries": self.recoveries,
+            "anchor": "client" if self.anchor_store is None else "storage",
         }
 
 

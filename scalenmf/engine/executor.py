@@ -32,6 +32,8 @@ def make_executor(
     memory_limit: int | None = None,
     threads: int | None = None,
     keep_x: bool | None = None,
+    spill_states: bool | None = None,
+    scratch: Any = None,
     **cluster: Any,
 ) -> Executor:
     """Pick the executor: Dask when a scheduler or a worker count is given, else local.
@@ -51,6 +53,13 @@ def make_executor(
         Hold X blocks in memory between steps (True) or re-read them (False), as a memory
         plan decided (the local cache, the Dask resident blocks); None: decide from
         ``memory_limit``.
+    spill_states : bool, optional
+        Keep the block states in a scratch Zarr store (True) or in memory (False), as a
+        memory plan decided; None: the local executor decides from ``memory_limit`` (a
+        Dask executor keeps them on its workers).
+    scratch : path, optional
+        Where scratch stores go (the local executor's states, the Dask executor's anchor):
+        a directory or URL; default ``$SCALENMF_SCRATCH`` or the system's temporary one.
     **cluster
         Passed to ``DaskExecutor`` (``scheduler_file``, ``security``, ``connect_timeout``,
         ``anchor_every``); None values are dropped.
@@ -65,6 +74,7 @@ def make_executor(
             workers=workers,
             memory_limit=memory_limit,
             resident=keep_x,
+            scratch=scratch,
             **cluster,
         )
     from scalenmf.engine.local import LocalExecutor
@@ -74,4 +84,6 @@ def make_executor(
         threads=threads or (os.cpu_count() or 1),
         memory_limit=memory_limit,
         cache=keep_x,
+        spill_states=spill_states,
+        scratch=scratch,
     )

@@ -13,12 +13,18 @@ from scalenmf.engine.base import BlockFn, BlockRef, realign, resolve_block
 from scalenmf.engine.reduce import TreeReducer, add_partials
 from scalenmf.io.planning import MIN_SPREAD_VALUES
 from scalenmf.io.source import MatrixSource
+from scalenmf.io.state_store import StateStore, scratch_location, state_nbytes
 
 log = logging.getLogger(__name__)
 
 #: Share of the memory budget that cached X blocks may take; the rest is for H, the
 #: per-thread temporaries and the blocks in flight.
 CACHE_SHARE = 0.6
+
+#: Share of the memory budget that the block states (every run's H, k × n and more) may
+#: take in memory; past it they are kept in a scratch Zarr store (``io/state_store.py``),
+#: each read and written with its X block, so that memory does not grow with n.
+STATE_SHARE = 0.25
 
 #: Blocks run concurrently only when the average block holds at least this many stored
 #: values. Below it a block step takes tens of microseconds, less than handing it to a
@@ -34,6 +40,10 @@ PARALLEL_MIN_VALUES = MIN_SPREAD_VALUES
 SMALL_PROBLEM_VALUES = 1 << 20
 
 _CONTROLLER: Any = None
+#: Returned by a thread that has kept its block's new state itself.
+_KEPT: Any = type("_Kept", (), {})()
+#: Marks a block whose state is in the scratch store.
+_IN_STORE: Any = type("_InStore", (), {"__repr__": lambda self: "<state in the scratch store>"})()
 
 
 def _blas_controller() -> Any:
@@ -87,6 +97,14 @@ class LocalExecutor:
     cache : bool, optional
         Hold X blocks in memory (True) or re-read them every step (False), as a memory
         plan decided; None: decide from ``memory_limit``.
+    spill_states : bool, optional
+        Keep the block states in a scratch Zarr store (True) or in memory (False), as a
+        memory plan decided; None: in memory until, projected from the states stored so
+        far, all of them would exceed ``STATE_SHARE`` of ``memory_limit`` (never without a
+        limit).
+    scratch : path, optional
+        Directory (or URL) for the scratch store; default ``$SCALENMF_SCRATCH`` or the
+        system's temporary directory. The store is removed by ``close``.
     """
 
     def __init__(
@@ -96,6 +114,8 @@ class LocalExecutor:
         threads: int = 1,
         memory_limit: int | None = None,
         cache: bool | None = None,
+        spill_states: bool | None = None,
+        scratch: Any = None,
     ):
         self.source = source
         self.threads = max(1, int(threads))
@@ -115,6 +135,52 @@ class LocalExecutor:
         #: Small problems (see ``SMALL_PROBLEM_VALUES``) keep BLAS on one thread throughout.
         self.small_problem = not self.parallel_blocks and source.nnz < SMALL_PROBLEM_VALUES
         self._scope_depth = 0
+        self._want_spill = spill_states
+        #: Where scratch stores go (None: ``$SCALENMF_SCRATCH`` or the system's temp dir).
+        self.scratch = scratch
+        #: Where the states are when they are not in ``_states`` (None: in memory).
+        self.spill: StateStore | None = None
+        if spill_states:
+            self._start_spill()
+
+    # -- block states -----------------------------------------------------------------
+    def _start_spill(self) -> None:
+        """Move the states to a scratch store; from now on they live there."""
+        self.spill = StateStore(scratch_location(self.scratch))
+        log.info("keeping block states in the scratch store %s", self.spill.path)
+        for j, state in enumerate(self._states):
+            if state is not None and state is not _IN_STORE:
+                self.spill.write(j, state)
+                self._states[j] = _IN_STORE
+
+    @property
+    def stream_states(self) -> bool:
+        """Whether collecting should take the states one at a time to storage (they are
+        kept out of memory)."""
+        return self.spill is not None
+
+    def _state(self, j: int) -> Any:
+        """Block ``j``'s state, read from the scratch store if it is there."""
+        state = self._states[j]
+        if state is _IN_STORE:
+            assert self.spill is not None
+            return realign(self.spill.read(j))
+        return state
+
+    def _keep(self, j: int, state: Any) -> None:
+        """Hold block ``j``'s new state: in memory, or written to the scratch store."""
+        if self.spill is None and self._want_spill is None and self.memory_limit:
+            a, b = self.source.block_bounds[j]
+            per_col = state_nbytes(state) / max(1, b - a)
+            if per_col * self.source.shape[1] > STATE_SHARE * self.memory_limit:
+                self._states[j] = state
+                self._start_spill()
+                return
+        if self.spill is None or state is None:
+            self._states[j] = state
+        else:
+            self.spill.write(j, state)
+            self._states[j] = _IN_STORE
 
     def _should_cache(self) -> bool:
         if self.source.in_memory:
@@ -139,6 +205,14 @@ class LocalExecutor:
         X = realign(resolve_block(xref)) if xref is not None else None
         return fn(X, state, broadcast)
 
+    def _apply_stored(self, fn: BlockFn, read_x: bool, j: int, broadcast: Any) -> tuple[Any, Any]:
+        """``_apply`` on block ``j`` with its state read from and written to the store."""
+        state, partial = self._apply(
+            fn, self._xref(j) if read_x else None, self._state(j), broadcast
+        )
+        self._keep(j, state)
+        return _KEPT, partial
+
     def _xref(self, j: int) -> Any:
         if self._cache is not None:
             return self._cache[j]
@@ -148,10 +222,19 @@ class LocalExecutor:
         self, fn: BlockFn, broadcast: Any, read_x: bool, blocks: list[int]
     ) -> Iterator[tuple[Any, Any]]:
         if self.parallel_blocks:
-            args = [(self._xref(j) if read_x else None, self._states[j]) for j in blocks]
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="scalenmf")
             pool = self._pool
+            if self.spill is not None:
+                # Each thread reads its block's state and writes the new one: only the
+                # states of the blocks in flight are in memory.
+                futures = [
+                    pool.submit(self._apply_stored, fn, read_x, j, broadcast) for j in blocks
+                ]
+                for fut in futures:
+                    yield fut.result()
+                return
+            args = [(self._xref(j) if read_x else None, self._states[j]) for j in blocks]
             futures = [pool.submit(self._apply, fn, x, s, broadcast) for x, s in args]
             del args
             for fut in futures:
@@ -160,7 +243,7 @@ class LocalExecutor:
             # One block at a time, holding no list of the old states: each is released as
             # its new state replaces it (the memory plan counts one set of states).
             for j in blocks:
-                yield self._apply(fn, self._xref(j) if read_x else None, self._states[j], broadcast)
+                yield self._apply(fn, self._xref(j) if read_x else None, self._state(j), broadcast)
 
     def map_reduce(
         self, fn: BlockFn, broadcast: Any, *, read_x: bool = True, blocks: Any = None
@@ -178,7 +261,8 @@ class LocalExecutor:
         with _blas_threads(1 if pin else None):
             idx = list(range(self.source.n_blocks)) if blocks is None else [int(j) for j in blocks]
             for j, (state, partial) in zip(idx, self._map(fn, broadcast, read_x, idx), strict=True):
-                self._states[j] = state
+                if state is not _KEPT:
+                    self._keep(j, state)
                 reducer.push(partial)
         return reducer.result()
 
@@ -194,17 +278,25 @@ class LocalExecutor:
                 self._scope_depth -= 1
 
     def states(self) -> Iterator[Any]:
-        yield from self._states
+        # One at a time: with a scratch store, only the state being looked at is in memory.
+        for j in range(self.source.n_blocks):
+            yield self._state(j)
 
     def set_states(self, states: list[Any]) -> None:
         if len(states) != self.source.n_blocks:
             raise ValueError(f"expected {self.source.n_blocks} block states, got {len(states)}")
-        self._states = [realign(s) for s in states]
+        self._states = [None] * self.source.n_blocks
+        for j, state in enumerate(states):
+            self._keep(j, realign(state))
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if self.spill is not None:
+            self.spill.remove()
+            self.spill = None
+            self._states = [None] * self.source.n_blocks
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -213,4 +305,5 @@ class LocalExecutor:
             "parallel_blocks": self.parallel_blocks,
             "small_problem": self.small_problem,
             "cached": self._cache is not None,
+            "states_in_store": self.spill is not None,
         }

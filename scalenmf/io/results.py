@@ -28,7 +28,14 @@ from scalenmf.io.integrity import (
     require_complete,
 )
 from scalenmf.io.source import as_str_array
-from scalenmf.io.zarr_store import _open_group, read_whole, write_digested, write_labels
+from scalenmf.io.zarr_store import (
+    WRITE_CONFIG,
+    _codec,
+    _open_group,
+    read_whole,
+    write_digested,
+    write_labels,
+)
 
 RESULT_FORMAT_VERSION = 1
 #: Default chunk length along samples, and along the rows of every other array.
@@ -83,7 +90,8 @@ def write_result(
     with atomic_output(path, overwrite=overwrite) as tmp:
         root = zarr.open_group(tmp, mode="w")
         for name, arr in arrays.items():
-            arr = np.asarray(arr)
+            if not isinstance(arr, zarr.Array):
+                arr = np.asarray(arr)
             chunks = [max(1, s) for s in arr.shape]
             if sample_axis is not None:
                 ax = sample_axis.get(name)
@@ -93,7 +101,12 @@ def write_result(
                 chunks[ax] = max(1, min(arr.shape[ax], along))
             elif arr.ndim:
                 chunks[0] = max(1, min(arr.shape[0], COL_CHUNK))
-            write_digested(root, name, arr, tuple(chunks), digests)
+            if isinstance(arr, zarr.Array):
+                # Kept out of memory by the fit: copied along the sample axis, a chunk
+                # at a time, and digested from what was stored.
+                _copy_stored(root, name, arr, tuple(chunks), 1 if ax is None else ax, digests)
+            else:
+                write_digested(root, name, arr, tuple(chunks), digests)
         for name, values in (labels or {}).items():
             if values is not None:
                 write_labels(root, name, values)
@@ -104,6 +117,31 @@ def write_result(
         root.attrs.update(body)
         root.attrs[INTEGRITY] = {"arrays": digests, "attrs": digest_json(body)}
     return str(path)
+
+
+def _copy_stored(
+    group: zarr.Group,
+    name: str,
+    arr: zarr.Array,
+    chunks: tuple[int, ...],
+    axis: int,
+    digests: dict[str, str],
+) -> None:
+    """``write_digested`` of a stored array, one chunk along ``axis`` at a time."""
+    out = group.create_array(
+        name,
+        shape=arr.shape,
+        chunks=chunks,
+        dtype=arr.dtype,
+        compressors=[_codec()],
+        config=WRITE_CONFIG,
+    )
+    step = chunks[axis] if arr.ndim else 1
+    for lo in range(0, int(arr.shape[axis]) if arr.ndim else 0, step):
+        where = [slice(None)] * arr.ndim
+        where[axis] = slice(lo, lo + step)
+        out[tuple(where)] = arr[tuple(where)]
+    digests[name] = digest_stored(out)
 
 
 def read_result(

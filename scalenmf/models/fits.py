@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from scalenmf.engine.loop import run_alternating
+from scalenmf.io.state_store import columns_array
 from scalenmf.kernels import gram
 from scalenmf.kernels.backend import NUMPY
 from scalenmf.kernels.mu import EPS
@@ -362,9 +363,18 @@ def best_fits(fits: list[FitSpec], finals: list[float]) -> list[int]:
     return sorted(best.values())
 
 
-def collect(executor: Any, model: FitsModel, keep: list[int], labels: bool = True):
-    """Bring back the kept fits' H (k × n) and, when asked, every fit's sample labels."""
+def collect(
+    executor: Any, model: FitsModel, keep: list[int], labels: bool = True, dtype: Any = None
+):
+    """Bring back the kept fits' H (k × n) and, when asked, every fit's sample labels.
+
+    When the executor keeps its block states in a scratch store (``spill``), each H is
+    written block by block to a scratch Zarr array (in ``dtype``, default the states') and
+    returned as that array: no k × n is assembled in memory.
+    """
     executor.map_reduce(extract_step, model.extract_request(keep, labels), read_x=False)
+    if getattr(executor, "stream_states", False):
+        return _collect_to_storage(executor, model, keep, labels, dtype)
     states = list(executor.states())
     H = {f: np.hstack([model.block_h(s, f) for s in states]) for f in keep}
     lab: dict[int, np.ndarray] = {}
@@ -373,6 +383,35 @@ def collect(executor: Any, model: FitsModel, keep: list[int], labels: bool = Tru
             key, slot = model.slot[f]
             if spec.rep < 0:
                 lab[f] = np.concatenate([s["labels"][key][slot] for s in states])
+    return H, lab
+
+
+def _collect_to_storage(executor: Any, model: FitsModel, keep: list[int], labels: bool, dtype: Any):
+    source = executor.source
+    n = source.shape[1]
+    bounds = source.block_bounds
+    widest = max(b - a for a, b in bounds)
+    H: dict[int, Any] = {}
+    lab: dict[int, np.ndarray] = {}
+    for j, state in enumerate(executor.states()):
+        a, b = bounds[j]
+        for f in keep:
+            block = model.block_h(state, f)
+            if f not in H:
+                H[f] = columns_array(
+                    getattr(executor, "scratch", None),
+                    (block.shape[0], n),
+                    dtype if dtype is not None else block.dtype,
+                    widest,
+                )
+            H[f][:, a:b] = block
+        if labels:
+            for f, spec in enumerate(model.fits):
+                key, slot = model.slot[f]
+                if spec.rep < 0:
+                    if f not in lab:
+                        lab[f] = np.empty(n, dtype=state["labels"][key][slot].dtype)
+                    lab[f][a:b] = state["labels"][key][slot]
     return H, lab
 
 
@@ -414,7 +453,9 @@ def run_multifit(
         converged=trace.converged,
         test_errors=model.test_errors,
         labels=labels,
-        H={f: h.astype(dtype, copy=False) for f, h in H.items()},
+        H={
+            f: h.astype(dtype, copy=False) if isinstance(h, np.ndarray) else h for f, h in H.items()
+        },
         xx=float(stats["xx"]),
         n_obs=float(stats["n_obs"]),
         n_missing=float(stats["n_missing"]),

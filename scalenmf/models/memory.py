@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from scalenmf.engine import local
 from scalenmf.io.planning import MIN_BLOCK_COLS, align_bounds, bounds_by_nnz, bounds_from_cols
 from scalenmf.io.source import MatrixSource
 
@@ -81,6 +82,9 @@ class MemoryPlan:
         Blocks processed at the same time in one process (threads locally, 1 per worker).
     keep_x : bool
         Whether X blocks stay in memory between iterations.
+    spill_states : bool
+        Whether the block states are kept in a scratch store (locally, when in memory
+        they would take more than ``STATE_SHARE`` of the limit).
     need : int
         Expected peak bytes of one process (the breakdown sums to it).
     breakdown : dict
@@ -93,6 +97,7 @@ class MemoryPlan:
     keep_x: bool
     need: int
     breakdown: dict[str, int] = field(default_factory=dict)
+    spill_states: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -159,9 +164,23 @@ def read_bytes(source: MatrixSource, m: int, cols: int, block: int) -> int:
     return int(decoded + compressed + block + converted)
 
 
-def fixed_bytes(source: MatrixSource, shape: FitShape, n_blocks: int, in_flight: int) -> int:
-    """What lives for the whole fit in the process that holds the states and the W's."""
+def fixed_bytes(
+    source: MatrixSource,
+    shape: FitShape,
+    n_blocks: int,
+    in_flight: int,
+    spill_cols: int | None = None,
+) -> int:
+    """What lives for the whole fit in the process that holds the states and the W's.
+
+    ``spill_cols``: the block states are kept in a scratch store (``io/state_store.py``)
+    and the kept H is written to storage block by block; only the states of ``in_flight``
+    blocks of ``spill_cols`` columns are in memory at once (old and new, and the encoded
+    copy being written).
+    """
     m, n = source.shape
+    if spill_cols is not None:
+        n = 2 * in_flight * spill_cols
     k, runs = shape.k, shape.n_runs
     item = shape.work_itemsize
     # Blocks run concurrently hold their old states until the pass ends; in line, a new
@@ -286,9 +305,19 @@ def plan_memory(
     flights = [1] if workers else sorted({max(1, int(threads)), 1}, reverse=True)
     chunk = getattr(source, "chunk_cols", None) or MIN_BLOCK_COLS
 
+    def spills(cols: int, in_flight: int) -> bool:
+        if workers:
+            return False  # a cluster's states spread over its workers
+        n_blocks = max(1, math.ceil(source.shape[1] / max(cols, 1)))
+        held = fixed_bytes(source, shape, n_blocks, in_flight)
+        # Past this share of the room the states go to a scratch store (the executor's
+        # own rule when no plan decides, read at call time so that both stay one).
+        return held > local.STATE_SHARE * room
+
     def need_of(cols: int, in_flight: int, keep: bool) -> dict[str, int]:
         n_blocks = max(1, math.ceil(source.shape[1] / max(cols, 1)))
-        fixed = fixed_bytes(source, shape, n_blocks, in_flight)
+        spill = cols if spills(cols, in_flight) else None
+        fixed = fixed_bytes(source, shape, n_blocks, in_flight, spill)
         per = per_block_bytes(source, shape, cols)
         # An in-memory X is part of the measured baseline already.
         held = source.nbytes if keep and not source.in_memory else 0
@@ -342,6 +371,7 @@ def plan_memory(
         keep_x=keep,
         need=int(sum(final.values())),
         breakdown=final,
+        spill_states=spills(cols, in_flight),
     )
 
 

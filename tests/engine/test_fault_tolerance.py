@@ -186,7 +186,10 @@ def test_scheduler_killed_then_resume_on_a_new_cluster(
         extra = ["--max-iter", str(MAX_ITER), "--checkpoint-every", "3", "--connect-timeout", "3s"]
         cmd = fit_cmd(stores["sparse"], out, sched, *extra)
         err_file = tmp_path / "client.err"
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(err_file, "w"))
+        scratch = tmp_path / "scratch"  # where the client's anchor store goes
+        scratch.mkdir()
+        env = {**ENV, "SCALENMF_SCRATCH": str(scratch)}
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(err_file, "w"), env=env)
         wait_for_checkpoint(ckpt, proc, 3 * random.Random(SEED + 1).randint(1, 4))
         first.kill_scheduler()
         proc.wait(timeout=120)
@@ -198,6 +201,7 @@ def test_scheduler_killed_then_resume_on_a_new_cluster(
     assert last.startswith("Error: lost the Dask scheduler") and "--resume" in last, err
     assert "Traceback" not in err
     assert not out.exists() and ckpt.exists()
+    assert list(scratch.iterdir()) == [], "the failed fit left its anchor store behind"
     second = ProcCluster(tmp_path / "second").start(2)
     try:
         cmd = fit_cmd(stores["sparse"], out, ["--scheduler", second.address], *extra)

@@ -154,7 +154,9 @@ def test_client_killed_then_resume_equals_reference(
     stop_after = 3 * random.Random(SEED).randint(1, 6)
     # Output to files: a pipe nobody reads could fill up and stall the fit.
     log = open(tmp_path / "client.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    # A killed client cannot remove its anchor store: it goes under tmp_path, not /tmp.
+    env = {**ENV, "SCALENMF_SCRATCH": str(tmp_path)}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         at = wait_for_checkpoint(ckpt, proc, stop_after)
         os.kill(proc.pid, signal.SIGKILL)

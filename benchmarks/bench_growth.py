@@ -74,11 +74,13 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "scalenmf.cli.main", *args]
 
 
-def fit_case(store: Path, out: Path, iters: int, workers: bool) -> dict[str, Any]:
+def fit_case(
+    store: Path, out: Path, iters: int, workers: bool, loss: str = "kl", limit: str = LIMIT
+) -> dict[str, Any]:
     import scalenmf
 
-    cmd = cli("fit", str(store), "-k", "10", "--loss", "kl", "--init", "random")
-    cmd += ["--memory-limit", LIMIT, "--max-iter", str(iters), "--tol", "0", "-o", str(out)]
+    cmd = cli("fit", str(store), "-k", "10", "--loss", loss, "--init", "random")
+    cmd += ["--memory-limit", limit, "--max-iter", str(iters), "--tol", "0", "-o", str(out)]
     cmd += ["--no-checkpoint", "--no-progress"]
     if workers:
         cmd += ["--workers", "2"]
@@ -93,12 +95,12 @@ def fit_case(store: Path, out: Path, iters: int, workers: bool) -> dict[str, Any
     return rec
 
 
-def project_case(result: Path, store: Path, out: Path) -> dict[str, Any]:
+def project_case(result: Path, store: Path, out: Path, limit: str = LIMIT) -> dict[str, Any]:
     from scalenmf.results.linked import load_projection
 
     # Frobenius (exact NNLS, one pass): KL's multiplicative updates to tol=1e-6 take ~100×
     # as long per sample and measure the inner solver, not how projection scales.
-    cmd = cli("project", str(result), str(store), "-o", str(out), "--memory-limit", LIMIT)
+    cmd = cli("project", str(result), str(store), "-o", str(out), "--memory-limit", limit)
     cmd += ["--loss", "frobenius", "--no-progress"]
     load = load_average()
     rec = measure(cmd, timeout=3600)
@@ -140,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", default=None)
     ap.add_argument("--modes", default="laptop,workers,project")
     ap.add_argument("--workers-at", default="1e7", help="sizes to run --workers 2 at")
+    ap.add_argument("--loss", default="kl", help="of the fit (the issue's: kl)")
+    ap.add_argument("--limit", default=LIMIT, help="--memory-limit (the issue's: 1GB)")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--out", help="append the table (markdown) and the records (JSON) here")
     args = ap.parse_args(argv)
@@ -159,19 +163,19 @@ def main(argv: list[str] | None = None) -> int:
             fitted = root / f"fit-{n}.zarr"
             if "laptop" in modes or "project" in modes:
                 out = root / f"fit-laptop-{n}.zarr"
-                rec = fit_case(store, out, args.iters, workers=False)
+                rec = fit_case(store, out, args.iters, False, args.loss, args.limit)
                 rows.append({"case": "fit laptop", "n": n, **rec})
                 print(json.dumps(rows[-1], default=str), flush=True)
                 if rec["rc"] == 0:
                     out.rename(fitted)
             if "project" in modes and fitted.exists():
-                rec = project_case(fitted, store, root / f"proj-{n}.zarr")
+                rec = project_case(fitted, store, root / f"proj-{n}.zarr", args.limit)
                 rows.append({"case": "project", "n": n, **rec})
                 print(json.dumps(rows[-1], default=str), flush=True)
                 shutil.rmtree(root / f"proj-{n}.zarr", ignore_errors=True)
             if "workers" in modes and n in workers_at:
                 out = root / f"fit-workers-{n}.zarr"
-                rec = fit_case(store, out, args.iters, workers=True)
+                rec = fit_case(store, out, args.iters, True, args.loss, args.limit)
                 rows.append({"case": "fit 2 workers", "n": n, **rec})
                 print(json.dumps(rows[-1], default=str), flush=True)
                 shutil.rmtree(out, ignore_errors=True)

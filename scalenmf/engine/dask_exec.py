@@ -875,6 +875,10 @@ class DaskExecutor:
         self._states = self._scatter_states(states)
 
     def close(self) -> None:
+        # The anchor store first: whatever fails below (a scheduler gone), it is this
+        # process's to remove.
+        if self.anchor_store is not None:
+            self.anchor_store.remove()
         held = [f for f in [*self._states, *(self._resident or [])] if _is_future(f)]
         if held and self.client.status == "running":
             # Forget them now rather than when the garbage collector gets to the futures:
@@ -885,8 +889,6 @@ class DaskExecutor:
         self._anchor = [None] * self.source.n_blocks
         self._log.clear()
         self._resident = None
-        if self.anchor_store is not None:
-            self.anchor_store.remove()
         if self._owns_client:
             self.client.close()
             self._owns_client = False

@@ -154,7 +154,9 @@ def test_client_killed_then_resume_equals_reference(
     stop_after = 3 * random.Random(SEED).randint(1, 6)
     # Output to files: a pipe nobody reads could fill up and stall the fit.
     log = open(tmp_path / "client.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV)
+    # A killed client cannot remove its anchor store: it goes under tmp_path, not /tmp.
+    env = {**ENV, "SCALENMF_SCRATCH": str(tmp_path)}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         at = wait_for_checkpoint(ckpt, proc, stop_after)
         os.kill(proc.pid, signal.SIGKILL)
@@ -186,7 +188,10 @@ def test_scheduler_killed_then_resume_on_a_new_cluster(
         extra = ["--max-iter", str(MAX_ITER), "--checkpoint-every", "3", "--connect-timeout", "3s"]
         cmd = fit_cmd(stores["sparse"], out, sched, *extra)
         err_file = tmp_path / "client.err"
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(err_file, "w"))
+        scratch = tmp_path / "scratch"  # where the client's anchor store goes
+        scratch.mkdir()
+        env = {**ENV, "SCALENMF_SCRATCH": str(scratch)}
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(err_file, "w"), env=env)
         wait_for_checkpoint(ckpt, proc, 3 * random.Random(SEED + 1).randint(1, 4))
         first.kill_scheduler()
         proc.wait(timeout=120)
@@ -198,6 +203,7 @@ def test_scheduler_killed_then_resume_on_a_new_cluster(
     assert last.startswith("Error: lost the Dask scheduler") and "--resume" in last, err
     assert "Traceback" not in err
     assert not out.exists() and ckpt.exists()
+    assert list(scratch.iterdir()) == [], "the failed fit left its anchor store behind"
     second = ProcCluster(tmp_path / "second").start(2)
     try:
         cmd = fit_cmd(stores["sparse"], out, ["--scheduler", second.address], *extra)

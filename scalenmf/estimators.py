@@ -94,7 +94,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         (``n_ref``: the samples of the first ``partial_fit`` batch, or of ``fit``); a
         ``partial_fit`` batch of b samples scales them by ``forget_factor ** (b / n_ref)``.
         Default 0.7 (scikit-learn's MiniBatchNMF). With ``solver="online"`` it is passed
-        to ``fit`` (where its default is 1 for Frobenius, 0.7 for KL).
+        to ``fit`` (where its default None is a schedule: forgetting in the first epoch
+        only, see ``scalenmf.nmf``).
     random_state : int, None, numpy RandomState or Generator, default 0
         Seeds the fit; a RandomState or Generator is drawn from once per fit.
 

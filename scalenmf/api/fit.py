@@ -41,7 +41,6 @@ from scalenmf.models.memory import FitShape
 from scalenmf.models.nmf import NMFConfig, NMFModel
 from scalenmf.models.online import (
     BATCH_COLS,
-    FORGET_FACTOR,
     ONLINE_MU_STEPS,
     ONLINE_SWEEPS,
     init_passes,
@@ -194,13 +193,12 @@ def nmf(
         batches of this width unless ``block_cols`` is given.
     forget_factor : float, optional
         ``solver="online"``: how much of the accumulated statistics one pass over X keeps
-        (a batch of b columns scales them by ``forget_factor ** (b / n)``). Frobenius
-        replaces a block's statistics when it is seen again, so they hold every block once;
-        the default (None) is a schedule: the first epoch forgets with a window of one
-        batch that grows to a quarter of the columns read (W follows the improving H
-        quickly), later epochs forget nothing (exact statistics: the full-batch optimum is
-        a fixed point). 1: exact from the start. KL default 0.7 (scikit-learn's): its
-        multiplicative-update statistics depend on the W they were taken with.
+        (a batch of b columns scales them by ``forget_factor ** (b / n)``). A block's
+        (Frobenius) or a batch's (KL) statistics are replaced when it is seen again, so
+        the sums hold each once. The default (None) is a schedule: the first epoch
+        forgets with a window of one batch that grows to a quarter of the columns read
+        (W follows the improving H quickly), later epochs forget nothing (exact
+        statistics: the full-batch optimum is a fixed point). 1: exact from the start.
     Returns
     -------
     NMFResult
@@ -393,8 +391,8 @@ def online_params(
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"batch_size must be a whole number ≥ 1; got {batch_size!r}")
     if forget_factor is None:
-        # KL: scikit-learn's; Frobenius: None, the schedule of models/online.py.
-        return {"batch_size": int(size), "forget_factor": FORGET_FACTOR if loss == "kl" else None}
+        # None: the schedule of models/online.py (forgetting in the first epoch only).
+        return {"batch_size": int(size), "forget_factor": None}
     if (
         isinstance(forget_factor, bool)
         or not isinstance(forget_factor, (int, float))

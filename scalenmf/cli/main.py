@@ -99,8 +99,8 @@ def main(verbose: int) -> None:
     "--forget-factor",
     type=click.FloatRange(0, 1, min_open=True),
     default=None,
-    help="--solver online: share of the statistics one epoch keeps (default: Frobenius a "
-    "schedule, forgetting in the first epoch only; KL 0.7).",
+    help="--solver online: share of the statistics one epoch keeps (default: a schedule, "
+    "forgetting in the first epoch only).",
 )
 @click.option(
     "--loss", type=click.Choice(["frobenius", "kl"]), default="frobenius", show_default=True

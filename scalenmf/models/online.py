@@ -15,9 +15,11 @@ warm-started at their previous H), then W is updated from sufficient statistics:
   the full-batch optimum is a fixed point. A ``forget_factor`` f sets ρ = f^(b/n)
   throughout. The W penalties are scaled to the weighted share of the columns.
 - **KL** keeps the multiplicative-update statistics ``A = Σ W ⊙ (X ⊘ WH) Hᵀ`` and
-  ``B = Σ 1 Hᵀ`` with a forgetting factor ``ρ = forget_factor ** (batch / n)`` per batch
-  (Lefèvre, Bach & Févotte 2011; scikit-learn's MiniBatchNMF), and ``W = A / (B + l1 +
-  l2·W)``: the numerator depends on the W a block was seen with, so it cannot be exact.
+  ``B = Σ 1 Hᵀ`` (Lefèvre, Bach & Févotte 2011; scikit-learn's MiniBatchNMF) and
+  ``W = A / (B + l1 + l2·W)``. The numerator depends on the W a block was seen with, so a
+  block cannot return its change: the driver keeps every batch's latest share (m × k + k
+  floats a batch; the batches are drawn once and visited in a new order every epoch) and
+  replaces it when the batch is seen again, with the weights and schedule of Frobenius.
 
 **The first epoch's schedule.** Before the first epoch the fit is started and warmed up on
 a seeded sample of blocks (about ``WARMUP_SHARE`` of the columns): the initialisation
@@ -61,8 +63,6 @@ from scalenmf.models.step import NMFConfig, fit_step, initial_states
 
 #: Columns per mini-batch by default (whole blocks are batched until they reach it).
 BATCH_COLS = 4096
-#: scikit-learn's default forgetting of the KL statistics per pass over the data.
-FORGET_FACTOR = 0.7
 #: KL multiplicative H steps per visit of a block (a block is seen once per epoch).
 ONLINE_MU_STEPS = 10
 #: Frobenius coordinate (HALS) sweeps of H per visit of a block.
@@ -205,6 +205,10 @@ class _Online:
         self.B = np.zeros(k if self.kl else (m, k))
         self.hsum = np.zeros(k)
         self.weight = np.zeros(len(self.widths))
+        #: KL: each batch's latest statistics and their weight, by the batch's blocks (the
+        #: batches are the same every epoch, so a revisit replaces its batch's share).
+        self.kl_parts: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
+        self.kl_weight: dict[tuple[int, ...], float] = {}
         self.cols_read = 0
 
     @property
@@ -215,6 +219,15 @@ class _Online:
     def exact(self) -> bool:
         """Every block's latest statistics are in the sums with weight 1 (Frobenius)."""
         return not self.kl and bool(np.all(self.weight == 1.0))
+
+    def drop(self, key: tuple[int, ...]) -> None:
+        """KL: take a batch's share out of the sums (the warm-up sample's, once every batch
+        of the epoch has its own)."""
+        if key in self.kl_parts:
+            A_old, B_old = self.kl_parts.pop(key)
+            w = self.kl_weight.pop(key)
+            self.A -= w * A_old
+            self.B -= w * B_old
 
     def rho(self, cols: int, epoch: int, window: float) -> float:
         """The decay of the statistics before a batch of ``cols`` columns in ``epoch``."""
@@ -265,18 +278,26 @@ class _Online:
             self.B *= rho
             self.hsum *= rho
             self.weight *= rho
+            for key in self.kl_weight:
+                self.kl_weight[key] *= rho
 
-    def add(self, blocks: list[int] | None, part: dict[str, Any], a: int) -> None:
+    def add(
+        self, blocks: list[int] | None, part: dict[str, Any], a: int, w_step: bool = True
+    ) -> None:
         """Add a step's statistics (already decayed by ``decay``), then the W step."""
         if self.kl:
+            key = tuple(range(len(self.widths))) if blocks is None else tuple(blocks)
+            self.drop(key)  # the batch's previous share leaves with the weight it had
             A_b, B_b = batch_statistics(self.config, self.W, part, a)
             self.A += A_b
             self.B += B_b
+            self.kl_parts[key], self.kl_weight[key] = (A_b, B_b), 1.0
             if blocks is None:
                 self.weight[:] = 1.0
             else:
                 self.weight[blocks] = 1.0
-            cfg = self.config
+            cols = sum(w * float(self.widths[list(k)].sum()) for k, w in self.kl_weight.items())
+            cfg = self.share_config(min(cols, float(self.n)))
         else:
             # The blocks' previous statistics leave with the weight they had: each block is
             # in the sums once, with its latest H.
@@ -288,7 +309,8 @@ class _Online:
             else:
                 self.weight[blocks] = 1.0
             cfg = self.share_config(float(self.weight @ self.widths))
-        self.model.Ws[0] = w_from_statistics(cfg, self.W, self.A, self.B)
+        if w_step:
+            self.model.Ws[0] = w_from_statistics(cfg, self.W, self.A, self.B)
 
 
 def _warm_up(fit: _Online, sample: list[int]) -> int:
@@ -300,13 +322,7 @@ def _warm_up(fit: _Online, sample: list[int]) -> int:
         bc, part, a, partials = fit.step(sample)
         obj, _ = fit.batch_objective(bc, part, a, float(partials["xx"]))
         obj += penalty(replace(fit.share_config(cols), l1_h=0.0, l2_h=0.0), fit.W, 0.0, 0.0)
-        if fit.kl:
-            # The sample's full-batch MU step: its statistics alone start the epoch's.
-            fit.A, fit.B = batch_statistics(fit.config, fit.W, part, a)
-            fit.weight[sample] = 1.0
-            fit.model.Ws[0] = w_from_statistics(fit.share_config(cols), fit.W, fit.A, fit.B)
-        else:
-            fit.add(sample, part, a)
+        fit.add(sample, part, a)  # replaces the sample's previous share (KL and Frobenius)
         if math.isfinite(prev) and prev - obj <= WARMUP_TOL * abs(prev):
             return it
         prev = obj
@@ -331,15 +347,14 @@ def run_online(
     """Fit ``model`` (one fit) by mini-batches; its ``Ws[0]`` is updated in place.
 
     ``forget_factor``: the share of the statistics one pass over X keeps (each batch of b
-    columns decays them by ``forget_factor ** (b / n)``); None: KL 0.7, Frobenius the
-    schedule of the module notes (a window of ``WINDOW_BATCHES`` batches in the first
-    epoch, then none). ``warm_start``: W is already good (a previous fit): solve every
-    block's H with it first, one extra pass, so that the statistics are complete from the
-    start, and forget nothing (Frobenius). ``sample``: the blocks of the warm-up
-    (``warmup_sample``; the start was computed on them, so ``model.xx`` may be theirs
-    only: the first epoch sets it to ‖X‖²). ``info``, if given, receives ``passes``
-    (columns read ÷ n, the start excluded), ``passes_at_epoch``, ``warmup_iterations``
-    and ``warmup_cols``.
+    columns decays them by ``forget_factor ** (b / n)``); None: the schedule of the module
+    notes (a growing window in the first epoch, then none). ``warm_start``: W is already
+    good (a previous fit): solve every block's H with it first, one extra pass, so that
+    the statistics are complete from the start, and forget nothing. ``sample``: the blocks
+    of the warm-up (``warmup_sample``; the start was computed on them, so ``model.xx`` may
+    be theirs only: the first epoch sets it to ‖X‖²). ``info``, if given, receives
+    ``passes`` (columns read ÷ n, the start excluded), ``passes_at_epoch``,
+    ``warmup_iterations`` and ``warmup_cols``.
 
     Returns
     -------
@@ -348,9 +363,7 @@ def run_online(
         final pass; ``n_iter`` counts epochs.
     """
     kl = model.config.loss == "kl"
-    if kl and forget_factor is None:
-        forget_factor = FORGET_FACTOR
-    if warm_start and not kl and forget_factor is None:
+    if warm_start and forget_factor is None:
         forget_factor = 1.0
     fit = _Online(model, executor, forget_factor)
     # Every block starts at H = 0 (an initialisation's H is dropped; its W is kept): the
@@ -359,8 +372,17 @@ def run_online(
     widths = [int(w) for w in fit.widths]
     window = float(WINDOW_BATCHES * max(batch_cols, max(widths)))
     rng = np.random.default_rng(seed)
+    # KL keeps one share per batch: the same batches every epoch, in a new order each.
+    kl_batches = block_batches(widths, batch_cols, rng) if kl else None
     warm_iters = 0
-    if warm_start:
+    if warm_start and kl_batches is not None:
+        # Every batch's H with the starting W, then one W step: a start at the fixed point
+        # of full-batch MU stays there.
+        for batch in kl_batches:
+            _, part, a0, _ = fit.step(batch)
+            fit.add(batch, part, a0, w_step=False)
+        fit.model.Ws[0] = w_from_statistics(fit.config, fit.W, fit.A, fit.B)
+    elif warm_start:
         # One H step of every block with the starting W: the statistics are then those of
         # all of X from the first batch on, and a start at the optimum stays there.
         _, part, a0, _ = fit.step(None)
@@ -374,7 +396,15 @@ def run_online(
     epoch = 0
     for epoch in range(1, max_epochs + 1):
         total_obj = total_sq = total_xx = 0.0
-        for batch in block_batches(widths, batch_cols, rng):
+        if kl_batches is not None and epoch == 2 and sample:
+            if tuple(sample) not in {tuple(b) for b in kl_batches}:
+                fit.drop(tuple(sample))  # every batch has its own share now
+        batches = (
+            block_batches(widths, batch_cols, rng)
+            if kl_batches is None
+            else [kl_batches[i] for i in rng.permutation(len(kl_batches))]
+        )
+        for batch in batches:
             fit.decay(fit.rho(sum(widths[j] for j in batch), epoch, window))
             bc, part, a, partials = fit.step(batch)
             xx_b = float(partials["xx"])

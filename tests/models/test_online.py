@@ -82,8 +82,9 @@ def test_dense_and_sparse_online_fits_agree(loss):
 
 
 @pytest.mark.cluster
-def test_online_on_dask_workers_gives_the_laptop_fit():
-    kw = dict(solver="online", batch_size=60, max_iter=2, tol=0)
+@pytest.mark.parametrize("loss", ["frobenius", "kl"])
+def test_online_on_dask_workers_gives_the_laptop_fit(loss):
+    kw = dict(loss=loss, solver="online", batch_size=60, max_iter=2, tol=0)
     local = scalenmf.nmf(_catalogue(), 4, **kw)
     remote = scalenmf.nmf(_catalogue(), 4, workers=2, **kw)
     assert remote.info["executor"] == "dask"
@@ -317,3 +318,18 @@ def test_out_of_core_online_fit_equals_the_in_memory_one(tmp_path, loss):
     memory = scalenmf.nmf(X, 4, **kw)
     np.testing.assert_allclose(disk.W, memory.W, rtol=1e-5, atol=1e-6 * memory.W.max())
     np.testing.assert_allclose(disk.loss_history, memory.loss_history, rtol=1e-6)
+
+
+def test_kl_online_keeps_the_full_batch_mu_optimum():
+    """KL keeps one share of the statistics per batch, replaced when the batch is seen
+    again: a warm start at the fixed point of full-batch MU stays there."""
+    X = _catalogue()
+    full = scalenmf.nmf(X, 4, loss="kl", max_iter=20000, tol=1e-14, seed=3)
+    source = as_source(X, block_cols=40)
+    config = NMFConfig(k=4, solver="mu", loss="kl", mu_steps=4000)
+    model = NMFModel(config, [full.W.copy()], [1.0], float((X * X).sum()))
+    trace = run_online(
+        model, LocalExecutor(source), max_epochs=1, tol=0, batch_cols=80, warm_start=True
+    )
+    np.testing.assert_allclose(model.Ws[0], full.W, rtol=1e-3, atol=1e-4 * full.W.max())
+    np.testing.assert_allclose(trace.objectives[0][-1], full.loss_history[-1], rtol=1e-6)

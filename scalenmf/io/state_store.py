@@ -26,18 +26,20 @@ import tempfile
 import threading
 import uuid
 import weakref
+import zlib
 from typing import Any
 
 import numpy as np
 import zarr
 
 from scalenmf.io import storage
+from scalenmf.io.integrity import IntegrityError
 
 #: Environment variable naming the directory for scratch stores (default: the system's).
 SCRATCH_ENV = "SCALENMF_SCRATCH"
 #: Prefix of a scratch store's name (a leftover one can be recognised and removed).
 SCRATCH_PREFIX = "scalenmf-scratch-"
-_HEADER = struct.Struct("<QQ")  # pickle length, number of buffers
+_HEADER = struct.Struct("<QQI")  # pickle length, number of buffers, CRC-32 of the rest
 _LENGTH = struct.Struct("<Q")
 #: Start every buffer on a multiple of this (numpy and BLAS want aligned arrays).
 _ALIGN = 64
@@ -70,19 +72,31 @@ def encode_state(state: Any) -> np.ndarray:
         starts.append(offset)
         offset += raw.nbytes
     out = np.zeros(offset, dtype=np.uint8)
-    head = _HEADER.pack(len(body), len(raws)) + b"".join(_LENGTH.pack(r.nbytes) for r in raws)
-    out[: len(head)] = np.frombuffer(head, dtype=np.uint8)
-    pos = len(head)
+    lengths = b"".join(_LENGTH.pack(r.nbytes) for r in raws)
+    pos = _HEADER.size
+    out[pos : pos + len(lengths)] = np.frombuffer(lengths, dtype=np.uint8)
+    pos += len(lengths)
     out[pos : pos + len(body)] = np.frombuffer(body, dtype=np.uint8)
     for start, raw in zip(starts, raws, strict=True):
         out[start : start + raw.nbytes] = np.frombuffer(raw, dtype=np.uint8)
+    # A checksum of everything after the header: a damaged or missing scratch chunk must
+    # stop the fit, not feed it wrong numbers.
+    crc = zlib.crc32(out[_HEADER.size :])
+    out[: _HEADER.size] = np.frombuffer(_HEADER.pack(len(body), len(raws), crc), dtype=np.uint8)
     return out
 
 
 def decode_state(data: np.ndarray) -> Any:
     """The block state ``encode_state`` turned into ``data``."""
     data = np.ascontiguousarray(data, dtype=np.uint8)
-    body_len, n_buffers = _HEADER.unpack(data[: _HEADER.size].tobytes())
+    if data.size < _HEADER.size:
+        raise IntegrityError("a stored block state is truncated")
+    body_len, n_buffers, crc = _HEADER.unpack(data[: _HEADER.size].tobytes())
+    if body_len == 0 or zlib.crc32(data[_HEADER.size :]) != crc:
+        raise IntegrityError(
+            "a stored block state is damaged (its checksum does not match): the scratch "
+            "store was changed or lost while the fit ran"
+        )
     pos = _HEADER.size
     lengths = [int(v) for v in data[pos : pos + _LENGTH.size * n_buffers].view("<u8")]
     pos += _LENGTH.size * n_buffers

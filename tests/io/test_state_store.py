@@ -90,3 +90,28 @@ def test_a_columns_array_lives_as_long_as_its_object(tmp_path: Path) -> None:
     del arr
     gc.collect()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_or_missing_state_is_refused_not_read(tmp_path: Path) -> None:
+    """A flipped byte in a state's numbers, or a chunk gone (read back as zeros), must
+    raise, never give a fit wrong numbers."""
+    import zarr
+
+    from scalenmf.io.integrity import IntegrityError
+
+    data = encode_state({"H": np.arange(12.0).reshape(3, 4)})
+    flipped = data.copy()
+    flipped[-3] ^= 0xFF
+    with pytest.raises(IntegrityError, match="damaged"):
+        decode_state(flipped)
+    with pytest.raises(IntegrityError, match="damaged"):
+        decode_state(np.zeros_like(data))
+    store = StateStore(str(tmp_path / "s.zarr"))
+    store.write(0, {"H": np.ones((2, 5))})
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    chunks = [p for p in (tmp_path / "s.zarr").rglob("c/*") if p.is_file()]
+    assert chunks and root is not None
+    for chunk in chunks:
+        chunk.unlink()
+    with pytest.raises(IntegrityError):
+        store.read(0)

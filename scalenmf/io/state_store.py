@@ -81,7 +81,7 @@ def encode_state(state: Any) -> np.ndarray:
         out[start : start + raw.nbytes] = np.frombuffer(raw, dtype=np.uint8)
     # A checksum of everything after the header: a damaged or missing scratch chunk must
     # stop the fit, not feed it wrong numbers.
-    crc = zlib.crc32(memoryview(out[_HEADER.size :]))
+    crc = zlib.crc32(out[_HEADER.size :].data)
     out[: _HEADER.size] = np.frombuffer(_HEADER.pack(len(body), len(raws), crc), dtype=np.uint8)
     return out
 
@@ -92,7 +92,7 @@ def decode_state(data: np.ndarray) -> Any:
     if data.size < _HEADER.size:
         raise IntegrityError("a stored block state is truncated")
     body_len, n_buffers, crc = _HEADER.unpack(data[: _HEADER.size].tobytes())
-    if body_len == 0 or zlib.crc32(memoryview(data[_HEADER.size :])) != crc:
+    if body_len == 0 or zlib.crc32(data[_HEADER.size :].data) != crc:
         raise IntegrityError(
             "a stored block state is damaged (its checksum does not match): the scratch "
             "store was changed or lost while the fit ran"

@@ -17,6 +17,10 @@ sparse gamma basis of 200 rows, Poisson counts) are solved by
   ``nnls_columns`` (stopped on the last step's size) and the new one (KKT stop, columns
   that miss it finished exactly).
 
+The last rows of each size set the compiled loops (``scalenmf/kernels/_nnls.c``) against
+the numpy code they stand in for (``SCALENMF_NO_COMPILED=1`` runs the latter everywhere):
+the "old" column is then the numpy code of this tree.
+
 Times are CPU seconds of this process (one BLAS thread, best of ``--reps``), which a busy
 shared machine disturbs far less than wall time; the machine's load is printed beside
 them. ``err`` is the largest deviation from the new exact solution, relative to its
@@ -96,6 +100,46 @@ def run(ks: tuple[int, ...], ns: tuple[int, ...], fits: int, reps: int) -> list[
     for k in ks:
         for n in ns:
             rows += one_size(old, k, n, fits, reps)
+            rows += compiled_against_numpy(k, n, fits, reps)
+    return rows
+
+
+def compiled_against_numpy(k: int, n: int, fits: int, reps: int) -> list[dict[str, Any]]:
+    """Exact NNLS and 3 HALS sweeps, one fit and many, with the compiled loops and without."""
+    from scalenmf.kernels import nnls
+
+    if nnls.COMPILED_BPP is None:
+        print("compiled loops: not built (no C compiler at install); rows skipped", flush=True)
+        return []
+    rows: list[dict[str, Any]] = []
+    for R, seed in ((1, 0), (fits, 1)):
+        G, B = problem(R, k, n, seed=seed)
+        G, B = (G[0], B[0]) if R == 1 else (G, B)
+        H0 = np.full_like(B, 0.1)
+        cases = {
+            "exact (compiled)": lambda G=G, B=B: nnls.nnls_bpp(G, B)[0],
+            "3 HALS sweeps (compiled)": lambda G=G, B=B, H0=H0: nnls.nnls_cd(
+                G, B, H0, max_sweeps=3, tol=0.0
+            )[0],
+        }
+        for case, fn in cases.items():
+            t_new, X_new = cpu_best(fn, reps)
+            saved = nnls.COMPILED_BPP, nnls.COMPILED_SWEEPS
+            nnls.COMPILED_BPP = nnls.COMPILED_SWEEPS = None
+            try:
+                t_np, X_np = cpu_best(fn, reps)
+            finally:
+                nnls.COMPILED_BPP, nnls.COMPILED_SWEEPS = saved
+            err = rel_err(X_new, X_np)
+            row = {"case": case, "k": k, "n": n, "R": R, "old": "numpy loops", "t_old": t_np}
+            row.update(t_new=t_new, ratio=t_new / t_np, err_old=None, err_new=err)
+            row["load"] = load_average()
+            rows.append(row)
+            print(
+                f"{case:<26} k={k:<3} n={n:<6} R={R:<3} numpy {t_np:8.4f}s  compiled "
+                f"{t_new:8.4f}s  ratio {t_new / t_np:5.2f}  err {err:.1e}",
+                flush=True,
+            )
     return rows
 
 

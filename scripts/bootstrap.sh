@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or refresh) the project's virtualenv in .venv with the dev extras installed.
-# Idempotent: it reinstalls only when pyproject.toml changed since the last install.
+# Idempotent: it reinstalls only when pyproject.toml, setup.py or the compiled kernel's
+# C source changed since the last install (the editable install builds that kernel in place).
 # Says what it does on stderr: the first install takes minutes.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,7 +13,7 @@ if [ ! -x "$venv/bin/python" ]; then
     "$py" -m venv "$venv"
 fi
 stamp="$venv/.scalenmf-installed"
-want="$(sha256sum "$here/pyproject.toml" | cut -d' ' -f1)"
+want="$(cat "$here/pyproject.toml" "$here/setup.py" "$here"/scalenmf/kernels/*.c | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     say "installing scalenmf and its dev extras (torch, matplotlib, anndata, pytest, ...) into"
     say "  $venv: a few minutes the first time; log: $venv/.install.log"

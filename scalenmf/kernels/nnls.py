@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,51 @@ class NNLSInfo:
 
 
 # -- coordinate descent -----------------------------------------------------------------
+
+#: ABI of the compiled loops (``_nnls.c``) this module calls.
+NNLS_ABI = 1
+#: Up to this rank the compiled pivoting solves shared-Gram columns one by one (a k×k
+#: Cholesky each): 4–17× the numpy pivoting at k = 5..96 (benchmarks/bench_kernels.py).
+COMPILED_BPP_MAX_K = 128
+
+
+def _load_compiled() -> Any:
+    """The compiled module, or None (not built, a stale build, or disabled with
+    ``SCALENMF_NO_COMPILED=1``): the numpy code then runs, same results to round-off."""
+    if os.environ.get("SCALENMF_NO_COMPILED", "") not in ("", "0"):
+        return None
+    try:
+        from scalenmf.kernels import _nnls
+    except ImportError:
+        return None
+    return _nnls if getattr(_nnls, "ABI", None) == NNLS_ABI else None
+
+
+_COMPILED = _load_compiled()
+#: ``sweeps(G, B, X, count, moved=None)`` (see ``_nnls.c``), or None.
+COMPILED_SWEEPS: Any = None if _COMPILED is None else _COMPILED.sweeps
+#: ``bpp(G, B, X0, X, ok, rounds, tol) -> rounds`` (see ``_nnls.c``), or None.
+COMPILED_BPP: Any = None if _COMPILED is None else _COMPILED.bpp
+
+
+def _compiled_applies(G: np.ndarray, B: np.ndarray, X: np.ndarray) -> bool:
+    """Whether the compiled sweeps take these batches: shared Grams, one float dtype."""
+    return (
+        COMPILED_SWEEPS is not None
+        and G.ndim == 3
+        and G.dtype == B.dtype == X.dtype
+        and G.dtype in (np.float64, np.float32)
+    )
+
+
+def _compiled_moved(G: np.ndarray, B: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """One compiled sweep in place; ``max_i G_ii·|Δx_i|`` per fit and column (R, n)."""
+    moved = np.empty((X.shape[0], X.shape[2]))
+    Xc = np.ascontiguousarray(X)  # a re-cut working copy may come out in another order
+    COMPILED_SWEEPS(np.ascontiguousarray(G), np.ascontiguousarray(B), Xc, 1, moved)
+    if Xc is not X:
+        X[...] = Xc
+    return moved
 
 
 def _row_times(G: np.ndarray, i: int, X: np.ndarray, out: np.ndarray | None) -> np.ndarray:
@@ -188,7 +234,7 @@ class NumpyArrays:
         Gb, Bb, single = as_batch(*fold_penalties(G, B, l1, l2, work))
         if X0 is None:
             return Gb, Bb, np.zeros(Bb.shape, dtype=work), single, out_dtype
-        return Gb, Bb, np.array(X0, dtype=work).reshape(Bb.shape), single, out_dtype
+        return Gb, Bb, np.array(X0, dtype=work, order="C").reshape(Bb.shape), single, out_dtype
 
     diagonal = staticmethod(_diagonal)
     scaled = staticmethod(_scaled)
@@ -216,6 +262,13 @@ class NumpyArrays:
     def exact(G, B, X0):
         return nnls_bpp(G, B, X0)
 
+    compiled = staticmethod(_compiled_applies)
+    compiled_moved = staticmethod(_compiled_moved)
+
+    @staticmethod
+    def compiled_sweeps(G: np.ndarray, B: np.ndarray, X: np.ndarray, count: int) -> None:
+        COMPILED_SWEEPS(np.ascontiguousarray(G), np.ascontiguousarray(B), X, count)
+
     @staticmethod
     def output(X: np.ndarray, dtype) -> np.ndarray:
         return X.astype(dtype, copy=False)
@@ -240,6 +293,11 @@ def descend(
     projected gradient passes the KKT test (tested only where the last steps were small).
     """
     Gb, Bb, X, single, out_dtype = ops.prepare(G, B, X0, l1, l2, finish)
+    compiled = ops.compiled(Gb, Bb, X)
+    if compiled and tol <= 0 and max_sweeps > 0:
+        # Fixed sweeps (HALS) in one compiled call: no scaled copies, no per-row calls.
+        ops.compiled_sweeps(Gb, Bb, X, max_sweeps)
+        return ops.output(X[0] if single else X, out_dtype), NNLSInfo(max_sweeps, None)
     diag = ops.diagonal(Gb)
     alive = diag > 0
     X *= alive  # a dead coordinate is 0 and stays 0 (its scaled row and b are 0)
@@ -257,7 +315,7 @@ def descend(
     work = ops.arange(Bb.shape[2], Bb)
     Gw, Bw, Xw, Gs_w, Bs_w, diag_w, alive_w, lim_w = Gb, Bb, X, Gs, Bs, diag, alive, limit
     for sweeps in range(1, max_sweeps + 1):  # noqa: B007
-        moved = ops.sweep(Gs_w, Bs_w, Xw, diag_w)
+        moved = ops.compiled_moved(Gw, Bw, Xw) if compiled else ops.sweep(Gs_w, Bs_w, Xw, diag_w)
         # A column whose last steps were large is not optimal; test the others exactly.
         cand = ops.nonzero(((moved <= lim_w) & ~done[:, work]).any(axis=0))
         if len(cand):
@@ -630,6 +688,8 @@ def nnls_bpp(
     Gp, Bp = fold_penalties(G, B, l1, l2, np.dtype(np.float64))
     Gb, Bb, single = as_batch(Gp, Bp)
     k = Bb.shape[1]
+    if Gb.ndim == 3 and COMPILED_BPP is not None and k <= COMPILED_BPP_MAX_K:
+        return _compiled_pivoting(Gb, Bb, X0, max_rounds, single, out_dtype)
     if Gb.ndim == 3 and k <= ENUMERATE_MAX_K:
         warm = None if X0 is None else np.asarray(X0).reshape(Bb.shape)
         found = _subset_solutions(Gb, Bb, warm)
@@ -646,6 +706,37 @@ def nnls_bpp(
     X, info = _pivot(Gb, Bb, X0 if X0 is None or not single else np.asarray(X0)[None], max_rounds)
     out = X[0] if single else X
     return out.astype(out_dtype, copy=False), info
+
+
+def _compiled_pivoting(
+    Gb: np.ndarray,
+    Bb: np.ndarray,
+    X0: np.ndarray | None,
+    max_rounds: int | None,
+    single: bool,
+    out_dtype: np.dtype,
+) -> tuple[np.ndarray, NNLSInfo]:
+    """:func:`nnls_bpp` on shared Grams by the compiled per-column pivoting; the columns
+    it flags (a singular passive system, cycling) go through the numpy pivoting."""
+    R, k, n = Bb.shape
+    warm = None
+    if X0 is not None:
+        warm = np.ascontiguousarray(np.asarray(X0).reshape(Bb.shape), dtype=np.float64)
+    X = np.empty(Bb.shape)
+    ok = np.empty((R, n), dtype=bool)
+    rounds = 5 * k + 10 if max_rounds is None else max_rounds
+    most = COMPILED_BPP(
+        np.ascontiguousarray(Gb), np.ascontiguousarray(Bb), warm, X, ok, rounds, BPP_TOL
+    )
+    unconverged = 0
+    for r in np.flatnonzero(~ok.all(axis=1)):
+        cols = np.flatnonzero(~ok[r])
+        Xr, info = _pivot(Gb[r][None], Bb[r][None][:, :, cols], None, max_rounds)
+        X[r][:, cols] = Xr[0]
+        unconverged += info.unconverged or 0
+        most = max(most, info.iterations)
+    out = X[0] if single else X
+    return out.astype(out_dtype, copy=False), NNLSInfo(most, unconverged)
 
 
 def _pivot(

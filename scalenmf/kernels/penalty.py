@@ -14,7 +14,7 @@ import numpy as np
 def float_dtype(A: np.ndarray) -> np.dtype:
     """The dtype of A when it is a float type, else float64 (integer counts)."""
     dt = np.dtype(A.dtype)
-    return dt if np.issubdtype(dt, np.floating) else np.dtype(np.float64)
+    return dt if dt.kind == "f" else np.dtype(np.float64)
 
 
 def fold_penalties(

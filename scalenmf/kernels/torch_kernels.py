@@ -189,6 +189,10 @@ class TorchArrays:
         return Gb, Bb, X, single, out_dtype
 
     @staticmethod
+    def compiled(G, B, X) -> bool:
+        return False  # the compiled sweeps are numpy's; torch sweeps on its own device
+
+    @staticmethod
     def diagonal(G):
         return torch.diagonal(G, dim1=-2, dim2=-1)[:, :, None]
 

@@ -88,7 +88,7 @@ def penalty(config: NMFConfig, W: np.ndarray, h_sum: float, h_sq: float) -> floa
 
 def squared_error(xx: float, part: dict[str, Any], a: int, G: np.ndarray) -> float:
     """``‖X − WH‖²`` on the observed entries of slot ``a``, by the Gram trick (float64)."""
-    quad = float(np.einsum("ij,ij->", G, part["HHt"][a]))
+    quad = float(np.vdot(G, part["HHt"][a]))  # Σ G ∘ HHᵀ (both C-ordered k × k)
     if "quad_removed" in part:
         quad -= float(part["quad_removed"][a])
     return max(xx - 2.0 * float(part["cross"][a]) + quad, 0.0)
@@ -192,7 +192,7 @@ class FitsModel:
         """Per dataset: the fits' stacked bases (m, A·k_d) and their Grams (A, k_d, k_d)."""
         Wa = [_pad(self.Ws[f], key[1][0]) for f in fits]
         W = np.ascontiguousarray(np.hstack(Wa)) if len(Wa) > 1 else Wa[0]
-        return [W], [np.stack([gram(w) for w in Wa])]
+        return [W], [gram(W)[None] if len(Wa) == 1 else np.stack([gram(w) for w in Wa])]
 
     # -- broadcast and deferred W steps ----------------------------------------------------
     def broadcast(self, active: list[int], first: bool) -> StepCast:
@@ -235,9 +235,13 @@ class FitsModel:
             by_cast.setdefault(self._where[f][0], []).append(f)
         for ci, fits in by_cast.items():
             part = self._partials["groups"][ci][0]
-            pos = np.array([self._where[f][1] for f in fits])
+            where = [self._where[f][1] for f in fits]
             k = self._casts[ci].key[1][0]
-            stats = {key: np.asarray(v)[pos] for key, v in part.items()}
+            if where == list(range(len(self._casts[ci].slots))):
+                stats = part  # every fit of the cast, in order: no gather
+            else:
+                pos = np.array(where)
+                stats = {key: np.asarray(v)[pos] for key, v in part.items()}
             new = update_w(self.config, np.stack([_pad(self.Ws[f], k) for f in fits]), stats)
             for f, W in zip(fits, new, strict=True):
                 self.Ws[f] = np.ascontiguousarray(W[:, : self.fits[f].k])

@@ -17,6 +17,8 @@ keys (``engine.reduce``).
 
 from __future__ import annotations
 
+import functools
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +142,12 @@ class GroupCast:
     @property
     def n_slots(self) -> int:
         return len(self.members)
+
+    @functools.cached_property
+    def whole(self) -> bool:
+        """Every slot of the stack is active, in order (its H is the stack itself)."""
+        s = self.slots.tolist()  # a handful of slots: Python beats two numpy calls here
+        return len(s) == self.n_slots and all(a < b for a, b in itertools.pairwise(s))
 
 
 @dataclass
@@ -408,14 +416,13 @@ def _frobenius_groups(
     W_cat = np.hstack([casts[i].W[d] for i in idx]) if len(idx) > 1 else casts[idx[0]].W[d]
     Xb = ops.block(Xv, W_cat.dtype)
     B_all = ops.rhs(ops.array(W_cat), Xb)
-    offsets = np.cumsum([0] + [casts[i].W[d].shape[1] for i in idx])
+    offsets = [0, *itertools.accumulate(casts[i].W[d].shape[1] for i in idx)]
     solved, for_xht = [], []
     for pos, i in enumerate(idx):
         g = casts[i]
         k, A = g.key[1][d], len(g.slots)
         B = B_all[offsets[pos] : offsets[pos + 1]].reshape(A, k, n_j)
-        whole = A == g.n_slots and bool(np.all(np.diff(g.slots) > 0))
-        H0 = stacks[i] if whole else stacks[i][g.slots]
+        H0 = stacks[i] if g.whole else stacks[i][g.slots]
         G = g.grams[d]
         start = H0
         if ls_start and masks[i] is None and not H0.any(axis=1).all():
@@ -437,14 +444,14 @@ def _frobenius_groups(
         if delta:
             H = H - (ops.array(H0) if old_weight == 1.0 else old_weight * ops.array(H0))
         for_xht.append(H.reshape(-1, n_j))
-    XHt_all = ops.host(ops.x_ht(Xb, ops.vstack(for_xht)))
+    XHt_all = ops.host(ops.x_ht(Xb, for_xht[0] if len(for_xht) == 1 else ops.vstack(for_xht)))
     m = XHt_all.shape[0]
     out = {}
     for pos, (i, H_dev, B_dev, removed, H_old) in enumerate(solved):
         g = casts[i]
         k, A = g.key[1][d], len(g.slots)
         H = ops.host(H_dev, stacks[i].dtype)
-        if A == g.n_slots and bool(np.all(np.diff(g.slots) > 0)):
+        if g.whole:
             stacks[i] = H
         else:
             stacks[i] = np.array(stacks[i], copy=True)

@@ -242,7 +242,8 @@ class FitsModel:
             else:
                 pos = np.array(where)
                 stats = {key: np.asarray(v)[pos] for key, v in part.items()}
-            new = update_w(self.config, np.stack([_pad(self.Ws[f], k) for f in fits]), stats)
+            Ws = [_pad(self.Ws[f], k) for f in fits]
+            new = update_w(self.config, Ws[0][None] if len(Ws) == 1 else np.stack(Ws), stats)
             for f, W in zip(fits, new, strict=True):
                 self.Ws[f] = np.ascontiguousarray(W[:, : self.fits[f].k])
         self._pending = []

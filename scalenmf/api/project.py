@@ -229,9 +229,12 @@ def project(
         flagged novel.
     max_iter, tol : int, float
         Per-block inner iterations (coordinate sweeps, MU steps) and their tolerance: a
-        sample is done when no coefficient moves more than ``tol`` times its largest.
-        Default ``tol``: 1e-10 for coordinate descent, 1e-6 for multiplicative updates
-        (which converge slowly; BPP needs no tolerance).
+        sample is done when no coefficient moves more than ``tol`` times its largest
+        (MU), or when its projected gradient is within ``tol`` (Frobenius coordinate
+        descent: of ``max|b|``; KL with the compiled loops, coordinate descent with
+        Newton steps: of each coefficient's scale ``ΣW_t + l1``). Default ``tol``: 1e-10
+        for Frobenius coordinate descent, 1e-6 for KL and multiplicative updates (BPP
+        needs no tolerance).
     transfer_max_iter, transfer_tol : int, float
         Outer iterations of transfer learning (``k_new > 0``).
     seed : int or None

@@ -24,7 +24,10 @@
 #include <string.h>
 
 /* Bumped whenever a signature changes: the loader refuses a stale build. */
-#define NNLS_ABI 1
+#define NNLS_ABI 2
+#define KL_NEWTON_STEPS 1 /* per coordinate and sweep: more cost more than the sweeps they save */
+
+
 
 #define DEFINE_SWEEPS(NAME, T)                                                               \
     static void NAME(const T *G, const T *B, T *X, double *moved, Py_ssize_t R,            \
@@ -363,11 +366,189 @@ done:
     return result;
 }
 
+/*
+ * 3. The KL fixed-basis solve by coordinate descent with Newton steps (the scheme of
+ * Hsieh & Dhillon 2011), one column at a time: for W (m, k) fixed,
+ *   min_{h >= 0}  sum_i [(Wh)_i - x_i log (Wh)_i] + l1 sum h + l2/2 |h|^2.
+ * Only the column's non-zeros enter the log term (sum_i (Wh)_i = wsum . h), so a sweep
+ * costs nnz_j * k. Coordinate t: g = wsum_t + l1 + l2 h_t - sum_i W_it x_i / (Wh)_i,
+ * g' = l2 + sum_i W_it^2 x_i / (Wh)_i^2, one projected Newton step per coordinate and
+ * sweep; a step that would empty a row holding data (its (Wh)_i only from t) goes
+ * halfway instead.
+ * A column is done when every coordinate's projected gradient, relative to
+ * wsum_t + l1 + l2 h_t, is at most tol; done[j] says whether it got there in `sweeps`.
+ * X in CSC: data (float64), indices and indptr (int64). H (k, n) float64 >= 0, in place
+ * (a column whose start leaves a data row at (Wh)_i = 0 has its zero coefficients
+ * started at sum x / sum W instead). Returns the most sweeps a column ran.
+ */
+static Py_ssize_t kl_column(const double *W, const double *wsum, Py_ssize_t k,
+                            const double *x, const long long *rows, Py_ssize_t nz,
+                            double *h, Py_ssize_t hstride, double l1, double l2,
+                            Py_ssize_t max_sweeps, double tol, double *wh, int *done)
+{
+    int empty_row = 0; /* a row with data that the start gives (Wh)_i = 0: log 0 */
+    double mass = 0, wtotal = 0;
+    for (Py_ssize_t a = 0; a < nz; a++) {
+        const double *w = W + rows[a] * k;
+        double v = 0;
+        for (Py_ssize_t t = 0; t < k; t++) v += w[t] * h[t * hstride];
+        wh[a] = v;
+        mass += x[a];
+        if (x[a] > 0 && !(v > 0)) empty_row = 1;
+    }
+    if (empty_row) {
+        /* start the zero coefficients at the level that matches the column's mass */
+        for (Py_ssize_t t = 0; t < k; t++) wtotal += wsum[t] > 0 ? wsum[t] : 0;
+        const double fill = wtotal > 0 && mass > 0 ? mass / wtotal : 1;
+        for (Py_ssize_t t = 0; t < k; t++)
+            if (wsum[t] > 0 && !(h[t * hstride] > 0)) h[t * hstride] = fill;
+        for (Py_ssize_t a = 0; a < nz; a++) {
+            const double *w = W + rows[a] * k;
+            double v = 0;
+            for (Py_ssize_t t = 0; t < k; t++) v += w[t] * h[t * hstride];
+            wh[a] = v;
+        }
+    }
+    *done = 0;
+    Py_ssize_t sweep = 0;
+    while (sweep < max_sweeps) {
+        sweep++;
+        double worst = 0;
+        for (Py_ssize_t t = 0; t < k; t++) {
+            if (!(wsum[t] > 0)) { /* a basis vector with no observed mass: h_t = 0 */
+                h[t * hstride] = 0;
+                continue;
+            }
+            double ht = h[t * hstride];
+            for (int inner = 0; inner < KL_NEWTON_STEPS; inner++) {
+                double g = wsum[t] + l1 + l2 * ht, gg = l2, rest = 1;
+                for (Py_ssize_t a = 0; a < nz; a++) {
+                    const double wit = W[rows[a] * k + t];
+                    if (wit == 0) continue;
+                    const double r = x[a] / wh[a];
+                    g -= wit * r;
+                    gg += wit * wit * r / wh[a];
+                    const double other = (wh[a] - wit * ht) / wh[a]; /* share not from t */
+                    if (other < rest) rest = other;
+                }
+                const double scale = wsum[t] + l1 + l2 * ht;
+                const double pg = ht > 0 ? fabs(g) : (g < 0 ? -g : 0);
+                if (inner == 0 && pg / scale > worst) worst = pg / scale;
+                if (pg <= tol * scale) break;
+                /* no curvature: no data row uses t, the objective is linear in h_t */
+                double hn = gg > 0 ? ht - g / gg : (g > 0 ? 0 : ht);
+                if (hn < 0) hn = 0;
+                /* a row whose (Wh)_i comes from t alone must keep h_t > 0 */
+                if (hn == 0 && !(rest > 1e-12)) hn = 0.5 * ht;
+                const double d = hn - ht;
+                if (d == 0) break;
+                for (Py_ssize_t a = 0; a < nz; a++) wh[a] += W[rows[a] * k + t] * d;
+                ht = hn;
+                if (fabs(d) <= 1e-15 * (ht > 0 ? ht : 1)) break;
+            }
+            h[t * hstride] = ht;
+        }
+        if (worst <= tol) {
+            *done = 1;
+            break;
+        }
+        /* refresh (Wh) against drift from the incremental updates */
+        for (Py_ssize_t a = 0; a < nz; a++) {
+            const double *w = W + rows[a] * k;
+            double v = 0;
+            for (Py_ssize_t t = 0; t < k; t++) v += w[t] * h[t * hstride];
+            wh[a] = v;
+        }
+    }
+    return sweep;
+}
+
+static PyObject *kl_cd(PyObject *self, PyObject *args)
+{
+    PyObject *oW, *oS, *oD, *oI, *oP, *oH, *oOK;
+    double l1, l2, tol;
+    Py_ssize_t max_sweeps;
+    if (!PyArg_ParseTuple(args, "OOOOOOOddnd", &oW, &oS, &oD, &oI, &oP, &oH, &oOK, &l1, &l2,
+                          &max_sweeps, &tol))
+        return NULL;
+    Py_buffer W = {0}, S = {0}, D = {0}, I = {0}, P = {0}, H = {0}, OK = {0};
+    PyObject *result = NULL;
+    double *wh = NULL;
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT;
+    if (PyObject_GetBuffer(oW, &W, flags) < 0 || PyObject_GetBuffer(oS, &S, flags) < 0 ||
+        PyObject_GetBuffer(oD, &D, flags) < 0 || PyObject_GetBuffer(oI, &I, flags) < 0 ||
+        PyObject_GetBuffer(oP, &P, flags) < 0 ||
+        PyObject_GetBuffer(oH, &H, flags | PyBUF_WRITABLE) < 0 ||
+        PyObject_GetBuffer(oOK, &OK, flags | PyBUF_WRITABLE) < 0)
+        goto done;
+    if (W.ndim != 2 || H.ndim != 2 || S.ndim != 1 || D.ndim != 1 || I.ndim != 1 ||
+        P.ndim != 1 || OK.ndim != 1) {
+        PyErr_SetString(PyExc_ValueError, "kl_cd: W (m, k), wsum (k,), CSC vectors, H (k, n)");
+        goto done;
+    }
+    Py_ssize_t m = W.shape[0], k = W.shape[1], n = H.shape[1];
+    if (H.shape[0] != k || S.shape[0] != k || P.shape[0] != n + 1 || OK.shape[0] != n ||
+        I.shape[0] != D.shape[0]) {
+        PyErr_SetString(PyExc_ValueError, "kl_cd: the shapes of W, wsum, X and H disagree");
+        goto done;
+    }
+    const char *fI = native_format(I.format), *fP = native_format(P.format);
+    if (strcmp(native_format(W.format), "d") || strcmp(native_format(S.format), "d") ||
+        strcmp(native_format(D.format), "d") || strcmp(native_format(H.format), "d") ||
+        (strcmp(fI, "q") && strcmp(fI, "l")) || (strcmp(fP, "q") && strcmp(fP, "l")) ||
+        I.itemsize != 8 || P.itemsize != 8 || strcmp(native_format(OK.format), "?")) {
+        PyErr_SetString(PyExc_TypeError,
+                        "kl_cd: float64 W, wsum, data, H; int64 indices, indptr; bool done");
+        goto done;
+    }
+    const long long *ip = (const long long *)P.buf, *ix = (const long long *)I.buf;
+    Py_ssize_t nnz = D.shape[0], widest = 1;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        if (ip[j] < 0 || ip[j + 1] < ip[j] || ip[j + 1] > nnz) {
+            PyErr_SetString(PyExc_ValueError, "kl_cd: indptr is not a valid CSC pointer");
+            goto done;
+        }
+        if (ip[j + 1] - ip[j] > widest) widest = (Py_ssize_t)(ip[j + 1] - ip[j]);
+    }
+    for (Py_ssize_t a = 0; a < nnz; a++)
+        if (ix[a] < 0 || ix[a] >= m) {
+            PyErr_SetString(PyExc_ValueError, "kl_cd: a row index is out of range");
+            goto done;
+        }
+    wh = (double *)malloc((size_t)widest * sizeof(double));
+    if (!wh) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t most = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t j = 0; j < n; j++) {
+        int ok = 0;
+        Py_ssize_t used = kl_column((const double *)W.buf, (const double *)S.buf, k,
+                                    (const double *)D.buf + ip[j], ix + ip[j],
+                                    (Py_ssize_t)(ip[j + 1] - ip[j]), (double *)H.buf + j, n,
+                                    l1, l2, max_sweeps, tol, wh, &ok);
+        ((unsigned char *)OK.buf)[j] = (unsigned char)ok;
+        if (used > most) most = used;
+    }
+    Py_END_ALLOW_THREADS
+    result = PyLong_FromSsize_t(most);
+done:
+    free(wh);
+    Py_buffer *all[] = {&W, &S, &D, &I, &P, &H, &OK};
+    for (size_t a = 0; a < sizeof(all) / sizeof(all[0]); a++)
+        if (all[a]->obj) PyBuffer_Release(all[a]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"sweeps", hals_sweeps, METH_VARARGS,
      "sweeps(G, B, X, count, moved=None): HALS sweeps in place (see the file's header)."},
     {"bpp", nnls_bpp_columns, METH_VARARGS,
      "bpp(G, B, X0 or None, X, ok, rounds, tol) -> most rounds: exact NNLS per column."},
+    {"kl_cd", kl_cd, METH_VARARGS,
+     "kl_cd(W, wsum, data, indices, indptr, H, done, l1, l2, sweeps, tol) -> sweeps: the KL "
+     "fixed-basis solve per column."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_nnls",

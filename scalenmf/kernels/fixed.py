@@ -13,7 +13,7 @@ import scipy.sparse as sp
 
 from scalenmf._typing import Block
 from scalenmf.kernels.mu import mu_frobenius, mu_kl_h, mu_to_convergence
-from scalenmf.kernels.nnls import NNLSInfo, nnls_bpp, nnls_cd, unconstrained_start
+from scalenmf.kernels.nnls import COMPILED_KL, NNLSInfo, nnls_bpp, nnls_cd, unconstrained_start
 from scalenmf.kernels.penalty import float_dtype
 
 SOLVERS = ("bpp", "cd", "hals", "mu")
@@ -72,16 +72,22 @@ def solve_fixed_basis_kl(
     tol: float = 1e-6,
     missing: sp.spmatrix | None = None,
 ) -> tuple[np.ndarray, NNLSInfo]:
-    """``argmin_{H ≥ 0} D(X ‖ W H) + l1·ΣH + ½ l2‖H‖²`` by multiplicative updates.
+    """``argmin_{H ≥ 0} D(X ‖ W H) + l1·ΣH + ½ l2‖H‖²``, column by column.
 
     W (m, k), X (m, n) dense or sparse (visited at its non-zeros), ``H0`` (k, n) the
     start (default ``ΣX / (n·ΣW)`` everywhere), ``missing`` the unobserved entries.
+    With the compiled loops and no ``missing``: coordinate descent with Newton steps until
+    every coordinate's projected gradient is within ``tol`` of its scale (``ΣW_t + l1 +
+    l2·h_t``), the same optimum hundreds of times faster than MU near a solution; else
+    multiplicative updates until no entry moves more than ``tol`` of its column's largest.
     Returns H (k, n) in W's dtype and its ``NNLSInfo``.
     """
     k, n = W.shape[1], X.shape[1]
+    fill = max(float(X.sum()) / max(1, n) / max(float(W.sum()), 1e-300), 1e-6)
     if H0 is None:
-        fill = float(X.sum()) / max(1, n) / max(float(W.sum()), 1e-300)
-        H0 = np.full((k, n), max(fill, 1e-6), dtype=W.dtype)
+        H0 = np.full((k, n), fill, dtype=W.dtype)
+    if COMPILED_KL is not None and missing is None:
+        return _kl_coordinate_descent(W, X, H0, l1, l2, max_iter, tol)
     Xc = sp.csc_matrix(X) if sp.issparse(X) else X
     Mc = None if missing is None else sp.csc_matrix(missing)
 
@@ -91,3 +97,38 @@ def solve_fixed_basis_kl(
         return lambda H: mu_kl_h(W, Xs, H, l1=l1, l2=l2, missing=Ms)
 
     return mu_to_convergence(make_step, H0, max_iter=max_iter, tol=tol)
+
+
+def _kl_coordinate_descent(
+    W: np.ndarray,
+    X: Block,
+    H0: np.ndarray,
+    l1: float,
+    l2: float,
+    max_sweeps: int,
+    tol: float,
+) -> tuple[np.ndarray, NNLSInfo]:
+    """:func:`solve_fixed_basis_kl` by the compiled per-column coordinate descent."""
+    W64 = np.ascontiguousarray(W, dtype=np.float64)
+    Xc = sp.csc_matrix(X)
+    Xc.sum_duplicates()  # one entry per (row, column): the log term sums over entries
+    data = np.ascontiguousarray(Xc.data, dtype=np.float64)
+    if data.size and not (np.isfinite(data).all() and data.min() >= 0):
+        raise ValueError("the KL fixed-basis solve needs finite, non-negative X")
+    # A column whose start leaves a row with data at (W h)_i = 0 is restarted inside.
+    H = np.ascontiguousarray(np.maximum(np.asarray(H0, dtype=np.float64), 0.0))
+    done = np.zeros(H.shape[1], dtype=bool)
+    sweeps = COMPILED_KL(
+        W64,
+        W64.sum(axis=0),
+        data,
+        np.ascontiguousarray(Xc.indices, dtype=np.int64),
+        np.ascontiguousarray(Xc.indptr, dtype=np.int64),
+        H,
+        done,
+        float(l1),
+        float(l2),
+        int(max_sweeps),
+        float(tol),
+    )
+    return H.astype(W.dtype, copy=False), NNLSInfo(int(sweeps), int((~done).sum()))

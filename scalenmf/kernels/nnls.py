@@ -68,7 +68,7 @@ class NNLSInfo:
 # -- coordinate descent -----------------------------------------------------------------
 
 #: ABI of the compiled loops (``_nnls.c``) this module calls.
-NNLS_ABI = 1
+NNLS_ABI = 2
 #: Up to this rank the compiled pivoting solves shared-Gram columns one by one (a k×k
 #: Cholesky each): 4–17× the numpy pivoting at k = 5..96 (benchmarks/bench_kernels.py).
 COMPILED_BPP_MAX_K = 128
@@ -91,6 +91,8 @@ _COMPILED = _load_compiled()
 COMPILED_SWEEPS: Any = None if _COMPILED is None else _COMPILED.sweeps
 #: ``bpp(G, B, X0, X, ok, rounds, tol) -> rounds`` (see ``_nnls.c``), or None.
 COMPILED_BPP: Any = None if _COMPILED is None else _COMPILED.bpp
+#: ``kl_cd(W, wsum, data, indices, indptr, H, done, l1, l2, sweeps, tol) -> sweeps``, or None.
+COMPILED_KL: Any = None if _COMPILED is None else _COMPILED.kl_cd
 
 
 def _compiled_applies(G: np.ndarray, B: np.ndarray, X: np.ndarray) -> bool:

@@ -232,3 +232,116 @@ def test_arrays_whose_dtype_spells_out_the_byte_order_are_taken():
     x, _ = nnls.nnls_bpp(G.astype(spelled), B.astype(spelled), X0.astype(spelled))
     y, _ = nnls.nnls_bpp(G, B, X0)
     np.testing.assert_array_equal(x, y)
+
+
+# -- the compiled KL fixed-basis solve --------------------------------------------------------
+
+
+def _kl_problem(seed, m=40, k=5, n=60, sparse=False):
+    rng = np.random.default_rng(seed)
+    W = rng.gamma(0.5, 1.0, (m, k))
+    X = rng.poisson(W @ rng.gamma(0.7, 20.0, (k, n))).astype(float)
+    return W, (sp_csc(X) if sparse else X)
+
+
+def sp_csc(X):
+    import scipy.sparse as sp
+
+    return sp.csc_matrix(X)
+
+
+def _kl_objective(W, X, H, l1=0.0, l2=0.0):
+    Xd = X.toarray() if hasattr(X, "toarray") else X
+    WH = W @ H
+    logs = np.where(Xd > 0, Xd * np.log(np.where(Xd > 0, WH, 1.0)), 0.0)
+    return (WH - logs).sum(axis=0) + l1 * H.sum(axis=0) + 0.5 * l2 * (H**2).sum(axis=0)
+
+
+def _kl_projected_gradient(W, X, H, l1=0.0, l2=0.0):
+    """Largest projected gradient of each column, relative to ΣW_t + l1 + l2 h_t."""
+    Xd = X.toarray() if hasattr(X, "toarray") else X
+    ratio = np.where(Xd > 0, Xd / np.where(Xd > 0, W @ H, 1.0), 0.0)
+    scale = W.sum(axis=0)[:, None] + l1 + l2 * H
+    g = scale - W.T @ ratio
+    pg = np.where(H > 0, np.abs(g), np.maximum(-g, 0))
+    return (pg / scale).max(axis=0)
+
+
+@needs_build
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("l1, l2", [(0.0, 0.0), (0.5, 0.2)])
+def test_kl_coordinate_descent_meets_kkt_and_beats_mu(monkeypatch, sparse, l1, l2):
+    from scalenmf.kernels import fixed
+
+    W, X = _kl_problem(1, sparse=sparse)
+    H, info = fixed.solve_fixed_basis_kl(W, X, l1=l1, l2=l2, tol=1e-9, max_iter=5000)
+    assert info.converged and (H >= 0).all()
+    assert _kl_projected_gradient(W, X, H, l1, l2).max() <= 1e-6
+    monkeypatch.setattr(fixed, "COMPILED_KL", None)
+    Hm, _ = fixed.solve_fixed_basis_kl(W, X, l1=l1, l2=l2, tol=1e-12, max_iter=20000)
+    ours, theirs = _kl_objective(W, X, H, l1, l2), _kl_objective(W, X, Hm, l1, l2)
+    assert (ours <= theirs + 1e-9 * np.abs(theirs)).all()  # the optimum, to round-off
+    np.testing.assert_allclose(H, Hm, rtol=1e-3, atol=1e-3 * float(Hm.max()))
+
+
+@needs_build
+def test_kl_coordinate_descent_handles_empty_columns_dead_factors_and_duplicates():
+    import scipy.sparse as sp
+
+    from scalenmf.kernels import fixed
+
+    W, X = _kl_problem(2, n=12)
+    W[:, 1] = 0  # a factor with no mass: its coefficient is 0
+    X[:, 3] = 0  # an empty sample: all coefficients 0
+    H, info = fixed.solve_fixed_basis_kl(W, X, tol=1e-9, max_iter=5000)
+    assert info.converged
+    assert not H[1].any() and not H[:, 3].any()
+    rows, cols = np.nonzero(X)
+    vals = X[rows, cols]
+    doubled = sp.csc_matrix(  # every entry stored as two halves
+        (np.concatenate([vals / 2, vals / 2]), (np.tile(rows, 2), np.tile(cols, 2))),
+        shape=X.shape,
+    )
+    H2, _ = fixed.solve_fixed_basis_kl(W, doubled, tol=1e-9, max_iter=5000)
+    np.testing.assert_allclose(H2, H, rtol=1e-9, atol=1e-12)
+
+
+@needs_build
+def test_kl_coordinate_descent_warm_start_from_the_optimum_stays_there():
+    from scalenmf.kernels import fixed
+
+    W, X = _kl_problem(3)
+    H, _ = fixed.solve_fixed_basis_kl(W, X, tol=1e-10, max_iter=5000)
+    again, info = fixed.solve_fixed_basis_kl(W, X, H, tol=1e-8, max_iter=5000)
+    assert info.iterations <= 3
+    np.testing.assert_allclose(again, H, rtol=1e-6, atol=1e-9 * float(H.max()))
+
+
+@needs_build
+def test_kl_coordinate_descent_refuses_bad_arguments():
+    W = np.ones((3, 2))
+    s = W.sum(axis=0)
+    d, i, p = np.ones(2), np.array([0, 1], dtype=np.int64), np.array([0, 1, 2], dtype=np.int64)
+    H, ok = np.ones((2, 2)), np.zeros(2, dtype=bool)
+    kl = nnls.COMPILED_KL
+    with pytest.raises(ValueError, match="shapes"):
+        kl(W, s, d, i, p, np.ones((3, 2)), ok, 0.0, 0.0, 5, 1e-6)
+    with pytest.raises(TypeError, match="int64"):
+        kl(W, s, d, i.astype(np.int32), p, H, ok, 0.0, 0.0, 5, 1e-6)
+    with pytest.raises(ValueError, match="indptr"):
+        kl(W, s, d, i, np.array([0, 2, 1], dtype=np.int64), H, ok, 0.0, 0.0, 5, 1e-6)
+    with pytest.raises(ValueError, match="row index"):
+        kl(W, s, d, np.array([0, 3], dtype=np.int64), p, H, ok, 0.0, 0.0, 5, 1e-6)
+
+
+@needs_build
+def test_a_kl_projection_is_the_mu_projection_at_its_optimum(monkeypatch):
+    from scalenmf.kernels import fixed
+
+    rng = np.random.default_rng(4)
+    W = rng.gamma(0.5, 1.0, (30, 4))
+    X = rng.poisson(W @ rng.gamma(1.0, 10.0, (4, 50))).astype(float)
+    fast = scalenmf.project(W, X, loss="kl", tol=1e-9, progress=False)
+    monkeypatch.setattr(fixed, "COMPILED_KL", None)
+    slow = scalenmf.project(W, X, loss="kl", tol=1e-12, max_iter=20000, progress=False)
+    np.testing.assert_allclose(np.asarray(fast.H), np.asarray(slow.H), rtol=1e-3, atol=1e-3)

@@ -322,6 +322,7 @@ class CheckedSource(MatrixSource):
         self.is_sparse = bool(sparse)
         self.block_bounds = list(inner.block_bounds)
         self._bar = bar
+        self.read_ahead = bool(getattr(inner, "read_ahead", False))  # see write_source
         self._row_labels = inner.row_labels
         self._col_labels = inner.col_labels
 

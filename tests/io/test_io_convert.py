@@ -354,6 +354,61 @@ def test_convert_gene_major_anndata(tmp_path, rng, fmt):
     assert out.row_labels[3] == "g3" and out.col_labels[59] == "c59"
 
 
+def _write_cells_h5ad(path: Path, cells: np.ndarray) -> Path:
+    ad = pytest.importorskip("anndata")
+    a = ad.AnnData(X=sp.csr_matrix(cells))
+    a.obs_names = [f"c{i}" for i in range(cells.shape[0])]
+    a.var_names = [f"g{i}" for i in range(cells.shape[1])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a.write_h5ad(path)
+    return path
+
+
+def _read_ahead_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("read-ahead") and t.is_alive()]
+
+
+def test_convert_h5ad_reads_the_next_block_ahead(tmp_path, rng, monkeypatch):
+    # An h5ad X is read block by block in a thread one block ahead of the writer; the
+    # store is the same as reading in order, and no reader thread is left behind.
+    from scalenmf.io.formats.h5ad import H5adSource
+
+    cells = (rng.random((90, 7)) < 0.4) * rng.integers(1, 9, size=(90, 7)).astype(float)
+    path = _write_cells_h5ad(tmp_path / "a.h5ad", cells)
+    import threading
+
+    reads: list[tuple[int, int]] = []
+    where: set[str] = set()
+    read = H5adSource._read
+
+    def spy(self, a, b):
+        reads.append((a, b))
+        where.add(threading.current_thread().name.split("_")[0])
+        return read(self, a, b)
+
+    monkeypatch.setattr(H5adSource, "_read", spy)
+    out = convert(path, tmp_path / "x.zarr", block_cols=8)
+    assert where == {"read-ahead"}
+    assert reads == [(a, min(a + 8, 90)) for a in range(0, 90, 8)]  # in order, once each
+    out = open_matrix(out)
+    np.testing.assert_array_equal(dense(out), cells.T)
+    assert out.col_labels[89] == "c89" and out.row_labels[6] == "g6"
+    assert _read_ahead_threads() == []
+
+
+def test_convert_h5ad_bad_value_late_stops_the_read_ahead(tmp_path, rng):
+    cells = (rng.random((90, 7)) < 0.4) * rng.integers(1, 9, size=(90, 7)).astype(float)
+    cells[61, 3] = -2.0
+    path = _write_cells_h5ad(tmp_path / "a.h5ad", cells)
+    with pytest.raises(InputError, match=r"-2\.0 at row 3 \('g3'\), column 61 \('c61'\)"):
+        convert(path, tmp_path / "x.zarr", block_cols=8)
+    assert _read_ahead_threads() == []
+    assert leftovers(tmp_path, {"a.h5ad"}) == []
+
+
 def test_convert_real_catalog(tmp_path):
     out = convert(CATALOG, tmp_path / "cat.zarr", memory_limit="256KB")
     src = open_matrix(out)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -636,7 +636,7 @@ class _ChunkFiles:
                 self._pool = None
 
 
-def _blocks(src: MatrixSource) -> Iterator[Any]:
+def _blocks(src: MatrixSource) -> Generator[Any, None, None]:
     """The blocks of ``src`` in order; with ``src.read_ahead`` (a source whose reads
     release the GIL, such as h5py's) the next block is read in a thread while the caller
     works on this one. One block in flight: memory grows by one block, not with ``n``."""

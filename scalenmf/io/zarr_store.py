@@ -446,6 +446,21 @@ def _anndata_csc_in_memory(path: str) -> MatrixSource:
     return SparseArraySource(X).set_labels(stored.col_labels, stored.row_labels)
 
 
+def create_digested(
+    group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: Any
+) -> zarr.Array:
+    """A new, empty array for ``write_digested`` (and for results copied chunk by chunk):
+    the store's codec, and every chunk written even when it holds only zeros."""
+    return group.create_array(
+        name,
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        compressors=[_codec()],
+        config=WRITE_CONFIG,
+    )
+
+
 def write_digested(
     group: zarr.Group,
     name: str,
@@ -456,14 +471,7 @@ def write_digested(
     """Write ``arr`` as the compressed array ``name`` of ``group`` (every chunk stored,
     even an all-zero one, so that an absent chunk means damage) and record its digest in
     ``digests``: how result stores and checkpoints write their arrays."""
-    out = group.create_array(
-        name,
-        shape=arr.shape,
-        chunks=chunks,
-        dtype=arr.dtype,
-        compressors=[_codec()],
-        config=WRITE_CONFIG,
-    )
+    out = create_digested(group, name, arr.shape, chunks, arr.dtype)
     if arr.size:
         out[...] = arr
     digests[name] = digest_array(arr)

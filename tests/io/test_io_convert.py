@@ -482,7 +482,7 @@ def test_parse_bytes():
 def test_progress_bar_goes_to_stderr(tmp_path, rng, capsys):
     convert(rng.random((3, 40)), tmp_path / "x.zarr", block_cols=5, progress=True)
     captured = capsys.readouterr()
-    assert captured.out == "" and "40/40" in captured.err
+    assert captured.out == "" and "960/960" in captured.err  # 3 × 40 float64 values
 
 
 @pytest.mark.parametrize("fmt", ["mtx", "tsv"])
@@ -504,6 +504,26 @@ def test_progress_bar_reports_bytes_per_second(tmp_path, rng, capsys, fmt):
     assert f"reading {path.name}" in err and "B/s" in err
     size = path.stat().st_size
     assert f"{size}/{size}" in err.replace(".0", "") or "100%" in err
+
+
+@pytest.mark.parametrize("fmt", ["h5ad", "npy", "mtx"])
+def test_progress_bar_of_the_writer_reports_bytes_per_second(tmp_path, rng, capsys, fmt):
+    # Inputs without a text reader (h5ad, npy, stores) show their rate too: the writer's
+    # bar counts the bytes of the matrix it writes, and ends at its size.
+    X = rng.poisson(1.0, size=(30, 40)).astype(float)
+    if fmt == "h5ad":
+        path = _write_cells_h5ad(tmp_path / "x.h5ad", X.T)
+    elif fmt == "npy":
+        path = tmp_path / "x.npy"
+        np.save(path, X)
+    else:
+        path = tmp_path / "x.mtx"
+        scipy.io.mmwrite(path, sp.coo_matrix(X), field="integer")
+    convert(path, tmp_path / "x.zarr", progress=True, memory_limit="64KB")
+    err = capsys.readouterr().err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("writing")]
+    assert lines and all("B/s" in line for line in lines[1:])
+    assert "100%" in lines[-1]  # the bytes written add up to the matrix's size
 
 
 # -- properties ----------------------------------------------------------------------------------

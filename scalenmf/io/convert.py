@@ -370,7 +370,7 @@ class CheckedSource(MatrixSource):
             # A narrowing cast can overflow to inf (float64 → float32).
             self._check(out, start)
         if self.bar is not None:
-            entries = out.nnz if sp.issparse(out) else out.size
+            entries = out.nnz if isinstance(out, sp.csc_matrix) else np.asarray(out).size
             self.bar.update(self.bytes_out(int(entries)))
         return out
 

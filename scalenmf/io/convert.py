@@ -46,7 +46,7 @@ from scalenmf.io.matrix import as_source
 from scalenmf.io.planning import DEFAULT_BLOCK_BYTES, plan_block_cols
 from scalenmf.io.readers import open_path
 from scalenmf.io.source import DenseArraySource, MatrixSource, SparseArraySource
-from scalenmf.io.zarr_store import ZarrDenseSource, write_source
+from scalenmf.io.zarr_store import ZarrDenseSource, ZarrSparseSource, copy_sparse, write_source
 
 #: Memory budget of a conversion when none is given.
 DEFAULT_MEMORY_LIMIT = 2**30
@@ -253,8 +253,22 @@ def _write(
             unit_divisor=1024,
             disable=not ctx.progress,
         ) as bar:
-            checked.bar = bar
-            write_source(dst, checked, block_cols=cols, dtype=final_dtype, overwrite=overwrite)
+            copied = False
+            if kind and isinstance(source, ZarrSparseSource):
+                # A sparse Zarr input (AnnData's CSR, or a store of ours) whose chunks can
+                # be copied as they are: values checked, nothing re-encoded.
+                copied = copy_sparse(
+                    dst,
+                    checked,
+                    source,
+                    overwrite=overwrite,
+                    check=checked._check,
+                    progress=lambda block: bar.update(checked.bytes_out(block.nnz)),
+                )
+            if not copied:
+                bar.reset(total=bar.total)
+                checked.bar = bar
+                write_source(dst, checked, block_cols=cols, dtype=final_dtype, overwrite=overwrite)
             if bar.n != bar.total:  # duplicate entries summed: fewer stored than announced
                 bar.total = bar.n
                 bar.refresh()

@@ -549,6 +549,167 @@ def write_source(
     return str(path)
 
 
+class _NotCopyable(Exception):
+    """Raised inside ``copy_sparse`` when a block turns out to need rewriting (rows out of
+    order or repeated in a column): the partial copy is dropped and the caller rewrites."""
+
+
+def _copy_codecs(arr: zarr.Array) -> list[Any] | None:
+    """Compressors of a new Zarr v3 array that decode the stored chunks of the 1-D ``arr``
+    byte for byte, or None when they cannot be copied as they are (not a local directory,
+    filters or array-to-array codecs, sharding, big-endian values, another compressor).
+
+    AnnData writes Zarr v2 with Blosc (lz4, level 5, byte shuffle, the store's own
+    codec); Blosc, Zstd and gzip frames describe themselves, so the v3 codec of the same
+    name decodes what the v2 compressor wrote."""
+    from zarr.codecs import BytesCodec, GzipCodec, ZstdCodec
+    from zarr.storage import LocalStore
+
+    if not isinstance(arr.store, LocalStore) or arr.ndim != 1 or arr.dtype.byteorder == ">":
+        return None
+    meta = arr.metadata
+    if meta.zarr_format == 2:
+        if getattr(meta, "filters", None):
+            return None
+        comp = getattr(meta, "compressor", None)
+        if comp is None:
+            return []
+        cfg = comp.get_config()
+        if cfg.get("id") == "blosc":
+            shuffle: Any = {0: "noshuffle", 2: "bitshuffle"}.get(
+                int(cfg.get("shuffle", 1)), "shuffle"
+            )
+            return [
+                BloscCodec(
+                    cname=cfg["cname"],
+                    clevel=int(cfg["clevel"]),
+                    shuffle=shuffle,
+                    typesize=arr.dtype.itemsize,
+                    blocksize=int(cfg.get("blocksize", 0)),
+                )
+            ]
+        if cfg.get("id") == "zstd":
+            return [ZstdCodec(level=int(cfg.get("level", 0)))]
+        if cfg.get("id") == "gzip":
+            return [GzipCodec(level=int(cfg.get("level", 5)))]
+        return None
+    codecs = list(getattr(meta, "codecs", ()))
+    if not codecs or not isinstance(codecs[0], BytesCodec):
+        return None  # array-to-array codecs first, or sharding as the serializer
+    if codecs[0].endian is not None and codecs[0].endian.value != "little":
+        return None
+    rest = codecs[1:]
+    if not all(isinstance(c, (BloscCodec, ZstdCodec, GzipCodec)) for c in rest):
+        return None
+    return rest
+
+
+def copy_sparse(
+    path: str | os.PathLike[str],
+    src: MatrixSource,
+    stored: ZarrSparseSource,
+    *,
+    overwrite: bool = False,
+    check: Any = None,
+    progress: Any = None,
+) -> bool:
+    """Write ``stored`` (a CSC group, or AnnData's cells × genes CSR, in a local Zarr
+    store) as a scalenmf matrix store by copying its ``data`` and ``indices`` chunk files
+    as they are, without decoding and re-encoding them; True when done, False (nothing
+    written) when its layout does not allow it, and the caller writes it the usual way.
+
+    Every block is still read once (decoding is cheap; encoding is what costs): values go
+    through ``check(block, start)`` (raising ``InputError`` as the usual writer does), and
+    a block whose rows are out of order or repeated in a column is not copied (False).
+    The store keeps the source's chunking, compressor and index type; ``indptr`` (int64)
+    and the labels of ``src`` are written anew.
+
+    Parameters
+    ----------
+    path : path-like
+        The store to create (atomically).
+    src : MatrixSource
+        What the store holds: ``stored`` itself, or a wrapper of it (labels, checks).
+    stored : ZarrSparseSource
+        The source whose chunks are copied.
+    check : callable (block, start) -> None, optional
+    progress : callable (block) -> None, optional
+        Called with each block read.
+    """
+    g = stored._group()
+    arrays = {name: _child_array(g, name) for name in ("data", "indices")}
+    codecs = {name: _copy_codecs(arr) for name, arr in arrays.items()}
+    if any(c is None for c in codecs.values()) or src.dtype != arrays["data"].dtype:
+        return False
+    m, n = stored.shape
+    try:
+        with atomic_output(path, overwrite=overwrite) as tmp:
+            root = zarr.open_group(tmp, mode="w")
+            root.attrs["scalenmf"] = {"kind": "matrix", "format_version": FORMAT_VERSION}
+            out = root.create_group("X")
+            out.attrs.update(
+                {"encoding-type": "csc_matrix", "encoding-version": "0.1.0", "shape": [m, n]}
+            )
+            for j in range(stored.n_blocks):
+                a, _ = stored.block_bounds[j]
+                block: Any = stored.read_block(j)
+                if block.nnz and not (block.has_canonical_format and int(block.indices.max()) < m):
+                    raise _NotCopyable(j)
+                if check is not None:
+                    check(block, a)
+                if progress is not None:
+                    progress(block)
+            for name, arr in arrays.items():
+                copy = out.create_array(
+                    name,
+                    shape=arr.shape,
+                    chunks=arr.chunks,
+                    dtype=arr.dtype,
+                    compressors=codecs[name],
+                    fill_value=0,
+                    config=WRITE_CONFIG,
+                )
+                _copy_chunk_files(arr, copy)
+            ip = out.create_array(
+                "indptr",
+                shape=(n + 1,),
+                chunks=(max(1, min(n + 1, 1 << 20)),),
+                dtype=np.int64,
+                config=WRITE_CONFIG,
+            )
+            ip[:] = stored.indptr
+            for name, labels, length, what in (
+                ("row_labels", src.row_labels, m, "row"),
+                ("col_labels", src.col_labels, n, "column"),
+            ):
+                if labels is not None:
+                    write_labels(root, name, _labels_checked(labels, length, what))
+    except _NotCopyable:
+        return False
+    return True
+
+
+def _copy_chunk_files(src: zarr.Array, dst: zarr.Array) -> None:
+    """Copy every chunk file of the 1-D ``src`` to the new ``dst`` (same chunking, a codec
+    that decodes them), then read the first and the last back through ``dst`` as a check."""
+    import shutil
+
+    nchunks = -(-int(src.shape[0]) // int(src.chunks[0])) if src.shape[0] else 0
+    src_store: Any = src.store  # local stores (``_copy_codecs``): they have a root
+    dst_store: Any = dst.store
+    src_root = Path(src_store.root) / src.path
+    dst_root = Path(dst_store.root) / dst.path
+    for i in range(nchunks):
+        target = dst_root / dst.metadata.encode_chunk_key((i,))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src_root / src.metadata.encode_chunk_key((i,)), target)
+    step = int(src.chunks[0])
+    for i in {0, nchunks - 1} if nchunks else set():
+        a, b = i * step, min(int(src.shape[0]), (i + 1) * step)
+        if not np.array_equal(np.asarray(dst[a:b]), np.asarray(src[a:b])):
+            raise IntegrityError(f"copied chunk {i} of {src.path!r} does not read back the same")
+
+
 def _labels_checked(labels: Any, length: int, what: str) -> np.ndarray:
     arr = as_str_array(labels)
     if arr.shape != (length,):

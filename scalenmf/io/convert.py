@@ -46,7 +46,7 @@ from scalenmf.io.matrix import as_source
 from scalenmf.io.planning import DEFAULT_BLOCK_BYTES, plan_block_cols
 from scalenmf.io.readers import open_path
 from scalenmf.io.source import DenseArraySource, MatrixSource, SparseArraySource
-from scalenmf.io.zarr_store import ZarrDenseSource, write_source
+from scalenmf.io.zarr_store import ZarrDenseSource, ZarrSparseSource, copy_sparse, write_source
 
 #: Memory budget of a conversion when none is given.
 DEFAULT_MEMORY_LIMIT = 2**30
@@ -242,9 +242,36 @@ def _write(
         final_dtype = out_dtype if out_dtype is not None else np.dtype(source.dtype)
         density = source.nnz / (m * n) if source.is_sparse else 1.0
         cols = ctx.plan(m, n, density)
-        with tqdm(total=n, unit="col", desc="writing", disable=not ctx.progress) as bar:
-            checked = CheckedSource(source, final_dtype, kind, bar)
-            write_source(dst, checked, block_cols=cols, dtype=final_dtype, overwrite=overwrite)
+        checked = CheckedSource(source, final_dtype, kind)
+        # In bytes of the matrix written (values, and row indices when sparse), so that the
+        # bar shows a rate in B/s whatever the input; text inputs also have a reading bar.
+        with tqdm(
+            total=checked.bytes_out(checked.nnz if kind else m * n),
+            desc="writing",
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            disable=not ctx.progress,
+        ) as bar:
+            copied = False
+            if kind and isinstance(source, ZarrSparseSource):
+                # A sparse Zarr input (AnnData's CSR, or a store of ours) whose chunks can
+                # be copied as they are: values checked, nothing re-encoded.
+                copied = copy_sparse(
+                    dst,
+                    checked,
+                    source,
+                    overwrite=overwrite,
+                    check=checked._check,
+                    progress=lambda block: bar.update(checked.bytes_out(block.nnz)),
+                )
+            if not copied:
+                bar.reset(total=bar.total)
+                checked.bar = bar
+                write_source(dst, checked, block_cols=cols, dtype=final_dtype, overwrite=overwrite)
+            if bar.n != bar.total:  # duplicate entries summed: fewer stored than announced
+                bar.total = bar.n
+                bar.refresh()
     finally:
         close = getattr(source, "close", None)
         if callable(close):
@@ -311,7 +338,8 @@ class CheckedSource(MatrixSource):
     sparse : bool
         Return CSC blocks (True) or ndarrays (False).
     bar : tqdm-like, optional
-        ``bar.update(k)`` is called with the number of columns read.
+        ``bar.update(k)`` is called with the bytes of each block returned (``bytes_out``);
+        may also be set later, as the attribute ``bar``.
     """
 
     def __init__(self, inner: MatrixSource, dtype: np.dtype, sparse: bool, bar: Any = None):
@@ -321,13 +349,20 @@ class CheckedSource(MatrixSource):
         self.dtype = np.dtype(dtype)
         self.is_sparse = bool(sparse)
         self.block_bounds = list(inner.block_bounds)
-        self._bar = bar
+        self.bar = bar
+        self._index_bytes = 4 if self.shape[0] < 2**31 else 8  # as the store writes them
+        self.read_ahead = bool(getattr(inner, "read_ahead", False))  # see write_source
         self._row_labels = inner.row_labels
         self._col_labels = inner.col_labels
 
     @property
     def nnz(self) -> int:
         return self.inner.nnz
+
+    def bytes_out(self, entries: int) -> int:
+        """Bytes that ``entries`` stored values take in the output (with their row
+        indices when sparse); a dense block's entries are all its cells."""
+        return entries * (self.dtype.itemsize + (self._index_bytes if self.is_sparse else 0))
 
     def _read(self, start: int, stop: int) -> Block:
         block = self.inner.read_columns(start, stop)
@@ -348,8 +383,9 @@ class CheckedSource(MatrixSource):
         if self.dtype.itemsize < np.dtype(block.dtype).itemsize:
             # A narrowing cast can overflow to inf (float64 → float32).
             self._check(out, start)
-        if self._bar is not None:
-            self._bar.update(stop - start)
+        if self.bar is not None:
+            entries = out.nnz if isinstance(out, sp.csc_matrix) else np.asarray(out).size
+            self.bar.update(self.bytes_out(int(entries)))
         return out
 
     def _check(self, block: Block, start: int) -> None:

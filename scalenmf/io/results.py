@@ -29,9 +29,8 @@ from scalenmf.io.integrity import (
 )
 from scalenmf.io.source import as_str_array
 from scalenmf.io.zarr_store import (
-    WRITE_CONFIG,
-    _codec,
     _open_group,
+    create_digested,
     read_whole,
     write_digested,
     write_labels,
@@ -128,14 +127,7 @@ def _copy_stored(
     digests: dict[str, str],
 ) -> None:
     """``write_digested`` of a stored array, one chunk along ``axis`` at a time."""
-    out = group.create_array(
-        name,
-        shape=arr.shape,
-        chunks=chunks,
-        dtype=arr.dtype,
-        compressors=[_codec()],
-        config=WRITE_CONFIG,
-    )
+    out = create_digested(group, name, arr.shape, chunks, arr.dtype)
     step = chunks[axis] if arr.ndim else 1
     for lo in range(0, int(arr.shape[axis]) if arr.ndim else 0, step):
         where = [slice(None)] * arr.ndim

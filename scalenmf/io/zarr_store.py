@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -445,6 +446,21 @@ def _anndata_csc_in_memory(path: str) -> MatrixSource:
     return SparseArraySource(X).set_labels(stored.col_labels, stored.row_labels)
 
 
+def create_digested(
+    group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: Any
+) -> zarr.Array:
+    """A new, empty array for ``write_digested`` (and for results copied chunk by chunk):
+    the store's codec, and every chunk written even when it holds only zeros."""
+    return group.create_array(
+        name,
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        compressors=[_codec()],
+        config=WRITE_CONFIG,
+    )
+
+
 def write_digested(
     group: zarr.Group,
     name: str,
@@ -455,14 +471,7 @@ def write_digested(
     """Write ``arr`` as the compressed array ``name`` of ``group`` (every chunk stored,
     even an all-zero one, so that an absent chunk means damage) and record its digest in
     ``digests``: how result stores and checkpoints write their arrays."""
-    out = group.create_array(
-        name,
-        shape=arr.shape,
-        chunks=chunks,
-        dtype=arr.dtype,
-        compressors=[_codec()],
-        config=WRITE_CONFIG,
-    )
+    out = create_digested(group, name, arr.shape, chunks, arr.dtype)
     if arr.size:
         out[...] = arr
     digests[name] = digest_array(arr)
@@ -473,6 +482,10 @@ def write_labels(group: zarr.Group, name: str, labels: Any) -> None:
     chunk = max(1, min(arr.shape[0], 1 << 16))
     out = group.create_array(name, shape=arr.shape, dtype=str, chunks=(chunk,), config=WRITE_CONFIG)
     out[:] = arr.astype(object)
+
+
+#: Entries per chunk of a sparse store's ``data`` and ``indices``.
+_SPARSE_CHUNK = 1 << 20
 
 
 def write_source(
@@ -498,12 +511,26 @@ def write_source(
         density = src.nnz / max(1, m * n) if src.is_sparse else 1.0
         block_cols = plan_block_cols(m, n, out_dtype.itemsize, density=density)
     block_cols = max(1, min(int(block_cols), max(n, 1)))
+    if src.is_sparse and getattr(src, "read_ahead", False) and src.nnz:
+        # A sparse store keeps no column blocking, so it may be written in blocks of
+        # about one data chunk: each is then encoded while the next is read ahead
+        # (the 2 blocks of the h5ad benchmark become 5).
+        per_chunk = max(1, int(_SPARSE_CHUNK * n // src.nnz))
+        block_cols = min(block_cols, per_chunk)
     src = src.reblock(block_cols)
     with atomic_output(path, overwrite=overwrite) as tmp:
         root = zarr.open_group(tmp, mode="w")
         root.attrs["scalenmf"] = {"kind": "matrix", "format_version": FORMAT_VERSION}
+
+        def labels() -> None:
+            if rows is not None:
+                write_labels(root, "row_labels", _labels_checked(rows, m, "row"))
+            if cols is not None:
+                write_labels(root, "col_labels", _labels_checked(cols, n, "column"))
+
         if src.is_sparse:
-            _write_sparse(root, src, out_dtype)
+            # The labels are written while the last chunks are still being encoded.
+            _write_sparse(root, src, out_dtype, labels)
         else:
             arr = root.create_array(
                 "X",
@@ -518,11 +545,169 @@ def write_source(
                 a, b = src.block_bounds[j]
                 if b > a:
                     arr[:, a:b] = np.asarray(src.read_block(j), dtype=out_dtype)
-        if rows is not None:
-            write_labels(root, "row_labels", _labels_checked(rows, m, "row"))
-        if cols is not None:
-            write_labels(root, "col_labels", _labels_checked(cols, n, "column"))
+            labels()
     return str(path)
+
+
+class _NotCopyable(Exception):
+    """Raised inside ``copy_sparse`` when a block turns out to need rewriting (rows out of
+    order or repeated in a column): the partial copy is dropped and the caller rewrites."""
+
+
+def _copy_codecs(arr: zarr.Array) -> list[Any] | None:
+    """Compressors of a new Zarr v3 array that decode the stored chunks of the 1-D ``arr``
+    byte for byte, or None when they cannot be copied as they are (not a local directory,
+    filters or array-to-array codecs, sharding, big-endian values, another compressor).
+
+    AnnData writes Zarr v2 with Blosc (lz4, level 5, byte shuffle, the store's own
+    codec); Blosc, Zstd and gzip frames describe themselves, so the v3 codec of the same
+    name decodes what the v2 compressor wrote."""
+    from zarr.codecs import BytesCodec, GzipCodec, ZstdCodec
+    from zarr.storage import LocalStore
+
+    if not isinstance(arr.store, LocalStore) or arr.ndim != 1 or arr.dtype.byteorder == ">":
+        return None
+    meta = arr.metadata
+    if meta.zarr_format == 2:
+        if getattr(meta, "filters", None):
+            return None
+        comp = getattr(meta, "compressor", None)
+        if comp is None:
+            return []
+        cfg = comp.get_config()
+        if cfg.get("id") == "blosc":
+            shuffle: Any = {0: "noshuffle", 2: "bitshuffle"}.get(
+                int(cfg.get("shuffle", 1)), "shuffle"
+            )
+            return [
+                BloscCodec(
+                    cname=cfg["cname"],
+                    clevel=int(cfg["clevel"]),
+                    shuffle=shuffle,
+                    typesize=arr.dtype.itemsize,
+                    blocksize=int(cfg.get("blocksize", 0)),
+                )
+            ]
+        if cfg.get("id") == "zstd":
+            return [ZstdCodec(level=int(cfg.get("level", 0)))]
+        if cfg.get("id") == "gzip":
+            return [GzipCodec(level=int(cfg.get("level", 5)))]
+        return None
+    codecs = list(getattr(meta, "codecs", ()))
+    if not codecs or not isinstance(codecs[0], BytesCodec):
+        return None  # array-to-array codecs first, or sharding as the serializer
+    if codecs[0].endian is not None and codecs[0].endian.value != "little":
+        return None
+    rest = codecs[1:]
+    if not all(isinstance(c, (BloscCodec, ZstdCodec, GzipCodec)) for c in rest):
+        return None
+    return rest
+
+
+def copy_sparse(
+    path: str | os.PathLike[str],
+    src: MatrixSource,
+    stored: ZarrSparseSource,
+    *,
+    overwrite: bool = False,
+    check: Any = None,
+    progress: Any = None,
+) -> bool:
+    """Write ``stored`` (a CSC group, or AnnData's cells × genes CSR, in a local Zarr
+    store) as a scalenmf matrix store by copying its ``data`` and ``indices`` chunk files
+    as they are, without decoding and re-encoding them; True when done, False (nothing
+    written) when its layout does not allow it, and the caller writes it the usual way.
+
+    Every block is still read once (decoding is cheap; encoding is what costs): values go
+    through ``check(block, start)`` (raising ``InputError`` as the usual writer does), and
+    a block whose rows are out of order or repeated in a column is not copied (False).
+    The store keeps the source's chunking, compressor and index type; ``indptr`` (int64)
+    and the labels of ``src`` are written anew.
+
+    Parameters
+    ----------
+    path : path-like
+        The store to create (atomically).
+    src : MatrixSource
+        What the store holds: ``stored`` itself, or a wrapper of it (labels, checks).
+    stored : ZarrSparseSource
+        The source whose chunks are copied.
+    check : callable (block, start) -> None, optional
+    progress : callable (block) -> None, optional
+        Called with each block read.
+    """
+    g = stored._group()
+    arrays = {name: _child_array(g, name) for name in ("data", "indices")}
+    codecs = {name: _copy_codecs(arr) for name, arr in arrays.items()}
+    if any(c is None for c in codecs.values()) or src.dtype != arrays["data"].dtype:
+        return False
+    m, n = stored.shape
+    try:
+        with atomic_output(path, overwrite=overwrite) as tmp:
+            root = zarr.open_group(tmp, mode="w")
+            root.attrs["scalenmf"] = {"kind": "matrix", "format_version": FORMAT_VERSION}
+            out = root.create_group("X")
+            out.attrs.update(
+                {"encoding-type": "csc_matrix", "encoding-version": "0.1.0", "shape": [m, n]}
+            )
+            for j in range(stored.n_blocks):
+                a, _ = stored.block_bounds[j]
+                block: Any = stored.read_block(j)
+                if block.nnz and not (block.has_canonical_format and int(block.indices.max()) < m):
+                    raise _NotCopyable(j)
+                if check is not None:
+                    check(block, a)
+                if progress is not None:
+                    progress(block)
+            for name, arr in arrays.items():
+                copy = out.create_array(
+                    name,
+                    shape=arr.shape,
+                    chunks=arr.chunks,
+                    dtype=arr.dtype,
+                    compressors=codecs[name],
+                    fill_value=0,
+                    config=WRITE_CONFIG,
+                )
+                _copy_chunk_files(arr, copy)
+            ip = out.create_array(
+                "indptr",
+                shape=(n + 1,),
+                chunks=(max(1, min(n + 1, 1 << 20)),),
+                dtype=np.int64,
+                config=WRITE_CONFIG,
+            )
+            ip[:] = stored.indptr
+            for name, labels, length, what in (
+                ("row_labels", src.row_labels, m, "row"),
+                ("col_labels", src.col_labels, n, "column"),
+            ):
+                if labels is not None:
+                    write_labels(root, name, _labels_checked(labels, length, what))
+    except _NotCopyable:
+        return False
+    return True
+
+
+def _copy_chunk_files(src: zarr.Array, dst: zarr.Array) -> None:
+    """Copy every chunk file of the 1-D ``src`` to the new ``dst`` (same chunking, a codec
+    that decodes them), then read the first and the last back through ``dst`` as a check."""
+    import shutil
+
+    nchunks = -(-int(src.shape[0]) // int(src.chunks[0])) if src.shape[0] else 0
+    src_store: Any = src.store  # local stores (``_copy_codecs``): they have a root
+    dst_store: Any = dst.store
+    src_root = Path(src_store.root) / src.path
+    dst_root = Path(dst_store.root) / dst.path
+    for i in range(nchunks):
+        target = dst_root / dst.metadata.encode_chunk_key((i,))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src_root / src.metadata.encode_chunk_key((i,)), target)
+    step = int(src.chunks[0])
+    for i in {0, nchunks - 1} if nchunks else set():
+        a, b = i * step, min(int(src.shape[0]), (i + 1) * step)
+        if not np.array_equal(np.asarray(dst[a:b]), np.asarray(src[a:b])):
+            raise IntegrityError(f"copied chunk {i} of {src.path!r} does not read back the same")
 
 
 def _labels_checked(labels: Any, length: int, what: str) -> np.ndarray:
@@ -620,12 +805,39 @@ class _ChunkFiles:
                 self._pool = None
 
 
-def _write_sparse(root: zarr.Group, src: MatrixSource, dtype: np.dtype) -> None:
+def _blocks(src: MatrixSource) -> Generator[Any, None, None]:
+    """The blocks of ``src`` in order; with ``src.read_ahead`` (a source whose reads
+    release the GIL, such as h5py's) the next block is read in a thread while the caller
+    works on this one. One block in flight: memory grows by one block, not with ``n``."""
+    if not getattr(src, "read_ahead", False) or src.n_blocks < 2:
+        for j in range(src.n_blocks):
+            yield src.read_block(j)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as pool:
+        ahead = pool.submit(src.read_block, 0)
+        try:
+            for j in range(src.n_blocks):
+                block = ahead.result()
+                if j + 1 < src.n_blocks:
+                    ahead = pool.submit(src.read_block, j + 1)
+                yield block
+        finally:
+            ahead.cancel()  # an error or an abandoned write: the pool waits for the read
+
+
+def _write_sparse(
+    root: zarr.Group, src: MatrixSource, dtype: np.dtype, before_wait: Any = None
+) -> None:
+    """Write the sparse ``src`` as the CSC group ``X`` of ``root``; ``before_wait()``
+    (optional) runs once every block is read and its chunks handed to the encoders,
+    before waiting for them, so that its work overlaps theirs."""
     m, n = src.shape
     g = root.create_group("X")
     g.attrs.update({"encoding-type": "csc_matrix", "encoding-version": "0.1.0", "shape": [m, n]})
     nnz = src.nnz
-    chunk = max(1, min(max(nnz, 1), 1 << 20))
+    chunk = max(1, min(max(nnz, 1), _SPARSE_CHUNK))
     index_dtype = np.int32 if m < 2**31 else np.int64
     data = g.create_array(
         "data",
@@ -664,25 +876,40 @@ def _write_sparse(root: zarr.Group, src: MatrixSource, dtype: np.dtype) -> None:
         carry = [(values[take:], rows[take:])] if take < len(values) else []
         written = stop
 
+    # Closed here on every exit, not by the garbage collector: a read in flight is waited
+    # for before the source is closed or the error goes up.
+    blocks = contextlib.closing(_blocks(src))
     try:
-        for j in range(src.n_blocks):
-            a, b = src.block_bounds[j]
-            block = sp.csc_matrix(src.read_block(j))
-            block.sum_duplicates()
-            k = block.nnz
-            if k:
-                carry.append(
-                    (
-                        block.data.astype(dtype, copy=False),
-                        block.indices.astype(index_dtype, copy=False),
+        with blocks as reads:
+            for j, read in enumerate(reads):
+                a, b = src.block_bounds[j]
+                block = sp.csc_matrix(read)
+                block.sum_duplicates()
+                k = block.nnz
+                if k:
+                    carry.append(
+                        (
+                            block.data.astype(dtype, copy=False),
+                            block.indices.astype(index_dtype, copy=False),
+                        )
                     )
-                )
-            indptr[a + 1 : b + 1] = pos + block.indptr[1:]
-            pos += k
-            if pos - written >= chunk:
-                store(written + (pos - written) // chunk * chunk)
+                indptr[a + 1 : b + 1] = pos + block.indptr[1:]
+                pos += k
+                if pos - written >= chunk:
+                    store(written + (pos - written) // chunk * chunk)
         if pos > written:
             store(pos)
+        # While the encoders finish the last chunks: indptr, and the caller's work.
+        ip = g.create_array(
+            "indptr",
+            shape=(n + 1,),
+            chunks=(max(1, min(n + 1, 1 << 20)),),
+            dtype=np.int64,
+            config=WRITE_CONFIG,
+        )
+        ip[:] = indptr
+        if before_wait is not None:
+            before_wait()
     except BaseException:
         data_out.finish(quiet=True)
         indices_out.finish(quiet=True)
@@ -692,11 +919,3 @@ def _write_sparse(root: zarr.Group, src: MatrixSource, dtype: np.dtype) -> None:
     if pos != data.shape[0]:
         data.resize((pos,))
         indices.resize((pos,))
-    ip = g.create_array(
-        "indptr",
-        shape=(n + 1,),
-        chunks=(max(1, min(n + 1, 1 << 20)),),
-        dtype=np.int64,
-        config=WRITE_CONFIG,
-    )
-    ip[:] = indptr

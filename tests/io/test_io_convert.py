@@ -354,6 +354,167 @@ def test_convert_gene_major_anndata(tmp_path, rng, fmt):
     assert out.row_labels[3] == "g3" and out.col_labels[59] == "c59"
 
 
+def _write_cells_h5ad(path: Path, cells: np.ndarray) -> Path:
+    ad = pytest.importorskip("anndata")
+    a = ad.AnnData(X=sp.csr_matrix(cells))
+    a.obs_names = [f"c{i}" for i in range(cells.shape[0])]
+    a.var_names = [f"g{i}" for i in range(cells.shape[1])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a.write_h5ad(path)
+    return path
+
+
+def _read_ahead_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("read-ahead") and t.is_alive()]
+
+
+def test_convert_h5ad_reads_the_next_block_ahead(tmp_path, rng, monkeypatch):
+    # An h5ad X is read block by block in a thread one block ahead of the writer; the
+    # store is the same as reading in order, and no reader thread is left behind.
+    from scalenmf.io.formats.h5ad import H5adSource
+
+    cells = (rng.random((90, 7)) < 0.4) * rng.integers(1, 9, size=(90, 7)).astype(float)
+    path = _write_cells_h5ad(tmp_path / "a.h5ad", cells)
+    import threading
+
+    reads: list[tuple[int, int]] = []
+    where: set[str] = set()
+    read = H5adSource._read
+
+    def spy(self, a, b):
+        reads.append((a, b))
+        where.add(threading.current_thread().name.split("_")[0])
+        return read(self, a, b)
+
+    monkeypatch.setattr(H5adSource, "_read", spy)
+    out = convert(path, tmp_path / "x.zarr", block_cols=8)
+    assert where == {"read-ahead"}
+    assert reads == [(a, min(a + 8, 90)) for a in range(0, 90, 8)]  # in order, once each
+    out = open_matrix(out)
+    np.testing.assert_array_equal(dense(out), cells.T)
+    assert out.col_labels[89] == "c89" and out.row_labels[6] == "g6"
+    assert _read_ahead_threads() == []
+
+
+def test_convert_h5ad_bad_value_late_stops_the_read_ahead(tmp_path, rng):
+    cells = (rng.random((90, 7)) < 0.4) * rng.integers(1, 9, size=(90, 7)).astype(float)
+    cells[61, 3] = -2.0
+    path = _write_cells_h5ad(tmp_path / "a.h5ad", cells)
+    with pytest.raises(InputError, match=r"-2\.0 at row 3 \('g3'\), column 61 \('c61'\)"):
+        convert(path, tmp_path / "x.zarr", block_cols=8)
+    assert _read_ahead_threads() == []
+    assert leftovers(tmp_path, {"a.h5ad"}) == []
+
+
+def _chunk_bytes(array_dir: Path) -> list[bytes]:
+    """The stored chunk files of a 1-D Zarr array (v2 keys 0, 1, …; v3 keys c/0, c/1, …)."""
+    base = array_dir / "c" if (array_dir / "c").is_dir() else array_dir
+    keys = sorted((p for p in base.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    return [p.read_bytes() for p in keys]
+
+
+def _csr_group(path: Path, cells: sp.csr_matrix, compressor, chunk: int = 7) -> Path:
+    """An AnnData-style cells × genes CSR group X in a Zarr v2 store, with ``compressor``."""
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    g = root.create_group("X")
+    g.attrs.update(
+        {"encoding-type": "csr_matrix", "encoding-version": "0.1.0", "shape": list(cells.shape)}
+    )
+    for name, values in (("data", cells.data), ("indices", cells.indices)):
+        arr = g.create_array(
+            name, shape=values.shape, chunks=(chunk,), dtype=values.dtype, compressor=compressor
+        )
+        arr[:] = values
+    g.create_array("indptr", shape=cells.indptr.shape, dtype=np.int64)[:] = cells.indptr
+    return path
+
+
+def _no_encoding(monkeypatch) -> None:
+    import scalenmf.io.zarr_store as zarr_store
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a chunk was encoded: the copy was not taken")
+
+    monkeypatch.setattr(zarr_store._ChunkFiles, "put", refuse)
+
+
+def test_convert_anndata_zarr_copies_sparse_chunks_without_reencoding(tmp_path, rng, monkeypatch):
+    # AnnData's cells × genes CSR is our genes × cells CSC: its data and indices chunks
+    # go to the store byte for byte (values still checked); indptr and labels are new.
+    ad = pytest.importorskip("anndata")
+    _no_encoding(monkeypatch)
+    cells = (rng.random((80, 9)) < 0.3) * rng.integers(1, 9, size=(80, 9))
+    a = ad.AnnData(X=sp.csr_matrix(cells.astype(np.float32)))
+    a.obs_names = [f"c{i}" for i in range(80)]
+    a.var_names = [f"g{i}" for i in range(9)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a.write_zarr(tmp_path / "a.zarr")
+    out = convert(tmp_path / "a.zarr", tmp_path / "x.zarr")
+    for name in ("data", "indices"):
+        assert _chunk_bytes(tmp_path / "x.zarr" / "X" / name) == _chunk_bytes(
+            tmp_path / "a.zarr" / "X" / name
+        )
+    src = open_matrix(out)
+    assert src.is_sparse and src.shape == (9, 80) and src.dtype == np.float32
+    np.testing.assert_array_equal(dense(src), cells.T)
+    assert src.row_labels[8] == "g8" and src.col_labels[79] == "c79"
+    # A store of ours is copied the same way.
+    again = convert(out, tmp_path / "y.zarr")
+    assert _chunk_bytes(tmp_path / "y.zarr" / "X" / "data") == _chunk_bytes(
+        tmp_path / "x.zarr" / "X" / "data"
+    )
+    np.testing.assert_array_equal(dense(open_matrix(again)), cells.T)
+
+
+@pytest.mark.parametrize("codec", ["zstd", "gzip", "none"])
+def test_convert_sparse_zarr_copy_reads_other_compressors(tmp_path, codec, monkeypatch):
+    from numcodecs import GZip, Zstd
+
+    _no_encoding(monkeypatch)
+
+    compressor = {"zstd": Zstd(level=3), "gzip": GZip(level=5), "none": None}[codec]
+    cells = sp.random(40, 6, density=0.4, format="csr", random_state=3, dtype=np.float64)
+    cells.data = np.ceil(cells.data * 9)
+    path = _csr_group(tmp_path / "a.zarr", cells, compressor)
+    out = convert(path, tmp_path / "x.zarr")
+    assert _chunk_bytes(tmp_path / "x.zarr" / "X" / "data") == _chunk_bytes(
+        tmp_path / "a.zarr" / "X" / "data"
+    )
+    np.testing.assert_array_equal(dense(open_matrix(out)), cells.toarray().T)
+
+
+def test_convert_sparse_zarr_that_needs_rewriting_is_rewritten(tmp_path):
+    from numcodecs import Blosc
+
+    # Rows out of order and repeated in a cell (summed), integer values (cast): not copied.
+    cells = sp.csr_matrix(
+        (np.array([2, 1, 4, 3]), np.array([3, 1, 1, 0]), np.array([0, 3, 3, 4])), shape=(3, 5)
+    )
+    path = _csr_group(tmp_path / "a.zarr", cells, Blosc(cname="lz4", clevel=5), chunk=2)
+    out = open_matrix(convert(path, tmp_path / "x.zarr"))
+    expected = np.zeros((5, 3))
+    expected[3, 0], expected[1, 0], expected[0, 2] = 2, 5, 3
+    np.testing.assert_array_equal(dense(out), expected)
+    assert out.nnz == 3 and out.dtype == np.float64
+    floats = sp.csr_matrix(cells, dtype=np.float64)
+    path = _csr_group(tmp_path / "b.zarr", floats, Blosc(cname="lz4", clevel=5), chunk=2)
+    np.testing.assert_array_equal(dense(open_matrix(convert(path, tmp_path / "y.zarr"))), expected)
+
+
+def test_convert_sparse_zarr_copy_refuses_bad_values_leaving_nothing(tmp_path):
+    from numcodecs import Blosc
+
+    cells = sp.csr_matrix(np.array([[0.0, 1.0], [2.0, 0.0], [0.0, -3.0]]))
+    path = _csr_group(tmp_path / "a.zarr", cells, Blosc(cname="lz4", clevel=5), chunk=2)
+    with pytest.raises(InputError, match=r"-3\.0 at row 1, column 2"):
+        convert(path, tmp_path / "x.zarr")
+    assert leftovers(tmp_path, {"a.zarr"}) == []
+
+
 def test_convert_real_catalog(tmp_path):
     out = convert(CATALOG, tmp_path / "cat.zarr", memory_limit="256KB")
     src = open_matrix(out)
@@ -427,7 +588,7 @@ def test_parse_bytes():
 def test_progress_bar_goes_to_stderr(tmp_path, rng, capsys):
     convert(rng.random((3, 40)), tmp_path / "x.zarr", block_cols=5, progress=True)
     captured = capsys.readouterr()
-    assert captured.out == "" and "40/40" in captured.err
+    assert captured.out == "" and "960/960" in captured.err  # 3 × 40 float64 values
 
 
 @pytest.mark.parametrize("fmt", ["mtx", "tsv"])
@@ -449,6 +610,26 @@ def test_progress_bar_reports_bytes_per_second(tmp_path, rng, capsys, fmt):
     assert f"reading {path.name}" in err and "B/s" in err
     size = path.stat().st_size
     assert f"{size}/{size}" in err.replace(".0", "") or "100%" in err
+
+
+@pytest.mark.parametrize("fmt", ["h5ad", "npy", "mtx"])
+def test_progress_bar_of_the_writer_reports_bytes_per_second(tmp_path, rng, capsys, fmt):
+    # Inputs without a text reader (h5ad, npy, stores) show their rate too: the writer's
+    # bar counts the bytes of the matrix it writes, and ends at its size.
+    X = rng.poisson(1.0, size=(30, 40)).astype(float)
+    if fmt == "h5ad":
+        path = _write_cells_h5ad(tmp_path / "x.h5ad", X.T)
+    elif fmt == "npy":
+        path = tmp_path / "x.npy"
+        np.save(path, X)
+    else:
+        path = tmp_path / "x.mtx"
+        scipy.io.mmwrite(path, sp.coo_matrix(X), field="integer")
+    convert(path, tmp_path / "x.zarr", progress=True, memory_limit="64KB")
+    err = capsys.readouterr().err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("writing")]
+    assert lines and all("B/s" in line for line in lines[1:])
+    assert "100%" in lines[-1]  # the bytes written add up to the matrix's size
 
 
 # -- properties ----------------------------------------------------------------------------------

@@ -110,6 +110,10 @@ class H5adSource(MatrixSource):
         Column (cell) ranges; planned from the size when omitted.
     """
 
+    #: h5py releases the GIL while it reads: a writer may read the next block in a
+    #: thread while it encodes this one (``zarr_store.write_source``).
+    read_ahead = True
+
     def __init__(self, path: str, block_bounds: Bounds | None = None):
         super().__init__()
         self.path = str(path)

@@ -26,6 +26,7 @@ import contextlib
 import io
 import itertools
 import logging
+import os
 import re
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
@@ -143,6 +144,8 @@ class _TextLines:
 
 
 _DIGITS = b"0123456789"
+#: Bytes of a chunk scanned per step by ``_plain_lines`` (fits in a core's cache).
+_SCAN_BYTES = 1 << 18
 #: What is left of single-spaced "row col value" lines once their digits are gone, when
 #: the indices are plain digits and the value is a float's spelling: two separators, then
 #: at most a point, an exponent mark and the exponent's sign, in that order.
@@ -203,6 +206,36 @@ def _chunks(fh: IO[bytes], chunk_bytes: int) -> Generator[bytes, None, None]:
         pool.shutdown(wait=False)
 
 
+def _plain_lines(chunk: bytes, ncols: int) -> int | None:
+    """Lines of ``chunk`` when it is lines of ``ncols`` plain unsigned integers, each
+    followed by one space (the last by the newline); None otherwise.
+
+    Three vectorized counts, no per-line pass: every byte that is not a digit must be a
+    space or a newline, with exactly ``ncols - 1`` spaces per newline on average. A line
+    with fewer spaces has fewer than ``ncols`` tokens, which fast_matrix_market refuses
+    (it reads line by line and stops at a missing token; blank lines break its entry
+    count): so a chunk it parses has exactly ``ncols - 1`` spaces on every line, and no
+    room for the fourth token it would silently drop (``test_fmm_refuses_short_lines``)."""
+    buf = np.frombuffer(chunk, dtype=np.uint8)
+    if not buf.size or buf[-1] != 10:
+        return None
+    # In slices that stay in the cache, with one scratch buffer: whole-chunk temporaries
+    # would be fresh pages for every chunk (measured 2× slower).
+    scratch = np.empty(min(_SCAN_BYTES, buf.size), dtype=np.uint8)
+    flags = scratch.view(np.bool_)
+    other = lines = spaces = 0
+    for a in range(0, buf.size, _SCAN_BYTES):
+        part = buf[a : a + _SCAN_BYTES]
+        k = part.size
+        np.subtract(part, np.uint8(48), out=scratch[:k])  # digits to 0..9, the rest wraps
+        other += int(np.count_nonzero(np.greater(scratch[:k], np.uint8(9), out=flags[:k])))
+        lines += int(np.count_nonzero(np.equal(part, np.uint8(10), out=flags[:k])))
+        spaces += int(np.count_nonzero(np.equal(part, np.uint8(32), out=flags[:k])))
+    if other != ncols * lines or spaces != (ncols - 1) * lines:
+        return None  # a byte other than a digit, a space or a newline, or odd spacing
+    return lines
+
+
 def _entry_count(chunk: bytes, ncols: int) -> tuple[int, int, bool] | None:
     """Entry lines and lines in ``chunk`` if the fast parser reads it exactly, and whether
     every token is a plain unsigned integer (then it may be parsed as one, exactly and much
@@ -212,12 +245,12 @@ def _entry_count(chunk: bytes, ncols: int) -> tuple[int, int, bool] | None:
     characters and the index tokens are plain digits: it silently drops a fourth column or
     trailing text, and reads an index token only up to its first non-digit, taking the rest
     as the next token ("2 1.8 1" as row 2, column 1, value .8). The usual case (count
-    matrices: plain digits, one space) is settled by one pass."""
-    pattern = b" " * (ncols - 1) + b"\n"
+    matrices: plain digits, one space) is settled by ``_plain_lines``."""
+    plain = _plain_lines(chunk, ncols)
+    if plain is not None:
+        return plain, plain, True
     gaps = chunk.translate(None, _DIGITS)  # what is not a digit
     lines = gaps.count(b"\n")
-    if gaps == pattern * lines:
-        return lines, lines, True  # single-spaced lines of plain digits
     if gaps.translate(None, b" \t\r\n"):
         # Non-digits other than spaces: reals (or comments, text, NaN/inf, other bytes).
         if ncols == 2:
@@ -244,8 +277,42 @@ def _entry_count(chunk: bytes, ncols: int) -> tuple[int, int, bool] | None:
     return int(np.count_nonzero(per_line)), lines, True
 
 
+def parser_threads() -> int:
+    """Threads fast_matrix_market may use for one chunk: the cores this process may run
+    on (at most 8; more cost more than they save on chunks of 16 MiB)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def _fmm_parse(
+    body: bytes, count: int, shape: tuple[int, int], parallelism: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """fast_matrix_market's parse of a whole (header + entries) coordinate text: 0-based
+    rows and columns (int32 when the shape allows) and float64 values.
+
+    The parser writes straight into arrays made here: float64 values even for an
+    ``integer`` body (no int64 copy to convert) and no zero-filling. Falls back to the
+    public ``read_coo`` if the parser's core module ever changes its calls."""
+    import fast_matrix_market as fmm
+
+    core = getattr(fmm, "_fmm_core", None)
+    index = np.int32 if max(shape) < 2**31 else np.int64
+    try:
+        cursor = core.open_read_stream(io.BytesIO(body), parallelism)  # type: ignore[union-attr]
+        rows, cols = np.empty(count, dtype=index), np.empty(count, dtype=index)
+        vals = np.empty(count, dtype=np.float64)
+        core.read_body_coo(cursor, rows, cols, vals)  # type: ignore[union-attr]
+        return rows, cols, vals
+    except (AttributeError, TypeError):  # pragma: no cover - another fast_matrix_market
+        (vals, (rows, cols)), _ = fmm.read_coo(io.BytesIO(body), parallelism=parallelism)
+        return rows, cols, np.asarray(vals, dtype=np.float64)
+
+
 def _fast_coords(
-    chunk: bytes, header: Header, parallelism: Any
+    chunk: bytes, header: Header, parallelism: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
     """0-based rows, cols, values of one chunk by fast_matrix_market and its number of
     lines, or None (use the line-by-line parser)."""
@@ -255,39 +322,56 @@ def _fast_coords(
         return None
     count, n_lines, integral = counted
     try:
-        import fast_matrix_market as fmm
+        import fast_matrix_market  # noqa: F401
     except ImportError:  # pragma: no cover - a dependency; the line parser still works
         return None
     m, n = header.shape
     # Integers are parsed as such only when every token is digits: the integer parser
     # would read 3.5 as 3 and 1e3 as 1.
     field = "pattern" if header.field == "pattern" else "integer" if integral else "real"
-    body = f"%%MatrixMarket matrix coordinate {field} general\n{m} {n} {count}\n".encode()
+    head = f"%%MatrixMarket matrix coordinate {field} general\n{m} {n} {count}\n".encode()
     try:
-        (vals, (rows, cols)), _ = fmm.read_coo(io.BytesIO(body + chunk), parallelism=parallelism)
+        rows, cols, vals = _fmm_parse(b"".join((head, chunk)), count, (m, n), parallelism)
     except (ValueError, RuntimeError, OverflowError):
         return None  # out-of-range or malformed indices: the line parser names the line
-    vals = np.asarray(vals, dtype=np.float64)
-    if vals.size and not (np.isfinite(vals).all() and vals.min() >= 0):
-        return None
+    if vals.size:
+        # NaN fails both comparisons. Plain digits cannot be negative, only too large.
+        top = vals.max()
+        if not (top < np.inf and (integral or vals.min() >= 0)):
+            return None
     return rows, cols, vals, n_lines
 
 
 def _chunk_coords(
-    where: str, chunk: bytes, first: int, header: Header, parallelism: Any
+    where: str, chunk: bytes, first: int, header: Header, parallelism: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
     """Checked 0-based (rows, cols, values) of one chunk, its number of entries (before
     symmetric entries are mirrored) and of lines."""
     fast = _fast_coords(chunk, header, parallelism)
-    if fast is not None:
-        rows, cols, vals, n_lines = fast
-        seen = len(vals)
-        if header.symmetry == "symmetric":
-            off = rows != cols
-            rows, cols = np.concatenate([rows, cols[off]]), np.concatenate([cols, rows[off]])
-            vals = np.concatenate([vals, vals[off]])
-        return rows, cols, vals, seen, n_lines
-    lines = chunk.decode("utf-8", errors="replace").splitlines(keepends=True)
+    if fast is None:
+        return _line_coords(where, chunk, first, header)
+    rows, cols, vals, n_lines = fast
+    seen = len(vals)
+    if header.symmetry == "symmetric":
+        off = rows != cols
+        rows, cols = np.concatenate([rows, cols[off]]), np.concatenate([cols, rows[off]])
+        vals = np.concatenate([vals, vals[off]])
+    return rows, cols, vals, seen, n_lines
+
+
+def _line_coords(
+    where: str, chunk: bytes, first: int, header: Header
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """What ``_chunk_coords`` returns, read line by line (names the first bad line).
+
+    Lines end at LF, as the header is read and as the fast parser reads: the CR of a CRLF
+    is a trailing blank, and a lone CR a blank inside its line."""
+    text = chunk.decode("utf-8", errors="replace")
+    if "\r" in text:
+        text = text.replace("\r", " ")
+    lines = text.split("\n")
+    if lines and not lines[-1]:
+        lines.pop()  # the chunk ends with its last line's LF
     ncols = 2 if header.field == "pattern" else 3
     arr = _parse_lines(where, lines, first, ncols)
     r, c, v = _coords(where, arr, header, first)
@@ -399,6 +483,30 @@ def _count_error(where: str, header: Header, seen: int) -> InputError:
     return InputError(f"{where!r} has {seen} entries, more than the {header.nnz} its header says")
 
 
+class _Tally:
+    """Entries and lines of a body read so far, held to the header's entry count: what the
+    serial, the Dask and the array readers all check (``first`` is the line number of the
+    next chunk's first line, for messages)."""
+
+    def __init__(self, where: str, header: Header):
+        self.where = where
+        self.header = header
+        self.seen = 0
+        self.first = header.first_data_line
+
+    def add(self, entries: int, lines: int = 0) -> None:
+        """Count a chunk's entries and lines; raise as soon as there are too many."""
+        self.first += lines
+        self.seen += entries
+        if self.seen > self.header.nnz:
+            raise _count_error(self.where, self.header, self.seen)
+
+    def finish(self) -> None:
+        """At the end of the body: raise unless the count is exactly the header's."""
+        if self.seen != self.header.nnz:
+            raise _count_error(self.where, self.header, self.seen)
+
+
 # -- labels ------------------------------------------------------------------------------------
 def _side_file(path: Path, names: tuple[str, ...]) -> Path | None:
     lower = path.name.lower()
@@ -416,9 +524,12 @@ def _side_file(path: Path, names: tuple[str, ...]) -> Path | None:
 def _read_labels(path: Path, length: int) -> np.ndarray:
     with open_text(path) as fh:
         try:
-            labels = [line.rstrip("\r\n").split("\t")[0] for line in fh if line.strip()]
+            text = fh.read()  # one read and one split: a third of the time of line by line
         except (OSError, EOFError, UnicodeDecodeError) as exc:
             raise InputError(f"cannot read labels from {str(path)!r}: {exc}") from exc
+    if "\r" in text:  # lines end at LF, CRLF or a lone CR, as text files are read
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    labels = [line.split("\t", 1)[0] for line in text.split("\n") if line.strip()]
     if len(labels) != length:
         raise InputError(f"{str(path)!r} has {len(labels)} labels, but the matrix needs {length}")
     return np.asarray(labels, dtype=str)
@@ -460,8 +571,8 @@ def _coordinate_entries(
     """Checked 0-based (rows, cols, values) of a coordinate body, chunk by chunk; raises
     ``InputError`` on a bad line or an entry count that disagrees with the header."""
     where = str(path)
-    seen = 0
-    first = header.first_data_line
+    tally = _Tally(where, header)
+    threads = parser_threads()
     chunks = _chunks(fh, chunk_bytes)
     # Closed here, in this thread, on every exit: the read-ahead thread must be done with
     # ``fh`` before anyone else touches or closes it. Left to the garbage collector, the
@@ -472,21 +583,21 @@ def _coordinate_entries(
                 item = next(chunks, None)
             except Exception as exc:  # zlib / ISA-L / OS errors of a damaged stream
                 raise InputError(
-                    f"cannot read {where!r} after line {first} (corrupt or truncated file?): {exc}"
+                    f"cannot read {where!r} after line {tally.first} "
+                    f"(corrupt or truncated file?): {exc}"
                 ) from exc
             if item is None:
                 break
-            # One parser thread: the parser holds the GIL throughout, and its own threads
-            # cost more CPU than they save on chunks of this size (measured on 2 cores:
-            # 0.69 s against 0.47 s for the 5·10⁶-entry benchmark file).
-            rows, cols, vals, count, n_lines = _chunk_coords(where, item, first, header, 1)
-            first += n_lines
-            seen += count
-            if seen > header.nnz:
-                raise _count_error(where, header, seen)
+            # The parser holds the GIL throughout a call, so nothing else of this process
+            # runs beside it: its own threads are the only way to parse on several cores
+            # (on 2 quiet cores 0.13 s against 0.19 s for the 5·10⁶-entry benchmark
+            # file, for about 25 % more CPU).
+            rows, cols, vals, count, n_lines = _chunk_coords(
+                where, item, tally.first, header, threads
+            )
+            tally.add(count, n_lines)
             yield rows, cols, vals
-    if seen != header.nnz:
-        raise _count_error(where, header, seen)
+    tally.finish()
 
 
 def _parse_piece(piece: Any, header: Header) -> tuple[Any, ...] | None:
@@ -587,8 +698,7 @@ def _dask_entries(
         future = client.submit(_parse_piece, payload, header, pure=False)
         pending.append((future, spec, size))
 
-    seen = 0
-    first = header.first_data_line
+    tally = _Tally(where, header)
     try:
         for _ in range(window):
             submit()
@@ -601,20 +711,16 @@ def _dask_entries(
             submit()
             if parsed is None:
                 rows, cols, vals, count, n_lines = _chunk_coords(
-                    where, local(spec), first, header, 1
+                    where, local(spec), tally.first, header, 1
                 )
             else:
                 rows, cols, vals, n_lines = parsed
                 count = len(vals)
             if counted and size:
                 bar.update(size)
-            first += n_lines
-            seen += count
-            if seen > header.nnz:
-                raise _count_error(where, header, seen)
+            tally.add(count, n_lines)
             yield rows, cols, vals
-        if seen != header.nnz:
-            raise _count_error(where, header, seen)
+        tally.finish()
     finally:
         for future, _, _ in pending:
             future.cancel()
@@ -778,16 +884,20 @@ class SortedStream(MatrixSource):
             while not self._parts or int(self._parts[-1][1][-1]) < stop:
                 if not self._pull():
                     break
-            # Entries of this block: the leading parts up to the first column >= stop.
+            # Entries of this block: the leading parts up to the first column >= stop. The
+            # parts are sorted by column (checked in ``_pull``), so concatenated they are
+            # in CSC order, and each part's column starts are found by binary search
+            # rather than by a pass over its entries.
             taken: list[tuple[np.ndarray, np.ndarray]] = []
-            counts = np.zeros(width, dtype=np.int64)
+            indptr = np.zeros(width + 1, dtype=np.int64)
             while self._parts:
                 rows, cols, vals = self._parts[0]
-                # A scalar of the array's own type: a Python int would cast the array.
-                cut = int(np.searchsorted(cols, cols.dtype.type(stop), side="left"))
+                # Edges of the array's own type: Python ints would cast the array.
+                edges = np.searchsorted(cols, np.arange(start, stop + 1, dtype=cols.dtype))
+                cut = int(edges[-1])
                 if cut:
                     taken.append((rows[:cut], vals[:cut]))
-                    counts += np.bincount(cols[:cut] - start, minlength=width)
+                    indptr += edges
                 if cut < len(cols):
                     self._parts[0] = (rows[cut:], cols[cut:], vals[cut:])
                     break
@@ -800,8 +910,6 @@ class SortedStream(MatrixSource):
         except BaseException:
             self.close()
             raise
-        indptr = np.zeros(width + 1, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
         if len(taken) == 1:
             rows, vals = taken[0][0], taken[0][1]
         elif taken:
@@ -847,20 +955,17 @@ def _stage_body(path: Path, fh: IO[bytes], header: Header, ctx: StageContext) ->
         col_chunk = ctx.plan(xm, xn, 1.0) if ctx.transpose else None
         staged = RowStage(ctx.workdir, m, rows_per, name="mtx", col_chunk=col_chunk)
         pending = np.empty(0)
-        seen = 0
+        tally = _Tally(where, header)
         for first, arr in _batches(path, text, header, batch_lines):
             vals = arr.ravel()
-            seen += vals.size
-            if seen > header.nnz:
-                raise _count_error(where, header, seen)
+            tally.add(vals.size)
             _check_values(where, vals, first)
             pending = np.concatenate([pending, vals])
             full = (pending.size // max(m, 1)) * m
             if full:
                 staged.append(pending[:full].reshape(-1, m))
                 pending = pending[full:]
-        if seen != header.nnz:
-            raise _count_error(where, header, seen)
+        tally.finish()
         return staged.source(transposed=not ctx.transpose)
     density = header.nnz / max(1, m * n)
     # The scatter buffer holds an eighth of the budget (16 bytes an entry), a chunk of text

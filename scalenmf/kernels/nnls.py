@@ -79,8 +79,12 @@ def _load_compiled() -> Any:
     ``SCALENMF_NO_COMPILED=1``): the numpy code then runs, same results to round-off."""
     if os.environ.get("SCALENMF_NO_COMPILED", "") not in ("", "0"):
         return None
+    import importlib
+
     try:
-        from scalenmf.kernels import _nnls
+        # By module name: the optional extension, not the package (whose __init__ imports
+        # this module).
+        _nnls = importlib.import_module("scalenmf.kernels._nnls")
     except ImportError:
         return None
     return _nnls if getattr(_nnls, "ABI", None) == NNLS_ABI else None

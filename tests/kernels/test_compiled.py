@@ -345,3 +345,14 @@ def test_a_kl_projection_is_the_mu_projection_at_its_optimum(monkeypatch):
     monkeypatch.setattr(fixed, "COMPILED_KL", None)
     slow = scalenmf.project(W, X, loss="kl", tol=1e-12, max_iter=20000, progress=False)
     np.testing.assert_allclose(np.asarray(fast.H), np.asarray(slow.H), rtol=1e-3, atol=1e-3)
+
+
+@needs_build
+@pytest.mark.parametrize("bad", [-1.0, np.nan, np.inf])
+def test_kl_coordinate_descent_refuses_negative_or_non_finite_data(bad):
+    from scalenmf.kernels import fixed
+
+    W, X = _kl_problem(6, n=8)
+    X[2, 3] = bad
+    with pytest.raises(ValueError, match="finite, non-negative"):
+        fixed.solve_fixed_basis_kl(W, X)

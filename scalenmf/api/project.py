@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from scalenmf.api._common import (
+    ClusterOptions,
     best_run,
     check_rank,
     checked_params,
@@ -31,8 +33,10 @@ from scalenmf.io.combine import RowOrderedSource, row_order
 from scalenmf.io.errors import InputError
 from scalenmf.io.source import MatrixSource, as_str_array
 from scalenmf.io.state_store import columns_array
+from scalenmf.kernels.quantiles import chunked_median
 from scalenmf.models.init import random_w
 from scalenmf.models.linked import LinkedLayout, LinkedModel
+from scalenmf.models.memory import FitShape, projection_sample_bytes, projection_spills
 from scalenmf.models.step import dataset_totals, fit_stats_step, initial_states
 from scalenmf.models.transfer import ProjectedBlock, ProjectionPlan, project_step
 from scalenmf.results.linked import ProjectionResult
@@ -113,33 +117,63 @@ def align_to_basis(
 
 
 def novelty_flags(
-    cosine: np.ndarray, rel: np.ndarray, below: float | None, z_above: float | None
-) -> tuple[np.ndarray, dict[str, Any]]:
+    cosine: Any, rel: Any, below: float | None, z_above: float | None, *, where: Any = None
+) -> tuple[Any, dict[str, Any]]:
     """Samples the basis explains poorly: low cosine, or a relative error that is an outlier.
 
     The outlier rule is the modified z-score ``0.6745 (e − median) / MAD`` of the relative
     errors of the batch (Iglewicz & Hoaglin), flagged above ``z_above``.
+
+    ``cosine`` and ``rel`` (n,) are ndarrays, or arrays in storage (a projection too large
+    to hold its per-sample figures): then they are read a chunk at a time, the median and
+    MAD found by ``chunked_median`` (the same values as ``np.median``), and the flags
+    written to a scratch array in ``where`` (default location when None) and returned as it.
     """
-    finite = np.isfinite(cosine)
-    low = np.zeros(cosine.shape, dtype=bool)
-    if below is not None:
-        low = finite & (cosine < below)
-    outlier = np.zeros(cosine.shape, dtype=bool)
-    z = np.zeros(cosine.shape)
-    if z_above is not None and finite.any():
-        e = rel[finite]
-        med = float(np.median(e))
-        mad = float(np.median(np.abs(e - med)))
-        if mad > 0:
-            z[finite] = 0.6745 * (e - med) / mad
+    stored = not isinstance(rel, np.ndarray) or not isinstance(cosine, np.ndarray)
+    n = int(rel.shape[0])
+    step = int(rel.chunks[0]) if stored else max(1, n)
+
+    def pieces() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for a in range(0, n, step):
+            yield np.asarray(cosine[a : a + step]), np.asarray(rel[a : a + step])
+
+    med = mad = 0.0
+    if z_above is not None:
+        if stored:
+            med = chunked_median(lambda: (e[np.isfinite(c)] for c, e in pieces()))
+            mad = chunked_median(lambda: (np.abs(e[np.isfinite(c)] - med) for c, e in pieces()))
+        elif np.isfinite(cosine).any():
+            e = rel[np.isfinite(cosine)]
+            med = float(np.median(e))
+            mad = float(np.median(np.abs(e - med)))
+    flags = columns_array(where, (n,), bool, step, "novel") if stored else None
+    parts: list[np.ndarray] = []
+    n_low = n_outlier = 0
+    for a, (c, e) in zip(range(0, n, step), pieces(), strict=True):
+        finite = np.isfinite(c)
+        low = np.zeros(c.shape, dtype=bool)
+        if below is not None:
+            low = finite & (c < below)
+        outlier = np.zeros(c.shape, dtype=bool)
+        if z_above is not None and mad > 0:
+            z = np.zeros(c.shape)
+            z[finite] = 0.6745 * (e[finite] - med) / mad
             outlier = finite & (z > z_above)
+        n_low += int(low.sum())
+        n_outlier += int(outlier.sum())
+        if flags is not None:
+            flags[a : a + c.shape[0]] = low | outlier
+        else:
+            parts.append(low | outlier)
     rule = {
         "cosine_below": below,
         "robust_z_above": z_above,
-        "n_low_cosine": int(low.sum()),
-        "n_outlier_error": int(outlier.sum()),
+        "n_low_cosine": n_low,
+        "n_outlier_error": n_outlier,
     }
-    return low | outlier, rule
+    if flags is not None:
+        return flags, rule
+    return (parts[0] if parts else np.zeros(0, dtype=bool)), rule
 
 
 def project(
@@ -305,10 +339,45 @@ def project(
     p.update(backend=where["backend"], device=where["device"])
     dtype_ = work_dtype(gpu_dtype(dtype, where["device"]), source)
     basis = np.ascontiguousarray(basis, dtype=dtype_)
+    source, cluster = projection_memory(
+        cluster, source, basis.shape[1], p, dtype_.itemsize, fixed_blocking=block_cols is not None
+    )
     with cluster.executor(source) as executor:
         return project_on_executor(
             executor, source, basis, p, dtype_, W_labels, factor_labels, progress, callback, t0
         )
+
+
+def projection_memory(
+    cluster: ClusterOptions,
+    source: MatrixSource,
+    k: int,
+    p: dict[str, Any],
+    itemsize: int,
+    *,
+    fixed_blocking: bool = False,
+) -> tuple[MatrixSource, ClusterOptions]:
+    """The memory plan of a projection: blocking, X held or not, the output held or not.
+
+    The blocking and concurrency are the fit's plan for the same rank (``fit_memory``;
+    it refuses a limit too small for one block at a time). On top of it: a projection
+    without transfer learning reads X once, so X is never held (a cache would only add
+    X's size to the peak); and its per-sample output (H, its bootstrap bounds, the
+    per-sample figures and flags) goes to scratch arrays block by block when in memory
+    it would pass ``STATE_SHARE`` of the limit (``projection_spills``).
+    """
+    rows = k + p["k_new"]
+    shape = FitShape(rows, p["n_runs"] if p["k_new"] else 1, p["loss"], "random", itemsize)
+    source, planned = cluster.fit_memory(source, shape, fixed_blocking=fixed_blocking)
+    keep = planned.keep_x if p["k_new"] else False
+    spill = planned.spill_states
+    if not cluster.workers and cluster.scheduler is None and not cluster.scheduler_file:
+        per_sample = projection_sample_bytes(rows, itemsize, bool(p["bootstrap"]), bool(p["k_new"]))
+        out = projection_spills(source.shape[1], per_sample, cluster.memory_limit)
+        if out is not None:
+            spill = bool(spill) or out
+    log.info("projection memory plan: keep X %s, output out of memory %s", keep, spill)
+    return source, dataclasses.replace(planned, keep_x=keep, spill_states=spill)
 
 
 def project_on_executor(
@@ -363,7 +432,9 @@ def project_on_executor(
         new_share = got["new_share"]
     else:
         bcos, brel, new_share = cosine, rel, None
-    novel, rule = novelty_flags(bcos, brel, p["novelty_cosine"], p["novelty_z"])
+    novel, rule = novelty_flags(
+        bcos, brel, p["novelty_cosine"], p["novelty_z"], where=getattr(executor, "scratch", None)
+    )
     xx = float(totals["xx"])
     recon = float(totals["recon_sum"])
     explained = {
@@ -421,8 +492,6 @@ def default_tol(tol: float | None, solver: str | None, loss: str) -> float:
 
 
 def _replace(plan: ProjectionPlan, **changes: Any) -> ProjectionPlan:
-    import dataclasses
-
     return dataclasses.replace(plan, **changes)
 
 
@@ -444,9 +513,10 @@ def _gather_blocks(
 ) -> dict[str, Any]:
     """The blocks' per-sample results joined along samples, one block state at a time.
 
-    When the executor keeps its block states in a scratch store (``spill``), H and its
-    bootstrap bounds are written block by block to scratch Zarr arrays (k × n never in
-    memory); the per-sample vectors are joined in memory.
+    When the executor keeps its block states out of memory (``stream_states``: the memory
+    plan found them too large), H, its bootstrap bounds and the per-sample figures are
+    written block by block to scratch Zarr arrays and returned as those: nothing of size
+    n is held in memory.
     """
     n = source.shape[1]
     spill = getattr(executor, "stream_states", False)
@@ -461,11 +531,13 @@ def _gather_blocks(
             value = getattr(block, name)
             if value is None:
                 continue
-            if spill and name in matrices:
+            if spill:
                 if name not in out:
                     where = getattr(executor, "scratch", None)
-                    out[name] = columns_array(where, (value.shape[0], n), dtype, widest, name)
-                out[name][:, a:b] = value
+                    shape = (value.shape[0], n) if name in matrices else (n,)
+                    kind = dtype if name in matrices else value.dtype
+                    out[name] = columns_array(where, shape, kind, widest, name)
+                out[name][..., a:b] = value
             else:
                 parts[name].append(value)
     for name, values in parts.items():

@@ -224,20 +224,23 @@ class StateStore:
 
 
 def columns_array(
-    where: Any, shape: tuple[int, int], dtype: Any, chunk_cols: int, name: str = "H"
+    where: Any, shape: tuple[int, ...], dtype: Any, chunk_cols: int, name: str = "H"
 ) -> zarr.Array:
-    """An empty (rows, n) array in a fresh scratch store, filled by column blocks.
+    """An empty (rows, n) or (n,) array in a fresh scratch store, filled by column blocks.
 
-    For a result's H when the block states were kept out of memory: the fit writes it block
-    by block and hands it on as this array (read lazily, saved chunk by chunk). The store is
-    removed when the array object is garbage-collected (or the process exits).
+    For a result's H (or a per-sample figure) when the block states were kept out of
+    memory: the fit writes it block by block and hands it on as this array (read lazily,
+    saved chunk by chunk). The store is removed when the array object is garbage-collected
+    (or the process exits).
     """
     path = scratch_location(where)
     root = zarr.open_group(storage.zarr_store(path, read_only=False), mode="w")
+    dims = tuple(int(s) for s in shape)
+    chunks = (*(max(1, s) for s in dims[:-1]), max(1, min(dims[-1], int(chunk_cols))))
     arr = root.create_array(
         name,
-        shape=tuple(int(s) for s in shape),
-        chunks=(max(1, int(shape[0])), max(1, min(int(shape[1]), int(chunk_cols)))),
+        shape=dims,
+        chunks=chunks,
         dtype=np.dtype(dtype),
         compressors=None,
         fill_value=0,

@@ -378,3 +378,31 @@ def plan_memory(
 def _keep_x(source: MatrixSource, held: dict[str, int], room: float) -> bool:
     """Hold X in memory when it is there already or when it fits with everything else."""
     return source.in_memory or sum(held.values()) <= room
+
+
+# -- projection ---------------------------------------------------------------------------
+
+
+def projection_sample_bytes(rows: int, itemsize: int, bootstrap: bool, transfer: bool) -> int:
+    """Bytes a projection keeps for every sample until it is collected.
+
+    H (``rows`` values in the working dtype; with the bootstrap its lower and upper bounds
+    too), the per-sample figures (float64: cosine and relative error, and with transfer
+    learning those of the basis alone and the new factors' share) and the novelty flag.
+    """
+    matrices = rows * itemsize * (3 if bootstrap else 1)
+    vectors = 8 * (5 if transfer else 2)
+    return int(matrices + vectors + 1)
+
+
+def projection_spills(n: int, per_sample: int, limit: int | None) -> bool | None:
+    """Whether a projection of ``n`` samples keeps its per-sample output out of memory.
+
+    In memory the blocks' outputs and their joined copies are held together (twice
+    ``per_sample`` bytes a sample); past ``STATE_SHARE`` of ``limit`` they go to scratch
+    arrays block by block instead, so that memory does not grow with n. None without a
+    limit (the executor's own rule: in memory).
+    """
+    if limit is None:
+        return None
+    return 2 * n * per_sample > local.STATE_SHARE * limit

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from scalenmf.kernels.quantiles import chunked_median
 from scalenmf.results.base import Result, need
 
 
@@ -364,6 +366,13 @@ class ProjectionResult(Result):
     def k_new(self) -> int:
         return 0 if self.U is None else int(self.U.shape[1])
 
+    @property
+    def n_novel(self) -> int:
+        """How many samples are flagged novel (counted a chunk at a time when stored)."""
+        if isinstance(self.novel, np.ndarray):
+            return int(np.count_nonzero(self.novel))
+        return sum(int(np.count_nonzero(c)) for c in _chunks(self.novel))
+
     def attrs(self) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -374,17 +383,21 @@ class ProjectionResult(Result):
                 relative_error=float(self.overall_relative_error),
                 explained=self.explained,
                 novelty=self.novelty,
-                n_novel=int(np.count_nonzero(self.novel)),
+                n_novel=self.n_novel,
             ),
         }
 
     def summary(self) -> dict[str, Any]:
         """Figures worth printing: sample count, median cosine, novel samples, shares."""
-        finite = self.cosine[np.isfinite(self.cosine)]
+        if isinstance(self.cosine, np.ndarray):
+            finite = self.cosine[np.isfinite(self.cosine)]
+            median = float(np.median(finite)) if finite.size else float("nan")
+        else:  # kept in storage (a projection too large to hold): read a chunk at a time
+            median = chunked_median(lambda: _chunks(self.cosine))
         return {
             "n_samples": int(self.H.shape[1]),
-            "median_cosine": float(np.median(finite)) if finite.size else float("nan"),
-            "n_novel": int(np.count_nonzero(self.novel)),
+            "median_cosine": median,
+            "n_novel": self.n_novel,
             **self.explained,
         }
 
@@ -395,7 +408,7 @@ class ProjectionResult(Result):
             "H": self.H,
             "cosine": self.cosine,
             "relative_error": self.relative_error,
-            "novel": self.novel.astype(bool),
+            "novel": self.novel.astype(bool) if isinstance(self.novel, np.ndarray) else self.novel,
             "basis_cosine": self.basis_cosine,
             "basis_relative_error": self.basis_relative_error,
         }
@@ -447,6 +460,13 @@ class ProjectionResult(Result):
             f"median cosine={s['median_cosine']:.4g}",
             f"novel={s['n_novel']}",
         ]
+
+
+def _chunks(values: Any) -> Iterator[np.ndarray]:
+    """A per-sample vector kept in storage, one stored chunk at a time."""
+    step = int(values.chunks[0])
+    for a in range(0, int(values.shape[0]), step):
+        yield np.asarray(values[a : a + step])
 
 
 # -- loaders ----------------------------------------------------------------------------

@@ -360,12 +360,14 @@ def test_info_does_not_start_dask(tmp_path):
 
 
 def test_info_on_a_dense_store_loads_only_what_reading_it_needs(tmp_path):
-    """``scalenmf info`` on a dense store reads it with zarr and numpy; scipy.sparse (a
-    large share of start-up), the text and HDF5 parsers (and our modules for them), the
-    result readers and dask stay unloaded."""
+    """``scalenmf info`` on a dense store reads its metadata with json and numpy; zarr and
+    numcodecs (most of start-up), scipy.sparse, the text and HDF5 parsers (and our modules
+    for them), the result readers and dask stay unloaded."""
     store = tmp_path / "x.zarr"
     scalenmf.write_matrix(store, np.ones((4, 6)))
     unwanted = (
+        "zarr",
+        "numcodecs",
         "scipy",
         "pandas",
         "h5py",
@@ -385,6 +387,28 @@ def test_info_on_a_dense_store_loads_only_what_reading_it_needs(tmp_path):
         "except SystemExit as exc:\n"
         "    assert not exc.code, exc.code\n"
         f"print(json.dumps({{m: m in sys.modules for m in {unwanted!r}}}))\n"
+    )
+    loaded = _fresh(code)
+    assert not any(loaded.values()), loaded
+
+
+def test_info_on_local_stores_does_not_import_zarr(tmp_path):
+    """A sparse store with labels and a result store are described from their metadata
+    too: only their small arrays (indptr, labels) are decoded, by numcodecs."""
+    sparse = scalenmf.write_matrix(
+        tmp_path / "s.zarr", sp.random(8, 30, density=0.2, random_state=0), col_labels=range(30)
+    )
+    result = scalenmf.nmf(np.ones((6, 5)) + np.eye(6, 5), 2, max_iter=3, tol=0)
+    stores = [str(sparse), result.save(tmp_path / "r.zarr")]
+    code = (
+        "import sys, json\n"
+        "from scalenmf.cli.main import main\n"
+        f"for store in {stores!r}:\n"
+        "    try:\n"
+        "        main(['info', store])\n"
+        "    except SystemExit as exc:\n"
+        "        assert not exc.code, exc.code\n"
+        "print(json.dumps({m: m in sys.modules for m in ('zarr', 'scipy', 'dask')}))\n"
     )
     loaded = _fresh(code)
     assert not any(loaded.values()), loaded

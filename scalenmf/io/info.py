@@ -7,17 +7,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
+from scalenmf.io import zarr_json
 from scalenmf.io.errors import InputError
+from scalenmf.io.planning import (
+    DEFAULT_BLOCK_BYTES,
+    MIN_SPREAD_VALUES,
+    align_bounds,
+    bounds_by_nnz,
+    plan_block_cols,
+)
 from scalenmf.io.readers import readers
-from scalenmf.io.source import MatrixSource
+from scalenmf.io.source import MatrixSource, as_str_array, float_dtype, summary
 
-# ``scalenmf info`` starts in a fresh process: what only some inputs need (the text and
-# single-cell format modules, the result readers, in-memory arrays) is imported when used.
+# ``scalenmf info`` starts in a fresh process: what only some inputs need (zarr, the text
+# and single-cell format modules, the result readers, in-memory arrays) is imported when
+# used. A local Zarr v3 store that scalenmf wrote is described from its metadata read with
+# json (``scalenmf.io.zarr_json``), without zarr (about 0.2 s of import); anything that
+# reader does not fully understand is opened with zarr as before, which also gives the
+# errors for damaged stores.
 
 #: How many labels of each axis ``describe`` shows.
 N_FIRST_LABELS = 5
+
+#: Result stores with more than W and H (``scalenmf.io.linked_results``): info lists them.
+MODELS = ("lnmf", "inmf", "projection")
 
 #: Result attributes shown when present, in this order.
 RESULT_ATTRS = (
@@ -64,6 +78,11 @@ def describe(obj: Any) -> dict[str, Any]:
     path = Path(obj)
     if not path.exists():
         raise InputError(f"no such file or store: {str(path)!r}")
+    if path.is_dir() and (path / "zarr.json").exists():
+        try:
+            return _from_metadata(path)
+        except zarr_json.Unsupported:
+            pass  # described by zarr below, which names whatever is wrong with the store
     result = _result(path)
     if result is not None:
         return result
@@ -90,13 +109,199 @@ def _first(labels: np.ndarray | None) -> list[str]:
 
 
 def _matrix(src: MatrixSource, fmt: str) -> dict[str, Any]:
+    return _matrix_dict(src.describe(), src.row_labels, src.col_labels, fmt)
+
+
+def _matrix_dict(
+    described: dict[str, Any], rows: np.ndarray | None, cols: np.ndarray | None, fmt: str
+) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": "matrix", "format": fmt}
-    out.update(src.describe())
-    out["has_row_labels"] = src.row_labels is not None
-    out["has_col_labels"] = src.col_labels is not None
-    out["first_row_labels"] = _first(src.row_labels)
-    out["first_col_labels"] = _first(src.col_labels)
+    out.update(described)
+    out["has_row_labels"] = rows is not None
+    out["has_col_labels"] = cols is not None
+    out["first_row_labels"] = _first(rows)
+    out["first_col_labels"] = _first(cols)
     return out
+
+
+# -- from the metadata alone (no zarr) ----------------------------------------------------------
+# Each step mirrors what ``scalenmf.io.zarr_store.open_zarr`` (and ``_result`` below) read
+# and check; where those would refuse the store, this raises ``Unsupported`` and the store
+# is opened with zarr, so that the error is theirs.
+
+
+def _from_metadata(path: Path) -> dict[str, Any]:
+    """``describe(path)`` for a local Zarr v3 store, from its ``zarr.json`` files."""
+    root = zarr_json.read_node(path)
+    if root["node_type"] == "array":
+        # A bare 2-D array is X itself (``open_zarr``), with no labels.
+        described = _dense(zarr_json.array_meta(path, root))
+        out = _matrix_dict(described, None, None, "zarr")
+    else:
+        attrs = root.get("attributes", {})
+        meta = attrs.get("scalenmf")
+        if isinstance(meta, dict) and meta.get("kind") == "result":
+            return _result_from_metadata(path, attrs, meta)
+        if attrs.get("encoding-type") == "anndata":
+            raise zarr_json.Unsupported("AnnData store")
+        x = zarr_json.child(path, "X")
+        if x is None:
+            raise zarr_json.Unsupported("no X")
+        if x["node_type"] == "group":
+            described = _sparse(path / "X", x)
+        else:
+            described = _dense(zarr_json.array_meta(path / "X", x))
+        m, n = described["shape"]
+        rows = _labels_from_metadata(path, "row_labels", m)
+        cols = _labels_from_metadata(path, "col_labels", n)
+        out = _matrix_dict(described, rows, cols, "zarr")
+    out["path"] = str(path)
+    out["disk_bytes"] = _disk_bytes(path)
+    return out
+
+
+def _dense(arr: zarr_json.ArrayMeta) -> dict[str, Any]:
+    """What ``ZarrDenseSource(...).describe()`` says."""
+    if len(arr.shape) != 2:
+        raise zarr_json.Unsupported(f"X is {len(arr.shape)}-D")
+    zarr_json.require_complete(arr)
+    m, n = arr.shape
+    dtype = float_dtype(arr.dtype)
+    cols = plan_block_cols(m, n, dtype.itemsize, min_blocks=os.cpu_count() or 1)
+    bounds = align_bounds(arr.chunks[1], n, cols)
+    return summary((m, n), dtype, False, m * n, bounds, "ZarrDenseSource")
+
+
+def _sparse(group: Path, node: dict[str, Any]) -> dict[str, Any]:
+    """What ``ZarrSparseSource(...).describe()`` says."""
+    attrs = node.get("attributes", {})
+    enc, raw_shape = attrs.get("encoding-type"), attrs.get("shape")
+    if not (
+        isinstance(raw_shape, list)
+        and len(raw_shape) == 2
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in raw_shape)
+    ):
+        raise zarr_json.Unsupported(f"sparse shape {raw_shape!r}")
+    if enc == "csc_matrix":
+        m, n = raw_shape
+    elif enc == "csr_matrix":
+        n, m = raw_shape  # AnnData cells × genes CSR == genes × cells CSC
+    else:
+        raise zarr_json.Unsupported(f"encoding-type {enc!r}")
+    parts = {}
+    for name in ("data", "indices", "indptr"):
+        doc = zarr_json.child(group, name)
+        if doc is None:
+            raise zarr_json.Unsupported(f"no {name}")
+        parts[name] = zarr_json.array_meta(group / name, doc)
+        if len(parts[name].shape) != 1:
+            raise zarr_json.Unsupported(f"{name} is not 1-D")
+        zarr_json.require_complete(parts[name])
+    dtype = float_dtype(parts["data"].dtype)
+    if parts["indices"].dtype.kind not in "iu" or parts["data"].shape != parts["indices"].shape:
+        raise zarr_json.Unsupported("indices do not match data")
+    raw = zarr_json.read_1d(parts["indptr"])
+    if raw.dtype.kind not in "iu":
+        raise zarr_json.Unsupported(f"indptr dtype {raw.dtype}")
+    indptr = raw.astype(np.int64, copy=False)
+    # ``check_indptr``'s conditions: a store that fails them is refused by zarr's road.
+    if (
+        indptr.shape != (n + 1,)
+        or int(indptr[0]) != 0
+        or int(indptr[-1]) != parts["data"].shape[0]
+        or bool((np.diff(indptr) < 0).any())
+    ):
+        raise zarr_json.Unsupported("malformed indptr")
+    target = DEFAULT_BLOCK_BYTES // (dtype.itemsize + 4)
+    spread = max(1, int(indptr[-1]) // max(1, os.cpu_count() or 1))
+    bounds = bounds_by_nnz(indptr, min(target, max(spread, MIN_SPREAD_VALUES)))
+    return summary((m, n), dtype, True, int(indptr[-1]), bounds, "ZarrSparseSource")
+
+
+def _labels_from_metadata(path: Path, name: str, length: int) -> np.ndarray | None:
+    doc = zarr_json.child(path, name)
+    if doc is None:
+        return None
+    labels = as_str_array(zarr_json.read_1d(zarr_json.array_meta(path / name, doc)))
+    if labels.shape != (length,):
+        raise zarr_json.Unsupported(f"{name} of length {labels.shape}")
+    return labels
+
+
+def _result_from_metadata(
+    path: Path, attrs: dict[str, Any], meta: dict[str, Any]
+) -> dict[str, Any]:
+    """What ``_result`` says of a result store."""
+    out: dict[str, Any] = {"kind": "result", "format": "scalenmf result (zarr)", "path": str(path)}
+    for key in RESULT_ATTRS:
+        if key in attrs:
+            out[key] = attrs[key]
+        elif key in meta:
+            out[key] = meta[key]
+    for name in ("W", "H"):
+        doc = zarr_json.child(path, name)
+        shape = None
+        if doc is not None and doc["node_type"] == "array":
+            shape = list(zarr_json.array_meta(path / name, doc).shape)
+        out[f"{name}_shape"] = shape
+    for name in ("row_labels", "col_labels"):
+        out[f"has_{name}"] = zarr_json.child(path, name) is not None
+    arrays: dict[str, list[int]] = {}
+    if attrs.get("model") in MODELS:
+        for name, doc in zarr_json.members(path).items():
+            if doc["node_type"] == "array":
+                arrays[name] = list(zarr_json.array_meta(path / name, doc).shape)
+    out.update(_model_summary(attrs, arrays))
+    out["disk_bytes"] = _disk_bytes(path)
+    return out
+
+
+def _model_summary(attrs: dict[str, Any], arrays: dict[str, list[int]]) -> dict[str, Any]:
+    """What ``scalenmf info`` adds for a linked / iNMF / projection store (else nothing).
+
+    ``arrays`` maps every array of the store's root to its shape.
+    """
+    model = attrs.get("model")
+    if model not in MODELS:
+        return {}
+    out: dict[str, Any] = {"model": model}
+    for key in ("k_shared", "k_unique", "lam", "k_new", "n_novel", "explained"):
+        if key in attrs:
+            out[key] = attrs[key]
+    datasets = attrs.get("datasets")
+    if isinstance(datasets, list):
+        out["datasets"] = datasets
+    out["arrays"] = arrays
+    return out
+
+
+def _model_rows(d: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(name, value)`` lines of a linked / iNMF / projection store for ``format_description``."""
+    if "model" not in d:
+        return []
+    rows = [("model", str(d["model"]))]
+    for key in ("k_shared", "k_unique", "lam", "k_new", "n_novel"):
+        if key in d:
+            rows.append((key.replace("_", " "), str(d[key])))
+    if isinstance(d.get("explained"), dict):
+        parts = ", ".join(f"{k}={v:.4g}" for k, v in d["explained"].items() if v is not None)
+        rows.append(("explained", parts))
+    for ds in d.get("datasets", []):
+        a, b = ds.get("columns", [0, 0])
+        extra = ""
+        if "k_unique" in ds:
+            extra += f", k_unique={ds['k_unique']}"
+        if ds.get("relative_error") is not None:
+            extra += f", relative error {ds['relative_error']:.5g}"
+        rows.append((f"dataset {ds.get('name')}", f"columns {a}:{b} ({b - a} samples{extra})"))
+    shown = ", ".join(
+        f"{name} {'×'.join(map(str, shape))}"
+        for name, shape in sorted(d.get("arrays", {}).items())
+        if name not in ("W", "H") and not name.endswith("labels")
+    )
+    if shown:
+        rows.append(("arrays", shown))
+    return rows
 
 
 def _plain(value: Any) -> Any:
@@ -112,6 +317,8 @@ def _result(path: Path) -> dict[str, Any] | None:
     """The description of a scalenmf result store, or None if ``path`` is not one."""
     if not (path.is_dir() and (path / "zarr.json").exists()):
         return None
+    import zarr
+
     try:
         root = zarr.open_group(str(path), mode="r")
         attrs = dict(root.attrs)
@@ -137,9 +344,8 @@ def _result(path: Path) -> dict[str, Any] | None:
         out[f"{name}_shape"] = list(node.shape) if isinstance(node, zarr.Array) else None
     for name in ("row_labels", "col_labels"):
         out[f"has_{name}"] = name in root
-    from scalenmf.io.linked_results import describe_model
-
-    out.update(describe_model(root, attrs))
+    if attrs.get("model") in MODELS:
+        out.update(_model_summary(attrs, {n: list(a.shape) for n, a in root.arrays()}))
     out["disk_bytes"] = _disk_bytes(path)
     return out
 
@@ -189,9 +395,7 @@ def format_description(d: dict[str, Any]) -> str:
             rows.append((name, " × ".join(map(str, shape)) if shape else "missing"))
         rows.append(("row labels", "yes" if d.get("has_row_labels") else "no"))
         rows.append(("column labels", "yes" if d.get("has_col_labels") else "no"))
-        from scalenmf.io.linked_results import model_rows
-
-        rows.extend(model_rows(d))
+        rows.extend(_model_rows(d))
     else:
         m, n = d["shape"]
         rows.append(("shape", f"{m:,} features × {n:,} samples"))

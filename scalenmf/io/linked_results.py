@@ -25,12 +25,9 @@ import os
 from typing import Any
 
 import numpy as np
-import zarr
 
 from scalenmf.io.errors import InputError
 from scalenmf.io.results import read_result, write_result
-
-MODELS = ("lnmf", "inmf", "projection")
 
 
 def write_model_store(
@@ -84,48 +81,3 @@ def read_model_store(
             f"{str(path)!r} holds {what}, not {' or '.join(wanted)} (use the matching loader)"
         )
     return arrays, attrs, labels
-
-
-def describe_model(root: zarr.Group, attrs: dict[str, Any]) -> dict[str, Any]:
-    """What ``scalenmf info`` adds for a linked / iNMF / projection store (else nothing)."""
-    model = attrs.get("model")
-    if model not in MODELS:
-        return {}
-    out: dict[str, Any] = {"model": model}
-    for key in ("k_shared", "k_unique", "lam", "k_new", "n_novel", "explained"):
-        if key in attrs:
-            out[key] = attrs[key]
-    datasets = attrs.get("datasets")
-    if isinstance(datasets, list):
-        out["datasets"] = datasets
-    out["arrays"] = {name: list(node.shape) for name, node in root.arrays()}
-    return out
-
-
-def model_rows(d: dict[str, Any]) -> list[tuple[str, str]]:
-    """``(name, value)`` lines for ``format_description``."""
-    if "model" not in d:
-        return []
-    rows = [("model", str(d["model"]))]
-    for key in ("k_shared", "k_unique", "lam", "k_new", "n_novel"):
-        if key in d:
-            rows.append((key.replace("_", " "), str(d[key])))
-    if isinstance(d.get("explained"), dict):
-        parts = ", ".join(f"{k}={v:.4g}" for k, v in d["explained"].items() if v is not None)
-        rows.append(("explained", parts))
-    for ds in d.get("datasets", []):
-        a, b = ds.get("columns", [0, 0])
-        extra = ""
-        if "k_unique" in ds:
-            extra += f", k_unique={ds['k_unique']}"
-        if ds.get("relative_error") is not None:
-            extra += f", relative error {ds['relative_error']:.5g}"
-        rows.append((f"dataset {ds.get('name')}", f"columns {a}:{b} ({b - a} samples{extra})"))
-    shown = ", ".join(
-        f"{name} {'×'.join(map(str, shape))}"
-        for name, shape in sorted(d.get("arrays", {}).items())
-        if name not in ("W", "H") and not name.endswith("labels")
-    )
-    if shown:
-        rows.append(("arrays", shown))
-    return rows

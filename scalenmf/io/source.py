@@ -142,17 +142,9 @@ class MatrixSource(ABC):
 
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly summary (for ``scalenmf info`` and result attrs)."""
-        m, n = self.shape
-        return {
-            "shape": [int(m), int(n)],
-            "dtype": str(np.dtype(self.dtype)),
-            "sparse": bool(self.is_sparse),
-            "nnz": int(self.nnz),
-            "density": float(self.nnz / max(1, m * n)),
-            "n_blocks": self.n_blocks,
-            "block_cols": sorted({b - a for a, b in self.block_bounds}),
-            "source": type(self).__name__,
-        }
+        return summary(
+            self.shape, self.dtype, self.is_sparse, self.nnz, self.block_bounds, type(self).__name__
+        )
 
     def __repr__(self) -> str:
         m, n = self.shape
@@ -160,6 +152,37 @@ class MatrixSource(ABC):
         return (
             f"<{type(self).__name__} {m}×{n} {kind} {np.dtype(self.dtype)} blocks={self.n_blocks}>"
         )
+
+
+def summary(
+    shape: tuple[int, int], dtype: Any, is_sparse: bool, nnz: int, bounds: Bounds, source: str
+) -> dict[str, Any]:
+    """``MatrixSource.describe`` from its parts (``scalenmf info`` also builds it from a
+    store's metadata alone, without opening the store as a source).
+
+    Parameters
+    ----------
+    shape : (m, n)
+    dtype : numpy dtype the source reads as
+    is_sparse : bool
+    nnz : int
+        Stored entries (m·n for dense).
+    bounds : list of (int, int)
+        The column blocks.
+    source : str
+        The name of the source class.
+    """
+    m, n = shape
+    return {
+        "shape": [int(m), int(n)],
+        "dtype": str(np.dtype(dtype)),
+        "sparse": bool(is_sparse),
+        "nnz": int(nnz),
+        "density": float(nnz / max(1, m * n)),
+        "n_blocks": len(bounds),
+        "block_cols": sorted({b - a for a, b in bounds}),
+        "source": source,
+    }
 
 
 def as_str_array(labels: Any) -> np.ndarray:

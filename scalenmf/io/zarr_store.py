@@ -87,11 +87,23 @@ def _is_bare_array(path: str) -> bool:
     return isinstance(node, zarr.Array) and node.ndim == 2
 
 
+def _member(group: zarr.Group, name: str, where: str) -> Any:
+    """Member ``name`` of ``group``, or None if it has none; metadata that cannot be read
+    (not JSON, not Zarr) is an ``InputError`` naming the store and the member."""
+    try:
+        return group[name] if name in group else None
+    except Exception as exc:  # zarr raises the JSON parser's or its own errors
+        raise InputError(
+            f"the metadata of {name!r} in {where!r} cannot be read ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
 def _labels(group: zarr.Group, name: str) -> np.ndarray | None:
-    if name in group:
+    if _member(group, name, str(group.store_path)) is not None:
         arr = _child_array(group, name)
         require_complete(arr, name, str(group.store_path))
-        return as_str_array(arr[:])
+        # A chunk that does not decode is named, not raised as the codec's own error.
+        return as_str_array(read_whole(arr, name, f"matrix store {str(group.store_path)!r}"))
     return None
 
 
@@ -246,7 +258,7 @@ class ZarrSparseSource(MatrixSource):
             raise InputError(f"sparse group {group!r} in {self.path!r} has shape {shape}")
         parts = {}
         for name in ("data", "indices", "indptr"):
-            if name not in g:
+            if _member(g, name, f"{self.path}/{group}") is None:
                 raise InputError(f"sparse group {group!r} in {self.path!r} lacks array {name!r}")
             parts[name] = _child_array(g, name)
             if parts[name].ndim != 1:
@@ -374,10 +386,10 @@ def open_zarr(path: str | os.PathLike[str]) -> MatrixSource:
         raise InputError(
             f"{p!r} is a scalenmf result store, not an input matrix (use scalenmf.load to read it)"
         )
+    node = _member(g, "X", p)
     if g.attrs.get("encoding-type") == "anndata":
-        if "X" not in g:
+        if node is None:
             raise InputError(f"AnnData store {p!r} has no X")
-        node = g["X"]
         src: MatrixSource
         if isinstance(node, zarr.Group) and node.attrs.get("encoding-type") == "csc_matrix":
             # AnnData's cells × genes CSC is sorted by gene: it cannot be read by blocks
@@ -389,9 +401,8 @@ def open_zarr(path: str | os.PathLike[str]) -> MatrixSource:
             src = ZarrDenseSource(p, "X", transposed=True)
         src.set_labels(_anndata_index(g, "var"), _anndata_index(g, "obs"))
         return src
-    if "X" not in g:
+    if node is None:
         raise InputError(f"store {p!r} has no array 'X'; is it a scalenmf matrix store?")
-    node = g["X"]
     src = ZarrSparseSource(p, "X") if isinstance(node, zarr.Group) else ZarrDenseSource(p, "X")
     src.set_labels(_labels(g, "row_labels"), _labels(g, "col_labels"))
     return src

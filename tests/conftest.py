@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -30,3 +32,12 @@ def counts_dense() -> np.ndarray:
 def counts_sparse(counts_dense: np.ndarray) -> sp.csc_matrix:
     """The same matrix as ``counts_dense``, as CSC."""
     return sp.csc_matrix(counts_dense)
+
+
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch) -> Path:
+    """Scratch stores go here (so that a test sees them come and go)."""
+    where = tmp_path / "scratch"
+    where.mkdir()
+    monkeypatch.setenv("SCALENMF_SCRATCH", str(where))
+    return where

@@ -30,14 +30,6 @@ from tests.conftest import make_counts
 NAMES = ("H", "cosine", "relative_error", "novel", "basis_cosine", "basis_relative_error")
 
 
-@pytest.fixture
-def scratch(tmp_path: Path, monkeypatch) -> Path:
-    where = tmp_path / "scratch"
-    where.mkdir()
-    monkeypatch.setenv("SCALENMF_SCRATCH", str(where))
-    return where
-
-
 def basis(m: int = 20) -> np.ndarray:
     return np.random.default_rng(0).gamma(1.0, 1.0, (m, 3))
 

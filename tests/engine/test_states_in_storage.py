@@ -48,15 +48,6 @@ def same(a, b) -> None:
     assert np.array_equal(np.asarray(a.H[...]), np.asarray(b.H[...]))
 
 
-@pytest.fixture
-def scratch(tmp_path: Path, monkeypatch) -> Path:
-    """Scratch stores go here (so that a test sees them come and go)."""
-    where = tmp_path / "scratch"
-    where.mkdir()
-    monkeypatch.setenv("SCALENMF_SCRATCH", str(where))
-    return where
-
-
 def stores_in(where: Path) -> list[Path]:
     return [p for p in where.iterdir() if p.name.startswith(SCRATCH_PREFIX)]
 

@@ -19,6 +19,7 @@ import inspect
 import json
 import subprocess
 import sys
+import warnings
 from functools import cache
 from pathlib import Path
 
@@ -108,6 +109,7 @@ CLUSTER_OPTIONS = (
     "scheduler_file",
     "security",
     "connect_timeout",
+    "scratch",
 )
 
 
@@ -421,7 +423,7 @@ def test_lazy_scipy_sparse_is_the_real_module_once_used():
     assert source.sp.issparse(sp.eye(2)) and not source.sp.issparse(np.eye(2))
 
 
-PUBLIC = ("nmf", "rank_survey", "consensus", "project", "lnmf", "inmf")
+PUBLIC = ("nmf", "rank_survey", "consensus", "project", "lnmf", "inmf", "update")
 
 
 @pytest.mark.parametrize("name", PUBLIC)
@@ -430,6 +432,12 @@ def test_every_public_function_takes_the_cluster_options(name):
     missing = [p for p in CLUSTER_OPTIONS if p not in params]
     assert missing == []
     assert all(params[p].default is None for p in CLUSTER_OPTIONS)
+
+
+def _fitted(X: np.ndarray):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scalenmf.ConvergenceWarning)
+        return scalenmf.nmf(X, 2, max_iter=3, progress=False)
 
 
 @pytest.mark.parametrize("name", PUBLIC)
@@ -446,6 +454,7 @@ def test_the_cluster_options_reach_the_executor(name, tmp_path):
         "project": lambda **kw: scalenmf.project(X[:, :2], X, **kw),
         "lnmf": lambda **kw: scalenmf.lnmf([X, X], 1, 1, **kw),
         "inmf": lambda **kw: scalenmf.inmf([X, X], 2, **kw),
+        "update": lambda **kw: scalenmf.update(_fitted(X), X, **kw),
     }
     with pytest.raises(Exception, match=r"no-scheduler\.json"):
         calls[name](scheduler_file=missing, connect_timeout=1, progress=False)

@@ -7,7 +7,7 @@ each do the same around their own logic, written once here:
   input and check the ranks against it (``open_input``), fix the working precision
   (``work_dtype``), build the block-step configuration (``model_config``), take the same
   cluster options (``scheduler``, ``workers``, ``memory_limit``, ``threads``,
-  ``scheduler_file``, ``security``, ``connect_timeout``: ``cluster_options``) and open
+  ``scheduler_file``, ``security``, ``connect_timeout``, ``scratch``: ``cluster_options``) and open
   and close the executor they name (``ClusterOptions.executor``);
 - **the run**: iterate under a progress bar (``iterate``, ``progress_shown``);
 - **collection**: pick the best run and gather what every result records about it
@@ -238,6 +238,8 @@ class ClusterOptions:
         TLS credentials for a cluster that requires them.
     connect_timeout : str or float, optional
         How long to try reaching the scheduler (default 30 s).
+    scratch : path or URL, optional
+        Directory for scratch stores (see the attribute below).
     """
 
     scheduler: Any = None
@@ -252,7 +254,9 @@ class ClusterOptions:
     #: Keep the block states in a scratch store (set by ``fit_memory``'s plan; None: the
     #: executor decides).
     spill_states: bool | None = None
-    #: Where scratch stores go (block states, the Dask anchor); None: the default.
+    #: Where scratch stores go (spilled block states, the Dask anchor, per-sample outputs
+    #: past their memory share): a directory or URL; None: ``$SCALENMF_SCRATCH`` or the
+    #: system's temporary directory. Every store made there is removed when the run ends.
     scratch: Any = None
 
     def fit_memory(
@@ -339,11 +343,15 @@ def cluster_options(
     scheduler_file: str | None = None,
     security: Any = None,
     connect_timeout: str | float | None = None,
+    scratch: Any = None,
 ) -> ClusterOptions:
-    """Check the cluster options (``workers ≥ 1``, a readable ``memory_limit``).
+    """Check the cluster options (``workers ≥ 1``, a readable ``memory_limit``, a
+    writable ``scratch`` directory, created if missing).
 
-    Every public function passes its seven cluster arguments here, in this order.
+    Every public function passes its eight cluster arguments here, in this order.
     """
+    from scalenmf.io.state_store import check_scratch
+
     return ClusterOptions(
         scheduler=scheduler,
         workers=NMF_RULES["workers"].check("workers", workers),
@@ -352,6 +360,7 @@ def cluster_options(
         scheduler_file=scheduler_file,
         security=security,
         connect_timeout=connect_timeout,
+        scratch=check_scratch(scratch),
     )
 
 

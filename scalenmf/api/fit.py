@@ -82,6 +82,7 @@ def nmf(
     scheduler_file: str | None = None,
     security: Any = None,
     connect_timeout: str | float | None = None,
+    scratch: Any = None,
     checkpoint: str | None = None,
     checkpoint_every: int | None = None,
     checkpoint_seconds: float | None = None,
@@ -170,6 +171,14 @@ def nmf(
         ``scalenmf.engine.dask_exec.tls_security``).
     connect_timeout : str or float, optional
         How long to try reaching the scheduler (default 30 s).
+    scratch : path or URL, optional
+        Directory for scratch stores: the block states when ``memory_limit`` keeps them
+        out of memory, the Dask executor's recovery anchor, and H when it is too large to
+        hold (the result's H is then read lazily from it). Created if missing; every store
+        made in it is removed when the fit ends, or fails (H's when the result is
+        dropped). Default ``$SCALENMF_SCRATCH`` or the system's temporary directory; the
+        CLI's default is the directory of ``-o OUT``. On a cluster it must be a location
+        every worker can reach (a shared file system, an object-store URL).
     checkpoint : path or URL, optional
         Where to write checkpoints (published atomically; see ``docs/clusters.md``).
     checkpoint_every, checkpoint_seconds : optional
@@ -231,7 +240,14 @@ def nmf(
         workers=workers,
     )
     cluster = cluster_options(
-        scheduler, workers, memory_limit, threads, scheduler_file, security, connect_timeout
+        scheduler,
+        workers,
+        memory_limit,
+        threads,
+        scheduler_file,
+        security,
+        connect_timeout,
+        scratch,
     )
     where = kernel_backend(backend, device, gpu_memory_limit)
     if p["solver"] == "online":

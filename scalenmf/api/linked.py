@@ -170,6 +170,7 @@ def lnmf(
     scheduler_file: str | None = None,
     security: Any = None,
     connect_timeout: str | float | None = None,
+    scratch: Any = None,
     backend: str | None = None,
     device: str | None = None,
     gpu_memory_limit: int | str | None = None,
@@ -204,7 +205,7 @@ def lnmf(
         Iterations of the jNMF start.
     solver, loss, l1_w, l1_h, l2_w, l2_h, max_iter, tol, n_runs, scheduler, workers,
     memory_limit, progress, nnls, dtype, threads, callback, scheduler_file, security,
-    connect_timeout, backend, device, gpu_memory_limit
+    connect_timeout, scratch, backend, device, gpu_memory_limit
         As in ``scalenmf.nmf``.
     seed : int or None
         Seeds the random start of W and every U_d.
@@ -246,7 +247,14 @@ def lnmf(
     p["init_iter"] = int(NMF_RULES["max_iter"].check("init_iter", init_iter))
     p["k_shared"] = int(RANK.check("k_shared", k_shared))
     cluster = cluster_options(
-        scheduler, workers, memory_limit, threads, scheduler_file, security, connect_timeout
+        scheduler,
+        workers,
+        memory_limit,
+        threads,
+        scheduler_file,
+        security,
+        connect_timeout,
+        scratch,
     )
     source = chain_datasets(datasets, names, block_cols=block_cols)
     p["k_unique"] = list(_k_unique(k_unique, source.n_datasets))
@@ -403,6 +411,7 @@ def inmf(
     scheduler_file: str | None = None,
     security: Any = None,
     connect_timeout: str | float | None = None,
+    scratch: Any = None,
     backend: str | None = None,
     device: str | None = None,
     gpu_memory_limit: int | str | None = None,
@@ -426,7 +435,7 @@ def inmf(
         Default ``"als"`` (exact NNLS every step).
     names, max_iter, tol, seed, n_runs, scheduler, workers, memory_limit, progress,
     block_cols, nnls, dtype, threads, callback, scheduler_file, security, connect_timeout,
-    backend, device, gpu_memory_limit
+    scratch, backend, device, gpu_memory_limit
         As in ``lnmf``.
 
     Returns
@@ -450,7 +459,14 @@ def inmf(
     p["k"] = int(Number(1, math.inf, integer=True).check("k", k))
     p["lam"] = float(Number(0.0).check("lam", lam))
     cluster = cluster_options(
-        scheduler, workers, memory_limit, threads, scheduler_file, security, connect_timeout
+        scheduler,
+        workers,
+        memory_limit,
+        threads,
+        scheduler_file,
+        security,
+        connect_timeout,
+        scratch,
     )
     source = chain_datasets(datasets, names, block_cols=block_cols, what="iNMF")
     _check_ranks(source, LinkedLayout(p["k"], (0,) * source.n_datasets))

@@ -210,6 +210,7 @@ def project(
     scheduler_file: str | None = None,
     security: Any = None,
     connect_timeout: str | float | None = None,
+    scratch: Any = None,
     backend: str | None = None,
     device: str | None = None,
     gpu_memory_limit: int | str | None = None,
@@ -276,7 +277,7 @@ def project(
     n_runs : int
         Restarts of transfer learning.
     scheduler, workers, memory_limit, block_cols, dtype, threads, progress, callback,
-    scheduler_file, security, connect_timeout, backend, device, gpu_memory_limit
+    scheduler_file, security, connect_timeout, scratch, backend, device, gpu_memory_limit
         As in ``scalenmf.nmf``.
 
     Returns
@@ -327,7 +328,14 @@ def project(
     p["transfer_tol"] = float(NMF_RULES["tol"].check("transfer_tol", transfer_tol))
     p["seed"] = 0 if p["seed"] is None else p["seed"]
     cluster = cluster_options(
-        scheduler, workers, memory_limit, threads, scheduler_file, security, connect_timeout
+        scheduler,
+        workers,
+        memory_limit,
+        threads,
+        scheduler_file,
+        security,
+        connect_timeout,
+        scratch,
     )
     source = align_to_basis(
         open_input(X_new, block_cols=block_cols), W_labels, basis.shape[0], drop_extra_features

@@ -71,6 +71,7 @@ def update(
     scheduler_file: str | None = None,
     security: Any = None,
     connect_timeout: str | float | None = None,
+    scratch: Any = None,
     backend: str | None = None,
     device: str | None = None,
     gpu_memory_limit: int | str | None = None,
@@ -114,7 +115,7 @@ def update(
         Default: the result's.
     seed : int or None
     scheduler, workers, memory_limit, block_cols, dtype, threads, progress, callback,
-    scheduler_file, security, connect_timeout, backend, device, gpu_memory_limit
+    scheduler_file, security, connect_timeout, scratch, backend, device, gpu_memory_limit
         As in ``scalenmf.nmf``.
 
     Returns
@@ -181,7 +182,14 @@ def update(
     if p["solver"] == "online":
         p["solver"] = "mu" if p["loss"] == "kl" else "als"
     cluster = cluster_options(
-        scheduler, workers, memory_limit, threads, scheduler_file, security, connect_timeout
+        scheduler,
+        workers,
+        memory_limit,
+        threads,
+        scheduler_file,
+        security,
+        connect_timeout,
+        scratch,
     )
     where = kernel_backend(backend, device, gpu_memory_limit)
     source = align_to_basis(open_input(X_new, block_cols=block_cols), old.row_labels, m, False)
@@ -230,11 +238,12 @@ def update(
             model = AnchoredModel(
                 config, W0, float(np.sqrt(mean / k_old)) or 1.0, float(stats["xx"]), anchor
             )
-            # Every block starts from its projected H (a warm start for HALS and MU).
+            # Every block starts from its projected H (a warm start for HALS and MU); that
+            # H is a Zarr array when the projection kept it out of memory: read by block.
             key = next(iter(model.groups))
             executor.set_states(
                 [
-                    BlockState(0, {key: proj.H[None, :, a:b].astype(dtype_)}, index=j)
+                    BlockState(0, {key: np.asarray(proj.H[:, a:b], dtype=dtype_)[None]}, index=j)
                     for j, (a, b) in enumerate(source.block_bounds)
                 ]
             )

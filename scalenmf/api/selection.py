@@ -216,6 +216,7 @@ def rank_survey(
     scheduler_file: str | None = None,
     security: Any = None,
     connect_timeout: str | float | None = None,
+    scratch: Any = None,
     backend: str | None = None,
     device: str | None = None,
     gpu_memory_limit: int | str | None = None,
@@ -256,7 +257,7 @@ def rank_survey(
         uses only the observed entries.
     consensus_samples : int
         Samples used for the consensus matrix of each rank (a random subsample above it).
-    scheduler, workers, memory_limit, threads, scheduler_file, security, connect_timeout :
+    scheduler, workers, memory_limit, threads, scheduler_file, security, connect_timeout, scratch :
         The cluster options, as in ``scalenmf.nmf``.
     backend, device, gpu_memory_limit :
         Where the block kernels run (numpy, or torch on a CPU or GPU), as in ``scalenmf.nmf``.
@@ -298,7 +299,14 @@ def rank_survey(
         cv_reps=cv_reps,
         consensus_samples=consensus_samples,
         cluster=cluster_options(
-            scheduler, workers, memory_limit, threads, scheduler_file, security, connect_timeout
+            scheduler,
+            workers,
+            memory_limit,
+            threads,
+            scheduler_file,
+            security,
+            connect_timeout,
+            scratch,
         ),
         where=kernel_backend(backend, device, gpu_memory_limit),
     )
@@ -394,6 +402,7 @@ def consensus(
     scheduler_file: str | None = None,
     security: Any = None,
     connect_timeout: str | float | None = None,
+    scratch: Any = None,
     backend: str | None = None,
     device: str | None = None,
     gpu_memory_limit: int | str | None = None,
@@ -454,7 +463,14 @@ def consensus(
         n_runs=n_runs,
         max_samples=max_samples,
         cluster=cluster_options(
-            scheduler, workers, memory_limit, threads, scheduler_file, security, connect_timeout
+            scheduler,
+            workers,
+            memory_limit,
+            threads,
+            scheduler_file,
+            security,
+            connect_timeout,
+            scratch,
         ),
         where=kernel_backend(backend, device, gpu_memory_limit),
     )

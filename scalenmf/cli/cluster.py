@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -159,9 +160,49 @@ def dask_client(cluster: dict[str, Any]) -> Iterator[Any]:
             local.close()
 
 
+def scratch_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a click command with ``--scratch DIR`` (its value: ``scratch_for``)."""
+    return click.option(
+        "--scratch",
+        default=None,
+        metavar="DIR",
+        help="Directory for scratch stores (block states and H kept out of memory under "
+        "--memory-limit, the Dask recovery anchor); created if missing, emptied of what the "
+        "run wrote when it ends. Default: $SCALENMF_SCRATCH, else the directory of OUT "
+        "(with --scheduler: the system's temporary one, as workers elsewhere may not see "
+        "it). On a cluster, a location every worker can reach.",
+    )(func)
+
+
+def scratch_for(scratch: str | None, output: str | None, launch: dict[str, Any]) -> str | None:
+    """The scratch directory of a command writing ``output``: ``--scratch`` if given, else
+    ``$SCALENMF_SCRATCH`` (None here: the executor reads it), else beside ``output``.
+
+    Beside the output, because that is where the user has made room for a result of this
+    size (the system's temporary directory is often a small RAM disk). Not for a cluster
+    started elsewhere (``--scheduler``, ``--scheduler-file``): its workers may not share
+    this disk, so its anchor stays with the client unless ``--scratch`` names a place.
+    """
+    from scalenmf.io import storage
+    from scalenmf.io.state_store import SCRATCH_ENV
+
+    if scratch:
+        return scratch
+    if os.environ.get(SCRATCH_ENV) or output is None:
+        return None
+    if launch.get("scheduler") or launch.get("scheduler_file"):
+        return None
+    out = storage.local_path(str(output))
+    if storage.is_url(out):
+        return None
+    return os.path.dirname(os.path.abspath(str(out).rstrip("/")))
+
+
 def scheduler_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """:func:`cluster_options` for commands whose function takes ``scheduler`` and
-    ``workers`` only: the launcher options become a connected Client (or a worker count).
+    """:func:`cluster_options` and ``--scratch`` for commands whose function takes
+    ``scheduler``, ``workers`` and ``scratch`` only: the launcher options become a
+    connected Client (or a worker count), ``--scratch`` its directory (``scratch_for``
+    the command's ``--output``).
 
     Place it below ``@user_errors`` so connection errors get the one-line treatment.
     """
@@ -169,7 +210,8 @@ def scheduler_options(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         launch = cluster_kwargs(*(kwargs.pop(name) for name in CLUSTER_OPTIONS))
+        scratch = scratch_for(kwargs.pop("scratch"), kwargs.get("output"), launch)
         with connected(launch) as target:
-            return func(*args, **target, **kwargs)
+            return func(*args, **target, scratch=scratch, **kwargs)
 
-    return cluster_options(wrapper)
+    return cluster_options(scratch_option(wrapper))

@@ -24,7 +24,13 @@ from scalenmf.cli._common import (
     threads_option,
     user_errors,
 )
-from scalenmf.cli.cluster import CLUSTER_OPTIONS, cluster_kwargs, cluster_options
+from scalenmf.cli.cluster import (
+    CLUSTER_OPTIONS,
+    cluster_kwargs,
+    cluster_options,
+    scratch_for,
+    scratch_option,
+)
 
 log = logging.getLogger("scalenmf")
 
@@ -122,6 +128,7 @@ def main(verbose: int) -> None:
     "--n-runs", type=int, default=1, show_default=True, help="Restarts; the best is kept."
 )
 @cluster_options
+@scratch_option
 @threads_option
 @click.option("--memory-limit", default=None, help="Memory budget, e.g. 2GB.")
 @click.option("--transpose", is_flag=True, help="INPUT is samples × features.")
@@ -190,6 +197,7 @@ def fit(
     from scalenmf.io.lock import release as release_output
 
     cluster = cluster_kwargs(*(opts.pop(name) for name in CLUSTER_OPTIONS))
+    cluster["scratch"] = scratch_for(opts.pop("scratch"), output, cluster)
     if not storage.exists(input_path):
         raise click.ClickException(f"input {input_path!r} does not exist")
     if resume and not overwrite and _finished(output, checkpoint_path, no_checkpoint):

@@ -23,7 +23,13 @@ from scalenmf.cli._common import (
     threads_option,
     user_errors,
 )
-from scalenmf.cli.cluster import CLUSTER_OPTIONS, cluster_kwargs, cluster_options
+from scalenmf.cli.cluster import (
+    CLUSTER_OPTIONS,
+    cluster_kwargs,
+    cluster_options,
+    scratch_for,
+    scratch_option,
+)
 
 
 @click.command(name="update")
@@ -59,6 +65,7 @@ from scalenmf.cli.cluster import CLUSTER_OPTIONS, cluster_kwargs, cluster_option
 @click.option("--tol", type=float, default=1e-4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @cluster_options
+@scratch_option
 @threads_option
 @click.option("--memory-limit", default=None, help="Memory budget, e.g. 2GB.")
 @click.option("--transpose", is_flag=True, help="NEW_INPUT is samples × features.")
@@ -95,6 +102,7 @@ def update_command(
     from scalenmf.io.lock import release as release_output
 
     cluster = cluster_kwargs(*(opts.pop(name) for name in CLUSTER_OPTIONS))
+    cluster["scratch"] = scratch_for(opts.pop("scratch"), output, cluster)
     if storage.exists(output) and not overwrite:
         raise click.ClickException(
             f"output {output!r} already exists (use --overwrite to replace it)"

@@ -60,6 +60,35 @@ def scratch_location(where: str | os.PathLike[str] | None = None) -> str:
     return os.path.join(base, name)
 
 
+def check_scratch(where: Any) -> Any:
+    """``where`` as a usable directory for scratch stores: created if missing, refused if
+    it is not a writable directory. None (the default location) and URLs pass unchanged.
+
+    Raises
+    ------
+    ValueError
+        ``where`` names a file, lies under a file, or cannot be written; the message names it.
+    """
+    if where is None:
+        return None
+    if not isinstance(where, (str, os.PathLike)):
+        raise ValueError(f"scratch must be a directory path or URL, not {type(where).__name__}")
+    where = storage.local_path(os.fspath(where))
+    if storage.is_url(where):
+        return where
+    if os.path.exists(where) and not os.path.isdir(where):
+        raise ValueError(f"scratch {where!r} is a file, not a directory")
+    try:
+        os.makedirs(where, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(
+            f"scratch directory {where!r} cannot be created: {exc.strerror or exc}"
+        ) from None
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise ValueError(f"scratch directory {where!r} is not writable")
+    return where
+
+
 def encode_state(state: Any) -> np.ndarray:
     """One block state as a flat uint8 array (see the module docstring for the layout)."""
     buffers: list[pickle.PickleBuffer] = []

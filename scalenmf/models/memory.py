@@ -170,6 +170,8 @@ def fixed_bytes(
     n_blocks: int,
     in_flight: int,
     spill_cols: int | None = None,
+    *,
+    workers: int | None = None,
 ) -> int:
     """What lives for the whole fit in the process that holds the states and the W's.
 
@@ -177,12 +179,25 @@ def fixed_bytes(
     and the kept H is written to storage block by block; only the states of ``in_flight``
     blocks of ``spill_cols`` columns are in memory at once (old and new, and the encoded
     copy being written).
+
+    ``workers``: the bytes of *each* of this many Dask workers instead, among which the
+    states spread evenly. A worker holds its blocks' old states and their new ones until
+    the step's reduction is in (``DaskExecutor.map_reduce`` drops the old then), so twice
+    its share, and none of the end: H is gathered on the client, not on a worker.
     """
     m, n = source.shape
     if spill_cols is not None:
         n = 2 * in_flight * spill_cols
     k, runs = shape.k, shape.n_runs
     item = shape.work_itemsize
+    l = k + _OVERSAMPLE
+    partials = m * l * runs * 8 * (max(1, math.ceil(math.log2(max(n_blocks, 2)))) + in_flight + 2)
+    ws = 6 * m * k * runs * 8
+    if workers:
+        share = math.ceil(n / max(1, int(workers)))
+        states = 2 * share * k * runs * item
+        init = (k + _OVERSAMPLE) * share * 8 * 2 if shape.init.startswith("nndsvd") else 0
+        return int(max(states, init) + partials + ws)
     # Blocks run concurrently hold their old states until the pass ends; in line, a new
     # state replaces the old one block by block.
     h_states = (2 if in_flight > 1 else 1) * n * k * runs * item
@@ -192,9 +207,6 @@ def fixed_bytes(
     init = rows * n * 8 if shape.init.startswith("nndsvd") else 0
     # The end: the states, H gathered (float64) and its copy in the working dtype.
     end = n * k * runs * item + n * k * (8 + item)
-    l = k + _OVERSAMPLE
-    partials = m * l * runs * 8 * (max(1, math.ceil(math.log2(max(n_blocks, 2)))) + in_flight + 2)
-    ws = 6 * m * k * runs * 8
     return int(max(h_states, init, end) + partials + ws)
 
 
@@ -317,7 +329,7 @@ def plan_memory(
     def need_of(cols: int, in_flight: int, keep: bool) -> dict[str, int]:
         n_blocks = max(1, math.ceil(source.shape[1] / max(cols, 1)))
         spill = cols if spills(cols, in_flight) else None
-        fixed = fixed_bytes(source, shape, n_blocks, in_flight, spill)
+        fixed = fixed_bytes(source, shape, n_blocks, in_flight, spill, workers=workers)
         per = per_block_bytes(source, shape, cols)
         # An in-memory X is part of the measured baseline already.
         held = source.nbytes if keep and not source.in_memory else 0
@@ -326,7 +338,7 @@ def plan_memory(
             block, _ = _block_bytes(source, source.shape[0], cols)
             per = max(per - block, 0)
         if workers:
-            fixed, held = math.ceil(fixed / n_workers), math.ceil(held / n_workers)
+            held = math.ceil(held / n_workers)
         return {
             "baseline": int(baseline),
             "fixed": int(fixed),

@@ -165,6 +165,27 @@ def test_dask_workers_below_their_baseline_are_refused_up_front(tmp_path, store)
     assert time.monotonic() - started < 5
 
 
+def test_a_worker_plan_counts_its_share_of_the_states_twice_and_not_the_clients_gather():
+    """96 × 10⁷ float32, k = 10, KL: a run on 2 workers under 1.5 GB each peaked at 688 MB
+    per worker (docs/benchmarks.md, issue 15) while the plan refused 1 GB, asking for
+    1.3 GB: it spread the client's final gather of H (float64 and a copy) over the
+    workers. A worker holds its share of H twice (old and new states during a step)."""
+    import dask.array as da
+
+    n = 10**7
+    source = as_source(da.zeros((96, n), dtype=np.float32, chunks=(96, 65536)))
+    shape = FitShape(k=10, n_runs=1, loss="kl", init="random", work_itemsize=4)
+    plan = plan_memory(
+        source, shape, 1000 * MB, threads=1, baseline=memory.WORKER_BASELINE, workers=2
+    )
+    own_states = 2 * (n // 2) * 10 * 4  # old and new H of a worker's half, float32
+    assert own_states <= plan.breakdown["fixed"] <= own_states + 20 * MB
+    assert plan.need <= memory.WORKER_SHARE * 1000 * MB
+    # Fewer workers, more states each: one worker of 1 GB cannot hold 2 × 400 MB.
+    with pytest.raises(MemoryLimitError, match=r"each Dask worker needs at least 1\.3GB"):
+        plan_memory(source, shape, 1000 * MB, threads=1, baseline=memory.WORKER_BASELINE, workers=1)
+
+
 def _hog(X, state, nbytes):
     """A block step that holds far more than its worker's limit for a while."""
     big = np.ones(nbytes // 8)

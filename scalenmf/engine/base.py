@@ -13,7 +13,7 @@ function (so it pickles to Dask workers); ``X_j`` is ``None`` when ``read_x=Fals
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -92,8 +92,9 @@ class Executor(Protocol):
     def states(self) -> Iterator[Any]:
         """The per-block states, in block order (brought to this process)."""
 
-    def set_states(self, states: list[Any]) -> None:
-        """Replace the per-block states (e.g. restoring a checkpoint)."""
+    def set_states(self, states: Iterable[Any]) -> None:
+        """Replace the per-block states (e.g. restoring a checkpoint), taken in order
+        from ``states`` (a list or an iterator: one per block)."""
 
     def close(self) -> None:
         """Release threads, futures or the cluster the executor started."""

@@ -13,6 +13,7 @@ resuming with a different one is refused, since it would silently mix two fits.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,9 @@ class LoopSnapshot:
     converged: list[bool]
     active: list[int]
     model_state: dict[str, Any]
-    block_states: list[Any]
+    #: One state per block: a list, or an iterable read once (lazy: the executor's
+    #: states, or a checkpoint's ``StoredStates``).
+    block_states: Iterable[Any]
     elapsed_s: float
     extra: dict[str, Any] = field(default_factory=dict)
 

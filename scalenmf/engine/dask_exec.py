@@ -32,7 +32,7 @@ import operator
 import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError
 from typing import Any
 
@@ -863,7 +863,8 @@ class DaskExecutor:
                     self._states, _ = self._replay()
             yield realign(value)
 
-    def set_states(self, states: list[Any]) -> None:
+    def set_states(self, states: Iterable[Any]) -> None:
+        states = list(states)  # scattered together: the workers take them from the client
         if len(states) != self.source.n_blocks:
             raise ValueError(f"expected {self.source.n_blocks} block states, got {len(states)}")
         self._log.clear()

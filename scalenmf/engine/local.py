@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -282,12 +282,20 @@ class LocalExecutor:
         for j in range(self.source.n_blocks):
             yield self._state(j)
 
-    def set_states(self, states: list[Any]) -> None:
-        if len(states) != self.source.n_blocks:
-            raise ValueError(f"expected {self.source.n_blocks} block states, got {len(states)}")
+    def set_states(self, states: Iterable[Any]) -> None:
+        # Taken one at a time: restored from a checkpoint into the scratch store, the
+        # states never sit in memory together.
         self._states = [None] * self.source.n_blocks
+        count = 0
         for j, state in enumerate(states):
+            if j >= self.source.n_blocks:
+                count = j + 1
+                continue
             self._keep(j, realign(state))
+            count = j + 1
+        if count != self.source.n_blocks:
+            self._states = [None] * self.source.n_blocks
+            raise ValueError(f"expected {self.source.n_blocks} block states, got {count}")
 
     def close(self) -> None:
         if self._pool is not None:

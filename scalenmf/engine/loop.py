@@ -13,7 +13,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -239,11 +239,13 @@ def _snapshot(
     t0: float,
 ) -> LoopSnapshot:
     model_state = _model_state(model)
-    block_states = list(executor.states())
+    # Lazy: the checkpoint writer takes the states one at a time (with states kept in a
+    # scratch store, they never sit in memory together).
+    block_states: Iterable[Any] = executor.states()
     pack = getattr(model, "pack_states", None)
     if pack is not None:
         # States the checkpoint format cannot hold as they are travel as lists of arrays,
-        # with the model's description of how to rebuild them.
+        # with the model's description of how to rebuild them (filled as they go by).
         block_states, model_state["_block_layout"] = pack(block_states)
     return LoopSnapshot(
         iteration=it,
@@ -268,7 +270,7 @@ def _restore(model: Any, executor: Executor, snap: LoopSnapshot) -> None:
     state = dict(snap.model_state)
     layout = state.pop("_block_layout", None)
     set_state(state)
-    blocks = list(snap.block_states)
+    blocks: Iterable[Any] = snap.block_states
     if layout is not None:
         blocks = model.unpack_states(blocks, layout)
     executor.set_states(blocks)

@@ -10,6 +10,7 @@ float64, is ``½‖X − WH‖² + l1_w·ΣW + ½ l2_w·‖W‖² + l1_h·ΣH + 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -302,28 +303,33 @@ class FitsModel:
         self.h_start = [float(v) for v in state["h_start"]]
         self.xx = float(state["xx"])
 
-    def pack_states(self, states: list[Any]) -> tuple[list[Any], dict[str, Any]]:
-        """Block states as lists of arrays (what a checkpoint stores) and their layout."""
-        keys = list(self.groups)
-        packed = []
-        for s in states:
-            packed.append(None if s is None else [s.H.get(key) for key in keys])
-        datasets = [None if s is None else int(s.dataset) for s in states]
-        return packed, {
-            "keys": [[v, list(ks), bool(mk)] for v, ks, mk in keys],
-            "datasets": datasets,
-        }
+    def pack_states(self, states: Iterable[Any]) -> tuple[Iterator[Any], dict[str, Any]]:
+        """Block states as lists of arrays (what a checkpoint stores) and their layout.
 
-    def unpack_states(self, packed: list[Any], layout: dict[str, Any]) -> list[Any]:
+        Lazy, so that a checkpoint takes the states one at a time: the layout's
+        ``datasets`` is filled as the packed states are read (the checkpoint writer
+        stores the model state, this layout in it, after the block states).
+        """
+        keys = list(self.groups)
+        datasets: list[int | None] = []
+
+        def packed() -> Iterator[Any]:
+            for s in states:
+                datasets.append(None if s is None else int(s.dataset))
+                yield None if s is None else [s.H.get(key) for key in keys]
+
+        layout = {"keys": [[v, list(ks), bool(mk)] for v, ks, mk in keys], "datasets": datasets}
+        return packed(), layout
+
+    def unpack_states(self, packed: Iterable[Any], layout: dict[str, Any]) -> Iterator[Any]:
+        """The block states of ``pack_states``' output, one at a time."""
         keys = [(v, tuple(int(x) for x in ks), bool(mk)) for v, ks, mk in layout["keys"]]
-        out: list[Any] = []
         for j, (arrays, d) in enumerate(zip(packed, layout["datasets"], strict=True)):
             if arrays is None:
-                out.append(None)
+                yield None
                 continue
             H = {key: a for key, a in zip(keys, arrays, strict=True) if a is not None}
-            out.append(BlockState(int(d), H, index=j))
-        return out
+            yield BlockState(int(d), H, index=j)
 
 
 def start_factors(

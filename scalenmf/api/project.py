@@ -63,7 +63,7 @@ def _basis(W: Any, row_labels: Any) -> tuple[np.ndarray, np.ndarray | None, Any,
     if isinstance(W, (str, os.PathLike)):
         from scalenmf.results.nmf import load
 
-        W = load(W)
+        W = load(W, lazy=True)  # W, labels and params: the fit's H stays on disk
     if hasattr(W, "W") and not isinstance(W, np.ndarray):
         params = dict(getattr(W, "params", {}) or {})
         factor_labels = getattr(W, "factor_labels", None)

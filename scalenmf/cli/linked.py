@@ -328,7 +328,8 @@ def _open_basis(path: str) -> Any:
     if kind == "result":
         from scalenmf.results.nmf import load
 
-        return load(path)
+        # W and the labels only: H (k × n of the fit) is not needed to project.
+        return load(path, lazy=True)
     import numpy as np
 
     from scalenmf.io import open_matrix

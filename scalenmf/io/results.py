@@ -137,9 +137,14 @@ def _copy_stored(
 
 
 def read_result(
-    path: str | os.PathLike[str],
-) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, np.ndarray]]:
-    """Read a result store: ``(arrays, attrs, labels)``."""
+    path: str | os.PathLike[str], *, lazy: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
+    """Read a result store: ``(arrays, attrs, labels)``.
+
+    ``lazy``: arrays returned as the stored ``zarr.Array`` instead of read (H of millions
+    of samples, for a reader that needs only W): checked for completeness, not against
+    their digest (that would read them whole).
+    """
     g = _open_group(path)
     meta = g.attrs.get("scalenmf")
     if not isinstance(meta, dict) or meta.get("kind") != "result":
@@ -147,12 +152,17 @@ def read_result(
     where = str(path)
     seal = g.attrs.get(INTEGRITY)
     digests = dict(seal.get("arrays") or {}) if isinstance(seal, dict) else None
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, Any] = {}
     labels: dict[str, np.ndarray] = {}
     for name, node in g.members():
         if not isinstance(node, zarr.Array):
             continue
         require_complete(node, name, where)
+        if name in lazy:
+            arrays[name] = node
+            if digests is not None:
+                digests.pop(name, None)
+            continue
         values = _read_array(node, name, where)
         if name.endswith("labels"):
             values = as_str_array(values)

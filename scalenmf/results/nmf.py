@@ -104,11 +104,21 @@ class NMFResult(Result):
         ]
 
 
-def load(path: str | os.PathLike[str]) -> NMFResult:
-    """Read a result store written by ``NMFResult.save`` or ``scalenmf fit``."""
+def load(path: str | os.PathLike[str], *, lazy: bool = False) -> NMFResult:
+    """Read a result store written by ``NMFResult.save`` or ``scalenmf fit``.
+
+    Parameters
+    ----------
+    path : path or URL
+    lazy : bool, default False
+        Leave H in the store: ``result.H`` is then the stored ``zarr.Array`` (k × n), read
+        when indexed, and only its completeness is checked (not its digest, which would
+        read it whole). For work that needs W alone (projecting new samples) on a result
+        of millions of samples.
+    """
     from scalenmf.io.results import read_result
 
-    arrays, attrs, labels = read_result(path)
+    arrays, attrs, labels = read_result(path, lazy=("H",) if lazy else ())
     return NMFResult(
         W=need(arrays, "W", path),
         H=need(arrays, "H", path),

@@ -158,3 +158,60 @@ def test_chunked_median_is_numpys_median_bit_for_bit(n: int) -> None:
     got = chunked_median(lambda: (v[a : a + 64] for a in range(0, v.size, 64)))
     assert got == np.median(finite)
     assert np.isnan(chunked_median(lambda: iter([np.array([np.nan, np.inf])])))
+
+
+# -- the basis of `scalenmf project RESULT`: W only, H left on disk ----------------------
+
+
+def _chunk_of(array_dir):
+    return next(p for p in sorted(array_dir.rglob("*")) if p.is_file() and p.name != "zarr.json")
+
+
+def test_project_reads_only_w_of_a_result_store(tmp_path):
+    """At 10⁷ samples the fitted result's H is 400 MB (float32, k = 10): `scalenmf project`
+    read it whole to take W (peak 655 MB against 166 MB at 10⁵). A lazy load leaves H on
+    disk; W is still read whole and checked against its digest."""
+    import zarr
+    from click.testing import CliRunner
+
+    from scalenmf.cli.main import main
+    from scalenmf.results.nmf import load
+
+    X = make_counts(30, 400, k=3, seed=2)
+    fitted = scalenmf.nmf(X, 3, max_iter=20, progress=False)
+    store = tmp_path / "fit.zarr"
+    fitted.save(store)
+    lazy = load(store, lazy=True)
+    assert isinstance(lazy.H, zarr.Array) and isinstance(lazy.W, np.ndarray)
+    assert np.array_equal(lazy.W, fitted.W) and np.array_equal(lazy.H[...], fitted.H)
+    np.save(tmp_path / "x.npy", X)
+    # Damage H: project does not need it (and does not read it) ...
+    chunk = _chunk_of(store / "H")
+    chunk.write_bytes(b"\0" * len(chunk.read_bytes()))
+    out = CliRunner().invoke(
+        main,
+        [
+            "project",
+            str(store),
+            str(tmp_path / "x.npy"),
+            "-o",
+            str(tmp_path / "p.zarr"),
+            "--no-progress",
+        ],
+    )
+    assert out.exit_code == 0, out.output
+    # ... while a damaged W is refused, naming it.
+    chunk = _chunk_of(store / "W")
+    chunk.write_bytes(b"\0" * len(chunk.read_bytes()))
+    out = CliRunner().invoke(
+        main,
+        [
+            "project",
+            str(store),
+            str(tmp_path / "x.npy"),
+            "-o",
+            str(tmp_path / "q.zarr"),
+            "--no-progress",
+        ],
+    )
+    assert out.exit_code != 0 and "'W'" in out.output and not (tmp_path / "q.zarr").exists()

@@ -37,7 +37,7 @@ from scalenmf.engine.loop import IterationInfo
 from scalenmf.io.masked import MaskedSource, fit_source
 from scalenmf.io.source import MatrixSource
 from scalenmf.models.consensus import factor_consensus
-from scalenmf.models.fits import FitSpec, MultiFitOutcome, run_multifit
+from scalenmf.models.fits import FitSpec, MultiFitOutcome, multifit_shape, run_multifit
 from scalenmf.models.step import NMFConfig, check_supported
 from scalenmf.models.survey import (
     RankMeasures,
@@ -105,11 +105,13 @@ class _Setup:
     params: dict[str, Any]
     dtype: np.dtype
     cluster: ClusterOptions
+    fits: list[FitSpec]
 
 
 def _setup(
     X: Any,
     ks: list[int],
+    fits_of: Callable[[dict[str, Any]], list[FitSpec]],
     *,
     solver: str | None,
     loss: str,
@@ -122,13 +124,19 @@ def _setup(
     where: dict[str, Any],
     **rules: Any,
 ) -> _Setup:
-    """The checked parameters, the input (masked where asked) and the multi-fit config."""
+    """The checked parameters, the fits (``fits_of(params)``), the input planned for
+    ``memory_limit`` and masked where asked, and the multi-fit config.
+
+    The memory plan is the fit's (``ClusterOptions.fit_memory``) for the shape of all
+    fits together (``multifit_shape``: they share each read of X, so their block states
+    add up): within a limit the blocks are narrowed, X is held only when the plan has
+    room for it, and the states go to a scratch store past ``STATE_SHARE`` of it.
+    """
     p = checked_params(
         SELECTION_RULES, solver, loss=loss, seed=seed, cv_fraction=cv_fraction, **rules
     )
     check_supported(p["loss"], p["solver"])
     base = open_input(X, block_cols=block_cols, ranks=ks)
-    source = fit_source(base, mask)
     seed_int = 0 if p["seed"] is None else int(p["seed"])
     config = model_config(
         {**p, "nnls": "bpp"},
@@ -139,7 +147,12 @@ def _setup(
         **where,
     )
     p.update(backend=config.backend, device=config.device)
-    return _Setup(source, config, p, work_dtype(gpu_dtype(dtype, config.device), base), cluster)
+    fits = fits_of(p)
+    dtype_ = work_dtype(gpu_dtype(dtype, config.device), base)
+    shape = multifit_shape(fits, p["loss"], dtype_.itemsize, masked=mask is not None)
+    base, cluster = cluster.fit_memory(base, shape, fixed_blocking=block_cols is not None)
+    source = fit_source(base, mask)
+    return _Setup(source, config, p, dtype_, cluster, fits)
 
 
 def _fit_result(outcome: MultiFitOutcome, f: int, setup: _Setup, info: dict[str, Any]) -> NMFResult:
@@ -281,6 +294,7 @@ def rank_survey(
     setup = _setup(
         X,
         k_list,
+        lambda p: survey_fits(k_list, p["n_runs"], p["cv_reps"], bool(null)),
         solver=solver,
         loss=loss,
         mask=mask,
@@ -303,7 +317,7 @@ def rank_survey(
         where=kernel_backend(backend, device, gpu_memory_limit),
     )
     p = setup.params
-    fits = survey_fits(k_list, p["n_runs"], p["cv_reps"], bool(null))
+    fits = setup.fits
     desc = f"rank survey ({len(fits)} fits)"
     with (
         setup.cluster.executor(setup.source) as executor,
@@ -435,9 +449,11 @@ def consensus(
     ((60,), (40, 3))
     """
     t0 = time.perf_counter()
+    k = int(Number(1, math.inf, integer=True).check("k", k))
     setup = _setup(
         X,
-        [int(Number(1, math.inf, integer=True).check("k", k))],
+        [k],
+        lambda p: [FitSpec(k, "data", -1, r) for r in range(p["n_runs"])],
         solver=solver,
         loss=loss,
         mask=mask,
@@ -459,8 +475,7 @@ def consensus(
         where=kernel_backend(backend, device, gpu_memory_limit),
     )
     p = setup.params
-    k = int(k)
-    fits = [FitSpec(k, "data", -1, r) for r in range(p["n_runs"])]
+    fits = setup.fits
     desc = f"consensus k={k} ({len(fits)} runs)"
     with (
         setup.cluster.executor(setup.source) as executor,

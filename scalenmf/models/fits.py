@@ -21,6 +21,7 @@ from scalenmf.kernels import gram
 from scalenmf.kernels.backend import NUMPY
 from scalenmf.kernels.mu import EPS
 from scalenmf.models.init import random_w
+from scalenmf.models.memory import FitShape
 from scalenmf.models.step import (
     VARIANTS,
     BlockState,
@@ -64,6 +65,32 @@ def rank_buckets(ks: list[int]) -> dict[int, int]:
         bucket.append(k)
     out.update({b: bucket[-1] for b in bucket})
     return out
+
+
+def multifit_shape(
+    fits: list[FitSpec], loss: str, work_itemsize: int, masked: bool = False
+) -> FitShape:
+    """The ``FitShape`` a memory plan sees for ``fits`` run together on one read of X.
+
+    All fits share each read of X, so what the plan must hold is the sum of their block
+    states: the padded rank of every fit (``rank_buckets``), summed. The shape is the
+    largest padded rank times as many "runs" as make that total (rounded up), so that
+    ``k × n_runs`` per column is never below the real state size, and the per-column
+    solver temporaries are those of the largest rank (an upper bound for every group).
+    Held-out replicates solve with hidden entries, as a masked fit does. The starts are
+    random W (no NNDSVD pass).
+    """
+    padded = rank_buckets([s.k for s in fits])
+    total = sum(padded[s.k] for s in fits)
+    top = max(padded.values())
+    return FitShape(
+        k=top,
+        n_runs=max(1, math.ceil(total / top)),
+        loss=loss,
+        init="random",
+        work_itemsize=int(work_itemsize),
+        masked=bool(masked or any(s.rep >= 0 for s in fits)),
+    )
 
 
 def _pad(W: np.ndarray, k: int) -> np.ndarray:

@@ -376,7 +376,7 @@ class MultiFitOutcome:
     n_iter: list[int]
     converged: list[bool]
     test_errors: list[float]
-    labels: dict[int, np.ndarray]  # fit index -> (n,) int16
+    labels: dict[int, Any]  # fit index -> (n,) int16, or ``StoredLabels`` (one row)
     H: dict[int, np.ndarray]  # fit index -> (k, n) for the kept fits
     xx: float
     n_obs: float
@@ -418,32 +418,80 @@ def collect(
     return H, lab
 
 
+class StoredLabels:
+    """Rows of a scratch array of sample labels, read like an (R, n) array by columns.
+
+    What a multi-fit leaves for the labels of its runs when its block states were kept
+    out of memory: ``labels[:, a:b]`` reads columns a..b of every row (an (R, b − a)
+    ndarray), ``row(i)`` one run's (n,) labels; nothing of size R × n is held.
+    """
+
+    def __init__(self, array: Any, rows: list[int]):
+        self.array = array
+        self.rows = [int(r) for r in rows]
+        self.shape = (len(self.rows), int(array.shape[1]))
+        self.dtype = np.dtype(array.dtype)
+
+    def take(self, rows: list[int]) -> StoredLabels:
+        """The labels of ``rows`` (positions in this one) as stored labels."""
+        return StoredLabels(self.array, [self.rows[r] for r in rows])
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        every, cols = key
+        if every != slice(None):
+            raise IndexError("stored labels are read by columns: labels[:, a:b]")
+        rows = self.rows
+        if rows == list(range(rows[0], rows[0] + len(rows))):
+            return np.asarray(self.array[rows[0] : rows[0] + len(rows), cols])
+        return np.asarray(self.array.oindex[rows, cols])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:, :]
+        return out if dtype is None else out.astype(dtype)
+
+
+def label_matrix(labels: dict[int, Any], fits: list[int]) -> Any:
+    """The (R, n) labels of ``fits``: an ndarray, or ``StoredLabels`` when they are in a
+    scratch array (the multi-fit's states were kept out of memory)."""
+    first = labels[fits[0]]
+    if isinstance(first, StoredLabels):
+        rows = [r for f in fits for r in labels[f].rows]
+        return StoredLabels(first.array, rows)
+    return np.stack([labels[f] for f in fits])
+
+
 def _collect_to_storage(executor: Any, model: FitsModel, keep: list[int], labels: bool, dtype: Any):
     source = executor.source
     n = source.shape[1]
     bounds = source.block_bounds
     widest = max(b - a for a, b in bounds)
+    where = getattr(executor, "scratch", None)
     H: dict[int, Any] = {}
-    lab: dict[int, np.ndarray] = {}
+    # Every run's labels in one scratch array, a row per run: n values per run is what
+    # the states out of memory are for, so they do not come back to memory either.
+    runs = [f for f, spec in enumerate(model.fits) if spec.rep < 0] if labels else []
+    store = None
     for j, state in enumerate(executor.states()):
         a, b = bounds[j]
         for f in keep:
             block = model.block_h(state, f)
             if f not in H:
                 H[f] = columns_array(
-                    getattr(executor, "scratch", None),
+                    where,
                     (block.shape[0], n),
                     dtype if dtype is not None else block.dtype,
                     widest,
                 )
             H[f][:, a:b] = block
-        if labels:
-            for f, spec in enumerate(model.fits):
+        if runs:
+            rows = []
+            for f in runs:
                 key, slot = model.slot[f]
-                if spec.rep < 0:
-                    if f not in lab:
-                        lab[f] = np.empty(n, dtype=state["labels"][key][slot].dtype)
-                    lab[f][a:b] = state["labels"][key][slot]
+                rows.append(state["labels"][key][slot])
+            if store is None:
+                store = columns_array(where, (len(runs), n), rows[0].dtype, widest, "labels")
+            store[:, a:b] = np.stack(rows)
+    lab: dict[int, Any] = {f: StoredLabels(store, [i]) for i, f in enumerate(runs)}
     return H, lab
 
 

@@ -7,7 +7,9 @@ process's own resident size (as in test_project_memory.py).
 
 from __future__ import annotations
 
+import gc
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -97,3 +99,106 @@ def test_survey_refuses_a_limit_below_its_plan() -> None:
         scalenmf.rank_survey(data(300), "2-3", memory_limit="1MB", **KW)
     with pytest.raises(MemoryLimitError, match="memory_limit is too small"):
         scalenmf.consensus(data(300), 2, n_runs=2, memory_limit="1MB", progress=False)
+
+
+def test_sample_consensus_of_stored_labels_read_by_chunks_equals_in_memory(
+    monkeypatch, scratch
+) -> None:
+    from scalenmf.io.state_store import columns_array
+    from scalenmf.models import consensus as cons
+    from scalenmf.models.fits import StoredLabels
+
+    rng = np.random.default_rng(2)
+    truth = rng.integers(0, 3, 700)
+    labels = np.where(rng.random((6, 700)) < 0.8, truth, rng.integers(0, 3, (6, 700)))
+    held = cons.sample_consensus(labels.astype(np.int16), 3, max_samples=150, seed=1)
+    store = columns_array(scratch, (8, 700), np.int16, 64, "labels")
+    store[1:7] = labels  # rows 1..6 of a larger array, as a survey's are
+    monkeypatch.setattr(cons, "LABEL_CHUNK", 97)  # chunks that cut members unevenly
+    stored = StoredLabels(store, [1, 2, 3, 4, 5, 6])
+    read = cons.sample_consensus(stored, 3, max_samples=150, seed=1)
+    assert held.subsampled and read.subsampled
+    for name in ("matrix", "samples", "clusters", "confidence", "linkage"):
+        assert np.array_equal(getattr(held, name), getattr(read, name)), name
+    for name in ("cophenetic", "dispersion", "silhouette"):
+        assert getattr(held, name) == getattr(read, name), name
+    assert cons.dispersion_from_labels(stored.take([0, 2, 4])) == cons.dispersion_from_labels(
+        labels[[0, 2, 4]]
+    )
+
+
+def test_info_says_what_was_subsampled_and_where_per_sample_output_went(
+    monkeypatch, scratch
+) -> None:
+    X = data(400)
+    free = scalenmf.rank_survey(X, "2-3", consensus_samples=100, **KW)
+    assert free.info["memory"] == {
+        "memory_limit": None,
+        "consensus_samples": 100,
+        "subsampled": True,
+        "consensus_matrix_bytes": 40_000,
+        "labels": "memory",
+        "H": "memory",
+    }
+    monkeypatch.setattr(local, "STATE_SHARE", 1e-9)
+    bounded = scalenmf.rank_survey(X, "2-3", memory_limit="4GB", **KW)
+    memory = bounded.info["memory"]
+    assert memory["memory_limit"] == 4 * 10**9 and memory["subsampled"] is False
+    assert (memory["labels"], memory["H"]) == ("scratch", "scratch")
+    res = scalenmf.consensus(
+        X, 2, n_runs=2, max_iter=5, tol=0.0, memory_limit="4GB", progress=False
+    )
+    assert (res.info["memory"]["labels"], res.info["memory"]["H"]) == ("scratch", "scratch")
+
+
+def traced_peak(store: str, **kw) -> int:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        res = scalenmf.rank_survey(store, "2-3", **PEAK_KW, **kw)
+        res.table()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    del res
+    gc.collect()
+    return peak
+
+
+PEAK_KW = {
+    "n_runs": 2,
+    "cv_reps": 1,
+    "max_iter": 3,
+    "tol": 0.0,
+    "consensus_samples": 200,
+    "progress": False,
+    "block_cols": 2500,
+    "threads": 1,
+}
+
+
+@pytest.mark.filterwarnings("ignore::scalenmf.ConvergenceWarning")
+def test_peak_memory_of_the_survey_does_not_grow_with_n(monkeypatch, scratch, tmp_path) -> None:
+    """Traced peak of a survey from a store, at n and 4n: flat within a limit (X too
+    large to hold, states, labels and best H in scratch, labels walked a chunk at a
+    time), while the unbounded path (X cached, everything in memory) grows with n. What
+    stays is the (n,) clusters and confidences of each rank and the sample names."""
+    from scalenmf.models import consensus as cons
+    from scalenmf.models import memory
+
+    stores = {
+        n: scalenmf.write_matrix(tmp_path / f"x{n}.zarr", data(n), block_cols=2500)
+        for n in (10_000, 40_000)
+    }
+    traced_peak(stores[10_000])  # warm-up: first-call imports and caches are not n's
+    free = {n: traced_peak(s) for n, s in stores.items()}
+    monkeypatch.setattr(local, "STATE_SHARE", 1e-6)
+    # The limit must stay above the test process's size, so X (6 MB here) would fit it:
+    # the plan is told X does not, as it would be for X larger than the limit.
+    monkeypatch.setattr(memory, "_keep_x", lambda source, held, room: source.in_memory)
+    monkeypatch.setattr(cons, "LABEL_CHUNK", 2500)
+    traced_peak(stores[10_000], memory_limit="4GB")
+    bounded = {n: traced_peak(s, memory_limit="4GB") for n, s in stores.items()}
+    assert free[40_000] > 2 * free[10_000], free
+    assert bounded[40_000] < 1.25 * bounded[10_000], bounded
+    assert bounded[40_000] < free[40_000] / 2, (bounded, free)

@@ -202,3 +202,17 @@ def test_peak_memory_of_the_survey_does_not_grow_with_n(monkeypatch, scratch, tm
     assert free[40_000] > 2 * free[10_000], free
     assert bounded[40_000] < 1.25 * bounded[10_000], bounded
     assert bounded[40_000] < free[40_000] / 2, (bounded, free)
+
+
+def test_masked_survey_within_a_limit_equals_the_unlimited_one(monkeypatch, scratch) -> None:
+    X = data(500)
+    X[np.random.default_rng(1).random(X.shape) < 0.05] = np.nan
+    kw = {**KW, "cv_reps": 0, "mask": "nan", "null": False}
+    free = scalenmf.rank_survey(X, "2-3", **kw)
+    monkeypatch.setattr(local, "STATE_SHARE", 1e-9)
+    bounded = scalenmf.rank_survey(X, "2-3", memory_limit="4GB", **kw)
+    assert bounded.info["states_in_store"] is True
+    same_rows(free.summary, bounded.summary)
+    assert same_value(free.suggestion, bounded.suggestion)
+    for k in free.ks:
+        assert np.array_equal(np.asarray(free.best[k].H), np.asarray(bounded.best[k].H[...]))

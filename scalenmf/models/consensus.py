@@ -70,31 +70,39 @@ def dispersion_from_labels(labels: Any, *, chunk: int | None = None) -> float:
     """The dispersion of the consensus matrix of ``labels`` without forming it.
 
     ``Σ C = (1/R) Σ_r Σ_c n_rc²`` and ``Σ C² = (1/R²) Σ_{r,s} ‖N_rs‖²`` with ``N_rs`` the
-    contingency table of runs r and s: O(R²·n) time, O(R²·L²) memory, exact for any n.
+    contingency table of runs r and s: O(R²·n) time, at most ``TABLE_BYTES`` of tables
+    (O(R·L²) at the least), exact for any n.
     ``labels`` (R, n) is read ``chunk`` columns at a time (``label_chunks``), so it may be
     a scratch array.
     """
     R, n = labels.shape
     L = label_count(labels, chunk=chunk)
-    sizes = np.zeros((R, L))
-    tables = np.zeros((R, R, L * L))
-    for _, _, block in label_chunks(labels, chunk):
-        for r in range(R):
-            sizes[r] += np.bincount(block[r], minlength=L)
-            for s in range(R):
-                tables[r, s] += np.bincount(block[r] * L + block[s], minlength=L * L)
-    # Counts are integers: their sums in float64 are exact, in any order of chunks.
+    # The tables of a group of runs r against every run s are held together: as many runs
+    # a group as fit TABLE_BYTES (the labels are read once per group).
+    group = max(1, int(TABLE_BYTES // max(1, R * L * L * 8)))
     sum_c = 0.0
     sum_c2 = 0.0
-    for r in range(R):
-        sum_c += float(np.sum(sizes[r] ** 2))
-        for s in range(R):
-            sum_c2 += float(tables[r, s] @ tables[r, s])
+    for first in range(0, R, group):
+        rows = range(first, min(first + group, R))
+        sizes = np.zeros((len(rows), L))
+        tables = np.zeros((len(rows), R, L * L))
+        for _, _, block in label_chunks(labels, chunk):
+            for i, r in enumerate(rows):
+                sizes[i] += np.bincount(block[r], minlength=L)
+                for s in range(R):
+                    tables[i, s] += np.bincount(block[r] * L + block[s], minlength=L * L)
+        # Counts are integers: their sums in float64 are exact, in any order of chunks.
+        for i in range(len(rows)):
+            sum_c += float(np.sum(sizes[i] ** 2))
+            for s in range(R):
+                sum_c2 += float(tables[i, s] @ tables[i, s])
     sum_c /= R
     sum_c2 /= R * R
     return float(4.0 * (sum_c2 - sum_c) / n**2 + 1.0)
 
 
+#: Contingency tables held at once by ``dispersion_from_labels`` (bytes).
+TABLE_BYTES = 64 * 2**20
 #: Samples read at a time when every sample's labels are walked (a subsampled consensus):
 #: R × LABEL_CHUNK labels and LABEL_CHUNK × k scores in memory, whatever n.
 LABEL_CHUNK = 65_536

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import math
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,3 +219,20 @@ def test_masked_survey_within_a_limit_equals_the_unlimited_one(monkeypatch, scra
     assert same_value(free.suggestion, bounded.suggestion)
     for k in free.ks:
         assert np.array_equal(np.asarray(free.best[k].H), np.asarray(bounded.best[k].H[...]))
+
+
+def test_bounded_selection_results_save_as_the_unlimited_ones(monkeypatch, scratch, tmp_path):
+    X = data(400)
+    kw = {"n_runs": 3, "max_iter": 10, "tol": 0.0, "block_cols": 100, "progress": False}
+    free = scalenmf.consensus(X, 2, **kw)
+    survey_free = scalenmf.rank_survey(X, "2-3", **KW)
+    monkeypatch.setattr(local, "STATE_SHARE", 1e-9)
+    bounded = scalenmf.consensus(X, 2, memory_limit="4GB", **kw)
+    survey_bounded = scalenmf.rank_survey(X, "2-3", memory_limit="4GB", **KW)
+    a = Path(free.save(tmp_path / "a"))
+    b = Path(bounded.save(tmp_path / "b"))
+    assert (a / "clusters.csv").read_text() == (b / "clusters.csv").read_text()
+    c = Path(survey_free.save(tmp_path / "c"))
+    d = Path(survey_bounded.save(tmp_path / "d"))
+    for name in ("summary.csv", "runs.csv", "suggestion.json"):
+        assert (c / name).read_text() == (d / name).read_text(), name

@@ -1,7 +1,8 @@
 """Growth with n: peak memory and time per sample of fit and project at 10⁵–10⁷ samples.
 
     python -m benchmarks.bench_growth [--sizes 1e5,1e6,1e7] [--iters 3] [--dir DIR]
-        [--modes laptop,workers,project] [--workers-at 1e7] [--keep] [--out table.md]
+        [--modes laptop,workers,project,survey] [--workers-at 1e7] [--keep] [--out table.md]
+        [--survey-ks 2-12] [--survey-runs 5] [--survey-cv-reps 0] [--survey-null]
 
 The catalogue: 96 × n float32 Zarr (chunks of 65,536 samples), simulated from ten COSMIC
 v3.4 SBS signatures as ``benchmarks.datasets.cosmic_catalogue`` does (a negative-binomial
@@ -17,9 +18,13 @@ process it starts) every 20 ms: ``scalenmf fit STORE -k 10 --loss kl --init rand
 ``--workers-at``, with ``--workers 2`` (the limit is then per worker); and ``scalenmf
 project --loss frobenius`` of the catalogue on the laptop fit's W under the same limit.
 Time per iteration is the fit's own loop time (``timings["loop_s"] / n_iter``); the
-projection's is its ``project_s``. The issue's goals: peak RSS at 10⁷ at most 1.1× that
-at 10⁵, and seconds per iteration per sample at 10⁷ within 1.2× of 10⁶. Note the load
-(printed) beside every figure.
+projection's is its ``project_s``. ``survey`` (issue 15, model selection at scale):
+``scalenmf rank STORE --ks 2-12 --n-runs 5 --loss frobenius --memory-limit LIMIT
+--max-iter ITERS --tol 0`` (``--survey-ks`` smaller for a quick run; held-out replicates
+and the null off unless asked: they multiply the fits), all fits sharing each read of X;
+its time per iteration is ``loop_s / iterations`` of ``survey.json``. The issue's goals:
+peak RSS at 10⁷ at most 1.1× that at 10⁵, and seconds per iteration per sample at 10⁷
+within 1.2× of 10⁶. Note the load (printed) beside every figure.
 """
 
 from __future__ import annotations
@@ -111,6 +116,26 @@ def project_case(result: Path, store: Path, out: Path, limit: str = LIMIT) -> di
     return rec
 
 
+def survey_case(
+    store: Path, out: Path, iters: int, args: argparse.Namespace, limit: str = LIMIT
+) -> dict[str, Any]:
+    cmd = cli("rank", str(store), "--ks", args.survey_ks, "--n-runs", str(args.survey_runs))
+    cmd += ["--cv-reps", str(args.survey_cv_reps), "--null" if args.survey_null else "--no-null"]
+    cmd += ["--loss", "frobenius", "--memory-limit", limit, "--max-iter", str(iters)]
+    cmd += ["--tol", "0", "-o", str(out), "--no-progress"]
+    load = load_average()
+    rec = measure(cmd, timeout=3600)
+    rec["load"] = (load, load_average())
+    if rec["rc"] == 0:
+        info = json.loads((out / "survey.json").read_text())["info"]
+        t = info["timings"]
+        rec["s_per_iter"] = t["loop_s"] / max(1, t["iterations"])
+        rec["total_s"] = t["total_s"]
+        rec["states_in_store"] = info.get("states_in_store")
+        rec["memory"] = info.get("memory")
+    return rec
+
+
 def _mb(nbytes: float) -> str:
     return f"{nbytes / 1e6:,.0f} MB" if nbytes else "–"
 
@@ -144,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers-at", default="1e7", help="sizes to run --workers 2 at")
     ap.add_argument("--loss", default="kl", help="of the fit (the issue's: kl)")
     ap.add_argument("--limit", default=LIMIT, help="--memory-limit (the issue's: 1GB)")
+    ap.add_argument("--survey-ks", default="2-12", help="ranks of the survey (the issue's)")
+    ap.add_argument("--survey-runs", type=int, default=5, help="restarts per rank")
+    ap.add_argument("--survey-cv-reps", type=int, default=0, help="held-out replicates")
+    ap.add_argument("--survey-null", action="store_true", help="also survey the null")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--out", help="append the table (markdown) and the records (JSON) here")
     args = ap.parse_args(argv)
@@ -177,6 +206,14 @@ def main(argv: list[str] | None = None) -> int:
                 out = root / f"fit-workers-{n}.zarr"
                 rec = fit_case(store, out, args.iters, True, args.loss, args.limit)
                 rows.append({"case": "fit 2 workers", "n": n, **rec})
+                print(json.dumps(rows[-1], default=str), flush=True)
+                shutil.rmtree(out, ignore_errors=True)
+            if "survey" in modes:
+                out = root / f"survey-{n}"
+                rec = survey_case(store, out, args.iters, args, args.limit)
+                rows.append(
+                    {"case": f"survey {args.survey_ks} × {args.survey_runs}", "n": n, **rec}
+                )
                 print(json.dumps(rows[-1], default=str), flush=True)
                 shutil.rmtree(out, ignore_errors=True)
             if not args.keep:

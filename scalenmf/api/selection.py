@@ -37,7 +37,14 @@ from scalenmf.engine.loop import IterationInfo
 from scalenmf.io.masked import MaskedSource, fit_source
 from scalenmf.io.source import MatrixSource
 from scalenmf.models.consensus import factor_consensus
-from scalenmf.models.fits import FitSpec, MultiFitOutcome, run_multifit
+from scalenmf.models.fits import (
+    FitSpec,
+    MultiFitOutcome,
+    StoredLabels,
+    label_matrix,
+    multifit_shape,
+    run_multifit,
+)
 from scalenmf.models.step import NMFConfig, check_supported
 from scalenmf.models.survey import (
     RankMeasures,
@@ -105,11 +112,13 @@ class _Setup:
     params: dict[str, Any]
     dtype: np.dtype
     cluster: ClusterOptions
+    fits: list[FitSpec]
 
 
 def _setup(
     X: Any,
     ks: list[int],
+    fits_of: Callable[[dict[str, Any]], list[FitSpec]],
     *,
     solver: str | None,
     loss: str,
@@ -122,13 +131,19 @@ def _setup(
     where: dict[str, Any],
     **rules: Any,
 ) -> _Setup:
-    """The checked parameters, the input (masked where asked) and the multi-fit config."""
+    """The checked parameters, the fits (``fits_of(params)``), the input planned for
+    ``memory_limit`` and masked where asked, and the multi-fit config.
+
+    The memory plan is the fit's (``ClusterOptions.fit_memory``) for the shape of all
+    fits together (``multifit_shape``: they share each read of X, so their block states
+    add up): within a limit the blocks are narrowed, X is held only when the plan has
+    room for it, and the states go to a scratch store past ``STATE_SHARE`` of it.
+    """
     p = checked_params(
         SELECTION_RULES, solver, loss=loss, seed=seed, cv_fraction=cv_fraction, **rules
     )
     check_supported(p["loss"], p["solver"])
     base = open_input(X, block_cols=block_cols, ranks=ks)
-    source = fit_source(base, mask)
     seed_int = 0 if p["seed"] is None else int(p["seed"])
     config = model_config(
         {**p, "nnls": "bpp"},
@@ -139,7 +154,12 @@ def _setup(
         **where,
     )
     p.update(backend=config.backend, device=config.device)
-    return _Setup(source, config, p, work_dtype(gpu_dtype(dtype, config.device), base), cluster)
+    fits = fits_of(p)
+    dtype_ = work_dtype(gpu_dtype(dtype, config.device), base)
+    shape = multifit_shape(fits, p["loss"], dtype_.itemsize, masked=mask is not None)
+    base, cluster = cluster.fit_memory(base, shape, fixed_blocking=block_cols is not None)
+    source = fit_source(base, mask)
+    return _Setup(source, config, p, dtype_, cluster, fits)
 
 
 def _fit_result(outcome: MultiFitOutcome, f: int, setup: _Setup, info: dict[str, Any]) -> NMFResult:
@@ -154,6 +174,31 @@ def _fit_result(outcome: MultiFitOutcome, f: int, setup: _Setup, info: dict[str,
         timings={"total_s": outcome.total_s},
         info=dict(info),
     )
+
+
+def _memory_info(
+    setup: _Setup, outcome: MultiFitOutcome, cap: int, H: dict[int, Any] | None = None
+) -> dict[str, Any]:
+    """What a selection kept where, and the budget: ``result.info["memory"]``.
+
+    ``consensus_samples``: the samples of each consensus matrix and tree (a random
+    subsample above ``cap``: ``subsampled``); ``consensus_matrix_bytes`` its float32
+    matrix. ``labels`` / ``H``: "scratch" when the runs' per-sample labels and the kept
+    fits' H (``H``, default the outcome's) went to scratch arrays (the block states were
+    kept out of memory), else "memory".
+    """
+    kept = outcome.H if H is None else H
+    n = setup.source.shape[1]
+    used = min(n, int(cap))
+    stored = any(isinstance(v, StoredLabels) for v in outcome.labels.values())
+    return {
+        "memory_limit": setup.cluster.memory_limit,
+        "consensus_samples": used,
+        "subsampled": n > used,
+        "consensus_matrix_bytes": 4 * used * used,
+        "labels": "scratch" if stored else "memory",
+        "H": "memory" if all(isinstance(h, np.ndarray) for h in kept.values()) else "scratch",
+    }
 
 
 def _run_rows(outcome: MultiFitOutcome) -> list[dict[str, Any]]:
@@ -180,7 +225,9 @@ def sample_names(source: MatrixSource) -> np.ndarray:
     labels = source.col_labels
     if labels is not None:
         return np.asarray(labels, dtype=str)
-    return np.array([str(j) for j in range(source.shape[1])])
+    n = source.shape[1]
+    # The strings of np.array([str(j) …]) without a list of n Python strings on the way.
+    return np.arange(n).astype(f"<U{len(str(max(n - 1, 0)))}")
 
 
 # -- rank survey ------------------------------------------------------------------------
@@ -256,9 +303,16 @@ def rank_survey(
         Missing entries (non-zero = missing); NaN in X are missing too. Every fit then
         uses only the observed entries.
     consensus_samples : int
-        Samples used for the consensus matrix of each rank (a random subsample above it).
+        Samples used for the consensus matrix of each rank (a random subsample above it;
+        the matrix is ``consensus_samples²`` float32 values, the dispersion and every
+        sample's cluster are still from all samples, read a chunk at a time).
     scheduler, workers, memory_limit, threads, scheduler_file, security, connect_timeout, scratch :
-        The cluster options, as in ``scalenmf.nmf``.
+        The cluster options, as in ``scalenmf.nmf``. With ``memory_limit`` the blocking
+        is planned for all fits together (their block states add up); past
+        ``STATE_SHARE`` of the limit the block states, the best fits' H and every run's
+        sample labels are kept in scratch arrays, so that the survey's memory does not
+        grow with n beyond the (n,) clusters and confidences of each rank's consensus.
+        ``info["memory"]`` says what was subsampled, what went to scratch and the budget.
     backend, device, gpu_memory_limit :
         Where the block kernels run (numpy, or torch on a CPU or GPU), as in ``scalenmf.nmf``.
     block_cols, dtype, progress, callback :
@@ -282,6 +336,7 @@ def rank_survey(
     setup = _setup(
         X,
         k_list,
+        lambda p: survey_fits(k_list, p["n_runs"], p["cv_reps"], bool(null)),
         solver=solver,
         loss=loss,
         mask=mask,
@@ -311,7 +366,7 @@ def rank_survey(
         where=kernel_backend(backend, device, gpu_memory_limit),
     )
     p = setup.params
-    fits = survey_fits(k_list, p["n_runs"], p["cv_reps"], bool(null))
+    fits = setup.fits
     desc = f"rank survey ({len(fits)} fits)"
     with (
         setup.cluster.executor(setup.source) as executor,
@@ -337,6 +392,9 @@ def rank_survey(
             measured[v][k] = measure_rank(
                 outcome, k, v, consensus_samples=p["consensus_samples"], sample_seed=p["seed"] or 0
             )
+            if v == "null":
+                # Only its row is reported: its (n,) clusters need not wait for the rest.
+                measured[v][k].consensus = None
     data = measured["data"]
     suggestion = suggest_rank(data, measured.get("null"))
     best = {k: _fit_result(outcome, data[k].best_fit, setup, info) for k in k_list}
@@ -360,6 +418,7 @@ def rank_survey(
         params=params,
         info={
             **info,
+            "memory": _memory_info(setup, outcome, p["consensus_samples"]),
             "timings": {
                 "fit_s": t_fit,
                 "loop_s": outcome.total_s,
@@ -424,7 +483,11 @@ def consensus(
     X, k, n_runs :
         Data (features × samples), rank, and number of runs.
     max_samples : int
-        Largest consensus matrix (``max_samples²`` float32 values).
+        Largest consensus matrix (``max_samples²`` float32 values); above it the matrix
+        is of a random subsample (``info["consensus"]["subsampled"]``).
+    memory_limit :
+        As in ``rank_survey``: the runs' states, labels and the refitted H go to scratch
+        arrays past ``STATE_SHARE`` of it; ``info["memory"]`` says what went where.
     density_threshold : float
         Outlier filter of the factor consensus (see ``models.consensus.factor_consensus``).
     others :
@@ -444,9 +507,11 @@ def consensus(
     ((60,), (40, 3))
     """
     t0 = time.perf_counter()
+    k = int(Number(1, math.inf, integer=True).check("k", k))
     setup = _setup(
         X,
-        [int(Number(1, math.inf, integer=True).check("k", k))],
+        [k],
+        lambda p: [FitSpec(k, "data", -1, r) for r in range(p["n_runs"])],
         solver=solver,
         loss=loss,
         mask=mask,
@@ -475,8 +540,7 @@ def consensus(
         where=kernel_backend(backend, device, gpu_memory_limit),
     )
     p = setup.params
-    k = int(k)
-    fits = [FitSpec(k, "data", -1, r) for r in range(p["n_runs"])]
+    fits = setup.fits
     desc = f"consensus k={k} ({len(fits)} runs)"
     with (
         setup.cluster.executor(setup.source) as executor,
@@ -506,7 +570,7 @@ def consensus(
         info = run_info(setup.source, executor)
     from scalenmf.models.consensus import sample_consensus
 
-    labels = np.stack([outcome.labels[f] for f in range(len(fits))])
+    labels = label_matrix(outcome.labels, list(range(len(fits))))
     samples = sample_consensus(labels, k, max_samples=p["max_samples"], seed=p["seed"] or 0)
     if samples.subsampled:
         log.info(
@@ -520,6 +584,7 @@ def consensus(
         r.pop("kind", None)
     info = {
         **info,
+        "memory": _memory_info(setup, outcome, p["max_samples"], refit.H),
         "consensus": {
             "subsampled": samples.subsampled,
             "consensus_samples": int(samples.samples.size),

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.cluster.hierarchy import cophenet, fcluster, leaves_list, linkage
@@ -64,25 +66,65 @@ def dispersion(C: np.ndarray) -> float:
     return float(np.mean(4.0 * (C64 - 0.5) ** 2))
 
 
-def dispersion_from_labels(labels: np.ndarray) -> float:
+def dispersion_from_labels(labels: Any, *, chunk: int | None = None) -> float:
     """The dispersion of the consensus matrix of ``labels`` without forming it.
 
     ``Σ C = (1/R) Σ_r Σ_c n_rc²`` and ``Σ C² = (1/R²) Σ_{r,s} ‖N_rs‖²`` with ``N_rs`` the
-    contingency table of runs r and s: O(R²·n) time, O(k²) memory, exact for any n.
+    contingency table of runs r and s: O(R²·n) time, at most ``TABLE_BYTES`` of tables
+    (O(R·L²) at the least), exact for any n.
+    ``labels`` (R, n) is read ``chunk`` columns at a time (``label_chunks``), so it may be
+    a scratch array.
     """
-    labels = np.asarray(labels, dtype=np.int64)
     R, n = labels.shape
-    L = int(labels.max()) + 1
+    L = label_count(labels, chunk=chunk)
+    # The tables of a group of runs r against every run s are held together: as many runs
+    # a group as fit TABLE_BYTES (the labels are read once per group).
+    group = max(1, int(TABLE_BYTES // max(1, R * L * L * 8)))
     sum_c = 0.0
     sum_c2 = 0.0
-    for r in range(R):
-        sum_c += float(np.sum(np.bincount(labels[r], minlength=L).astype(np.float64) ** 2))
-        for s in range(R):
-            table = np.bincount(labels[r] * L + labels[s], minlength=L * L).astype(np.float64)
-            sum_c2 += float(table @ table)
+    for first in range(0, R, group):
+        rows = range(first, min(first + group, R))
+        sizes = np.zeros((len(rows), L))
+        tables = np.zeros((len(rows), R, L * L))
+        for _, _, block in label_chunks(labels, chunk):
+            for i, r in enumerate(rows):
+                sizes[i] += np.bincount(block[r], minlength=L)
+                for s in range(R):
+                    tables[i, s] += np.bincount(block[r] * L + block[s], minlength=L * L)
+        # Counts are integers: their sums in float64 are exact, in any order of chunks.
+        for i in range(len(rows)):
+            sum_c += float(np.sum(sizes[i] ** 2))
+            for s in range(R):
+                sum_c2 += float(tables[i, s] @ tables[i, s])
     sum_c /= R
     sum_c2 /= R * R
     return float(4.0 * (sum_c2 - sum_c) / n**2 + 1.0)
+
+
+#: Contingency tables held at once by ``dispersion_from_labels`` (bytes).
+TABLE_BYTES = 64 * 2**20
+#: Samples read at a time when every sample's labels are walked (a subsampled consensus):
+#: R × LABEL_CHUNK labels and LABEL_CHUNK × k scores in memory, whatever n.
+LABEL_CHUNK = 65_536
+
+
+def label_chunks(labels: Any, chunk: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(a, b, labels[:, a:b] as int64)`` over the columns of (R, n) ``labels`` (an
+    ndarray or anything read by ``[:, a:b]``, such as ``models.fits.StoredLabels``)."""
+    n = labels.shape[1]
+    width = max(1, int(chunk or LABEL_CHUNK))
+    for a in range(0, n, width):
+        b = min(a + width, n)
+        yield a, b, np.asarray(labels[:, a:b], dtype=np.int64)
+
+
+def label_count(labels: Any, *, chunk: int | None = None) -> int:
+    """The largest label + 1 (1 when there are none), read by column chunks."""
+    top = 0
+    for _, _, block in label_chunks(labels, chunk):
+        if block.size:
+            top = max(top, int(block.max()))
+    return top + 1
 
 
 def _condensed_distance(C: np.ndarray) -> np.ndarray:
@@ -181,18 +223,19 @@ class SampleConsensus:
 
 
 def assign_by_consensus(
-    labels: np.ndarray, members: np.ndarray, clusters: np.ndarray
+    labels: Any, members: np.ndarray, clusters: np.ndarray, *, chunk: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean consensus of every sample with every consensus cluster, and the best one.
 
     ``score[j, c] = (1/R) Σ_r (share of c's members that run r puts with j)`` — the row of
-    the full consensus matrix averaged over c's members, in O(R·n·k) without forming it.
+    the full consensus matrix averaged over c's members, in O(R·n·k) without forming it,
+    ``chunk`` samples at a time (the scores of one chunk only are in memory).
 
     Parameters
     ----------
-    labels : ndarray, shape (R, n)
+    labels : ndarray or column-readable array, shape (R, n)
     members : ndarray, shape (n_s,)
-        Indices of the samples the clusters were found on.
+        Indices of the samples the clusters were found on, increasing.
     clusters : ndarray, shape (n_s,), values 1..c
 
     Returns
@@ -201,17 +244,37 @@ def assign_by_consensus(
     confidence : ndarray, shape (n,)
     """
     R, n = labels.shape
-    L = int(labels.max()) + 1
+    L = label_count(labels, chunk=chunk)
     nc = int(clusters.max())
-    score = np.zeros((n, nc))
+    tables = []
+    picked = member_labels(labels, members, chunk=chunk)
     for r in range(R):
         table = np.zeros((nc, L))
-        np.add.at(table, (clusters - 1, labels[r, members]), 1.0)
+        np.add.at(table, (clusters - 1, picked[r]), 1.0)
         table /= np.maximum(table.sum(axis=1, keepdims=True), 1.0)
-        score += table[:, labels[r]].T
-    score /= R
-    best = np.argmax(score, axis=1)
-    return best + 1, score[np.arange(n), best]
+        tables.append(table)
+    best = np.empty(n, dtype=np.int64)
+    confidence = np.empty(n, dtype=np.float64)
+    for a, b, block in label_chunks(labels, chunk):
+        score = np.zeros((b - a, nc))
+        for r in range(R):
+            score += tables[r][:, block[r]].T
+        score /= R
+        top = np.argmax(score, axis=1)
+        best[a:b] = top + 1
+        confidence[a:b] = score[np.arange(b - a), top]
+    return best, confidence
+
+
+def member_labels(labels: Any, members: np.ndarray, *, chunk: int | None = None) -> np.ndarray:
+    """``labels[:, members]`` (R, n_s) int64, gathered chunk by chunk (``members`` sorted)."""
+    if isinstance(labels, np.ndarray):
+        return np.asarray(labels[:, members], dtype=np.int64)
+    parts = []
+    for a, b, block in label_chunks(labels, chunk):
+        lo, hi = np.searchsorted(members, [a, b])
+        parts.append(block[:, members[lo:hi] - a])
+    return np.concatenate(parts, axis=1)
 
 
 def sample_consensus(
@@ -221,8 +284,11 @@ def sample_consensus(
 
     Parameters
     ----------
-    labels : ndarray, shape (R, n)
-        Cluster (factor) of every sample in every run.
+    labels : ndarray or column-readable array (``models.fits.StoredLabels``), shape (R, n)
+        Cluster (factor) of every sample in every run. Above ``max_samples`` it is only
+        read ``LABEL_CHUNK`` columns at a time: memory is then bounded by the subsample
+        (its ``max_samples²`` consensus matrix) and a chunk, plus the (n,) clusters and
+        confidences returned.
     k : int
         Number of consensus clusters to cut the tree into.
     max_samples : int
@@ -230,15 +296,16 @@ def sample_consensus(
         this size (``subsampled`` is then True); every sample still gets a cluster (its
         best mean consensus with the subsample's clusters) and the dispersion stays exact.
     """
-    labels = np.asarray(labels, dtype=np.int64)
     n = labels.shape[1]
     subsampled = n > max_samples
     if subsampled:
         rng = np.random.default_rng(seed)
         members = np.sort(rng.choice(n, size=max_samples, replace=False))
+        picked = member_labels(labels, members)
     else:
         members = np.arange(n)
-    C = consensus_matrix(labels[:, members])
+        picked = np.asarray(labels, dtype=np.int64)
+    C = consensus_matrix(picked)
     Z, coph = consensus_tree(C)
     cut = tree_clusters(Z, k, members.size)
     D = 1.0 - C.astype(np.float64)

@@ -22,6 +22,7 @@ from scalenmf.kernels import gram
 from scalenmf.kernels.backend import NUMPY
 from scalenmf.kernels.mu import EPS
 from scalenmf.models.init import random_w
+from scalenmf.models.memory import FitShape
 from scalenmf.models.step import (
     VARIANTS,
     BlockState,
@@ -65,6 +66,32 @@ def rank_buckets(ks: list[int]) -> dict[int, int]:
         bucket.append(k)
     out.update({b: bucket[-1] for b in bucket})
     return out
+
+
+def multifit_shape(
+    fits: list[FitSpec], loss: str, work_itemsize: int, masked: bool = False
+) -> FitShape:
+    """The ``FitShape`` a memory plan sees for ``fits`` run together on one read of X.
+
+    All fits share each read of X, so what the plan must hold is the sum of their block
+    states: the padded rank of every fit (``rank_buckets``), summed. The shape is the
+    largest padded rank times as many "runs" as make that total (rounded up), so that
+    ``k × n_runs`` per column is never below the real state size, and the per-column
+    solver temporaries are those of the largest rank (an upper bound for every group).
+    Held-out replicates solve with hidden entries, as a masked fit does. The starts are
+    random W (no NNDSVD pass).
+    """
+    padded = rank_buckets([s.k for s in fits])
+    total = sum(padded[s.k] for s in fits)
+    top = max(padded.values())
+    return FitShape(
+        k=top,
+        n_runs=max(1, math.ceil(total / top)),
+        loss=loss,
+        init="random",
+        work_itemsize=int(work_itemsize),
+        masked=bool(masked or any(s.rep >= 0 for s in fits)),
+    )
 
 
 def _pad(W: np.ndarray, k: int) -> np.ndarray:
@@ -355,7 +382,7 @@ class MultiFitOutcome:
     n_iter: list[int]
     converged: list[bool]
     test_errors: list[float]
-    labels: dict[int, np.ndarray]  # fit index -> (n,) int16
+    labels: dict[int, Any]  # fit index -> (n,) int16, or ``StoredLabels`` (one row)
     H: dict[int, np.ndarray]  # fit index -> (k, n) for the kept fits
     xx: float
     n_obs: float
@@ -397,32 +424,80 @@ def collect(
     return H, lab
 
 
+class StoredLabels:
+    """Rows of a scratch array of sample labels, read like an (R, n) array by columns.
+
+    What a multi-fit leaves for the labels of its runs when its block states were kept
+    out of memory: ``labels[:, a:b]`` reads columns a..b of every row (an (R, b − a)
+    ndarray), ``row(i)`` one run's (n,) labels; nothing of size R × n is held.
+    """
+
+    def __init__(self, array: Any, rows: list[int]):
+        self.array = array
+        self.rows = [int(r) for r in rows]
+        self.shape = (len(self.rows), int(array.shape[1]))
+        self.dtype = np.dtype(array.dtype)
+
+    def take(self, rows: list[int]) -> StoredLabels:
+        """The labels of ``rows`` (positions in this one) as stored labels."""
+        return StoredLabels(self.array, [self.rows[r] for r in rows])
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        every, cols = key
+        if every != slice(None):
+            raise IndexError("stored labels are read by columns: labels[:, a:b]")
+        rows = self.rows
+        if rows == list(range(rows[0], rows[0] + len(rows))):
+            return np.asarray(self.array[rows[0] : rows[0] + len(rows), cols])
+        return np.asarray(self.array.oindex[rows, cols])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:, :]
+        return out if dtype is None else out.astype(dtype)
+
+
+def label_matrix(labels: dict[int, Any], fits: list[int]) -> Any:
+    """The (R, n) labels of ``fits``: an ndarray, or ``StoredLabels`` when they are in a
+    scratch array (the multi-fit's states were kept out of memory)."""
+    first = labels[fits[0]]
+    if isinstance(first, StoredLabels):
+        rows = [r for f in fits for r in labels[f].rows]
+        return StoredLabels(first.array, rows)
+    return np.stack([labels[f] for f in fits])
+
+
 def _collect_to_storage(executor: Any, model: FitsModel, keep: list[int], labels: bool, dtype: Any):
     source = executor.source
     n = source.shape[1]
     bounds = source.block_bounds
     widest = max(b - a for a, b in bounds)
+    where = getattr(executor, "scratch", None)
     H: dict[int, Any] = {}
-    lab: dict[int, np.ndarray] = {}
+    # Every run's labels in one scratch array, a row per run: n values per run is what
+    # the states out of memory are for, so they do not come back to memory either.
+    runs = [f for f, spec in enumerate(model.fits) if spec.rep < 0] if labels else []
+    store = None
     for j, state in enumerate(executor.states()):
         a, b = bounds[j]
         for f in keep:
             block = model.block_h(state, f)
             if f not in H:
                 H[f] = columns_array(
-                    getattr(executor, "scratch", None),
+                    where,
                     (block.shape[0], n),
                     dtype if dtype is not None else block.dtype,
                     widest,
                 )
             H[f][:, a:b] = block
-        if labels:
-            for f, spec in enumerate(model.fits):
+        if runs:
+            rows = []
+            for f in runs:
                 key, slot = model.slot[f]
-                if spec.rep < 0:
-                    if f not in lab:
-                        lab[f] = np.empty(n, dtype=state["labels"][key][slot].dtype)
-                    lab[f][a:b] = state["labels"][key][slot]
+                rows.append(state["labels"][key][slot])
+            if store is None:
+                store = columns_array(where, (len(runs), n), rows[0].dtype, widest, "labels")
+            store[:, a:b] = np.stack(rows)
+    lab: dict[int, Any] = {f: StoredLabels(store, [i]) for i, f in enumerate(runs)}
     return H, lab
 
 

@@ -18,7 +18,7 @@ from scalenmf.models.consensus import (
     factor_consensus,
     sample_consensus,
 )
-from scalenmf.models.fits import FitSpec, MultiFitOutcome
+from scalenmf.models.fits import FitSpec, MultiFitOutcome, label_matrix
 
 EXTRA_COLUMNS = (
     "objective_best",
@@ -76,7 +76,7 @@ def measure_rank(
     finals = [outcome.objectives[f][-1] for f in runs]
     errors = [outcome.relative_errors[f][-1] for f in runs]
     best = runs[int(np.argmin(finals))]
-    labels = np.stack([outcome.labels[f] for f in runs])
+    labels = label_matrix(outcome.labels, runs)
     sc = sample_consensus(labels, k, max_samples=consensus_samples, seed=sample_seed)
     fc = factor_consensus([outcome.Ws[f] for f in runs], finals) if len(runs) > 1 else None
     cv = [outcome.test_errors[f] for f in reps]

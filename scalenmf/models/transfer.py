@@ -229,7 +229,8 @@ def project_blocks(
 ) -> tuple[np.ndarray, list[float], list[float]]:
     """H (k, n) of every block for a fixed W (m, k) in one pass, exact NNLS or KL MU with
     ``config``'s loss and H penalties: behind ``NMF.transform`` and consensus refits.
-    Returns H and the objective and relative error (lists of one float)."""
+    Returns H (a scratch Zarr array when the executor keeps its states out of memory) and
+    the objective and relative error (lists of one float)."""
     plan = ProjectionPlan(
         W=np.ascontiguousarray(W),
         n_basis=W.shape[1],
@@ -247,7 +248,22 @@ def project_blocks(
     totals = executor.map_reduce(project_step, plan)
     if progress is not None:
         progress.update(1)
-    H = np.hstack([state.H for state in executor.states()])
+    if getattr(executor, "stream_states", False):
+        # The states are out of memory: H goes to a scratch array block by block too.
+        from scalenmf.io.state_store import columns_array
+
+        bounds = executor.source.block_bounds
+        widest = max(b - a for a, b in bounds)
+        H: Any = None
+        for (a, b), state in zip(bounds, executor.states(), strict=True):
+            if H is None:
+                where = getattr(executor, "scratch", None)
+                H = columns_array(
+                    where, (W.shape[1], executor.source.shape[1]), state.H.dtype, widest
+                )
+            H[:, a:b] = state.H
+    else:
+        H = np.hstack([state.H for state in executor.states()])
     data = totals["div"] if config.loss == "kl" else 0.5 * totals["sq_err"]
     obj = data + config.l1_h * totals["h_l1"] + 0.5 * config.l2_h * totals["h_l2"]
     rel = float(np.sqrt(totals["sq_err"] / totals["xx"])) if totals["xx"] > 0 else 0.0

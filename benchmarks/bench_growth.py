@@ -1,8 +1,9 @@
 """Growth with n: peak memory and time per sample of fit and project at 10⁵–10⁷ samples.
 
     python -m benchmarks.bench_growth [--sizes 1e5,1e6,1e7] [--iters 3] [--dir DIR]
-        [--modes laptop,workers,project,survey] [--workers-at 1e7] [--keep] [--out table.md]
-        [--survey-ks 2-12] [--survey-runs 5] [--survey-cv-reps 0] [--survey-null]
+        [--modes laptop,workers,project,online,survey] [--workers-at 1e7] [--keep]
+        [--out table.md] [--survey-ks 2-12] [--survey-runs 5] [--survey-cv-reps 0]
+        [--survey-null]
 
 The catalogue: 96 × n float32 Zarr (chunks of 65,536 samples), simulated from ten COSMIC
 v3.4 SBS signatures as ``benchmarks.datasets.cosmic_catalogue`` does (a negative-binomial
@@ -16,7 +17,8 @@ Each case runs the CLI in a child process and polls its resident size (and that 
 process it starts) every 20 ms: ``scalenmf fit STORE -k 10 --loss kl --init random
 --memory-limit 1GB --max-iter ITERS --tol 0`` in laptop mode and, at the sizes in
 ``--workers-at``, with ``--workers 2`` (the limit is then per worker); and ``scalenmf
-project --loss frobenius`` of the catalogue on the laptop fit's W under the same limit.
+project --loss frobenius`` of the catalogue on the laptop fit's W under the same limit; with
+``online``, the same fit with ``--solver online`` (ITERS epochs).
 Time per iteration is the fit's own loop time (``timings["loop_s"] / n_iter``); the
 projection's is its ``project_s``. ``survey`` (issue 15, model selection at scale):
 ``scalenmf rank STORE --ks 2-12 --n-runs 5 --loss frobenius --memory-limit LIMIT
@@ -80,13 +82,21 @@ def cli(*args: str) -> list[str]:
 
 
 def fit_case(
-    store: Path, out: Path, iters: int, workers: bool, loss: str = "kl", limit: str = LIMIT
+    store: Path,
+    out: Path,
+    iters: int,
+    workers: bool,
+    loss: str = "kl",
+    limit: str = LIMIT,
+    online: bool = False,
 ) -> dict[str, Any]:
     import scalenmf
 
     cmd = cli("fit", str(store), "-k", "10", "--loss", loss, "--init", "random")
     cmd += ["--memory-limit", limit, "--max-iter", str(iters), "--tol", "0", "-o", str(out)]
     cmd += ["--no-checkpoint", "--no-progress"]
+    if online:
+        cmd += ["--solver", "online"]  # iters then counts epochs
     if workers:
         cmd += ["--workers", "2"]
     load = load_average()
@@ -202,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"case": "project", "n": n, **rec})
                 print(json.dumps(rows[-1], default=str), flush=True)
                 shutil.rmtree(root / f"proj-{n}.zarr", ignore_errors=True)
+            if "online" in modes:
+                out = root / f"fit-online-{n}.zarr"
+                rec = fit_case(store, out, args.iters, False, args.loss, args.limit, online=True)
+                rows.append({"case": "online laptop", "n": n, **rec})
+                print(json.dumps(rows[-1], default=str), flush=True)
+                shutil.rmtree(out, ignore_errors=True)
             if "workers" in modes and n in workers_at:
                 out = root / f"fit-workers-{n}.zarr"
                 rec = fit_case(store, out, args.iters, True, args.loss, args.limit)

@@ -728,3 +728,20 @@ def test_fmm_refuses_short_lines(field, body, parallelism):
         mtx._fmm_parse(head + body, n, (9, 9), parallelism)
     header = mtx.Header("coordinate", field, "general", (9, 9), n, 3)
     assert mtx._fast_coords(body, header, parallelism) is None
+
+
+def test_text_batches_stacked_at_the_cost_of_one_part():
+    # The whole-file reader stacks its parse batches (column-major views of pandas'
+    # blocks) into one C-ordered X, dropping each batch once copied.
+    from scalenmf.io.formats.delimited import _stacked
+
+    rng = np.random.default_rng(3)
+    parts = [np.asfortranarray(rng.random((k, 5))) for k in (3, 1, 4)]
+    want = np.vstack(parts)
+    held = list(parts)
+    X = _stacked(held)
+    assert held == [] and X.flags.c_contiguous
+    np.testing.assert_array_equal(X, want)
+    one = [np.asfortranarray(rng.random((2, 3)))]
+    single = _stacked(one)
+    assert one == [] and single.flags.c_contiguous

@@ -456,7 +456,9 @@ def fast_batches(
                             strict=True,
                         )
                     )
-                yield labels, np.ascontiguousarray(values)
+                # As pandas holds them (a column-major view of its block): the callers
+                # copy them into their own buffers anyway.
+                yield labels, values
     except _UseReference:
         raise
     except Exception as exc:  # pandas' parse errors, bad bytes, a truncated gzip stream
@@ -491,7 +493,9 @@ def read(path: Path, options: TextOptions = DEFAULT_OPTIONS, bar: Any = None) ->
     """Read the whole file into memory as a dense source with labels (``bar``: a byte
     progress bar)."""
     layout = _layout(path, options)
-    rows_per_batch = max(1, (1 << 24) // max(1, layout.n_fields))
+    # Batches of 2²² cells (32 MiB as float64): pandas holds tens of bytes per cell of a
+    # batch while it parses it, so a batch bounds that transient; 2²⁴ parsed no faster.
+    rows_per_batch = max(1, (1 << 22) // max(1, layout.n_fields))
     labels: list[tuple[str, ...]] = []
     parts: list[np.ndarray] = []
     try:
@@ -509,9 +513,25 @@ def read(path: Path, options: TextOptions = DEFAULT_OPTIONS, bar: Any = None) ->
             bar.update(max(0, bar.total - bar.n))
     if not parts:
         raise InputError(f"{str(path)!r} has a header line but no data rows")
-    X = np.vstack(parts) if len(parts) > 1 else parts[0]
+    X = _stacked(parts)
     rows, cols = _labelled(path, layout, labels)
     return DenseArraySource(X).set_labels(rows, cols)
+
+
+def _stacked(parts: list[np.ndarray]) -> np.ndarray:
+    """``np.vstack(parts)`` at the cost of the result plus one part: each part is copied
+    into the (not yet touched, so not yet resident) result and dropped at once."""
+    if len(parts) == 1:
+        return np.ascontiguousarray(parts.pop())
+    X = np.empty((sum(p.shape[0] for p in parts), parts[0].shape[1]), dtype=np.float64)
+    at = 0
+    parts.reverse()
+    while parts:
+        part = parts.pop()
+        X[at : at + part.shape[0]] = part
+        at += part.shape[0]
+        del part
+    return X
 
 
 def is_text_path(obj: Any) -> bool:

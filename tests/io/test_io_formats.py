@@ -745,3 +745,17 @@ def test_text_batches_stacked_at_the_cost_of_one_part():
     one = [np.asfortranarray(rng.random((2, 3)))]
     single = _stacked(one)
     assert one == [] and single.flags.c_contiguous
+
+
+def test_text_bool_column_is_not_read_as_numbers(tmp_path):
+    # pandas infers a column of True/False as bools, which would cast to 1.0 / 0.0: the
+    # fast reader refuses it and the reference parser names the first such cell.
+    from scalenmf.io.formats.delimited import DEFAULT_OPTIONS, _layout, _UseReference, fast_batches
+
+    lines = ["gene\ta\tb"] + [f"g{i}\t{i}\t{'True' if i % 2 else 'False'}" for i in range(40)]
+    path = tmp_path / "b.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(_UseReference):
+        list(fast_batches(path, _layout(path, DEFAULT_OPTIONS), 1000))
+    with pytest.raises(InputError, match=r"line 2, column 3 \('b'\): 'False' is not a number"):
+        open_matrix(path)

@@ -417,8 +417,10 @@ def fast_batches(
     import pandas as pd
 
     n_label = layout.n_label
-    dtypes: dict[int, Any] = {j: np.float64 for j in range(n_label, layout.n_fields)}
-    dtypes.update({j: object for j in range(n_label)})
+    # Only the label columns are given a type: a dtype for each of 10⁴ value columns makes
+    # pandas' reader 1.5× slower (2.9 s against 1.9 s on the 2000 × 10000 TSV); the value
+    # columns are inferred and then must all be numbers (a bool or text column: refused).
+    dtypes: dict[int, Any] = {j: object for j in range(n_label)}
     fh = open_binary(path, bar)
     try:
         reader = pd.read_csv(
@@ -438,6 +440,9 @@ def fast_batches(
             for frame in reader:
                 if frame.shape[1] != layout.n_fields:
                     raise _UseReference
+                kinds = {dt.kind for dt in frame.dtypes.iloc[n_label:]}
+                if not kinds <= {"i", "u", "f"}:
+                    raise _UseReference  # text, bools: the reference parser names the cell
                 values = frame.iloc[:, n_label:].to_numpy(dtype=np.float64, copy=False)
                 if values.size and not (np.isfinite(values).all() and values.min() >= 0):
                     raise _UseReference
@@ -494,7 +499,8 @@ def read(path: Path, options: TextOptions = DEFAULT_OPTIONS, bar: Any = None) ->
     progress bar)."""
     layout = _layout(path, options)
     # Batches of 2²² cells (32 MiB as float64): pandas holds tens of bytes per cell of a
-    # batch while it parses it, so a batch bounds that transient; 2²⁴ parsed no faster.
+    # batch while it parses it (peak rise of the 2000 × 10000 TSV: 367 MiB against 448 MiB
+    # with 2²⁴), and parses no slower.
     rows_per_batch = max(1, (1 << 22) // max(1, layout.n_fields))
     labels: list[tuple[str, ...]] = []
     parts: list[np.ndarray] = []

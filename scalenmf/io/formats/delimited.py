@@ -434,6 +434,9 @@ def fast_batches(
             skip_blank_lines=True,
             encoding="utf-8",  # bytes go straight to the C tokenizer (it skips a BOM)
             engine="c",
+            # One pass per batch: the default parses a batch in pieces and concatenates
+            # each of its 10⁴ columns (3.6 s against 4.2 s for the 2000 × 10000 TSV).
+            low_memory=False,
             chunksize=max(1, rows_per_batch),
         )
         with reader:

@@ -42,11 +42,19 @@ from scalenmf.io.formats._stage import (
     transpose_dense,
     transpose_sparse,
 )
+from scalenmf.io.formats.h5ad import H5adSource
 from scalenmf.io.matrix import as_source
 from scalenmf.io.planning import DEFAULT_BLOCK_BYTES, plan_block_cols
 from scalenmf.io.readers import open_path
 from scalenmf.io.source import DenseArraySource, MatrixSource, SparseArraySource
-from scalenmf.io.zarr_store import ZarrDenseSource, ZarrSparseSource, copy_sparse, write_source
+from scalenmf.io.zarr_store import (
+    NotCanonical,
+    ZarrDenseSource,
+    ZarrSparseSource,
+    copy_sparse,
+    write_source,
+    write_sparse_entries,
+)
 
 #: Memory budget of a conversion when none is given.
 DEFAULT_MEMORY_LIMIT = 2**30
@@ -200,11 +208,19 @@ def convert(
                 Path(work), budget, bool(transpose), plan, bool(progress), text, client=client
             )
             try:
-                _write(src, dst, ctx, sparse, out_dtype, overwrite)
+                _write(src, dst, ctx, sparse, out_dtype, overwrite, block_cols is None)
             except RestageNeeded:
                 # A streamed input (a Matrix Market file) turned out to need staging; the
                 # partial output is already gone (atomic), so read it again the staged way.
-                _write(src, dst, replace(ctx, stream=False), sparse, out_dtype, overwrite)
+                _write(
+                    src,
+                    dst,
+                    replace(ctx, stream=False),
+                    sparse,
+                    out_dtype,
+                    overwrite,
+                    block_cols is None,
+                )
     finally:
         if owned:
             client.close()
@@ -230,7 +246,11 @@ def _write(
     sparse: bool | None,
     out_dtype: np.dtype | None,
     overwrite: bool,
+    by_entries: bool = False,
 ) -> None:
+    """Write ``src`` as the store ``dst``; ``by_entries``: an input already laid out as our
+    CSC (an .h5ad CSR X) may be copied in entry ranges rather than column blocks (when
+    no ``block_cols`` was asked for)."""
     from tqdm.auto import tqdm
 
     source = _prepare(src, ctx)
@@ -254,7 +274,21 @@ def _write(
             disable=not ctx.progress,
         ) as bar:
             copied = False
-            if kind and isinstance(source, ZarrSparseSource):
+            if by_entries and kind and isinstance(source, H5adSource) and source.is_sparse:
+                # CSR cells × genes is our CSC as stored: written chunk by chunk as read,
+                # checked on the way; False when its rows are not sorted in every column.
+                copied = write_sparse_entries(
+                    dst,
+                    (m, n),
+                    source.indptr,
+                    _EntryReader(checked, source, bar),
+                    dtype=final_dtype,
+                    row_labels=source.row_labels,
+                    col_labels=source.col_labels,
+                    overwrite=overwrite,
+                    what=f"X of {source.path!r}",
+                )
+            if not copied and kind and isinstance(source, ZarrSparseSource):
                 # A sparse Zarr input (AnnData's CSR, or a store of ours) whose chunks can
                 # be copied as they are: values checked, nothing re-encoded.
                 copied = copy_sparse(
@@ -415,6 +449,66 @@ class CheckedSource(MatrixSource):
     def _name(self, i: int, row: bool) -> str:
         labels = self._row_labels if row else self._col_labels
         return f" ({str(labels[i])!r})" if labels is not None else ""
+
+
+class _EntryReader:
+    """``read(lo, hi)`` for ``write_sparse_entries`` over a CSR ``H5adSource``: entries
+    cast to the stored type and checked as ``CheckedSource`` checks blocks (finite,
+    ≥ 0, named by row and column), row indices inside ``0..m-1``; rows not increasing
+    within a column (unsorted or repeated) raise ``NotCanonical``, as those need the
+    block writer's sorting and summing.
+
+    Ranges must come in order (a column may continue from one range into the next)."""
+
+    def __init__(self, checked: CheckedSource, source: Any, bar: Any = None):
+        self.checked = checked
+        self.source = source
+        self.indptr = source.indptr
+        self.bar = bar
+        self._last_row = -1  # row of the entry just before the next range
+
+    def _column(self, p: int) -> int:
+        return int(np.searchsorted(self.indptr, p, side="right")) - 1
+
+    def __call__(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        raw, rows = self.source.read_entries(lo, hi)
+        if raw.shape != (hi - lo,) or rows.shape != (hi - lo,):
+            raise InputError(
+                f"X of {self.source.path!r}: data or indices hold fewer entries than "
+                f"indptr says ({int(self.indptr[-1])})"
+            )
+        with np.errstate(over="ignore"):  # an overflow to inf is reported just below
+            values = raw.astype(self.checked.dtype, copy=False)
+        # Two reductions, no temporary: a NaN makes min() NaN, which fails ">= 0".
+        if not (values.min() >= 0 and values.max() < np.inf):
+            p = int(np.argmax(~np.isfinite(values) | (values < 0)))
+            row, col = int(rows[p]), self._column(lo + p)
+            raise InputError(
+                f"X must be finite and non-negative; found {float(values[p])!r} at "
+                f"row {row}{self.checked._name(row, True)}, "
+                f"column {col}{self.checked._name(col, False)}"
+            )
+        m = self.checked.shape[0]
+        if rows.dtype.kind not in "iu":
+            raise InputError(f"X/indices of {self.source.path!r} are not integers")
+        if int(rows.min()) < 0 or int(rows.max()) >= m:
+            p = int(np.argmax((rows < 0) | (rows >= m)))
+            raise InputError(
+                f"X/indices of {self.source.path!r}: gene index {int(rows[p])} of cell "
+                f"{self._column(lo + p)} is outside 0..{m - 1}"
+            )
+        # Rows increase within each column: every step but those where a column starts.
+        step_down = np.diff(rows) <= 0
+        ip = self.indptr
+        starts = ip[np.searchsorted(ip, lo, side="right") : np.searchsorted(ip, hi, side="left")]
+        step_down[starts - lo - 1] = False
+        first_starts = ip[np.searchsorted(ip, lo, side="left")] == lo
+        if step_down.any() or (not first_starts and int(rows[0]) <= self._last_row):
+            raise NotCanonical(lo)
+        self._last_row = int(rows[-1])
+        if self.bar is not None:
+            self.bar.update(self.checked.bytes_out(hi - lo))
+        return values, rows
 
 
 __all__ = ["DEFAULT_MEMORY_LIMIT", "CheckedSource", "convert", "parse_bytes"]

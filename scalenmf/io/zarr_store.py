@@ -816,6 +816,120 @@ class _ChunkFiles:
                 self._pool = None
 
 
+class NotCanonical(Exception):
+    """Raised by the ``read`` of ``write_sparse_entries`` when the entries turn out not to
+    be in canonical CSC order (rows unsorted or repeated in a column): the partial output
+    is dropped and the caller writes the matrix block by block instead."""
+
+
+def write_sparse_entries(
+    path: str | os.PathLike[str],
+    shape: tuple[int, int],
+    indptr: np.ndarray,
+    read: Any,
+    *,
+    dtype: Any,
+    row_labels: Any = None,
+    col_labels: Any = None,
+    overwrite: bool = False,
+    what: str = "the input",
+) -> bool:
+    """Write a CSC matrix given by its ``indptr`` and a reader of entry ranges, atomically.
+
+    For an input already laid out as our CSC (an ``.h5ad`` CSR X of cells × genes): the
+    ``data`` and ``indices`` chunks are read as exactly the ranges they store, so nothing
+    is copied to assemble a chunk and no column block is built; blosc encodes a chunk in
+    the background while the next range is read.
+
+    Parameters
+    ----------
+    path : path-like
+        The store to create.
+    shape : (int, int)
+        (m, n).
+    indptr : ndarray of int64, shape (n + 1,)
+        Checked here (from 0 up to its last value, never down).
+    read : callable (lo, hi) -> (values, rows)
+        Entries ``lo:hi`` in column order: values already cast to ``dtype`` and checked,
+        row indices checked to lie in ``0..m-1``; raises ``NotCanonical`` to give up.
+    dtype : numpy dtype
+        Value type stored.
+    row_labels, col_labels : array-like of str, optional
+    what : str
+        Names the input in the message of a bad ``indptr``.
+
+    Returns
+    -------
+    bool
+        True when written; False (nothing left at ``path``) when ``read`` gave up.
+    """
+    m, n = (int(s) for s in shape)
+    nnz = int(indptr[-1]) if len(indptr) else 0
+    check_indptr(indptr, nnz, n, what)
+    try:
+        with atomic_output(path, overwrite=overwrite) as tmp:
+            root = zarr.open_group(tmp, mode="w")
+            root.attrs["scalenmf"] = {"kind": "matrix", "format_version": FORMAT_VERSION}
+            g, data, indices, chunk, index_dtype = _create_csc(root, m, n, nnz, np.dtype(dtype))
+            data_out, indices_out = _ChunkFiles(data), _ChunkFiles(indices)
+            try:
+                for lo in range(0, nnz, chunk):
+                    hi = min(nnz, lo + chunk)
+                    values, rows = read(lo, hi)
+                    data_out.put(lo, np.asarray(values, dtype=dtype))
+                    indices_out.put(lo, np.asarray(rows).astype(index_dtype, copy=False))
+                ip = g.create_array(
+                    "indptr",
+                    shape=(n + 1,),
+                    chunks=(max(1, min(n + 1, 1 << 20)),),
+                    dtype=np.int64,
+                    config=WRITE_CONFIG,
+                )
+                ip[:] = indptr
+                # While the encoders finish the last chunks.
+                if row_labels is not None:
+                    write_labels(root, "row_labels", _labels_checked(row_labels, m, "row"))
+                if col_labels is not None:
+                    write_labels(root, "col_labels", _labels_checked(col_labels, n, "column"))
+            except BaseException:
+                data_out.finish(quiet=True)
+                indices_out.finish(quiet=True)
+                raise
+            data_out.finish()
+            indices_out.finish()
+    except NotCanonical:
+        return False
+    return True
+
+
+def _create_csc(
+    root: zarr.Group, m: int, n: int, nnz: int, dtype: np.dtype
+) -> tuple[zarr.Group, zarr.Array, zarr.Array, int, Any]:
+    """The CSC group ``X`` of a new store with empty ``data`` and ``indices`` of ``nnz``
+    entries: (group, data, indices, entries per chunk, index dtype)."""
+    g = root.create_group("X")
+    g.attrs.update({"encoding-type": "csc_matrix", "encoding-version": "0.1.0", "shape": [m, n]})
+    chunk = max(1, min(max(nnz, 1), _SPARSE_CHUNK))
+    index_dtype = np.int32 if m < 2**31 else np.int64
+    data = g.create_array(
+        "data",
+        shape=(nnz,),
+        chunks=(chunk,),
+        dtype=dtype,
+        compressors=[_codec()],
+        config=WRITE_CONFIG,
+    )
+    indices = g.create_array(
+        "indices",
+        shape=(nnz,),
+        chunks=(chunk,),
+        dtype=index_dtype,
+        compressors=[_codec()],
+        config=WRITE_CONFIG,
+    )
+    return g, data, indices, chunk, index_dtype
+
+
 def _blocks(src: MatrixSource) -> Generator[Any, None, None]:
     """The blocks of ``src`` in order; with ``src.read_ahead`` (a source whose reads
     release the GIL, such as h5py's) the next block is read in a thread while the caller
@@ -845,27 +959,8 @@ def _write_sparse(
     (optional) runs once every block is read and its chunks handed to the encoders,
     before waiting for them, so that its work overlaps theirs."""
     m, n = src.shape
-    g = root.create_group("X")
-    g.attrs.update({"encoding-type": "csc_matrix", "encoding-version": "0.1.0", "shape": [m, n]})
     nnz = src.nnz
-    chunk = max(1, min(max(nnz, 1), _SPARSE_CHUNK))
-    index_dtype = np.int32 if m < 2**31 else np.int64
-    data = g.create_array(
-        "data",
-        shape=(nnz,),
-        chunks=(chunk,),
-        dtype=dtype,
-        compressors=[_codec()],
-        config=WRITE_CONFIG,
-    )
-    indices = g.create_array(
-        "indices",
-        shape=(nnz,),
-        chunks=(chunk,),
-        dtype=index_dtype,
-        compressors=[_codec()],
-        config=WRITE_CONFIG,
-    )
+    g, data, indices, chunk, index_dtype = _create_csc(root, m, n, nnz, dtype)
     indptr = np.zeros(n + 1, dtype=np.int64)
     data_out, indices_out = _ChunkFiles(data), _ChunkFiles(indices)
     pos = 0  # entries read so far

@@ -409,6 +409,111 @@ def test_convert_h5ad_bad_value_late_stops_the_read_ahead(tmp_path, rng):
     assert leftovers(tmp_path, {"a.h5ad"}) == []
 
 
+def _entry_reads(monkeypatch) -> list[tuple[int, int]]:
+    """Spy on the entry-range reads of a CSR h5ad X, with chunks of 16 entries so that
+    columns straddle ranges."""
+    import scalenmf.io.zarr_store as zs
+    from scalenmf.io.formats.h5ad import H5adSource
+
+    monkeypatch.setattr(zs, "_SPARSE_CHUNK", 16)
+    reads: list[tuple[int, int]] = []
+    read = H5adSource.read_entries
+
+    def spy(self, lo, hi):
+        reads.append((lo, hi))
+        return read(self, lo, hi)
+
+    monkeypatch.setattr(H5adSource, "read_entries", spy)
+    return reads
+
+
+def test_convert_h5ad_csr_is_written_by_entry_ranges(tmp_path, rng, monkeypatch):
+    # Without block_cols, a CSR X (our CSC as stored) is copied in ranges of one chunk of
+    # entries each, in order, labels kept; the store is the one the block writer makes.
+    reads = _entry_reads(monkeypatch)
+    cells = (rng.random((40, 9)) < 0.4) * rng.integers(1, 9, size=(40, 9)).astype(np.float32)
+    path = _write_cells_h5ad(tmp_path / "a.h5ad", cells)
+    nnz = int((cells != 0).sum())
+    out = open_matrix(convert(path, tmp_path / "x.zarr"))
+    assert reads == [(lo, min(lo + 16, nnz)) for lo in range(0, nnz, 16)]
+    assert out.is_sparse and out.dtype == np.float32
+    np.testing.assert_array_equal(dense(out), cells.T)
+    assert out.col_labels[39] == "c39" and out.row_labels[8] == "g8"
+    blockwise = open_matrix(convert(path, tmp_path / "y.zarr", block_cols=5))
+    np.testing.assert_array_equal(dense(blockwise), dense(out))
+    out64 = open_matrix(convert(path, tmp_path / "z.zarr", dtype="float64"))
+    assert out64.dtype == np.float64
+    np.testing.assert_array_equal(dense(out64), cells.T)
+    assert _read_ahead_threads() == []
+
+
+@pytest.mark.parametrize("bad", [-2.0, np.nan, np.inf])
+def test_convert_h5ad_entry_ranges_refuse_bad_values(tmp_path, rng, monkeypatch, bad):
+    reads = _entry_reads(monkeypatch)
+    cells = (rng.random((40, 9)) < 0.4) * rng.integers(1, 9, size=(40, 9)).astype(float)
+    cells[31, 4] = bad
+    path = _write_cells_h5ad(tmp_path / "a.h5ad", cells)
+    with pytest.raises(InputError, match=rf"found {bad!r} at row 4 \('g4'\), column 31 \('c31'\)"):
+        convert(path, tmp_path / "x.zarr")
+    assert len(reads) > 1  # refused in a later range, not the first
+    assert leftovers(tmp_path, {"a.h5ad"}) == []
+
+
+def test_convert_h5ad_float32_overflow_is_refused(tmp_path, monkeypatch):
+    _entry_reads(monkeypatch)
+    cells = np.ones((30, 4))
+    cells[20, 2] = 1e300
+    path = _write_cells_h5ad(tmp_path / "a.h5ad", cells)
+    with pytest.raises(InputError, match=r"found inf at row 2 \('g2'\), column 20 \('c20'\)"):
+        convert(path, tmp_path / "x.zarr", dtype="float32")
+
+
+def _rewrite_indices(path: Path, change) -> None:
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        idx = f["X/indices"][:]
+        change(idx)
+        f["X/indices"][:] = idx
+
+
+def test_convert_h5ad_unsorted_rows_fall_back_to_blocks(tmp_path, rng, monkeypatch):
+    # Rows out of order, or repeated, in a cell (here the last ranges): the entry copy
+    # gives up and the block writer sorts and sums them.
+    reads = _entry_reads(monkeypatch)
+    cells = np.zeros((30, 6))
+    cells[:, :] = rng.integers(1, 9, size=(30, 6))
+    path = _write_cells_h5ad(tmp_path / "a.h5ad", cells)
+    # cell 25 has genes 0..5 at entries 150..155: swap two, then repeat one in cell 28.
+    _rewrite_indices(path, lambda idx: idx.__setitem__(slice(150, 152), [1, 0]))
+    out = open_matrix(convert(path, tmp_path / "x.zarr"))
+    assert reads and reads[-1][1] < 180  # gave up before the end
+    np.testing.assert_array_equal(dense(out), cells.T)
+    _rewrite_indices(path, lambda idx: idx.__setitem__(169, 0))  # cell 28: gene 0 twice
+    out = open_matrix(convert(path, tmp_path / "y.zarr"))
+    want = cells.T.copy()
+    want[0, 28] += want[1, 28]
+    want[1, 28] = 0
+    np.testing.assert_array_equal(dense(out), want)
+    # A column continuing into the next range: rows must go on increasing across it.
+    _rewrite_indices(path, lambda idx: idx.__setitem__(slice(None), np.tile(np.arange(6), 30)))
+    _rewrite_indices(path, lambda idx: idx.__setitem__(16, 0))  # cell 2 starts at 12
+    got = dense(open_matrix(convert(path, tmp_path / "z.zarr")))
+    want = cells.T.copy()
+    want[0, 2] += want[4, 2]
+    want[4, 2] = 0
+    np.testing.assert_array_equal(got, want)
+
+
+def test_convert_h5ad_entry_ranges_refuse_bad_rows(tmp_path, monkeypatch):
+    _entry_reads(monkeypatch)
+    path = _write_cells_h5ad(tmp_path / "a.h5ad", np.ones((30, 6)))
+    _rewrite_indices(path, lambda idx: idx.__setitem__(100, 7))
+    with pytest.raises(InputError, match=r"gene index 7 of cell 16 is outside 0\.\.5"):
+        convert(path, tmp_path / "x.zarr")
+    assert leftovers(tmp_path, {"a.h5ad"}) == []
+
+
 def _chunk_bytes(array_dir: Path) -> list[bytes]:
     """The stored chunk files of a 1-D Zarr array (v2 keys 0, 1, …; v3 keys c/0, c/1, …)."""
     base = array_dir / "c" if (array_dir / "c").is_dir() else array_dir

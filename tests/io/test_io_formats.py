@@ -728,3 +728,34 @@ def test_fmm_refuses_short_lines(field, body, parallelism):
         mtx._fmm_parse(head + body, n, (9, 9), parallelism)
     header = mtx.Header("coordinate", field, "general", (9, 9), n, 3)
     assert mtx._fast_coords(body, header, parallelism) is None
+
+
+def test_text_batches_stacked_at_the_cost_of_one_part():
+    # The whole-file reader stacks its parse batches (column-major views of pandas'
+    # blocks) into one C-ordered X, dropping each batch once copied.
+    from scalenmf.io.formats.delimited import _stacked
+
+    rng = np.random.default_rng(3)
+    parts = [np.asfortranarray(rng.random((k, 5))) for k in (3, 1, 4)]
+    want = np.vstack(parts)
+    held = list(parts)
+    X = _stacked(held)
+    assert held == [] and X.flags.c_contiguous
+    np.testing.assert_array_equal(X, want)
+    one = [np.asfortranarray(rng.random((2, 3)))]
+    single = _stacked(one)
+    assert one == [] and single.flags.c_contiguous
+
+
+def test_text_bool_column_is_not_read_as_numbers(tmp_path):
+    # pandas infers a column of True/False as bools, which would cast to 1.0 / 0.0: the
+    # fast reader refuses it and the reference parser names the first such cell.
+    from scalenmf.io.formats.delimited import DEFAULT_OPTIONS, _layout, _UseReference, fast_batches
+
+    lines = ["gene\ta\tb"] + [f"g{i}\t{i}\t{'True' if i % 2 else 'False'}" for i in range(40)]
+    path = tmp_path / "b.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(_UseReference):
+        list(fast_batches(path, _layout(path, DEFAULT_OPTIONS), 1000))
+    with pytest.raises(InputError, match=r"line 2, column 3 \('b'\): 'False' is not a number"):
+        open_matrix(path)

@@ -417,8 +417,10 @@ def fast_batches(
     import pandas as pd
 
     n_label = layout.n_label
-    dtypes: dict[int, Any] = {j: np.float64 for j in range(n_label, layout.n_fields)}
-    dtypes.update({j: object for j in range(n_label)})
+    # Only the label columns are given a type: a dtype for each of 10⁴ value columns makes
+    # pandas' reader 1.5× slower (2.9 s against 1.9 s on the 2000 × 10000 TSV); the value
+    # columns are inferred and then must all be numbers (a bool or text column: refused).
+    dtypes: dict[int, Any] = {j: object for j in range(n_label)}
     fh = open_binary(path, bar)
     try:
         reader = pd.read_csv(
@@ -432,12 +434,18 @@ def fast_batches(
             skip_blank_lines=True,
             encoding="utf-8",  # bytes go straight to the C tokenizer (it skips a BOM)
             engine="c",
+            # One pass per batch: the default parses a batch in pieces and concatenates
+            # each of its 10⁴ columns (3.6 s against 4.2 s for the 2000 × 10000 TSV).
+            low_memory=False,
             chunksize=max(1, rows_per_batch),
         )
         with reader:
             for frame in reader:
                 if frame.shape[1] != layout.n_fields:
                     raise _UseReference
+                kinds = {dt.kind for dt in frame.dtypes.iloc[n_label:]}
+                if not kinds <= {"i", "u", "f"}:
+                    raise _UseReference  # text, bools: the reference parser names the cell
                 values = frame.iloc[:, n_label:].to_numpy(dtype=np.float64, copy=False)
                 if values.size and not (np.isfinite(values).all() and values.min() >= 0):
                     raise _UseReference
@@ -456,7 +464,9 @@ def fast_batches(
                             strict=True,
                         )
                     )
-                yield labels, np.ascontiguousarray(values)
+                # As pandas holds them (a column-major view of its block): the callers
+                # copy them into their own buffers anyway.
+                yield labels, values
     except _UseReference:
         raise
     except Exception as exc:  # pandas' parse errors, bad bytes, a truncated gzip stream
@@ -491,7 +501,10 @@ def read(path: Path, options: TextOptions = DEFAULT_OPTIONS, bar: Any = None) ->
     """Read the whole file into memory as a dense source with labels (``bar``: a byte
     progress bar)."""
     layout = _layout(path, options)
-    rows_per_batch = max(1, (1 << 24) // max(1, layout.n_fields))
+    # Batches of 2²² cells (32 MiB as float64): pandas holds tens of bytes per cell of a
+    # batch while it parses it (peak rise of the 2000 × 10000 TSV: 367 MiB against 448 MiB
+    # with 2²⁴), and parses no slower.
+    rows_per_batch = max(1, (1 << 22) // max(1, layout.n_fields))
     labels: list[tuple[str, ...]] = []
     parts: list[np.ndarray] = []
     try:
@@ -509,9 +522,25 @@ def read(path: Path, options: TextOptions = DEFAULT_OPTIONS, bar: Any = None) ->
             bar.update(max(0, bar.total - bar.n))
     if not parts:
         raise InputError(f"{str(path)!r} has a header line but no data rows")
-    X = np.vstack(parts) if len(parts) > 1 else parts[0]
+    X = _stacked(parts)
     rows, cols = _labelled(path, layout, labels)
     return DenseArraySource(X).set_labels(rows, cols)
+
+
+def _stacked(parts: list[np.ndarray]) -> np.ndarray:
+    """``np.vstack(parts)`` at the cost of the result plus one part: each part is copied
+    into the (not yet touched, so not yet resident) result and dropped at once."""
+    if len(parts) == 1:
+        return np.ascontiguousarray(parts.pop())
+    X = np.empty((sum(p.shape[0] for p in parts), parts[0].shape[1]), dtype=np.float64)
+    at = 0
+    parts.reverse()
+    while parts:
+        part = parts.pop()
+        X[at : at + part.shape[0]] = part
+        at += part.shape[0]
+        del part
+    return X
 
 
 def is_text_path(obj: Any) -> bool:

@@ -20,9 +20,13 @@ import pytest
 import scalenmf
 
 HOLD = r"""
-import asyncio, sys
+import asyncio, signal, sys
 from pathlib import Path
 import zarr.storage
+
+# Ctrl-C as at a terminal: a test run started in the background (`nohup … &`, a CI
+# runner) ignores SIGINT, children inherit that, and Python then installs no handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ready = Path(sys.argv[1])
 original = zarr.storage.LocalStore.set

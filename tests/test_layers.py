@@ -101,15 +101,8 @@ FORBIDDEN = {
 }
 
 #: The cluster options every public function takes, with the same meaning (api._common).
-CLUSTER_OPTIONS = (
-    "scheduler",
-    "workers",
-    "memory_limit",
-    "threads",
-    "scheduler_file",
-    "security",
-    "connect_timeout",
-    "scratch",
+CLUSTER_OPTIONS = tuple(
+    "scheduler workers memory_limit threads scheduler_file security connect_timeout scratch".split()
 )
 
 
@@ -424,6 +417,13 @@ def test_lazy_scipy_sparse_is_the_real_module_once_used():
 
 
 PUBLIC = ("nmf", "rank_survey", "consensus", "project", "lnmf", "inmf", "update")
+
+
+def test_the_common_setup_passes_on_the_cluster_options_in_order():
+    from scalenmf.api._common import CLUSTER_ARGS, cluster_options
+
+    assert CLUSTER_ARGS == CLUSTER_OPTIONS
+    assert tuple(inspect.signature(cluster_options).parameters) == CLUSTER_OPTIONS
 
 
 @pytest.mark.parametrize("name", PUBLIC)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
@@ -348,7 +348,8 @@ def cluster_options(
     """Check the cluster options (``workers ≥ 1``, a readable ``memory_limit``, a
     writable ``scratch`` directory, created if missing).
 
-    Every public function passes its eight cluster arguments here, in this order.
+    Every public function passes its eight cluster arguments here, in this order
+    (``CLUSTER_ARGS``; ``cluster_options_of(locals())`` does it by name).
     """
     from scalenmf.io.state_store import check_scratch
 
@@ -362,6 +363,25 @@ def cluster_options(
         connect_timeout=connect_timeout,
         scratch=check_scratch(scratch),
     )
+
+
+#: The cluster arguments of every public function, in ``cluster_options``' order.
+CLUSTER_ARGS = (
+    "scheduler",
+    "workers",
+    "memory_limit",
+    "threads",
+    "scheduler_file",
+    "security",
+    "connect_timeout",
+    "scratch",
+)
+
+
+def cluster_options_of(args: Mapping[str, Any]) -> ClusterOptions:
+    """``cluster_options`` of the ``CLUSTER_ARGS`` in ``args`` (a function's ``locals()``):
+    every public function takes them under these names (tests/test_layers.py checks)."""
+    return cluster_options(**{name: args[name] for name in CLUSTER_ARGS})
 
 
 # -- the run ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 from scalenmf.api._common import (
     best_run,
     checked_params,
-    cluster_options,
+    cluster_options_of,
     fit_summary,
     fit_timings,
     gpu_dtype,
@@ -239,16 +239,7 @@ def nmf(
         n_runs=n_runs,
         workers=workers,
     )
-    cluster = cluster_options(
-        scheduler,
-        workers,
-        memory_limit,
-        threads,
-        scheduler_file,
-        security,
-        connect_timeout,
-        scratch,
-    )
+    cluster = cluster_options_of(locals())
     where = kernel_backend(backend, device, gpu_memory_limit)
     if p["solver"] == "online":
         p.update(

@@ -17,7 +17,7 @@ from scalenmf.api._common import (
     best_run,
     check_rank,
     checked_params,
-    cluster_options,
+    cluster_options_of,
     fit_summary,
     fit_timings,
     gpu_dtype,
@@ -246,16 +246,7 @@ def lnmf(
     p["init"] = LINKED_INITS.check("init", init)
     p["init_iter"] = int(NMF_RULES["max_iter"].check("init_iter", init_iter))
     p["k_shared"] = int(RANK.check("k_shared", k_shared))
-    cluster = cluster_options(
-        scheduler,
-        workers,
-        memory_limit,
-        threads,
-        scheduler_file,
-        security,
-        connect_timeout,
-        scratch,
-    )
+    cluster = cluster_options_of(locals())
     source = chain_datasets(datasets, names, block_cols=block_cols)
     p["k_unique"] = list(_k_unique(k_unique, source.n_datasets))
     layout = LinkedLayout(p["k_shared"], tuple(p["k_unique"]))
@@ -458,16 +449,7 @@ def inmf(
         raise ValueError("inmf is solved by block coordinate descent: use solver='als' or 'hals'")
     p["k"] = int(Number(1, math.inf, integer=True).check("k", k))
     p["lam"] = float(Number(0.0).check("lam", lam))
-    cluster = cluster_options(
-        scheduler,
-        workers,
-        memory_limit,
-        threads,
-        scheduler_file,
-        security,
-        connect_timeout,
-        scratch,
-    )
+    cluster = cluster_options_of(locals())
     source = chain_datasets(datasets, names, block_cols=block_cols, what="iNMF")
     _check_ranks(source, LinkedLayout(p["k"], (0,) * source.n_datasets))
     where = kernel_backend(backend, device, gpu_memory_limit)

@@ -17,7 +17,7 @@ from scalenmf.api._common import (
     best_run,
     check_rank,
     checked_params,
-    cluster_options,
+    cluster_options_of,
     gpu_dtype,
     iterate,
     kernel_backend,
@@ -327,16 +327,7 @@ def project(
     )
     p["transfer_tol"] = float(NMF_RULES["tol"].check("transfer_tol", transfer_tol))
     p["seed"] = 0 if p["seed"] is None else p["seed"]
-    cluster = cluster_options(
-        scheduler,
-        workers,
-        memory_limit,
-        threads,
-        scheduler_file,
-        security,
-        connect_timeout,
-        scratch,
-    )
+    cluster = cluster_options_of(locals())
     source = align_to_basis(
         open_input(X_new, block_cols=block_cols), W_labels, basis.shape[0], drop_extra_features
     )

@@ -12,7 +12,7 @@ import numpy as np
 
 from scalenmf.api._common import (
     checked_params,
-    cluster_options,
+    cluster_options_of,
     fit_summary,
     fit_timings,
     gpu_dtype,
@@ -181,16 +181,7 @@ def update(
     )
     if p["solver"] == "online":
         p["solver"] = "mu" if p["loss"] == "kl" else "als"
-    cluster = cluster_options(
-        scheduler,
-        workers,
-        memory_limit,
-        threads,
-        scheduler_file,
-        security,
-        connect_timeout,
-        scratch,
-    )
+    cluster = cluster_options_of(locals())
     where = kernel_backend(backend, device, gpu_memory_limit)
     source = align_to_basis(open_input(X_new, block_cols=block_cols), old.row_labels, m, False)
     if source.shape[1] == 0:

@@ -21,7 +21,7 @@ import numpy as np
 from scalenmf.api._common import (
     ClusterOptions,
     checked_params,
-    cluster_options,
+    cluster_options_of,
     fit_summary,
     gpu_dtype,
     kernel_backend,
@@ -353,16 +353,7 @@ def rank_survey(
         n_runs=n_runs,
         cv_reps=cv_reps,
         consensus_samples=consensus_samples,
-        cluster=cluster_options(
-            scheduler,
-            workers,
-            memory_limit,
-            threads,
-            scheduler_file,
-            security,
-            connect_timeout,
-            scratch,
-        ),
+        cluster=cluster_options_of(locals()),
         where=kernel_backend(backend, device, gpu_memory_limit),
     )
     p = setup.params
@@ -527,16 +518,7 @@ def consensus(
         tol=tol,
         n_runs=n_runs,
         max_samples=max_samples,
-        cluster=cluster_options(
-            scheduler,
-            workers,
-            memory_limit,
-            threads,
-            scheduler_file,
-            security,
-            connect_timeout,
-            scratch,
-        ),
+        cluster=cluster_options_of(locals()),
         where=kernel_backend(backend, device, gpu_memory_limit),
     )
     p = setup.params

@@ -488,6 +488,19 @@ def write_digested(
     digests[name] = digest_array(arr)
 
 
+def _write_indptr(group: zarr.Group, indptr: np.ndarray) -> None:
+    """A CSC store's ``indptr`` (n + 1 int64 offsets), in chunks of up to 2²⁰."""
+    size = int(np.shape(indptr)[0])
+    ip = group.create_array(
+        "indptr",
+        shape=(size,),
+        chunks=(max(1, min(size, 1 << 20)),),
+        dtype=np.int64,
+        config=WRITE_CONFIG,
+    )
+    ip[:] = indptr
+
+
 def write_labels(group: zarr.Group, name: str, labels: Any) -> None:
     arr = as_str_array(labels)
     chunk = max(1, min(arr.shape[0], 1 << 16))
@@ -681,14 +694,7 @@ def copy_sparse(
                     config=WRITE_CONFIG,
                 )
                 _copy_chunk_files(arr, copy)
-            ip = out.create_array(
-                "indptr",
-                shape=(n + 1,),
-                chunks=(max(1, min(n + 1, 1 << 20)),),
-                dtype=np.int64,
-                config=WRITE_CONFIG,
-            )
-            ip[:] = stored.indptr
+            _write_indptr(out, stored.indptr)
             for name, labels, length, what in (
                 ("row_labels", src.row_labels, m, "row"),
                 ("col_labels", src.col_labels, n, "column"),
@@ -878,14 +884,7 @@ def write_sparse_entries(
                     values, rows = read(lo, hi)
                     data_out.put(lo, np.asarray(values, dtype=dtype))
                     indices_out.put(lo, np.asarray(rows).astype(index_dtype, copy=False))
-                ip = g.create_array(
-                    "indptr",
-                    shape=(n + 1,),
-                    chunks=(max(1, min(n + 1, 1 << 20)),),
-                    dtype=np.int64,
-                    config=WRITE_CONFIG,
-                )
-                ip[:] = indptr
+                _write_indptr(g, indptr)
                 # While the encoders finish the last chunks.
                 if row_labels is not None:
                     write_labels(root, "row_labels", _labels_checked(row_labels, m, "row"))
@@ -1006,14 +1005,7 @@ def _write_sparse(
         if pos > written:
             store(pos)
         # While the encoders finish the last chunks: indptr, and the caller's work.
-        ip = g.create_array(
-            "indptr",
-            shape=(n + 1,),
-            chunks=(max(1, min(n + 1, 1 << 20)),),
-            dtype=np.int64,
-            config=WRITE_CONFIG,
-        )
-        ip[:] = indptr
+        _write_indptr(g, indptr)
         if before_wait is not None:
             before_wait()
     except BaseException:

@@ -281,3 +281,37 @@ def test_scratch_for_a_cluster_elsewhere_is_not_beside_the_output(monkeypatch) -
     assert scratch_for("/fast", "/data/out/r.zarr", {"scheduler": "tcp://h:1"}) == "/fast"
     monkeypatch.setenv("SCALENMF_SCRATCH", "/env")
     assert scratch_for(None, "/data/out/r.zarr", {}) is None  # the executor reads it
+
+
+# -- a Dask cluster (scheduler and workers as separate processes on 127.0.0.1) ----------
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_on_a_cluster_the_anchor_goes_to_the_scratch_given(
+    tmp_path: Path, scratch: Path, sparse: bool
+) -> None:
+    from tests.procs import ProcCluster
+
+    store = scalenmf.write_matrix(tmp_path / "x.zarr", counts(sparse=sparse), block_cols=50)
+    laptop = quiet_fit(store)
+    mine = tmp_path / "anchor-here"
+    seen: list[int] = []
+    procs = ProcCluster(tmp_path / "procs")
+    try:
+        procs.start(2)
+        with procs.client() as client:
+            res = quiet_fit(
+                store,
+                scheduler=client,
+                scratch=mine,
+                callback=lambda _: seen.append(len(stores_in(mine))),
+            )
+    finally:
+        procs.stop()
+    assert res.info["anchor"] == "storage"
+    assert seen and max(seen) >= 1, "the anchor was not written where told"
+    assert stores_in(scratch) == [] and stores_in(mine) == []
+    assert res.loss_history == laptop.loss_history
+    assert np.array_equal(res.W, laptop.W) and np.array_equal(res.H, laptop.H)

@@ -118,7 +118,11 @@ def test_peak_memory_of_project_does_not_grow_with_n(monkeypatch, scratch, tmp_p
     free = {n: traced_peak(s) for n, s in stores.items()}
     monkeypatch.setattr(local, "STATE_SHARE", 1e-6)
     traced_peak(stores[10_000], memory_limit="4GB")
-    bounded = {n: traced_peak(s, memory_limit="4GB") for n, s in stores.items()}
+    # The least of two runs: in a long test session a one-off allocation (a lazy import,
+    # a cache filled on first use) can land in either run; growth with n shows in both.
+    bounded = {
+        n: min(traced_peak(s, memory_limit="4GB") for _ in range(2)) for n, s in stores.items()
+    }
     assert free[40_000] > 2 * free[10_000], free
     assert bounded[40_000] < 1.25 * bounded[10_000], bounded
     assert bounded[40_000] < free[40_000] / 2, (bounded, free)

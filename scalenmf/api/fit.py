@@ -41,7 +41,7 @@ from scalenmf.models.memory import FitShape
 from scalenmf.models.nmf import NMFConfig, NMFModel
 from scalenmf.models.online import (
     BATCH_COLS,
-    ONLINE_MU_STEPS,
+    ONLINE_KL,
     ONLINE_SWEEPS,
     init_passes,
     run_online,
@@ -265,13 +265,15 @@ def nmf(
     inner: dict[str, Any] = {}
     if p["solver"] == "online":
         inner = (
-            {"solver": "mu", "mu_steps": ONLINE_MU_STEPS}
+            {"solver": "mu"}
             if p["loss"] == "kl"
             else {"solver": "hals", "inner_sweeps": ONLINE_SWEEPS}
         )
     config = model_config({**p, **inner}, k=p["k"], masked_data=mask is not None, **where)
     if inner.get("solver") == "hals":
         config = replace(config, inner_sweeps=ONLINE_SWEEPS)
+    elif inner:
+        config = replace(config, **ONLINE_KL)
     if (
         checkpoint_every is not None or checkpoint_seconds is not None or resume
     ) and not checkpoint:

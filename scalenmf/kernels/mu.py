@@ -173,6 +173,45 @@ def kl_block(W: np.ndarray, X: Block, H: np.ndarray) -> tuple[np.ndarray, np.nda
     return numer, h_sum, div, float(x @ whf)
 
 
+def kl_row_hessians(W: np.ndarray, X: Block, H: np.ndarray) -> np.ndarray:
+    """The Hessian of the KL loss in each row of W, summed over a block's columns.
+
+    Row ``i`` of ``D(X ‖ W H)`` is ``Σ_j w_iᵀh_j − x_ij log(w_iᵀh_j)``, whose Hessian in
+    ``w_i`` is ``Σ_j x_ij / (w_iᵀh_j)² · h_j h_jᵀ``: only the entries with data count, so a
+    sparse X is visited at its non-zeros. With the gradient ``Σ_j h_j − (X ⊘ WH) Hᵀ`` (the
+    ``numer`` of :func:`kl_block`) it gives the second-order model of the loss in W that
+    the online solver accumulates over batches.
+
+    Parameters
+    ----------
+    W : ndarray, shape (m, k)
+    X : ndarray or sparse, shape (m, n)
+    H : ndarray, shape (k, n)
+
+    Returns
+    -------
+    ndarray, shape (m, k, k), float64, symmetric in its last two axes
+        Costs ``k`` products of X's pattern with H (``k²·nnz`` multiply-adds).
+    """
+    H64 = np.asarray(H, dtype=np.float64)
+    k = H64.shape[0]
+    out = np.empty((X.shape[0], k, k))
+    if sp.issparse(X):
+        csc = sp.csc_matrix(X)
+        wh = np.maximum(wh_at(W, H64, csc), EPS)
+        curv = np.asarray(csc.data, dtype=np.float64) / (wh * wh)
+        cols = np.repeat(np.arange(csc.shape[1]), np.diff(csc.indptr))
+        for a in range(k):
+            scaled = sp.csc_matrix((curv * H64[a, cols], csc.indices, csc.indptr), shape=csc.shape)
+            out[:, a, :] = np.asarray(scaled @ H64.T)
+        return out
+    wh = np.maximum(np.asarray(W, dtype=np.float64) @ H64, EPS)
+    curv = np.asarray(X, dtype=np.float64) / (wh * wh)
+    for a in range(k):
+        out[:, a, :] = (curv * H64[a]) @ H64.T
+    return out
+
+
 def _x_log(x: np.ndarray, ratio: np.ndarray) -> float:
     """``Σ x·log(ratio)`` with ``0·log 0 = 0`` (ratio = x / wh, 0 where x is): the zeros
     are lifted to the smallest normal number, whose finite log times x = 0 adds 0."""

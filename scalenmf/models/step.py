@@ -30,8 +30,10 @@ from scalenmf.io.errors import InputError
 from scalenmf.io.masked import FitBlock, block_matrix
 from scalenmf.kernels.backend import NUMPY, backend_for
 from scalenmf.kernels.batched import quad_form, removed_grams
+from scalenmf.kernels.fixed import solve_fixed_basis_kl
 from scalenmf.kernels.hashing import heldout_pattern, permute_columns_dense, permute_columns_sparse
-from scalenmf.kernels.mu import kl_block, mu_kl_h, wh_at
+from scalenmf.kernels.mu import kl_block, kl_row_hessians, mu_kl_h, wh_at
+from scalenmf.kernels.nnls import COMPILED_KL
 
 VARIANTS = ("data", "null")
 SOLVERS = ("als", "hals", "mu")
@@ -71,6 +73,13 @@ class NMFConfig:
     mu_steps : int
         KL multiplicative H steps per block step (the online solver takes several: it sees
         each block once per epoch).
+    kl_h : {"mu", "cd"}
+        The KL H step: ``mu_steps`` multiplicative steps, or coordinate descent with Newton
+        steps (``inner_sweeps`` sweeps at most, each column stopping when its projected
+        gradient is within ``inner_tol`` of its scale; numpy, no hidden entries).
+    kl_hessian : bool
+        KL: the block step also returns ``rowQ``, the loss's Hessian in each row of W
+        (``kernels.mu.kl_row_hessians``), for the online solver's Newton W step.
     """
 
     k: int = 0
@@ -92,6 +101,8 @@ class NMFConfig:
     device: str = "cpu"
     gpu_memory_limit: int | None = None
     mu_steps: int = 1
+    kl_h: str = "mu"
+    kl_hessian: bool = False
 
 
 def check_supported(loss: str, solver: str) -> None:
@@ -523,12 +534,15 @@ def _mask_terms(part, g: GroupCast, d: int, H64, masks: list[MaskParts], removed
 
 
 def _kl_group(config, g: GroupCast, d: int, Xv, stack, masks):
-    """KL multiplicative H steps of one group (slot by slot) and its W-step statistics
-    (on the config's backend when no entry is hidden)."""
+    """KL H steps of one group (slot by slot: ``mu_steps`` multiplicative steps, or
+    coordinate descent where ``config.kl_h == "cd"``) and its W-step statistics (on the
+    config's backend when no entry is hidden; with ``rowQ`` for ``config.kl_hessian``)."""
     k = g.key[1][d]
     ops = NUMPY if masks is not None else backend_of(config)
     stack = np.array(stack, copy=True)
-    Xb = None if masks is not None else ops.block(Xv, stack.dtype)
+    # Coordinate descent is compiled for the CPU: its blocks take the host path.
+    cd = config.kl_h == "cd" and COMPILED_KL is not None and ops is NUMPY
+    Xb = None if masks is not None or cd else ops.block(Xv, stack.dtype)
     parts = []
     for a, slot in enumerate(g.slots):
         W = g.W[d][:, a * k : (a + 1) * k]
@@ -537,8 +551,19 @@ def _kl_group(config, g: GroupCast, d: int, Xv, stack, masks):
             Xobs = _observed(Xv, mp)
             missing = None if mp is None or mp.empty else mp.missing
             H = stack[slot]
-            for _ in range(config.mu_steps):
-                H = mu_kl_h(W, Xobs, H, l1=config.l1_h, l2=config.l2_h, missing=missing)
+            if cd and missing is None:
+                H = solve_fixed_basis_kl(
+                    W,
+                    Xobs,
+                    H,
+                    l1=config.l1_h,
+                    l2=config.l2_h,
+                    max_iter=config.inner_sweeps,
+                    tol=config.inner_tol,
+                )[0]
+            else:
+                for _ in range(config.mu_steps):
+                    H = mu_kl_h(W, Xobs, H, l1=config.l1_h, l2=config.l2_h, missing=missing)
             numer, hsum, div, x_wh = kl_block(W, Xobs, H)
         else:
             Wd = ops.array(W)
@@ -556,6 +581,8 @@ def _kl_group(config, g: GroupCast, d: int, Xv, stack, masks):
             "cross": x_wh,
             "HHt": H64 @ H64.T,
         }
+        if config.kl_hessian:
+            part["rowQ"] = kl_row_hessians(W, _observed(Xv, mp), H64)
         if masks is not None:
             removed = np.zeros((H.shape[1], k, k))
             part["denomW_removed"] = np.zeros(W.shape)

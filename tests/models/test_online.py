@@ -333,3 +333,34 @@ def test_kl_online_keeps_the_full_batch_mu_optimum():
     )
     np.testing.assert_allclose(model.Ws[0], full.W, rtol=1e-3, atol=1e-4 * full.W.max())
     np.testing.assert_allclose(trace.objectives[0][-1], full.loss_history[-1], rtol=1e-6)
+
+
+def test_kl_online_newton_w_step_keeps_the_full_batch_optimum():
+    """The online KL fit's W step minimises the batches' second-order models of the loss:
+    at the full-batch optimum their sum is its gradient and Hessian, so a warm start
+    there stays there (H by coordinate descent to a tight tolerance)."""
+    from scalenmf.models.online import ONLINE_KL
+
+    X = _catalogue()
+    full = scalenmf.nmf(X, 4, loss="kl", max_iter=20000, tol=1e-14, seed=3)
+    source = as_source(X, block_cols=40)
+    tight = {**ONLINE_KL, "inner_sweeps": 2000, "inner_tol": 1e-12}
+    config = NMFConfig(k=4, solver="mu", loss="kl", **tight)
+    model = NMFModel(config, [full.W.copy()], [1.0], float((X * X).sum()))
+    trace = run_online(
+        model, LocalExecutor(source), max_epochs=2, tol=0, batch_cols=80, warm_start=True
+    )
+    np.testing.assert_allclose(model.Ws[0], full.W, rtol=1e-3, atol=1e-4 * full.W.max())
+    np.testing.assert_allclose(trace.objectives[0][-1], full.loss_history[-1], rtol=1e-6)
+
+
+def test_kl_online_comes_close_to_the_full_batch_objective_in_few_epochs():
+    """H by coordinate descent and W by the Newton step: three epochs land within 1.5 %
+    of the KL objective full-batch MU reaches at convergence (0.9 % here; one MU step of
+    each, the scheme before, was 274 % above it after three epochs and 91 % after ten)."""
+    X = _catalogue(n=2000)
+    with pytest.warns(scalenmf.ConvergenceWarning):  # MU is that slow
+        full = scalenmf.nmf(X, 4, loss="kl", max_iter=5000, tol=1e-10, seed=0)
+    online = scalenmf.nmf(X, 4, loss="kl", solver="online", batch_size=100, max_iter=3, tol=0)
+    assert online.loss_history[-1] <= 1.015 * full.loss_history[-1]
+    assert (online.W > 0).all() and (online.H >= 0).all()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -211,12 +212,33 @@ class ZarrDenseSource(MatrixSource):
         return arr
 
     def __getstate__(self) -> dict[str, Any]:
-        # Travel by path: the open handle is re-made in the process that reads.
+        # Travel by path: the open handle (and the decoded chunk) is re-made in the
+        # process that reads.
         state = dict(self.__dict__)
         state.pop("_arr", None)
+        state.pop("_chunk", None)
+        state.pop("_chunk_lock", None)
         return state
 
     def _read(self, start: int, stop: int) -> np.ndarray:
+        c = start // self.chunk_cols
+        if stop - start < self.chunk_cols and (stop - 1) // self.chunk_cols == c:
+            # A block narrower than a chunk (a memory plan's part of one, or the online
+            # solver's batches) would decode the whole chunk again for every part: the
+            # last decoded chunk is kept (one per source, replaced, never two at once).
+            a = c * self.chunk_cols
+            lock = self.__dict__.setdefault("_chunk_lock", threading.Lock())
+            with lock:
+                held = self.__dict__.get("_chunk")
+                if held is None or held[0] != c:
+                    self.__dict__["_chunk"] = None  # the old chunk goes before the new
+                    b = min(self.shape[1], a + self.chunk_cols)
+                    held = (c, self._decode(a, b))
+                    self.__dict__["_chunk"] = held
+            return np.array(held[1][:, start - a : stop - a])
+        return self._decode(start, stop)
+
+    def _decode(self, start: int, stop: int) -> np.ndarray:
         arr = self._array()
         try:
             raw = arr[start:stop, :] if self.transposed else arr[:, start:stop]

@@ -297,3 +297,39 @@ def test_round_trip_property(case):
             assert list(src.row_labels) == rows
         if cols is not None:
             assert list(src.col_labels) == cols
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_blocks_narrower_than_a_chunk_decode_each_chunk_once(tmp_path, monkeypatch, transposed):
+    """Parts of one storage chunk read in turn (a memory plan's narrow blocks, the online
+    solver's batches) decode the chunk once, and every part is the stored slice."""
+    import zarr
+
+    from scalenmf.io.zarr_store import ZarrDenseSource
+
+    X = np.random.default_rng(0).random((6, 250)).astype(np.float32)
+    arr = X.T if transposed else X
+    chunks = (100, 6) if transposed else (6, 100)
+    z = zarr.create_array(
+        store=str(tmp_path / "x.zarr"), shape=arr.shape, chunks=chunks, dtype="f4"
+    )
+    z[...] = arr
+    source = ZarrDenseSource(str(tmp_path / "x.zarr"), array="", transposed=transposed)
+    source = source.reblock(30)
+    decoded: list[tuple[int, int]] = []
+    real = ZarrDenseSource._decode
+    monkeypatch.setattr(
+        ZarrDenseSource, "_decode", lambda self, a, b: decoded.append((a, b)) or real(self, a, b)
+    )
+    for j, (a, b) in enumerate(source.block_bounds):
+        block = source.read_block(j)
+        np.testing.assert_array_equal(block, X[:, a:b])
+        block[...] = -1  # the caller's copy: the kept chunk is not touched
+    np.testing.assert_array_equal(source.read_block(0), X[:, :30])
+    # Blocks crossing a chunk border (90-120, 180-210) are read directly.
+    assert [d for d in decoded if d[1] - d[0] == 100 or d[1] == 250][:3] == [
+        (0, 100),
+        (100, 200),
+        (200, 250),
+    ]
+    assert len([d for d in decoded if d == (0, 100)]) == 2  # again after other chunks

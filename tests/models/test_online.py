@@ -364,3 +364,20 @@ def test_kl_online_comes_close_to_the_full_batch_objective_in_few_epochs():
     online = scalenmf.nmf(X, 4, loss="kl", solver="online", batch_size=100, max_iter=3, tol=0)
     assert online.loss_history[-1] <= 1.015 * full.loss_history[-1]
     assert (online.W > 0).all() and (online.H >= 0).all()
+
+
+def test_batches_keep_the_blocks_of_a_storage_chunk_together():
+    """Blocks narrower than a chunk: the chunks come in a random order and each chunk's
+    blocks one after another, every block once."""
+    rng = np.random.default_rng(3)
+    groups = [j // 4 for j in range(20)]  # 5 chunks of 4 blocks
+    batches = block_batches([10] * 20, 20, rng, groups)
+    flat = [j for b in batches for j in b]
+    assert sorted(flat) == list(range(20))
+    seen_chunks = [groups[b[0]] for b in batches]
+    assert all(len({groups[j] for j in b}) == 1 for b in batches)
+    assert sorted(seen_chunks) == sorted(g for g in range(5) for _ in range(2))
+    assert [seen_chunks[i] for i in range(0, 10, 2)] == [
+        seen_chunks[i + 1] for i in range(0, 10, 2)
+    ]
+    assert seen_chunks[::2] != sorted(seen_chunks[::2])  # a random order of chunks (seeded)

@@ -113,14 +113,16 @@ def nmf(
         Default ``"als"`` (exact column-wise NNLS) for Frobenius and ``"mu"`` for KL.
         ``"online"``: mini-batch NMF (``models/online.py``), W updated after every batch of
         ``batch_size`` columns; H by HALS sweeps from a clipped least-squares start
-        (Frobenius) or MU steps (KL). It starts and warms up on a seeded sample of about
+        (Frobenius) or coordinate descent with Newton steps (KL), W from the accumulated
+        statistics (KL: a Newton step on each row's second-order model). It starts and warms up on a seeded sample of about
         2 % of the columns, so the initialisation does not read all of X. ``max_iter``
         then counts epochs (passes over X, the budget) and ``tol`` applies to the epochs'
         objectives (Frobenius: the full objective, read off the statistics at no cost);
         one last pass solves every H with the final W. ``result.info["online"]["passes"]``
         counts the passes over X, the start's included. For data too large for many full
         passes: one epoch (about 2.5 passes in all) comes within 0.5 % of full-batch
-        HALS on large catalogues (docs/benchmarks.md).
+        HALS (Frobenius) or MU (KL) at convergence on large catalogues
+        (docs/benchmarks.md).
     loss : {"frobenius", "kl"}
     l1_w, l1_h, l2_w, l2_h : float, default 0
         L1 / L2 penalties on W and on H.

@@ -114,8 +114,9 @@ def nmf(
         ``"online"``: mini-batch NMF (``models/online.py``), W updated after every batch of
         ``batch_size`` columns; H by HALS sweeps from a clipped least-squares start
         (Frobenius) or coordinate descent with Newton steps (KL), W from the accumulated
-        statistics (KL: a Newton step on each row's second-order model). It starts and warms up on a seeded sample of about
-        2 % of the columns, so the initialisation does not read all of X. ``max_iter``
+        statistics (KL: a Newton step on each row's second-order model). It starts and
+        warms up on a seeded sample of about 2 % of the columns, so the initialisation
+        does not read all of X. ``max_iter``
         then counts epochs (passes over X, the budget) and ``tol`` applies to the epochs'
         objectives (Frobenius: the full objective, read off the statistics at no cost);
         one last pass solves every H with the final W. ``result.info["online"]["passes"]``

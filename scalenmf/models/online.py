@@ -20,12 +20,14 @@ warm-started at their previous H), then W is updated from sufficient statistics:
   non-negative minimiser of their sum, row by row (``newton_w``: a batched NNLS with a
   Gram per row). Newton on ``t − x·log t`` overshoots towards 0 where W·H is far above the
   data, so a row moves along its step only until an entry has lost ``SHRINK_LIMIT`` of
-  its value. The models depend on the W a batch was seen with, so a block cannot return
-  the change of its share: the driver keeps every batch's latest share (m·k·(k + 1)
-  floats a batch; the batches are drawn once and visited in a new order every epoch)
-  and replaces it when the batch is seen again, with the weights and schedule of
-  Frobenius. At the full-batch optimum the shares add up to its gradient and Hessian, so
-  it is a fixed point. This replaced one multiplicative step of W from the accumulated
+  its value. The models depend on the W a block was solved with, so the driver keeps,
+  per block, that W (the blocks of a batch share one array: m·k floats a batch, no
+  more than the MU statistics kept) and sends it with the block's weight; the block
+  returns its new model less its weighted old one (recomputed from its previous H),
+  as Frobenius blocks return the change of their statistics, so the sums hold every
+  block once (m·k·(k + 1) floats in all) with the weights and schedule of Frobenius.
+  At the full-batch optimum the models add up to its gradient and Hessian, so it is a
+  fixed point. This replaced one multiplicative step of W from the accumulated
   MU statistics (Lefèvre, Bach & Févotte 2011; scikit-learn's MiniBatchNMF), which is
   what full-batch MU does a few hundred times: on the 96 × 10⁵ catalogue it was 98 %
   above the converged objective after one epoch, the Newton step 0.35 %.
@@ -201,9 +203,7 @@ def batch_statistics(
         ``W ⊙ (X ⊘ WH) Hᵀ`` (m, k) and ``H 1`` (k,). All float64.
     """
     if config.loss == "kl" and config.kl_hessian:
-        Q = np.asarray(part["rowQ"][a], np.float64)
-        grad = np.asarray(part["hsum"][a], np.float64)[None, :] - part["numer"][a]
-        return Q, grad - np.einsum("iab,ib->ia", Q, W.astype(np.float64))
+        return np.asarray(part["rowQ"][a], np.float64), np.asarray(part["rowLin"][a], np.float64)
     if config.loss == "kl":
         return W.astype(np.float64) * part["numer"][a], np.asarray(part["hsum"][a], np.float64)
     return np.asarray(part["HHt"][a]), np.asarray(part["XHt"][a])
@@ -318,6 +318,10 @@ class _Online:
         self.kl_parts: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
         self.kl_weight: dict[tuple[int, ...], float] = {}
         self.cols_read = 0
+        #: KL Newton: per block, the W its latest H was solved with (the blocks of one
+        #: batch share one array), so that a revisit takes its old share out.
+        self.newton = self.kl and self.config.kl_hessian
+        self.W_seen: dict[int, np.ndarray] = {}
 
     @property
     def W(self) -> np.ndarray:
@@ -352,10 +356,25 @@ class _Online:
         share = cols / self.n
         return replace(self.config, l1_w=self.config.l1_w * share, l2_w=self.config.l2_w * share)
 
-    def step(self, blocks: list[int] | None) -> tuple[Any, dict[str, Any], int, Any]:
-        """The block step of ``blocks`` (None: all) with the current W."""
+    def step(
+        self, blocks: list[int] | None, final: bool = False
+    ) -> tuple[Any, dict[str, Any], int, Any]:
+        """The block step of ``blocks`` (None: all) with the current W; ``final``: the
+        last pass, which needs no W-step statistics."""
         bc = replace(self.model.broadcast([0], first=False), validate=True)
-        if not self.kl:
+        if self.newton and final:
+            bc = replace(bc, config=replace(bc.config, kl_hessian=False))
+        elif self.newton:
+            chosen = range(len(self.widths)) if blocks is None else blocks
+            bc = replace(
+                bc,
+                delta=True,
+                old_weight={int(j): float(self.weight[j]) for j in chosen},
+                old_W={int(j): self.W_seen[int(j)] for j in chosen if int(j) in self.W_seen},
+            )
+            for j in chosen:
+                self.W_seen[int(j)] = self.W
+        elif not self.kl:
             chosen = range(len(self.widths)) if blocks is None else blocks
             bc = replace(
                 bc,
@@ -393,7 +412,16 @@ class _Online:
         self, blocks: list[int] | None, part: dict[str, Any], a: int, w_step: bool = True
     ) -> None:
         """Add a step's statistics (already decayed by ``decay``), then the W step."""
-        if self.kl:
+        if self.newton:
+            # As Frobenius: each block returned its new share less its weighted old one.
+            self.A += part["rowQ"][a]
+            self.B += part["rowLin"][a]
+            if blocks is None:
+                self.weight[:] = 1.0
+            else:
+                self.weight[blocks] = 1.0
+            cfg = self.share_config(float(self.weight @ self.widths))
+        elif self.kl:
             key = tuple(range(len(self.widths))) if blocks is None else tuple(blocks)
             self.drop(key)  # the batch's previous share leaves with the weight it had
             A_b, B_b = batch_statistics(self.config, self.W, part, a)
@@ -552,7 +580,7 @@ def run_online(
                 converged = True
                 break
     # The last pass: every H with the final W, and the exact objective of the result.
-    bc, part, a, _ = fit.step(None)
+    bc, part, a, _ = fit.step(None, final=True)
     obj, rel = objective(fit.config, model.xx, part, a, bc.groups[0].grams[0][a], fit.W)
     trace.objectives[0].append(obj)
     trace.relative_errors[0].append(rel)

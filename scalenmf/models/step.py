@@ -178,6 +178,10 @@ class StepCast:
     #: driver's sums (absent: 1); the block then returns ``X (H − α H_old)ᵀ``, ``H Hᵀ −
     #: α H_old H_oldᵀ``, so the sums hold every block once, its latest H weighted 1.
     old_weight: dict[int, float] | None = None
+    #: With ``delta`` and KL ``kl_hessian``: per block index, the W its previous H was
+    #: solved with (the layout of the group's W), so that the block can take its previous
+    #: share of the rows' second-order models out of the driver's sums (absent: none).
+    old_W: dict[int, np.ndarray] | None = None
 
 
 @dataclass
@@ -393,8 +397,17 @@ def _variants_step(fb: FitBlock, st: BlockState, bc: StepCast, legacy: Any, grou
             )
         masks = {i: _masks(st, variant, Xv, miss, bc.groups[i], config, fb.start) for i in idx}
         if config.loss == "kl":
+            prev = None
+            if bc.delta and bc.old_W and st.index in bc.old_W:
+                prev = (
+                    bc.old_weight.get(st.index, 1.0) if bc.old_weight else 1.0,
+                    bc.old_W[st.index],
+                )
             for i in idx:
-                stacks[i], groups[i] = _kl_group(config, bc.groups[i], d, Xv, stacks[i], masks[i])
+                seen = prev if st.H.get(bc.groups[i].key) is not None else None
+                stacks[i], groups[i] = _kl_group(
+                    config, bc.groups[i], d, Xv, stacks[i], masks[i], seen
+                )
         else:
             groups.update(
                 _frobenius_groups(
@@ -533,10 +546,15 @@ def _mask_terms(part, g: GroupCast, d: int, H64, masks: list[MaskParts], removed
         part["xx_ho"][a], part["sse_test"][a] = _heldout_sse(Wa, H64[a], mp)
 
 
-def _kl_group(config, g: GroupCast, d: int, Xv, stack, masks):
+def _kl_group(config, g: GroupCast, d: int, Xv, stack, masks, prev=None):
     """KL H steps of one group (slot by slot: ``mu_steps`` multiplicative steps, or
     coordinate descent where ``config.kl_h == "cd"``) and its W-step statistics (on the
-    config's backend when no entry is hidden; with ``rowQ`` for ``config.kl_hessian``)."""
+    config's backend when no entry is hidden). With ``config.kl_hessian`` also each row
+    of W's second-order model of the block's loss (``rowQ``, ``rowLin``: see
+    ``kl_row_model``), less ``α`` times the block's previous one where ``prev = (α,
+    W_old)`` (the W its previous H was solved with), so that the driver's sums hold
+    every block once."""
+    H_prev = stack
     k = g.key[1][d]
     ops = NUMPY if masks is not None else backend_of(config)
     stack = np.array(stack, copy=True)
@@ -582,7 +600,15 @@ def _kl_group(config, g: GroupCast, d: int, Xv, stack, masks):
             "HHt": H64 @ H64.T,
         }
         if config.kl_hessian:
-            part["rowQ"] = kl_row_hessians(W, _observed(Xv, mp), H64)
+            Xo = _observed(Xv, mp)
+            part["rowQ"], part["rowLin"] = kl_row_model(W, Xo, H64, numer, hsum)
+            if prev is not None and prev[0] != 0.0:
+                W_old = prev[1][:, a * k : (a + 1) * k]
+                H_old = np.asarray(H_prev[slot], dtype=np.float64)
+                numer_old, hsum_old = kl_block(W_old, Xo, H_old)[:2]
+                Q_old, lin_old = kl_row_model(W_old, Xo, H_old, numer_old, hsum_old)
+                part["rowQ"] = part["rowQ"] - prev[0] * Q_old
+                part["rowLin"] = part["rowLin"] - prev[0] * lin_old
         if masks is not None:
             removed = np.zeros((H.shape[1], k, k))
             part["denomW_removed"] = np.zeros(W.shape)
@@ -594,6 +620,18 @@ def _kl_group(config, g: GroupCast, d: int, Xv, stack, masks):
             part["xx_ho"], part["sse_test"] = _heldout_sse(W, H64, mp) if mp else (0.0, 0.0)
         parts.append(part)
     return stack, {key: np.stack([np.asarray(p[key]) for p in parts]) for key in parts[0]}
+
+
+def kl_row_model(
+    W: np.ndarray, X: Any, H: np.ndarray, numer: np.ndarray, hsum: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of W's second-order model of a block's KL loss at ``W``, for the Newton
+    W step: ``½ wᵀ Q_i w + lin_iᵀ w`` with ``Q_i`` the row's Hessian (m, k, k) and
+    ``lin_i = g_i − Q_i w_i`` (m, k), ``g = 1·Hᵀ − (X ⊘ WH) Hᵀ`` its gradient (``numer`` and
+    ``hsum`` of ``kl_block``). Float64."""
+    Q = kl_row_hessians(W, X, H)
+    grad = np.asarray(hsum, np.float64)[None, :] - numer
+    return Q, grad - np.einsum("iab,ib->ia", Q, np.asarray(W, dtype=np.float64))
 
 
 # -- passes other than the iteration ----------------------------------------------------

@@ -87,6 +87,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         is scalenmf's basis, features × k, i.e. ``components_.T``.)
     max_iter, tol, n_runs, scheduler, workers, memory_limit, nnls, dtype, backend, device :
         See ``scalenmf.nmf`` (``device="cuda"`` fits on a GPU).
+    scratch : str or path, optional
+        Where a fit under ``memory_limit`` keeps what it spills (H blocks, states): see
+        ``scalenmf.nmf``; default ``$SCALENMF_SCRATCH``, else the system temp directory.
     batch_size : int or None
         ``solver="online"``: samples per mini-batch of ``fit`` (see ``scalenmf.nmf``).
     forget_factor : float in (0, 1] or None
@@ -156,6 +159,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         device: str | None = None,
         batch_size: int | None = None,
         forget_factor: float | None = None,
+        scratch: Any = None,
     ):
         self.n_components = n_components
         self.solver = solver
@@ -178,6 +182,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.device = device
         self.batch_size = batch_size
         self.forget_factor = forget_factor
+        self.scratch = scratch
 
     if HAVE_SKLEARN:
 
@@ -244,6 +249,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             "scheduler": self.scheduler,
             "workers": self.workers,
             "memory_limit": self.memory_limit,
+            "scratch": self.scratch,
             "nnls": self.nnls,
             "dtype": self.dtype,
             "backend": self.backend,
@@ -274,17 +280,22 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.n_iter_ = int(result.n_iter)
         self.reconstruction_err_ = result.relative_error * float(np.sqrt(sq_norm(X)))
         # The statistics partial_fit continues from: those of the fitted samples.
-        self._stats_ = self._fit_statistics(result, _features_by_samples(X))
+        # H of a fit under a memory limit may be a Zarr array in scratch; the estimator
+        # returns it as an array (scikit-learn's contract), so it is read once here.
+        H = np.asarray(result.H[...])
+        self._stats_ = self._fit_statistics(result.W, H, _features_by_samples(X))
         self._n_ref_ = int(X.shape[0])
         self.n_steps_ = 0
-        return np.ascontiguousarray(result.H.T)
+        return np.ascontiguousarray(H.T)
 
-    def _fit_statistics(self, result: Any, X_fs: Any) -> tuple[np.ndarray, np.ndarray]:
-        """``(A, B)`` of the online W step for the fitted W, H on X (features × samples)."""
-        W = result.W
-        H64 = result.H.astype(np.float64)
+    def _fit_statistics(
+        self, W: np.ndarray, H: np.ndarray, X_fs: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(A, B)`` of the online W step for the fitted W (m, k), H (k, n) on X
+        (features × samples)."""
+        H64 = H.astype(np.float64)
         if self._loss() == "kl":
-            numer, hsum, _, _ = kl_block(W, X_fs, result.H)
+            numer, hsum, _, _ = kl_block(W, X_fs, H)
             return W.astype(np.float64) * numer, hsum
         return H64 @ H64.T, np.asarray(X_fs @ H64.T, dtype=np.float64)
 
@@ -348,7 +359,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         config = replace(config, backend=where["backend"], device=where["device"])
         # The working dtype: ``dtype`` or the first batch's, then that of the components.
         dtype = np.dtype(self.dtype or X.dtype) if first else self.components_.dtype
-        cluster = cluster_options(self.scheduler, self.workers, self.memory_limit)
+        cluster = cluster_options(
+            self.scheduler, self.workers, self.memory_limit, scratch=self.scratch
+        )
         with cluster.executor(source) as executor:
             if first:
                 start = initialize(executor, k, self.init, seed, 1, np.dtype(dtype))
@@ -420,10 +433,12 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 novelty_z=None,
                 scheduler=self.scheduler,
                 workers=self.workers,
+                memory_limit=self.memory_limit,
+                scratch=self.scratch,
                 dtype=dtype,
                 progress=False,
             )
-        return np.ascontiguousarray(projected.H.T, dtype=dtype)
+        return np.ascontiguousarray(np.asarray(projected.H[...]).T, dtype=dtype)
 
     def inverse_transform(self, X: Any) -> np.ndarray:
         """Samples × features reconstruction ``X @ components_`` from coefficients (n, k)."""
@@ -482,6 +497,7 @@ class MiniBatchNMF(NMF):
         device: str | None = None,
         batch_size: int | None = 1024,
         forget_factor: float | None = 0.7,
+        scratch: Any = None,
     ):
         super().__init__(
             n_components,
@@ -505,4 +521,5 @@ class MiniBatchNMF(NMF):
             device=device,
             batch_size=batch_size,
             forget_factor=forget_factor,
+            scratch=scratch,
         )

@@ -164,6 +164,37 @@ def test_a_scratch_of_the_wrong_type_is_refused() -> None:
 # -- the CLI ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("how", ["fit", "transform"])
+def test_the_estimator_puts_its_scratch_stores_where_told(
+    how: str, scratch: Path, tmp_path: Path, spill_everything, made: list[str]
+) -> None:
+    """``scalenmf.NMF(scratch=...)``: fit and transform spill there (``partial_fit``
+    holds its one batch in memory: it has nothing to spill)."""
+    mine = tmp_path / "estimator-scratch"
+    X = counts().T  # samples × features
+    est = scalenmf.NMF(3, max_iter=5, tol=0.0, memory_limit="4GB", scratch=str(mine))
+    assert est.get_params()["scratch"] == str(mine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X)
+        made.clear()
+        if how == "transform":
+            est.transform(X)
+        elif how == "fit":
+            est.fit(X)
+    assert made and all(Path(p).parent == mine for p in made), made
+    del est  # its result_ may hold H in scratch: the store goes with the estimator
+    gc.collect()
+    assert stores_in(mine) == [] and stores_in(scratch) == []
+
+
+def test_the_estimator_refuses_a_scratch_that_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("x")
+    est = scalenmf.NMF(3, scratch=tmp_path / "a-file")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        est.fit(counts().T)
+
+
 @pytest.fixture
 def cli_input(tmp_path: Path) -> Path:
     path = tmp_path / "x.npy"

@@ -1,7 +1,8 @@
 """Growth with n: peak memory and time per sample of fit and project at 10⁵–10⁷ samples.
 
     python -m benchmarks.bench_growth [--sizes 1e5,1e6,1e7] [--iters 3] [--dir DIR]
-        [--modes laptop,workers,project,online,survey] [--workers-at 1e7] [--keep]
+        [--modes laptop,workers,project,online,online-workers,survey] [--workers-at 1e7]
+        [--keep]
         [--out table.md] [--survey-ks 2-12] [--survey-runs 5] [--survey-cv-reps 0]
         [--survey-null]
 
@@ -18,7 +19,8 @@ process it starts) every 20 ms: ``scalenmf fit STORE -k 10 --loss kl --init rand
 --memory-limit 1GB --max-iter ITERS --tol 0`` in laptop mode and, at the sizes in
 ``--workers-at``, with ``--workers 2`` (the limit is then per worker); and ``scalenmf
 project --loss frobenius`` of the catalogue on the laptop fit's W under the same limit; with
-``online``, the same fit with ``--solver online`` (ITERS epochs).
+``online``, the same fit with ``--solver online`` (ITERS epochs); ``online-workers``, that
+with ``--workers 2`` at the sizes in ``--workers-at``.
 Time per iteration is the fit's own loop time (``timings["loop_s"] / n_iter``); the
 projection's is its ``project_s``. ``survey`` (issue 15, model selection at scale):
 ``scalenmf rank STORE --ks 2-12 --n-runs 5 --loss frobenius --memory-limit LIMIT
@@ -216,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
                 out = root / f"fit-online-{n}.zarr"
                 rec = fit_case(store, out, args.iters, False, args.loss, args.limit, online=True)
                 rows.append({"case": "online laptop", "n": n, **rec})
+                print(json.dumps(rows[-1], default=str), flush=True)
+                shutil.rmtree(out, ignore_errors=True)
+            if "online-workers" in modes and n in workers_at:
+                out = root / f"fit-online-workers-{n}.zarr"
+                rec = fit_case(store, out, args.iters, True, args.loss, args.limit, online=True)
+                rows.append({"case": "online 2 workers", "n": n, **rec})
                 print(json.dumps(rows[-1], default=str), flush=True)
                 shutil.rmtree(out, ignore_errors=True)
             if "workers" in modes and n in workers_at:

@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     workers_at = {int(float(s)) for s in args.workers_at.split(",") if s}
     modes = set(args.modes.split(","))
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="bench-growth-", dir=args.dir))
     rows: list[dict[str, Any]] = []
     try:

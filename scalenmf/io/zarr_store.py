@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -166,6 +167,14 @@ def read_whole(arr: zarr.Array, name: str, what: str) -> np.ndarray:
         ) from exc
 
 
+#: The last chunk a dense source decoded for a block narrower than a chunk, one per
+#: process (not per source object: a Dask worker unpickles a copy of the source per task,
+#: and a cache on each copy held one chunk per block still in memory), keyed by the
+#: source's opening and the chunk.
+_LAST_CHUNK: dict[str, tuple[tuple[str, int], np.ndarray]] = {}
+_CHUNK_LOCK = threading.Lock()
+
+
 class ZarrDenseSource(MatrixSource):
     """A dense 2-D Zarr array; ``transposed`` reads an (n, m) array (AnnData's orientation)."""
 
@@ -202,6 +211,9 @@ class ZarrDenseSource(MatrixSource):
             cols = plan_block_cols(m, n, self.dtype.itemsize, min_blocks=os.cpu_count() or 1)
             block_bounds = align_bounds(int(chunk), n, cols)
         self.block_bounds = block_bounds
+        #: Names this opening of the store for the decoded-chunk cache (kept by clones
+        #: and pickled copies, which read the same data; a new opening gets a new one).
+        self._token = uuid.uuid4().hex
 
     def _array(self) -> zarr.Array:
         arr = self.__dict__.get("_arr")
@@ -212,12 +224,9 @@ class ZarrDenseSource(MatrixSource):
         return arr
 
     def __getstate__(self) -> dict[str, Any]:
-        # Travel by path: the open handle (and the decoded chunk) is re-made in the
-        # process that reads.
+        # Travel by path: the open handle is re-made in the process that reads.
         state = dict(self.__dict__)
         state.pop("_arr", None)
-        state.pop("_chunk", None)
-        state.pop("_chunk_lock", None)
         return state
 
     def _read(self, start: int, stop: int) -> np.ndarray:
@@ -225,16 +234,16 @@ class ZarrDenseSource(MatrixSource):
         if stop - start < self.chunk_cols and (stop - 1) // self.chunk_cols == c:
             # A block narrower than a chunk (a memory plan's part of one, or the online
             # solver's batches) would decode the whole chunk again for every part: the
-            # last decoded chunk is kept (one per source, replaced, never two at once).
+            # last decoded chunk is kept, one per process (``_LAST_CHUNK``).
             a = c * self.chunk_cols
-            lock = self.__dict__.setdefault("_chunk_lock", threading.Lock())
-            with lock:
-                held = self.__dict__.get("_chunk")
-                if held is None or held[0] != c:
-                    self.__dict__["_chunk"] = None  # the old chunk goes before the new
+            key = (self._token, c)
+            with _CHUNK_LOCK:
+                held = _LAST_CHUNK.get("chunk")
+                if held is None or held[0] != key:
+                    _LAST_CHUNK.clear()  # the old chunk goes before the new one is decoded
                     b = min(self.shape[1], a + self.chunk_cols)
-                    held = (c, self._decode(a, b))
-                    self.__dict__["_chunk"] = held
+                    held = (key, self._decode(a, b))
+                    _LAST_CHUNK["chunk"] = held
             return np.array(held[1][:, start - a : stop - a])
         return self._decode(start, stop)
 

@@ -333,3 +333,13 @@ def test_blocks_narrower_than_a_chunk_decode_each_chunk_once(tmp_path, monkeypat
         (200, 250),
     ]
     assert len([d for d in decoded if d == (0, 100)]) == 2  # again after other chunks
+    # One chunk per process, not per object: a pickled copy (a Dask task's) shares it...
+    before = len(decoded)
+    copy = pickle.loads(pickle.dumps(source))
+    np.testing.assert_array_equal(copy.read_block(1), X[:, 30:60])
+    assert len(decoded) == before
+    # ... and a new opening of the store (which may have been rewritten) does not.
+    z[...] = arr * 2
+    again = ZarrDenseSource(str(tmp_path / "x.zarr"), array="", transposed=transposed).reblock(30)
+    np.testing.assert_array_equal(again.read_block(1), 2 * X[:, 30:60])
+    assert len(decoded) == before + 1

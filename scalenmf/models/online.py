@@ -412,14 +412,15 @@ class _Online:
         self, blocks: list[int] | None, part: dict[str, Any], a: int, w_step: bool = True
     ) -> None:
         """Add a step's statistics (already decayed by ``decay``), then the W step."""
+        # The blocks just solved are in the sums with weight 1 (their latest H).
+        if blocks is None:
+            self.weight[:] = 1.0
+        else:
+            self.weight[blocks] = 1.0
         if self.newton:
             # As Frobenius: each block returned its new share less its weighted old one.
             self.A += part["rowQ"][a]
             self.B += part["rowLin"][a]
-            if blocks is None:
-                self.weight[:] = 1.0
-            else:
-                self.weight[blocks] = 1.0
             cfg = self.share_config(float(self.weight @ self.widths))
         elif self.kl:
             key = tuple(range(len(self.widths))) if blocks is None else tuple(blocks)
@@ -428,10 +429,6 @@ class _Online:
             self.A += A_b
             self.B += B_b
             self.kl_parts[key], self.kl_weight[key] = (A_b, B_b), 1.0
-            if blocks is None:
-                self.weight[:] = 1.0
-            else:
-                self.weight[blocks] = 1.0
             cols = sum(w * float(self.widths[list(k)].sum()) for k, w in self.kl_weight.items())
             cfg = self.share_config(min(cols, float(self.n)))
         else:
@@ -440,10 +437,6 @@ class _Online:
             self.A += part["HHt_change"][a]
             self.B += part["XHt"][a]
             self.hsum += part["hsum_change"][a]
-            if blocks is None:
-                self.weight[:] = 1.0
-            else:
-                self.weight[blocks] = 1.0
             cfg = self.share_config(float(self.weight @ self.widths))
         if w_step:
             self.model.Ws[0] = w_from_statistics(cfg, self.W, self.A, self.B)

@@ -27,7 +27,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from scalenmf.io import storage
+from scalenmf.io import storage, zarr_write
 from scalenmf.io._lazy import lazy_module
 from scalenmf.io.atomic import atomic_output
 from scalenmf.io.errors import InputError
@@ -519,24 +519,58 @@ def write_digested(
     digests[name] = digest_array(arr)
 
 
-def _write_indptr(group: zarr.Group, indptr: np.ndarray) -> None:
+#: Where a group is written: a zarr group, or the directory of one in a local store.
+GroupLike = Any
+
+
+def _local_dir(group: GroupLike) -> Path | None:
+    """The directory of ``group`` when it is a local one (a ``Path``, or a zarr group of
+    a ``LocalStore``), whose arrays ``zarr_write`` may write directly; else None."""
+    if isinstance(group, Path):
+        return group
+    from zarr.storage import LocalStore
+
+    if isinstance(group, zarr.Group) and isinstance(group.store, LocalStore):
+        return Path(group.store.root) / group.path
+    return None
+
+
+def _write_indptr(group: GroupLike, indptr: np.ndarray) -> None:
     """A CSC store's ``indptr`` (n + 1 int64 offsets), in chunks of up to 2²⁰."""
-    size = int(np.shape(indptr)[0])
+    indptr = np.asarray(indptr, dtype=np.int64)
+    size = int(indptr.shape[0])
+    chunk = max(1, min(size, 1 << 20))
+    local = _local_dir(group)
+    if local is not None:
+        zarr_write.write_numbers(local / "indptr", indptr, chunk, zarr_write.zstd_numbers())
+        return
     ip = group.create_array(
-        "indptr",
-        shape=(size,),
-        chunks=(max(1, min(size, 1 << 20)),),
-        dtype=np.int64,
-        config=WRITE_CONFIG,
+        "indptr", shape=(size,), chunks=(chunk,), dtype=np.int64, config=WRITE_CONFIG
     )
     ip[:] = indptr
 
 
-def write_labels(group: zarr.Group, name: str, labels: Any) -> None:
+def write_labels(group: GroupLike, name: str, labels: Any) -> None:
+    """Write ``labels`` as the string array ``name`` of ``group``."""
     arr = as_str_array(labels)
     chunk = max(1, min(arr.shape[0], 1 << 16))
+    local = _local_dir(group)
+    if local is not None:
+        zarr_write.write_strings(local / name, arr, chunk)
+        return
     out = group.create_array(name, shape=arr.shape, dtype=str, chunks=(chunk,), config=WRITE_CONFIG)
     out[:] = arr.astype(object)
+
+
+def _matrix_root(tmp: str) -> GroupLike:
+    """The root group of a new matrix store at ``tmp``: its directory when local (its
+    arrays are then written by ``zarr_write``), else a zarr group."""
+    attrs: dict[str, Any] = {"scalenmf": {"kind": "matrix", "format_version": FORMAT_VERSION}}
+    if not storage.is_url(tmp):
+        return zarr_write.write_group(tmp, attrs)
+    root = zarr.open_group(tmp, mode="w")
+    root.attrs.update(attrs)
+    return root
 
 
 #: Entries per chunk of a sparse store's ``data`` and ``indices``.
@@ -574,8 +608,11 @@ def write_source(
         block_cols = min(block_cols, per_chunk)
     src = src.reblock(block_cols)
     with atomic_output(path, overwrite=overwrite) as tmp:
-        root = zarr.open_group(tmp, mode="w")
-        root.attrs["scalenmf"] = {"kind": "matrix", "format_version": FORMAT_VERSION}
+        if src.is_sparse:
+            root = _matrix_root(tmp)
+        else:
+            root = zarr.open_group(tmp, mode="w")
+            root.attrs["scalenmf"] = {"kind": "matrix", "format_version": FORMAT_VERSION}
 
         def labels() -> None:
             if rows is not None:
@@ -766,43 +803,19 @@ def _labels_checked(labels: Any, length: int, what: str) -> np.ndarray:
 
 
 class _ChunkFiles:
-    """Whole chunks of a new 1-D array of a local store, encoded and written by a small
-    thread pool straight to their files, byte for byte as zarr writes them (the array's
-    own Blosc settings and chunk keys); ``put`` falls back to zarr's writer for any other
-    store or codec chain.
+    """Whole chunks of a new 1-D array, encoded and written by a small thread pool
+    straight to their files when ``arr`` is a ``zarr_write.LocalArray``; ``put`` falls
+    back to zarr's writer for a zarr array (a store that is not a local directory).
 
     Why: zarr's asynchronous write path costs about as much CPU again as the compression
     itself, and it runs while the caller waits; here blosc (which releases the GIL) encodes
     in the background while the caller reads or parses the next block. At most ``depth``
     chunks are in flight, so memory stays a few chunks."""
 
-    def __init__(self, arr: zarr.Array, depth: int = 4):
-        from zarr.codecs import BytesCodec
-        from zarr.storage import LocalStore
-
+    def __init__(self, arr: Any, depth: int = 4):
         self.arr = arr
         self.chunk = int(arr.chunks[0])
-        codecs = tuple(arr.metadata.codecs) if hasattr(arr.metadata, "codecs") else ()
-        self._blosc: Any = None
-        if (
-            isinstance(arr.store, LocalStore)
-            and len(codecs) == 2
-            and isinstance(codecs[0], BytesCodec)
-            and (codecs[0].endian is None or codecs[0].endian.value == "little")
-            and isinstance(codecs[1], BloscCodec)
-        ):
-            from numcodecs import Blosc
-
-            blosc = codecs[1]
-            shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[blosc.shuffle.value]
-            self._blosc = Blosc(
-                cname=blosc.cname.value,
-                clevel=blosc.clevel,
-                shuffle=shuffle,
-                blocksize=blosc.blocksize,
-                typesize=arr.dtype.itemsize,
-            )
-            self._root = Path(arr.store.root) / arr.path
+        self._local = isinstance(arr, zarr_write.LocalArray)
         self._depth = depth
         self._pending: list[Any] = []
         self._pool: Any = None
@@ -810,28 +823,23 @@ class _ChunkFiles:
     def put(self, start: int, values: np.ndarray) -> None:
         """Store ``values`` at ``start`` (a chunk boundary); ``values`` covers whole chunks
         or ends the array."""
-        if self._blosc is None:
+        if not self._local:
             self.arr[start : start + len(values)] = values
             return
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(2, thread_name_prefix="zarr-chunks")
-        values = np.ascontiguousarray(values, dtype=self.arr.dtype.newbyteorder("<"))
         first = start // self.chunk
         for k in range(0, len(values), self.chunk):
             while len(self._pending) >= self._depth:
                 self._pending.pop(0).result()
-            key = self.arr.metadata.encode_chunk_key((first + k // self.chunk,))
-            future = self._pool.submit(self._write, key, values[k : k + self.chunk])
+            piece = values[k : k + self.chunk]
+            future = self._pool.submit(self._write, first + k // self.chunk, piece)
             self._pending.append(future)
 
-    def _write(self, key: str, piece: np.ndarray) -> None:
-        if len(piece) < self.chunk:  # the last chunk is stored whole, padded with zeros
-            piece = np.concatenate([piece, np.zeros(self.chunk - len(piece), piece.dtype)])
-        path = self._root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(self._blosc.encode(piece))
+    def _write(self, index: int, piece: np.ndarray) -> None:
+        self.arr.write_chunk(index, piece)
 
     def finish(self, quiet: bool = False) -> None:
         """Wait for every chunk and stop the threads; raise the first write error unless
@@ -905,8 +913,7 @@ def write_sparse_entries(
     check_indptr(indptr, nnz, n, what)
     try:
         with atomic_output(path, overwrite=overwrite) as tmp:
-            root = zarr.open_group(tmp, mode="w")
-            root.attrs["scalenmf"] = {"kind": "matrix", "format_version": FORMAT_VERSION}
+            root = _matrix_root(tmp)
             g, data, indices, chunk, index_dtype = _create_csc(root, m, n, nnz, np.dtype(dtype))
             data_out, indices_out = _ChunkFiles(data), _ChunkFiles(indices)
             try:
@@ -933,15 +940,33 @@ def write_sparse_entries(
 
 
 def _create_csc(
-    root: zarr.Group, m: int, n: int, nnz: int, dtype: np.dtype
-) -> tuple[zarr.Group, zarr.Array, zarr.Array, int, Any]:
+    root: GroupLike, m: int, n: int, nnz: int, dtype: np.dtype
+) -> tuple[GroupLike, Any, Any, int, Any]:
     """The CSC group ``X`` of a new store with empty ``data`` and ``indices`` of ``nnz``
-    entries: (group, data, indices, entries per chunk, index dtype)."""
-    g = root.create_group("X")
-    g.attrs.update({"encoding-type": "csc_matrix", "encoding-version": "0.1.0", "shape": [m, n]})
+    entries: (group, data, indices, entries per chunk, index dtype). In a local store the
+    group is a directory and the arrays are ``zarr_write.LocalArray``; else zarr's."""
+    attrs = {"encoding-type": "csc_matrix", "encoding-version": "0.1.0", "shape": [m, n]}
     chunk = max(1, min(max(nnz, 1), _SPARSE_CHUNK))
     index_dtype = np.int32 if m < 2**31 else np.int64
-    data = g.create_array(
+    local = _local_dir(root)
+    if local is not None and dtype.name in zarr_write.NUMBER_TYPES:
+        g = zarr_write.write_group(local / "X", attrs)
+        data: Any = zarr_write.LocalArray(
+            g / "data", nnz, chunk, dtype, zarr_write.blosc_lz4(dtype.itemsize)
+        )
+        indices: Any = zarr_write.LocalArray(
+            g / "indices",
+            nnz,
+            chunk,
+            np.dtype(index_dtype),
+            zarr_write.blosc_lz4(np.dtype(index_dtype).itemsize),
+        )
+        return g, data, indices, chunk, index_dtype
+    if local is not None:  # an unusual value type: a zarr group of the same directory
+        root = zarr.open_group(str(local), mode="r+")
+    zg = root.create_group("X")
+    zg.attrs.update(attrs)
+    data = zg.create_array(
         "data",
         shape=(nnz,),
         chunks=(chunk,),
@@ -949,7 +974,7 @@ def _create_csc(
         compressors=[_codec()],
         config=WRITE_CONFIG,
     )
-    indices = g.create_array(
+    indices = zg.create_array(
         "indices",
         shape=(nnz,),
         chunks=(chunk,),
@@ -957,7 +982,7 @@ def _create_csc(
         compressors=[_codec()],
         config=WRITE_CONFIG,
     )
-    return g, data, indices, chunk, index_dtype
+    return zg, data, indices, chunk, index_dtype
 
 
 def _blocks(src: MatrixSource) -> Generator[Any, None, None]:

@@ -307,6 +307,143 @@ def test_csv_round_trip_property(case, gz):
         assert list(src.col_labels) == cols
 
 
+# The numpy reader (np.loadtxt) takes a file only when it reads exactly what the reference
+# (csv) parser reads: text made of well-formed tables with one kind of damage each.
+_CELL_DAMAGE = [
+    "",
+    " 3",
+    "3 ",
+    "\u00a07",
+    "1_0",
+    "nan",
+    "inf",
+    "-1",
+    "1e3",
+    "+2",
+    ".5",
+    "2.",
+    "0x10",
+    "1#",
+    '"4"',
+    "3\t4",
+    "x",
+    "1e400",
+    "\u00e9",
+    "1\x002",
+]
+_LINE_DAMAGE = ["blank", "spaces", "crlf", "cr", "extra", "short", "bom", "quote-label", "none"]
+
+
+@st.composite
+def damaged_tables(draw):
+    m, n = draw(st.integers(1, 6)), draw(st.integers(1, 5))
+    delim = draw(st.sampled_from(["\t", ",", ";"]))
+    labelled = draw(st.booleans())
+    header = draw(st.booleans()) or labelled  # a label column is sniffed from a header
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    X = rng.integers(0, 50, size=(m, n)) / draw(st.sampled_from([1.0, 4.0]))
+    cells = [[repr(float(v)) if v % 1 else str(int(v)) for v in row] for row in X]
+    if draw(st.booleans()):
+        i, j = draw(st.integers(0, m - 1)), draw(st.integers(0, n - 1))
+        cells[i][j] = draw(st.sampled_from(_CELL_DAMAGE))
+    names = [draw(st.sampled_from(["g", "gène", "g 1", "G-2"])) + str(i) for i in range(m)]
+    lines = [(([names[i]] if labelled else []) + cells[i]) for i in range(m)]
+    text = [delim.join(fields) for fields in lines]
+    if header:
+        text.insert(0, delim.join((["feature"] if labelled else []) + [f"s{j}" for j in range(n)]))
+    damage = draw(st.sampled_from(_LINE_DAMAGE))
+    at = draw(st.integers(1 if header else 0, len(text) - 1))
+    end = "\n"
+    if damage == "blank":
+        text.insert(at + 1, "")
+    elif damage == "spaces":
+        text.insert(at + 1, "  ")
+    elif damage == "crlf":
+        end = "\r\n"
+    elif damage == "cr":
+        text[at] += "\r"
+    elif damage == "extra":
+        text[at] += delim + "1"
+    elif damage == "short" and n > 1:
+        text[at] = text[at].rsplit(delim, 1)[0]
+    elif damage == "bom":
+        text[0] = "\ufeff" + text[0]
+    elif damage == "quote-label" and labelled and at > 0:
+        first, _, rest = text[at].partition(delim)
+        text[at] = f'"{first}"{delim}{rest}'
+    return end.join(text) + end, delim
+
+
+@settings(max_examples=150, deadline=None)
+@given(damaged_tables())
+def test_numpy_reader_reads_exactly_what_the_reference_reads(case):
+    from scalenmf.io.formats.delimited import (
+        DEFAULT_OPTIONS,
+        _layout,
+        _UseReference,
+        iter_batches,
+        numpy_batches,
+    )
+
+    text, _ = case
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.tsv"
+        path.write_bytes(text.encode())
+        try:
+            layout = _layout(path, DEFAULT_OPTIONS)
+        except InputError:
+            return  # the sniffer refuses it before any reader runs
+        try:
+            ref = [(lab, vals) for lab, vals in iter_batches(path, layout, 1 << 20)]
+        except InputError:
+            ref = None
+        try:
+            got = list(numpy_batches(path, layout, 1 << 20))
+        except _UseReference:
+            return  # handed on: pandas' reader or the reference decides
+        assert ref is not None, f"numpy read what the reference refuses: {text!r}"
+        labels = [lab for part, _ in ref for lab in part]
+        assert [lab for part, _ in got for lab in part] == labels
+        want = np.vstack([v for _, v in ref]) if ref else np.empty((0, 0))
+        np.testing.assert_array_equal(np.vstack([v for _, v in got]), want)
+
+
+def test_numpy_reader_is_used_and_hands_quoted_files_to_pandas(tmp_path, monkeypatch):
+    # A plain table goes through numpy's reader; a quoted label column through pandas'.
+    from scalenmf.io.formats import delimited
+
+    used = []
+    for name in ("numpy_batches", "fast_batches"):
+        real = getattr(delimited, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            used.append(_name)
+            yield from _real(*args, **kwargs)
+
+        monkeypatch.setattr(delimited, name, spy)
+    X = np.arange(12.0).reshape(3, 4)
+    plain = tmp_path / "plain.tsv"
+    plain.write_text(
+        "g\ta\tb\tc\td\n"
+        + "".join(f"g{i}\t" + "\t".join(str(int(v)) for v in row) + "\n" for i, row in enumerate(X))
+    )
+    src = open_matrix(plain)
+    np.testing.assert_array_equal(dense(src), X)
+    assert used == ["numpy_batches"]
+    used.clear()
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text(
+        "g,a,b,c,d\n"
+        + "".join(
+            f'"g,{i}",' + ",".join(str(int(v)) for v in row) + "\n" for i, row in enumerate(X)
+        )
+    )
+    src = open_matrix(quoted)
+    np.testing.assert_array_equal(dense(src), X)
+    assert list(src.row_labels) == ["g,0", "g,1", "g,2"]
+    assert used == ["numpy_batches", "fast_batches"]
+
+
 # -- Matrix Market -------------------------------------------------------------------------------
 def test_mtx_10x_directory_with_labels(tmp_path):
     X = sp.random(8, 11, density=0.3, format="coo", random_state=4)

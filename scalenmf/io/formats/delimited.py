@@ -31,9 +31,11 @@ and column. With ``missing=True`` (``--mask nan``), empty, ``NA``, ``N/A``, ``nu
 kept as given, with a warning. ``transpose`` (for ``convert``) reads files stored samples ×
 features.
 
-Parsing goes through pandas' C reader in batches; whenever it reports a problem, or a
-batch holds a value that is not allowed, the file is read again by the reference parser
-(the ``csv`` module) which names the line and column of the first bad field.
+Parsing goes through numpy's C reader in blocks of whole lines when the file is plain
+enough for it to read exactly as the reference does (``numpy_batches``), else through
+pandas' C reader in batches; whenever the fast readers report a problem, or a batch holds
+a value that is not allowed, the file is read again by the reference parser (the ``csv``
+module) which names the line and column of the first bad field.
 """
 
 from __future__ import annotations

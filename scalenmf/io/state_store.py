@@ -27,12 +27,13 @@ import threading
 import uuid
 import weakref
 import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
-from scalenmf.io import storage
+from scalenmf.io import storage, zarr_write
 from scalenmf.io.integrity import IntegrityError
 
 #: Environment variable naming the directory for scratch stores (default: the system's).
@@ -200,6 +201,11 @@ class StateStore:
                 self._root = zarr.open_group(store, mode="a")
             return self._root
 
+    def _local_dir(self) -> Path | None:
+        """The store's directory when it is local (its arrays may be written directly)."""
+        path = storage.local_path(self.path)
+        return None if storage.is_url(path) else Path(path)
+
     @staticmethod
     def _key(j: int, name: str) -> str:
         return f"{name}/{int(j)}"
@@ -216,6 +222,15 @@ class StateStore:
         if name not in self._prepared:
             self.prepare(name)
         data = encode_state(state)
+        local = self._local_dir()
+        if local is not None:
+            # As zarr writes it, without its machinery: zarr's create_array costs a few ms
+            # a block, and leaves reference cycles (its JSON encoders) for the collector,
+            # a few KB a block that were still held at the peak of a bounded projection.
+            zarr_write.write_numbers(
+                local / self._key(j, name), data, max(1, data.shape[0]), zarr_write.raw_bytes()
+            )
+            return
         node = self._group().create_array(
             self._key(j, name),
             shape=data.shape,

@@ -25,8 +25,9 @@ import numpy as np
 BYTES_LE: dict[str, Any] = {"name": "bytes", "configuration": {"endian": "little"}}
 ZSTD_0: dict[str, Any] = {"name": "zstd", "configuration": {"level": 0, "checksum": False}}
 VLEN_UTF8: dict[str, Any] = {"name": "vlen-utf8", "configuration": {}}
-#: Number types written here: those of a matrix store's data, indices and indptr.
-NUMBER_TYPES = frozenset(("float32", "float64", "int32", "int64"))
+#: Number types written here: those of a matrix store's data, indices and indptr, and the
+#: bytes of an encoded block state (``state_store``).
+NUMBER_TYPES = frozenset(("float32", "float64", "int32", "int64", "uint8"))
 
 
 def blosc_lz4(itemsize: int) -> list[dict[str, Any]]:
@@ -39,6 +40,12 @@ def blosc_lz4(itemsize: int) -> list[dict[str, Any]]:
 def zstd_numbers() -> list[dict[str, Any]]:
     """zarr's default chain for numbers (what it writes when no compressor is given)."""
     return [BYTES_LE, ZSTD_0]
+
+
+def raw_bytes() -> list[dict[str, Any]]:
+    """The chain of single bytes stored as they are (zarr omits the endianness of 1-byte
+    types)."""
+    return [{"name": "bytes"}]
 
 
 def _dump(directory: Path, doc: dict[str, Any]) -> None:

@@ -124,10 +124,12 @@ def test_peak_memory_of_project_does_not_grow_with_n(monkeypatch, scratch, tmp_p
         n: min(traced_peak(s, memory_limit="4GB") for _ in range(2)) for n, s in stores.items()
     }
     assert free[40_000] > 2 * free[10_000], free
-    # 1.35: since session 11 the 4n run often carries about 8 B a sample more (1.07 →
-    # 1.37 MB, in the test file run alone; not in the full suite's order), not yet traced
-    # to its source; the unbounded path grows by more than 2×.
-    assert bounded[40_000] < 1.35 * bounded[10_000], bounded
+    # Measured 1.04×. Up to session 11 the 4n run often carried ~300 KB more (1.07 →
+    # 1.39 MB): zarr's create_array of every block state left reference cycles (its JSON
+    # encoders, a few KB each, 2 per block) that the collector freed only now and then.
+    # Block states are now written without zarr (io/zarr_write.py); the unbounded path
+    # grows by more than 2×.
+    assert bounded[40_000] < 1.15 * bounded[10_000], bounded
     assert bounded[40_000] < free[40_000] / 2, (bounded, free)
 
 

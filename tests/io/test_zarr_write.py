@@ -25,6 +25,7 @@ CASES = {
     "i64": (np.arange(5001, dtype=np.int64), 5001, "zstd"),
     "i64_chunks": (np.arange(300_000, dtype=np.int64) * 7, 1 << 17, "zstd"),
     "zeros": (np.zeros(10, dtype=np.float32), 4, "blosc"),
+    "state": (np.arange(1000, dtype=np.int64).astype(np.uint8), 1000, "raw"),
     "text": (np.array([f"G{i}é" for i in range(70000)]), 1 << 16, "strings"),
     "one": (np.array(["x"]), 1, "strings"),
 }
@@ -52,20 +53,23 @@ def test_files_are_zarrs_byte_for_byte(tmp_path):
             )
             arr[:] = values.astype(object)
             continue
-        codecs = (
-            zarr_write.blosc_lz4(values.dtype.itemsize)
-            if chain == "blosc"
-            else zarr_write.zstd_numbers()
-        )
+        codecs = {
+            "blosc": zarr_write.blosc_lz4(values.dtype.itemsize),
+            "zstd": zarr_write.zstd_numbers(),
+            "raw": zarr_write.raw_bytes(),
+        }[chain]
         zarr_write.write_numbers(ours / name, values, chunk, codecs)
         arr = root.create_array(
             name,
             shape=values.shape,
             dtype=values.dtype,
             chunks=(chunk,),
-            compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
-            if chain == "blosc"
-            else "auto",
+            compressors={
+                "blosc": [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
+                "zstd": "auto",
+                "raw": None,
+            }[chain],
+            fill_value=0,
             config=WRITE_CONFIG,
         )
         arr[:] = values
@@ -91,4 +95,4 @@ def test_resize_drops_chunks_past_the_end_as_zarr_does(tmp_path):
 
 def test_other_value_types_are_refused(tmp_path):
     with pytest.raises(ValueError, match="LocalArray writes"):
-        zarr_write.LocalArray(tmp_path / "a", 3, 3, np.uint8, zarr_write.zstd_numbers())
+        zarr_write.LocalArray(tmp_path / "a", 3, 3, np.int16, zarr_write.zstd_numbers())

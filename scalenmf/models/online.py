@@ -319,9 +319,14 @@ class _Online:
         self.kl_weight: dict[tuple[int, ...], float] = {}
         self.cols_read = 0
         #: KL Newton: per block, the W its latest H was solved with (the blocks of one
-        #: batch share one array), so that a revisit takes its old share out.
+        #: batch share one array), so that a revisit takes its old share out. In memory,
+        #: or, once the executor keeps block states in a scratch store, there: one m × k
+        #: array per batch grows with n (19 MB at 96 × 10⁷ in batches of 4,096), and
+        #: ``seen_version`` names each block's (-1: in ``W_seen`` or none yet).
         self.newton = self.kl and self.config.kl_hessian
         self.W_seen: dict[int, np.ndarray] = {}
+        self.seen_version = np.full(len(self.widths), -1, dtype=np.int64)
+        self._versions = 0
 
     @property
     def W(self) -> np.ndarray:
@@ -370,10 +375,9 @@ class _Online:
                 bc,
                 delta=True,
                 old_weight={int(j): float(self.weight[j]) for j in chosen},
-                old_W={int(j): self.W_seen[int(j)] for j in chosen if int(j) in self.W_seen},
+                old_W=self._old_W(chosen),
             )
-            for j in chosen:
-                self.W_seen[int(j)] = self.W
+            self._remember_W(chosen)
         elif not self.kl:
             chosen = range(len(self.widths)) if blocks is None else blocks
             bc = replace(
@@ -386,6 +390,36 @@ class _Online:
         self.cols_read += self.n if blocks is None else int(self.widths[blocks].sum())
         part, a = self.model.part(partials, 0)
         return bc, part, a, partials
+
+    def _old_W(self, blocks: Any) -> dict[int, np.ndarray]:
+        """The W each of ``blocks`` was last solved with (blocks not yet solved: absent)."""
+        spill = getattr(self.executor, "spill", None)
+        out: dict[int, np.ndarray] = {}
+        loaded: dict[int, np.ndarray] = {}
+        for j in map(int, blocks):
+            v = int(self.seen_version[j])
+            if v >= 0 and spill is not None:
+                if v not in loaded:
+                    loaded[v] = spill.read(v, "W_seen")
+                out[j] = loaded[v]
+            elif j in self.W_seen:
+                out[j] = self.W_seen[j]
+        return out
+
+    def _remember_W(self, blocks: Any) -> None:
+        """``blocks`` are solved with the current W: kept as their last (one copy)."""
+        spill = getattr(self.executor, "spill", None)
+        chosen = [int(j) for j in blocks]
+        if spill is None:
+            for j in chosen:
+                self.W_seen[j] = self.W
+            return
+        # A new version each step: blocks solved before keep theirs until revisited.
+        version, self._versions = self._versions, self._versions + 1
+        spill.write(version, self.W, "W_seen")
+        self.seen_version[chosen] = version
+        for j in chosen:
+            self.W_seen.pop(j, None)
 
     def batch_objective(
         self, bc: Any, part: dict[str, Any], a: int, xx_b: float

@@ -381,3 +381,28 @@ def test_batches_keep_the_blocks_of_a_storage_chunk_together():
         seen_chunks[i + 1] for i in range(0, 10, 2)
     ]
     assert seen_chunks[::2] != sorted(seen_chunks[::2])  # a random order of chunks (seeded)
+
+
+def test_kl_online_keeps_the_seen_ws_in_the_scratch_store_with_the_states(monkeypatch):
+    """With the block states in a scratch store, the W each batch was solved with goes
+    there too (it grows with n), and the fit is the one with everything in memory."""
+    from scalenmf.engine import local
+    from scalenmf.models import online
+
+    X = _catalogue(n=1200)
+    kw = dict(loss="kl", solver="online", batch_size=100, max_iter=3, tol=0, seed=2)
+    memory = scalenmf.nmf(X, 4, **kw)
+    seen = []
+    real = online._Online._remember_W
+
+    def spy(self, blocks):
+        real(self, blocks)
+        seen.append((len(self.W_seen), int(self.seen_version.max())))
+
+    monkeypatch.setattr(online._Online, "_remember_W", spy)
+    monkeypatch.setattr(local, "STATE_SHARE", 1e-9)
+    stored = scalenmf.nmf(X, 4, memory_limit="4GB", **kw)
+    assert stored.info["states_in_store"] is True
+    assert seen and seen[-1][0] == 0 and seen[-1][1] >= len(seen) // 2
+    np.testing.assert_array_equal(stored.W, memory.W)
+    np.testing.assert_array_equal(stored.loss_history, memory.loss_history)

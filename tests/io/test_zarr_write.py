@@ -96,3 +96,23 @@ def test_resize_drops_chunks_past_the_end_as_zarr_does(tmp_path):
 def test_other_value_types_are_refused(tmp_path):
     with pytest.raises(ValueError, match="LocalArray writes"):
         zarr_write.LocalArray(tmp_path / "a", 3, 3, np.int16, zarr_write.zstd_numbers())
+
+
+def test_a_full_disk_while_writing_labels_directly_leaves_nothing(tmp_path, monkeypatch):
+    """The labels and indptr of a local store are written by zarr_write in this thread: a
+    full disk there gives the one-line error and no output (the atomic write drops it)."""
+    import errno
+
+    import scipy.sparse as sp
+
+    from scalenmf.io.atomic import OutputError
+    from scalenmf.io.matrix import write_matrix
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(zarr_write, "write_strings", full)
+    X = sp.random(30, 40, density=0.3, format="csc", random_state=0)
+    with pytest.raises(OutputError, match="no space left on device"):
+        write_matrix(tmp_path / "x.zarr", X, row_labels=[f"g{i}" for i in range(30)])
+    assert list(tmp_path.iterdir()) == []
